@@ -1,0 +1,128 @@
+//! Collectors: each one observes one part of the host and reports resources and
+//! samples. The scheduler runs every enabled collector on its own interval and
+//! deadline, so a slow or failing collector never holds up the others.
+
+pub mod host;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::config::{AgentConfig, CollectorSchedule};
+
+/// A resource as one collector sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedResource {
+    /// Resource id, e.g. `host/<machine-id>`.
+    pub id: String,
+    /// Resource kind, e.g. `host`.
+    pub kind: &'static str,
+    /// Labels used for selection (bounded values only).
+    pub labels: BTreeMap<String, String>,
+    /// Descriptive attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// How often this resource is observed, for stale detection.
+    pub interval_ms: u32,
+}
+
+/// One value of one series at one time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Id of the resource the series belongs to.
+    pub resource_id: String,
+    /// Metric name (OpenTelemetry semantic conventions).
+    pub metric: Cow<'static, str>,
+    /// Series attributes, e.g. `("cpu", "0")`.
+    pub attributes: Vec<(Cow<'static, str>, String)>,
+    /// Unix epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// The value.
+    pub value: f64,
+}
+
+/// What one run of a collector produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Collection {
+    /// Resources described.
+    pub resources: Vec<ObservedResource>,
+    /// Samples taken.
+    pub samples: Vec<Sample>,
+}
+
+impl Collection {
+    /// Adds a sample.
+    pub fn sample(
+        &mut self,
+        resource_id: &str,
+        metric: &'static str,
+        attributes: &[(&'static str, &str)],
+        timestamp_ms: i64,
+        value: f64,
+    ) {
+        self.samples.push(Sample {
+            resource_id: resource_id.to_string(),
+            metric: Cow::Borrowed(metric),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), (*v).to_string()))
+                .collect(),
+            timestamp_ms,
+            value,
+        });
+    }
+}
+
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// A source file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A source file did not have the expected format.
+    #[error("cannot parse {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// One probe of the host.
+///
+/// Contract: `collect` is never called concurrently on one instance. On partial
+/// failure it keeps what it pushed into `out` and returns the error; the scheduler
+/// counts the error and still sends what was collected.
+#[async_trait::async_trait]
+pub trait Collector: Send {
+    /// Stable snake_case name: the config key and the `collector` label.
+    fn name(&self) -> &'static str;
+    /// Observes once.
+    async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError>;
+}
+
+/// A collector with its schedule.
+pub struct ScheduledCollector {
+    /// The collector.
+    pub collector: Box<dyn Collector>,
+    /// When it runs.
+    pub schedule: CollectorSchedule,
+}
+
+/// Builds the enabled collectors from the configuration.
+pub fn build_collectors(cfg: &AgentConfig) -> Result<Vec<ScheduledCollector>, CollectError> {
+    let mut out = Vec::new();
+    if cfg.collectors.host.enabled {
+        let interval = u32::try_from(cfg.collectors.host.interval_ms).unwrap_or(u32::MAX);
+        out.push(ScheduledCollector {
+            collector: Box::new(host::HostCollector::new(&cfg.host, interval)?),
+            schedule: cfg.collectors.host,
+        });
+    }
+    Ok(out)
+}

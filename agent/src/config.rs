@@ -1,0 +1,252 @@
+//! The agent's configuration: where the aggregators are, how to authenticate, what
+//! to collect and how often. Loaded by [`infrawatch_common::config::load`] and checked
+//! by [`AgentConfig::validate`] before anything opens a socket or a file.
+
+use std::path::PathBuf;
+
+use infrawatch_common::config::{ConfigErrors, Problems};
+use infrawatch_common::telemetry::LogFormat;
+use infrawatch_common::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// Environment prefix of agent settings.
+pub const ENV_PREFIX: &str = "INFRAWATCH_AGENT_";
+
+/// Everything the agent can be told.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Name used in logs; the certificate's identity is what the aggregator trusts.
+    /// Empty means the hostname.
+    pub name: String,
+    /// Directory for the agent's durable state (its sequence number).
+    pub state_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Where and how to reach the aggregators.
+    pub aggregator: AggregatorConfig,
+    /// Batching and the queue of unacknowledged batches.
+    pub batch: BatchConfig,
+    /// Per-collector settings.
+    pub collectors: CollectorsConfig,
+    /// Roots of the host's filesystems, for an agent running in a container.
+    pub host: HostPaths,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            state_dir: PathBuf::from("/var/lib/infrawatch-agent"),
+            log_format: LogFormat::Text,
+            aggregator: AggregatorConfig::default(),
+            batch: BatchConfig::default(),
+            collectors: CollectorsConfig::default(),
+            host: HostPaths::default(),
+        }
+    }
+}
+
+/// Connection to the aggregator replicas.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// `https://host:port` of each replica; the agent moves to the next on failure.
+    pub endpoints: Vec<String>,
+    /// Name expected in the aggregator's certificate.
+    pub server_name: String,
+    /// CA, client certificate and key (PEM).
+    pub tls: TlsFiles,
+    /// Time allowed for a TCP+TLS connection.
+    pub connect_timeout_ms: u64,
+    /// Batches sent but not yet acknowledged, at most.
+    pub max_in_flight_batches: usize,
+    /// First reconnect delay; doubles per failure up to `backoff_max_ms`, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["https://127.0.0.1:7443".into()],
+            server_name: "localhost".into(),
+            tls: TlsFiles {
+                ca: "/etc/infrawatch/tls/ca.pem".into(),
+                cert: "/etc/infrawatch/tls/agent.pem".into(),
+                key: "/etc/infrawatch/tls/agent-key.pem".into(),
+            },
+            connect_timeout_ms: 5_000,
+            max_in_flight_batches: 64,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+/// How observations are grouped into batches.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A batch is closed at least this often.
+    pub flush_interval_ms: u64,
+    /// A batch is closed when it holds this many samples.
+    pub max_samples: usize,
+    /// Unacknowledged batches kept in memory; past this the oldest is dropped and counted.
+    pub max_queued_batches: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 1_000,
+            max_samples: 10_000,
+            max_queued_batches: 3_600,
+        }
+    }
+}
+
+/// Settings of every collector.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorsConfig {
+    /// CPU, load, memory, swap, uptime and host identity.
+    pub host: CollectorSchedule,
+}
+
+impl Default for CollectorsConfig {
+    fn default() -> Self {
+        Self {
+            host: CollectorSchedule {
+                enabled: true,
+                interval_ms: 10_000,
+                deadline_ms: 5_000,
+            },
+        }
+    }
+}
+
+/// When a collector runs and how long one run may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSchedule {
+    /// Whether the collector runs at all.
+    pub enabled: bool,
+    /// Time between runs.
+    pub interval_ms: u64,
+    /// A run still going after this long is abandoned and counted as failed.
+    pub deadline_ms: u64,
+}
+
+/// Filesystem roots of the monitored host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostPaths {
+    /// procfs of the host (`HOST_PROC` in a container, e.g. `/host/proc`).
+    pub proc: PathBuf,
+    /// sysfs of the host.
+    pub sys: PathBuf,
+    /// The host's root filesystem (for `/etc/machine-id`, `/etc/os-release`).
+    pub root: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        Self {
+            proc: "/proc".into(),
+            sys: "/sys".into(),
+            root: "/".into(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks values that parse but make no sense. Pure: touches no file or socket.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut p = Problems::default();
+        let a = &self.aggregator;
+        p.check(!a.endpoints.is_empty(), "aggregator.endpoints", || {
+            "at least one endpoint is required, e.g. [\"https://aggregator:7443\"]".into()
+        });
+        for (i, e) in a.endpoints.iter().enumerate() {
+            p.check(
+                e.starts_with("https://") && e.len() > "https://".len(),
+                &format!("aggregator.endpoints[{i}]"),
+                || format!("{e:?} must be an https:// URL (the stream is always TLS)"),
+            );
+        }
+        p.check(!a.server_name.is_empty(), "aggregator.server_name", || {
+            "must name the aggregator's certificate, e.g. \"localhost\"".into()
+        });
+        p.check(a.max_in_flight_batches >= 1, "aggregator.max_in_flight_batches", || {
+            "must be at least 1".into()
+        });
+        p.check(
+            a.backoff_initial_ms >= 1 && a.backoff_initial_ms <= a.backoff_max_ms,
+            "aggregator.backoff_initial_ms",
+            || "must be at least 1 and at most aggregator.backoff_max_ms".into(),
+        );
+        p.check(
+            a.connect_timeout_ms >= 1,
+            "aggregator.connect_timeout_ms",
+            || "must be at least 1".into(),
+        );
+        p.check(
+            self.batch.flush_interval_ms >= 10,
+            "batch.flush_interval_ms",
+            || "must be at least 10".into(),
+        );
+        p.check(self.batch.max_samples >= 1, "batch.max_samples", || {
+            "must be at least 1".into()
+        });
+        p.check(
+            self.batch.max_queued_batches >= 1,
+            "batch.max_queued_batches",
+            || "must be at least 1".into(),
+        );
+        let host = &self.collectors.host;
+        p.check(
+            host.interval_ms >= 100,
+            "collectors.host.interval_ms",
+            || format!("must be at least 100, got {}", host.interval_ms),
+        );
+        p.check(
+            host.deadline_ms >= 1 && host.deadline_ms <= host.interval_ms,
+            "collectors.host.deadline_ms",
+            || "must be at least 1 and at most collectors.host.interval_ms".into(),
+        );
+        p.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrawatch_common::config::{ConfigSources, load};
+
+    #[test]
+    fn packaged_example_config_loads_and_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/agent.toml");
+        let cfg: AgentConfig = load(ConfigSources {
+            file: Some(std::path::Path::new(path)),
+            env_prefix: "INFRAWATCH_AGENT_TEST_UNSET_",
+            overrides: &[],
+        })
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.aggregator.endpoints, vec!["https://aggregator.example:7443"]);
+        assert_eq!(cfg.collectors.host.interval_ms, 10_000);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut cfg = AgentConfig::default();
+        cfg.aggregator.endpoints = vec!["http://plain:80".into()];
+        cfg.collectors.host.interval_ms = 10;
+        let err = cfg.validate().unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"aggregator.endpoints[0]"), "{fields:?}");
+        assert!(fields.contains(&"collectors.host.interval_ms"), "{fields:?}");
+    }
+}

@@ -1,0 +1,206 @@
+//! The infrawatch agent: observes a host and streams what it sees to an aggregator.
+//!
+//! # Layout
+//!
+//! ```text
+//! collectors ──► scheduler ──► batcher (seq) ──► pending batches ──► transport (mTLS gRPC)
+//!  collector/    scheduler.rs   batch.rs, seq.rs    pending.rs         transport.rs
+//! ```
+//!
+//! - [`config`]: the agent's settings and their validation.
+//! - [`collector`]: the `Collector` trait and one module per collector.
+//! - [`scheduler`]: one task per collector, with interval and deadline.
+//! - [`batch`] and [`seq`]: compact batches with a sequence number that survives restarts.
+//! - [`pending`]: batches waiting for acknowledgement.
+//! - [`transport`]: the stream to the aggregator with reconnect and fail-over.
+
+pub mod batch;
+pub mod collector;
+pub mod config;
+pub mod pending;
+pub mod scheduler;
+pub mod seq;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use infrawatch_common::tls::{TlsError, TlsMaterial};
+use infrawatch_proto::v1::{Hello, HostIdentity as WireHostIdentity};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::BatchBuilder;
+use crate::collector::{CollectError, Collection, host::HostIdentity};
+use crate::config::AgentConfig;
+use crate::pending::PendingBatches;
+use crate::seq::{SeqAllocator, SeqError};
+use crate::transport::Transport;
+
+/// How long a stopping agent waits for the aggregator to acknowledge what it holds.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the agent could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// TLS material could not be loaded.
+    #[error("TLS set-up failed")]
+    Tls(#[from] TlsError),
+    /// The state directory could not be created.
+    #[error("cannot create state directory {path}")]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sequence number could not be read or persisted.
+    #[error("sequence number")]
+    Seq(#[from] SeqError),
+    /// A collector could not start.
+    #[error("collector set-up failed")]
+    Collector(#[from] CollectError),
+}
+
+/// Runs the agent until `shutdown` is cancelled, then flushes and waits up to
+/// [`SHUTDOWN_GRACE`] for the last acknowledgements.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let tls = TlsMaterial::load(&config.aggregator.tls)?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let mut seq = SeqAllocator::open(&config.state_dir.join("seq"), seq::DEFAULT_BLOCK)?;
+    let identity = HostIdentity::read(&config.host)?;
+    let collectors = collector::build_collectors(&config)?;
+    let name = if config.name.is_empty() {
+        identity.hostname.clone()
+    } else {
+        config.name.clone()
+    };
+    let hello = Hello {
+        agent_name: name.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: Some(WireHostIdentity {
+            machine_id: identity.machine_id.clone(),
+            hostname: identity.hostname.clone(),
+            os_type: "linux".into(),
+            os_version: identity.os_version.clone(),
+            kernel_version: identity.kernel_version.clone(),
+            arch: identity.arch.clone(),
+        }),
+        capabilities: collectors
+            .iter()
+            .map(|c| c.collector.name().to_string())
+            .collect(),
+        collection_interval_ms: u32::try_from(config.collectors.host.interval_ms)
+            .unwrap_or(u32::MAX),
+        last_seq: seq.last(),
+    };
+    tracing::info!(
+        agent = %name,
+        identity = tls.own_identity().unwrap_or_default(),
+        endpoints = ?config.aggregator.endpoints,
+        collectors = ?hello.capabilities,
+        "Agent starting."
+    );
+
+    let pending = PendingBatches::new(config.batch.max_queued_batches);
+    let (collected_tx, collected_rx) = mpsc::channel::<Collection>(64);
+    let collectors_stop = shutdown.child_token();
+    let mut collector_tasks = JoinSet::new();
+    scheduler::spawn_collectors(
+        collectors,
+        collected_tx,
+        collectors_stop.clone(),
+        &mut collector_tasks,
+    );
+
+    let transport_stop = CancellationToken::new();
+    let transport = Transport::new(config.aggregator.clone(), tls, hello, pending.clone());
+    let transport_task = tokio::spawn(transport.run(transport_stop.clone()));
+
+    let batcher = run_batcher(
+        collected_rx,
+        &mut seq,
+        &pending,
+        &config,
+        shutdown.clone(),
+    )
+    .await;
+
+    // Shutdown: collectors are stopped; give the transport a moment to deliver.
+    collectors_stop.cancel();
+    while collector_tasks.join_next().await.is_some() {}
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    transport_stop.cancel();
+    let _ = transport_task.await;
+    let dropped = pending.dropped();
+    tracing::info!(
+        unacknowledged_batches = pending.len(),
+        overflow_dropped_batches = dropped.overflow_batches,
+        overflow_dropped_samples = dropped.overflow_samples,
+        rejected_batches = dropped.rejected_batches,
+        "Agent stopped."
+    );
+    batcher
+}
+
+/// Closes a batch every flush interval (or when it is full) and queues it.
+async fn run_batcher(
+    mut collected: mpsc::Receiver<Collection>,
+    seq: &mut SeqAllocator,
+    pending: &Arc<PendingBatches>,
+    config: &AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut builder = BatchBuilder::default();
+    let mut flush = tokio::time::interval(Duration::from_millis(config.batch.flush_interval_ms));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let close = tokio::select! {
+            _ = shutdown.cancelled() => {
+                // Take what the collectors already handed over, then close.
+                while let Ok(c) = collected.try_recv() {
+                    builder.add(c);
+                }
+                if !builder.is_empty() {
+                    queue(&mut builder, seq, pending)?;
+                }
+                return Ok(());
+            }
+            _ = flush.tick() => true,
+            c = collected.recv() => match c {
+                Some(c) => {
+                    builder.add(c);
+                    builder.sample_count() >= config.batch.max_samples
+                }
+                None => true,
+            },
+        };
+        if close && !builder.is_empty() {
+            queue(&mut builder, seq, pending)?;
+        }
+    }
+}
+
+fn queue(
+    builder: &mut BatchBuilder,
+    seq: &mut SeqAllocator,
+    pending: &PendingBatches,
+) -> Result<(), AgentError> {
+    let batch = builder.finish(seq.next_seq()?);
+    let samples = batch.samples.as_ref().map_or(0, |s| s.values.len());
+    if let Some(dropped) = pending.push(batch) {
+        metrics::counter!("infrawatch_agent_buffer_batches_dropped_total", "reason" => "queue_full")
+            .increment(1);
+        tracing::error!(seq = dropped, "Pending queue full; oldest batch dropped.");
+    }
+    tracing::debug!(samples, "Batch queued.");
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The gRPC stream to the aggregator: mTLS, `Hello` then batches in sequence order,
+//! acknowledgements back, reconnect with exponential backoff and full jitter, and
+//! fail-over across the configured endpoints.
+//!
+//! Every batch stays in [`PendingBatches`] until acknowledged, so a broken stream
+//! only means resending from the oldest unacknowledged batch on the next one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use infrawatch_common::tls::TlsMaterial;
+use infrawatch_proto::v1::agent_message::Body as AgentBody;
+use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
+use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
+use infrawatch_proto::v1::{AgentMessage, Hello};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::AggregatorConfig;
+use crate::pending::PendingBatches;
+
+/// Largest message the agent accepts from the aggregator.
+const MAX_INBOUND_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// How one stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The endpoint could not be reached or the TLS handshake failed.
+    #[error("cannot connect to {endpoint}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The aggregator refused the oldest pending batch as invalid; retrying it
+    /// cannot succeed.
+    #[error("aggregator rejected a batch")]
+    Rejected(#[source] tonic::Status),
+    /// The stream failed in a way that a retry may fix.
+    #[error("stream failed")]
+    Unavailable(#[source] tonic::Status),
+    /// The aggregator closed the stream without an error (e.g. while draining).
+    #[error("aggregator closed the stream")]
+    Closed,
+}
+
+impl StreamError {
+    /// Classifies a status from the aggregator: invalid input is final, anything
+    /// else is worth a retry.
+    pub fn from_status(status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument | Code::PermissionDenied | Code::OutOfRange => {
+                Self::Rejected(status)
+            }
+            _ => Self::Unavailable(status),
+        }
+    }
+}
+
+/// Reconnect delays: exponential with full jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `initial`, never exceeds `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: uniform in [0, min(max, initial * 2^attempt)].
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        let ceiling = self.initial.saturating_mul(factor).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+
+    /// After a stream that made progress.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Keeps a stream to some aggregator open until `shutdown`, sending every pending batch.
+pub struct Transport {
+    config: AggregatorConfig,
+    tls: TlsMaterial,
+    hello: Hello,
+    pending: Arc<PendingBatches>,
+}
+
+impl Transport {
+    /// A transport that announces itself with `hello`.
+    pub fn new(
+        config: AggregatorConfig,
+        tls: TlsMaterial,
+        hello: Hello,
+        pending: Arc<PendingBatches>,
+    ) -> Self {
+        Self {
+            config,
+            tls,
+            hello,
+            pending,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.config.backoff_initial_ms),
+            Duration::from_millis(self.config.backoff_max_ms),
+        );
+        let endpoints = self.config.endpoints.clone();
+        let mut index = 0usize;
+        loop {
+            let endpoint = &endpoints[index % endpoints.len()];
+            let mut progressed = false;
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.stream_once(endpoint, &mut progressed, &shutdown) => r,
+            };
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if progressed {
+                backoff.reset();
+            }
+            match result {
+                Ok(()) => return,
+                Err(StreamError::Rejected(status)) => {
+                    let seq = self.pending.reject_oldest();
+                    metrics::counter!("infrawatch_agent_export_rejected_batches_total").increment(1);
+                    tracing::error!(endpoint, seq, code = ?status.code(), message = status.message(), "Aggregator rejected a batch; it is dropped.");
+                    continue;
+                }
+                Err(e) => {
+                    metrics::counter!("infrawatch_agent_export_errors_total").increment(1);
+                    tracing::warn!(endpoint, error = &e as &dyn std::error::Error, "Stream to aggregator ended; reconnecting.");
+                }
+            }
+            index = index.wrapping_add(1);
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn connect(&self, endpoint: &str) -> Result<Channel, StreamError> {
+        let err = |source| StreamError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        Endpoint::from_shared(endpoint.to_string())
+            .map_err(err)?
+            .tls_config(self.tls.client_config(&self.config.server_name))
+            .map_err(err)?
+            .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(err)
+    }
+
+    /// One stream: Hello, then every pending batch in order while reading acks.
+    async fn stream_once(
+        &self,
+        endpoint: &str,
+        progressed: &mut bool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StreamError> {
+        let channel = self.connect(endpoint).await?;
+        let mut client =
+            AgentServiceClient::new(channel).max_decoding_message_size(MAX_INBOUND_MESSAGE_BYTES);
+        let window = self.config.max_in_flight_batches;
+        let (tx, rx) = mpsc::channel::<AgentMessage>(window + 1);
+        let hello = AgentMessage {
+            body: Some(AgentBody::Hello(self.hello.clone())),
+        };
+        // The channel is empty and has room, so this cannot fail.
+        let _ = tx.try_send(hello);
+        let mut inbound = client
+            .report(ReceiverStream::new(rx))
+            .await
+            .map_err(StreamError::from_status)?
+            .into_inner();
+        tracing::info!(endpoint, "Connected to aggregator.");
+        let mut newest = self.pending.subscribe();
+        let mut last_sent = 0u64;
+        let mut last_acked = 0u64;
+        let mut in_flight = 0usize;
+        loop {
+            while in_flight < window {
+                let Some(batch) = self.pending.next_after(last_sent) else { break };
+                last_sent = batch.seq;
+                let msg = AgentMessage {
+                    body: Some(AgentBody::Batch((*batch).clone())),
+                };
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+                in_flight += 1;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = newest.changed() => if changed.is_err() { return Ok(()) },
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => match m.body {
+                        Some(AggregatorBody::Ack(ack)) => {
+                            if ack.seq > last_acked {
+                                last_acked = ack.seq;
+                                self.pending.ack(ack.seq);
+                                in_flight = in_flight.saturating_sub(1);
+                                *progressed = true;
+                                metrics::counter!("infrawatch_agent_export_acked_batches_total").increment(1);
+                            }
+                        }
+                        Some(AggregatorBody::Config(cfg)) => {
+                            tracing::info!(interval_ms = cfg.collection_interval_ms, "Aggregator sent configuration; applying it needs a restart in this version.");
+                        }
+                        None => {}
+                    },
+                    Ok(None) => return Err(StreamError::Closed),
+                    Err(status) => return Err(StreamError::from_status(status)),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        for _ in 0..50 {
+            assert!(b.next_delay() <= Duration::from_millis(1000));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn invalid_input_is_final_other_errors_retry() {
+        assert!(matches!(
+            StreamError::from_status(tonic::Status::invalid_argument("x")),
+            StreamError::Rejected(_)
+        ));
+        assert!(matches!(
+            StreamError::from_status(tonic::Status::unavailable("x")),
+            StreamError::Unavailable(_)
+        ));
+    }
+}

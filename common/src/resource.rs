@@ -1,0 +1,190 @@
+//! Resource ids, kinds, health names, metric names and series attributes: the
+//! vocabulary that agents, the aggregator and clients must agree on.
+
+use infrawatch_proto::v1::Health;
+
+/// Longest resource id accepted.
+pub const MAX_RESOURCE_ID_LEN: usize = 512;
+/// Longest label or attribute key.
+pub const MAX_LABEL_KEY_LEN: usize = 128;
+/// Longest label or attribute value.
+pub const MAX_LABEL_VALUE_LEN: usize = 1024;
+/// Most labels plus attributes on one resource.
+pub const MAX_LABELS_PER_RESOURCE: usize = 128;
+
+/// Resource kinds known to this version.
+pub mod kind {
+    /// A machine running an agent: `host/<machine-id>`.
+    pub const HOST: &str = "host";
+}
+
+/// Metric names, following the OpenTelemetry semantic conventions.
+pub mod metric {
+    /// CPU time fraction in use, 0..1; attribute `cpu` for a core, none for the total.
+    pub const CPU_UTILIZATION: &str = "system.cpu.utilization";
+    /// Number of logical CPUs.
+    pub const CPU_LOGICAL_COUNT: &str = "system.cpu.logical.count";
+    /// One-minute load average.
+    pub const CPU_LOAD_AVERAGE_1M: &str = "system.cpu.load_average.1m";
+    /// Five-minute load average.
+    pub const CPU_LOAD_AVERAGE_5M: &str = "system.cpu.load_average.5m";
+    /// Fifteen-minute load average.
+    pub const CPU_LOAD_AVERAGE_15M: &str = "system.cpu.load_average.15m";
+    /// Memory in bytes by `state` (used, free, buffers, cached).
+    pub const MEMORY_USAGE: &str = "system.memory.usage";
+    /// Total physical memory in bytes.
+    pub const MEMORY_LIMIT: &str = "system.memory.limit";
+    /// Memory available for new work without swapping (MemAvailable), bytes.
+    pub const MEMORY_AVAILABLE: &str = "system.linux.memory.available";
+    /// Fraction of memory in use (total minus available), 0..1.
+    pub const MEMORY_UTILIZATION: &str = "system.memory.utilization";
+    /// Swap in bytes by `state` (used, free).
+    pub const PAGING_USAGE: &str = "system.paging.usage";
+    /// Fraction of swap in use, 0..1 (0 without swap).
+    pub const PAGING_UTILIZATION: &str = "system.paging.utilization";
+    /// Seconds since boot.
+    pub const UPTIME: &str = "system.uptime";
+}
+
+/// Lower-case name of a health value as used in REST, the CLI and the database.
+pub fn health_name(health: Health) -> &'static str {
+    match health {
+        Health::Healthy => "healthy",
+        Health::Degraded => "degraded",
+        Health::Unhealthy => "unhealthy",
+        Health::Unknown | Health::Unspecified => "unknown",
+    }
+}
+
+/// Parses a health name (`healthy`, `degraded`, `unhealthy`, `unknown`), any case.
+pub fn parse_health(name: &str) -> Option<Health> {
+    match name.to_ascii_lowercase().as_str() {
+        "healthy" => Some(Health::Healthy),
+        "degraded" => Some(Health::Degraded),
+        "unhealthy" => Some(Health::Unhealthy),
+        "unknown" => Some(Health::Unknown),
+        _ => None,
+    }
+}
+
+/// The id of the host resource for a machine id.
+pub fn host_id(machine_id: &str) -> String {
+    format!("host/{machine_id}")
+}
+
+/// Checks a resource id: non-empty, at most [`MAX_RESOURCE_ID_LEN`] bytes, segments
+/// separated by `/` with no empty segment, and only printable ASCII without spaces.
+pub fn validate_resource_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("resource id is empty".into());
+    }
+    if id.len() > MAX_RESOURCE_ID_LEN {
+        return Err(format!(
+            "resource id is {} bytes, the limit is {MAX_RESOURCE_ID_LEN}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!("resource id {id:?} contains {c:?}"));
+    }
+    if id.split('/').any(str::is_empty) {
+        return Err(format!("resource id {id:?} has an empty segment"));
+    }
+    Ok(())
+}
+
+/// Checks a label or attribute key and value against the limits.
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_LABEL_KEY_LEN {
+        return Err(format!(
+            "label key {key:?} must be 1 to {MAX_LABEL_KEY_LEN} bytes"
+        ));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    {
+        return Err(format!(
+            "label key {key:?} may only hold letters, digits, '.', '_', '-' and '/'"
+        ));
+    }
+    if value.len() > MAX_LABEL_VALUE_LEN {
+        return Err(format!(
+            "value of label {key:?} is {} bytes, the limit is {MAX_LABEL_VALUE_LEN}",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("value of label {key:?} contains a control character"));
+    }
+    Ok(())
+}
+
+/// Canonical text of series attributes: `k="v"` pairs sorted by key, joined by `,`.
+/// Quotes and backslashes in values are escaped; an empty set gives "".
+pub fn canonical_attributes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut pairs: Vec<(&str, &str)> = pairs.into_iter().collect();
+    pairs.sort_unstable();
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            if matches!(c, '"' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_resource_id("host/3d1219c7").is_ok());
+        assert!(validate_resource_id("k8s/prod/pod/default/web-1").is_ok());
+        assert!(validate_resource_id("").is_err());
+        assert!(validate_resource_id("host//x").is_err());
+        assert!(validate_resource_id("host/a b").is_err());
+        assert!(validate_resource_id(&"a".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn attributes_are_sorted_and_escaped() {
+        assert_eq!(canonical_attributes([]), "");
+        assert_eq!(
+            canonical_attributes([("state", "used"), ("cpu", "0")]),
+            "cpu=\"0\",state=\"used\""
+        );
+        assert_eq!(canonical_attributes([("k", "a\"b")]), "k=\"a\\\"b\"");
+    }
+
+    #[test]
+    fn health_names_round_trip() {
+        for h in [
+            Health::Healthy,
+            Health::Degraded,
+            Health::Unhealthy,
+            Health::Unknown,
+        ] {
+            assert_eq!(parse_health(health_name(h)), Some(h));
+        }
+        assert_eq!(parse_health("sick"), None);
+    }
+
+    #[test]
+    fn labels() {
+        assert!(validate_label("host.name", "x").is_ok());
+        assert!(validate_label("", "x").is_err());
+        assert!(validate_label("bad key", "x").is_err());
+        assert!(validate_label("k", &"v".repeat(2000)).is_err());
+    }
+}
