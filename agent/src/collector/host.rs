@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use infrawatch_common::resource::{self, kind, metric};
 use infrawatch_common::time::now_unix_ms;
@@ -260,8 +261,13 @@ pub struct HostCollector {
     identity: HostIdentity,
     proc_root: PathBuf,
     interval_ms: u32,
-    previous_cpu: Option<CpuStat>,
+    /// The previous `/proc/stat` reading and when it was taken.
+    previous_cpu: Option<(CpuStat, Instant)>,
 }
+
+/// Shortest time between two `/proc/stat` readings for a utilization: the kernel
+/// counts in ticks of 10 ms, so a shorter span gives a meaningless figure.
+const MIN_CPU_SPAN: Duration = Duration::from_millis(200);
 
 impl HostCollector {
     /// Reads the host identity and a first CPU reading, so the first collection
@@ -274,7 +280,7 @@ impl HostCollector {
             interval_ms,
             previous_cpu: None,
         };
-        collector.previous_cpu = collector.read_stat().ok();
+        collector.previous_cpu = collector.read_stat().ok().map(|s| (s, Instant::now()));
         Ok(collector)
     }
 
@@ -302,7 +308,12 @@ impl HostCollector {
     fn collect_cpu(&mut self, id: &str, now: i64, out: &mut Collection) -> Result<(), CollectError> {
         let stat = self.read_stat()?;
         out.sample(id, metric::CPU_LOGICAL_COUNT, &[], now, stat.cores.len() as f64);
-        if let Some(prev) = &self.previous_cpu {
+        let now_instant = Instant::now();
+        if let Some((prev, taken)) = &self.previous_cpu {
+            if now_instant.duration_since(*taken) < MIN_CPU_SPAN {
+                // Too soon for a meaningful figure; keep the older baseline.
+                return Ok(());
+            }
             if let Some(u) = stat.total.utilization_since(&prev.total) {
                 out.sample(id, metric::CPU_UTILIZATION, &[], now, u);
             }
@@ -312,7 +323,7 @@ impl HostCollector {
                 }
             }
         }
-        self.previous_cpu = Some(stat);
+        self.previous_cpu = Some((stat, now_instant));
         Ok(())
     }
 
@@ -465,6 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = fake_host(dir.path());
         let mut c = HostCollector::new(&paths, 1000).unwrap();
+        tokio::time::sleep(MIN_CPU_SPAN).await;
         std::fs::write(
             paths.proc.join("stat"),
             "cpu  200 0 100 800 100 0 0 0 0 0\ncpu0 100 0 50 400 50 0 0 0 0 0\ncpu1 50 0 50 400 50 0 0 0 0 0\n",

@@ -1,0 +1,334 @@
+//! The aggregator's configuration: listeners, TLS, storage, health thresholds and
+//! limits. Loaded by [`infrawatch_common::config::load`] and checked by
+//! [`AggregatorConfig::validate`] before any socket or database is opened.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use infrawatch_common::config::{ConfigErrors, Problems};
+use infrawatch_common::telemetry::LogFormat;
+use infrawatch_common::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// Environment prefix of aggregator settings.
+pub const ENV_PREFIX: &str = "INFRAWATCH_AGGREGATOR_";
+
+/// Everything the aggregator can be told.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// The mTLS gRPC listener (agent stream, queries, health, reflection).
+    pub grpc: GrpcConfig,
+    /// The REST listener (queries, `/healthz`, `/readyz`, `/metrics`).
+    pub rest: RestConfig,
+    /// Where state, history, cursors and rollups are stored.
+    pub storage: StorageConfig,
+    /// Health rules.
+    pub health: HealthConfig,
+    /// Ingest pipeline limits.
+    pub ingest: IngestConfig,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            grpc: GrpcConfig::default(),
+            rest: RestConfig::default(),
+            storage: StorageConfig::default(),
+            health: HealthConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// CA that signs client certificates, and the server's certificate and key.
+    pub tls: TlsFiles,
+    /// Largest decoded message accepted, in bytes; larger ones end that stream.
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            tls: TlsFiles {
+                ca: "/etc/infrawatch/tls/ca.pem".into(),
+                cert: "/etc/infrawatch/tls/server.pem".into(),
+                key: "/etc/infrawatch/tls/server-key.pem".into(),
+            },
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 16,
+        }
+    }
+}
+
+/// The REST listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted on `/api/` and `/metrics`. Required unless `listen`
+    /// is a loopback address; `/healthz` and `/readyz` never need one.
+    pub tokens: Vec<String>,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `postgres://user@host/db` or `sqlite:///path/to/file.db`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Time to wait for a pooled connection.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite:///var/lib/infrawatch/infrawatch.db".into(),
+            max_connections: 8,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Health rules for hosts. Utilizations are fractions (0.9 = 90 %), averaged over
+/// `evaluation_window_ms`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A resource with no data for this many of its intervals becomes UNKNOWN.
+    pub stale_after_missed_intervals: u32,
+    /// Window over which samples are averaged before comparing with thresholds.
+    pub evaluation_window_ms: u64,
+    /// CPU utilization thresholds.
+    pub cpu: Thresholds,
+    /// Memory utilization thresholds.
+    pub memory: Thresholds,
+    /// Swap utilization thresholds.
+    pub swap: Thresholds,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            stale_after_missed_intervals: 3,
+            evaluation_window_ms: 60_000,
+            cpu: Thresholds {
+                degraded: 0.90,
+                unhealthy: 0.98,
+            },
+            memory: Thresholds {
+                degraded: 0.90,
+                unhealthy: 0.97,
+            },
+            swap: Thresholds {
+                degraded: 0.50,
+                unhealthy: 0.90,
+            },
+        }
+    }
+}
+
+/// A DEGRADED and an UNHEALTHY threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// At or above this the resource is DEGRADED.
+    pub degraded: f64,
+    /// At or above this the resource is UNHEALTHY.
+    pub unhealthy: f64,
+}
+
+/// Limits and batching of the ingest path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Batches waiting for the writer, across all streams; when full, streams wait
+    /// (and so agents buffer) instead of memory growing.
+    pub queue_batches: usize,
+    /// Batches written in one database transaction at most (group commit).
+    pub group_commit_batches: usize,
+    /// Batches of one stream being written and not yet acknowledged, at most.
+    pub per_stream_in_flight: usize,
+    /// Recent raw samples kept in memory per series, by age.
+    pub hot_window_ms: u64,
+    /// Samples whose time is further than this in the future are dropped and counted.
+    pub max_future_skew_ms: i64,
+    /// Samples older than this are dropped and counted.
+    pub max_sample_age_ms: i64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            queue_batches: 1024,
+            group_commit_batches: 64,
+            per_stream_in_flight: 64,
+            hot_window_ms: 15 * 60 * 1000,
+            max_future_skew_ms: 10 * 60 * 1000,
+            max_sample_age_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// The kind of database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+impl StorageConfig {
+    /// The backend named by the URL scheme.
+    pub fn backend(&self) -> Option<Backend> {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else if self.url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else {
+            None
+        }
+    }
+
+    /// For SQLite, the database file, if the URL names one.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.url.strip_prefix("sqlite://").or_else(|| self.url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or_default();
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+}
+
+impl AggregatorConfig {
+    /// Checks values that parse but make no sense. Pure: touches no file or socket.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut p = Problems::default();
+        p.check(self.storage.backend().is_some(), "storage.url", || {
+            format!(
+                "{:?} must start with postgres://, postgresql:// or sqlite:",
+                self.storage.url
+            )
+        });
+        p.check(self.storage.max_connections >= 1, "storage.max_connections", || {
+            "must be at least 1".into()
+        });
+        p.check(
+            !self.rest.tokens.is_empty() || self.rest.listen.ip().is_loopback(),
+            "rest.tokens",
+            || {
+                format!(
+                    "at least one token is required when rest.listen ({}) is not a loopback address",
+                    self.rest.listen
+                )
+            },
+        );
+        for (i, t) in self.rest.tokens.iter().enumerate() {
+            p.check(t.len() >= 16, &format!("rest.tokens[{i}]"), || {
+                "must be at least 16 characters".into()
+            });
+        }
+        p.check(
+            self.grpc.max_message_bytes >= 1024,
+            "grpc.max_message_bytes",
+            || "must be at least 1024".into(),
+        );
+        p.check(
+            self.grpc.max_concurrent_streams >= 1,
+            "grpc.max_concurrent_streams",
+            || "must be at least 1".into(),
+        );
+        let h = &self.health;
+        p.check(
+            h.stale_after_missed_intervals >= 1,
+            "health.stale_after_missed_intervals",
+            || "must be at least 1".into(),
+        );
+        for (name, t) in [("cpu", h.cpu), ("memory", h.memory), ("swap", h.swap)] {
+            let ok = (0.0..=1.0).contains(&t.degraded)
+                && (0.0..=1.0).contains(&t.unhealthy)
+                && t.degraded <= t.unhealthy;
+            p.check(ok, &format!("health.{name}"), || {
+                format!(
+                    "degraded ({}) and unhealthy ({}) must be fractions between 0 and 1 with degraded <= unhealthy",
+                    t.degraded, t.unhealthy
+                )
+            });
+        }
+        let i = &self.ingest;
+        for (field, v) in [
+            ("ingest.queue_batches", i.queue_batches),
+            ("ingest.group_commit_batches", i.group_commit_batches),
+            ("ingest.per_stream_in_flight", i.per_stream_in_flight),
+        ] {
+            p.check(v >= 1, field, || "must be at least 1".into());
+        }
+        p.check(i.hot_window_ms >= 60_000, "ingest.hot_window_ms", || {
+            "must be at least 60000 (one rollup bucket)".into()
+        });
+        p.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrawatch_common::config::{ConfigSources, load};
+
+    #[test]
+    fn packaged_example_config_loads_and_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/aggregator.toml");
+        let cfg: AggregatorConfig = load(ConfigSources {
+            file: Some(std::path::Path::new(path)),
+            env_prefix: "INFRAWATCH_AGGREGATOR_TEST_UNSET_",
+            overrides: &[],
+        })
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.storage.backend(), Some(Backend::Postgres));
+        assert_eq!(cfg.health.cpu.degraded, 0.9);
+    }
+
+    #[test]
+    fn public_rest_needs_a_token_and_storage_needs_a_scheme() {
+        let mut cfg = AggregatorConfig::default();
+        cfg.rest.listen = "0.0.0.0:7080".parse().unwrap();
+        cfg.storage.url = "mysql://x".into();
+        cfg.health.cpu.degraded = 2.0;
+        let err = cfg.validate().unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["storage.url", "rest.tokens", "health.cpu"]);
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        let mut s = StorageConfig::default();
+        assert_eq!(s.sqlite_path(), Some(PathBuf::from("/var/lib/infrawatch/infrawatch.db")));
+        s.url = "sqlite::memory:".into();
+        assert_eq!(s.sqlite_path(), None);
+    }
+}

@@ -1,0 +1,170 @@
+//! Health rules: thresholds on host utilizations, and staleness. Pure functions of
+//! their inputs, so every rule is unit-tested without I/O.
+
+use infrawatch_common::resource::metric;
+
+use crate::config::{HealthConfig, Thresholds};
+use crate::model::{Health, Reason};
+
+/// Reason code of a resource without fresh data.
+pub const STALE: &str = "stale";
+
+/// Window averages of the host figures the rules look at (fractions, 0..1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HostFigures {
+    /// Mean `system.cpu.utilization` (all CPUs).
+    pub cpu: Option<f64>,
+    /// Mean `system.memory.utilization`.
+    pub memory: Option<f64>,
+    /// Mean `system.paging.utilization`.
+    pub swap: Option<f64>,
+}
+
+/// The metrics [`HostFigures`] are computed from, with their rule names.
+pub const HOST_RULE_METRICS: [(&str, &str); 3] = [
+    ("cpu", metric::CPU_UTILIZATION),
+    ("memory", metric::MEMORY_UTILIZATION),
+    ("swap", metric::PAGING_UTILIZATION),
+];
+
+/// Health of a host from its figures: the worst of the rules; reasons sorted by code.
+pub fn evaluate_host(f: &HostFigures, cfg: &HealthConfig) -> (Health, Vec<Reason>) {
+    let mut reasons = Vec::new();
+    let mut health = Health::Healthy;
+    for (name, value, limits, metric) in [
+        ("cpu", f.cpu, cfg.cpu, metric::CPU_UTILIZATION),
+        ("memory", f.memory, cfg.memory, metric::MEMORY_UTILIZATION),
+        ("swap", f.swap, cfg.swap, metric::PAGING_UTILIZATION),
+    ] {
+        let Some(v) = value else { continue };
+        if let Some((h, reason)) = threshold_reason(name, metric, v, limits, cfg.evaluation_window_ms) {
+            health = worse(health, h);
+            reasons.push(reason);
+        }
+    }
+    reasons.sort_by(|a, b| a.code.cmp(&b.code));
+    (health, reasons)
+}
+
+fn threshold_reason(
+    name: &str,
+    metric: &str,
+    value: f64,
+    limits: Thresholds,
+    window_ms: u64,
+) -> Option<(Health, Reason)> {
+    let (health, threshold, level) = if value >= limits.unhealthy {
+        (Health::Unhealthy, limits.unhealthy, "critical")
+    } else if value >= limits.degraded {
+        (Health::Degraded, limits.degraded, "high")
+    } else {
+        return None;
+    };
+    Some((
+        health,
+        Reason {
+            code: format!("{name}_{level}"),
+            message: format!(
+                "{name} utilization averaged {:.1}% over {}s, threshold {:.1}%",
+                value * 100.0,
+                window_ms / 1000,
+                threshold * 100.0
+            ),
+            metric: metric.to_string(),
+            observed: value,
+            threshold,
+        },
+    ))
+}
+
+/// The worse of two health values (UNKNOWN counts as worst, as it hides the truth).
+pub fn worse(a: Health, b: Health) -> Health {
+    fn rank(h: Health) -> u8 {
+        match h {
+            Health::Unspecified => 0,
+            Health::Healthy => 1,
+            Health::Degraded => 2,
+            Health::Unhealthy => 3,
+            Health::Unknown => 4,
+        }
+    }
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// The stale reason if a resource last seen at `last_seen_ms`, reporting every
+/// `interval_ms`, has missed `missed` intervals by `now_ms`.
+pub fn stale_reason(now_ms: i64, last_seen_ms: i64, interval_ms: u32, missed: u32) -> Option<Reason> {
+    if interval_ms == 0 {
+        return None;
+    }
+    let allowed = i64::from(interval_ms) * i64::from(missed);
+    let silent = now_ms - last_seen_ms;
+    (silent > allowed).then(|| Reason {
+        code: STALE.to_string(),
+        message: format!(
+            "no data for {}s (expected every {}s, allowed {} missed intervals)",
+            silent / 1000,
+            f64::from(interval_ms) / 1000.0,
+            missed
+        ),
+        metric: String::new(),
+        observed: silent as f64 / 1000.0,
+        threshold: allowed as f64 / 1000.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds() {
+        let cfg = HealthConfig::default();
+        let ok = HostFigures {
+            cpu: Some(0.5),
+            memory: Some(0.5),
+            swap: Some(0.0),
+        };
+        assert_eq!(evaluate_host(&ok, &cfg), (Health::Healthy, vec![]));
+
+        let degraded = HostFigures {
+            cpu: Some(0.93),
+            ..ok
+        };
+        let (h, r) = evaluate_host(&degraded, &cfg);
+        assert_eq!(h, Health::Degraded);
+        assert_eq!(r[0].code, "cpu_high");
+        assert_eq!(r[0].threshold, 0.9);
+
+        let bad = HostFigures {
+            cpu: Some(0.93),
+            memory: Some(0.99),
+            swap: Some(0.6),
+        };
+        let (h, r) = evaluate_host(&bad, &cfg);
+        assert_eq!(h, Health::Unhealthy);
+        let codes: Vec<_> = r.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(codes, vec!["cpu_high", "memory_critical", "swap_high"]);
+    }
+
+    #[test]
+    fn missing_figures_are_not_a_problem() {
+        let cfg = HealthConfig::default();
+        assert_eq!(evaluate_host(&HostFigures::default(), &cfg).0, Health::Healthy);
+    }
+
+    #[test]
+    fn staleness() {
+        assert!(stale_reason(10_000, 7_000, 1_000, 3).is_none());
+        let r = stale_reason(10_001, 7_000, 1_000, 3).unwrap();
+        assert_eq!(r.code, STALE);
+        assert!(stale_reason(1_000_000, 0, 0, 3).is_none(), "no interval, never stale");
+    }
+
+    #[test]
+    fn worse_orders_health() {
+        assert_eq!(worse(Health::Healthy, Health::Degraded), Health::Degraded);
+        assert_eq!(worse(Health::Unhealthy, Health::Degraded), Health::Unhealthy);
+        assert_eq!(worse(Health::Unhealthy, Health::Unknown), Health::Unknown);
+    }
+}

@@ -1,0 +1,336 @@
+//! Checks a wire batch and turns it into resources and per-series samples.
+//!
+//! Structural problems (bad ids, indexes out of range, columns of different length,
+//! limits exceeded) reject the whole batch with a message naming what is wrong.
+//! Individual samples that are not finite or whose time is implausible are dropped
+//! and counted, so one bad reading does not cost the rest of the batch.
+
+use std::collections::{BTreeMap, HashMap};
+
+use infrawatch_common::resource::{
+    MAX_LABELS_PER_RESOURCE, canonical_attributes, validate_label, validate_resource_id,
+};
+use infrawatch_proto::v1::Batch;
+
+use crate::model::Relation;
+use crate::series::SeriesKey;
+
+/// Relation types the model knows.
+pub const RELATION_TYPES: [&str; 6] = [
+    "runs_on",
+    "member_of",
+    "selects",
+    "backed_by",
+    "attached_to",
+    "depends_on",
+];
+
+/// Limits on one batch, beyond the message size limit of the transport.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Resources per batch.
+    pub max_resources: usize,
+    /// Series per batch.
+    pub max_series: usize,
+    /// Samples per batch.
+    pub max_samples: usize,
+    /// How far in the future a sample may be.
+    pub max_future_skew_ms: i64,
+    /// How old a sample may be.
+    pub max_sample_age_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_resources: 10_000,
+            max_series: 200_000,
+            max_samples: 1_000_000,
+            max_future_skew_ms: 10 * 60 * 1000,
+            max_sample_age_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// A resource as described by a batch, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Resource id.
+    pub id: String,
+    /// Kind; empty means the batch only refers to a known resource.
+    pub kind: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// Outgoing relations, sorted and unique.
+    pub relations: Vec<Relation>,
+    /// Reporting interval.
+    pub interval_ms: u32,
+}
+
+/// Samples of one series, in batch order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSamples {
+    /// The series.
+    pub key: SeriesKey,
+    /// (Unix ms, value).
+    pub points: Vec<(i64, f64)>,
+}
+
+/// A checked batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedBatch {
+    /// Sequence number.
+    pub seq: u64,
+    /// Resources described.
+    pub resources: Vec<Observation>,
+    /// Samples by series.
+    pub series: Vec<SeriesSamples>,
+    /// Samples kept.
+    pub sample_count: usize,
+    /// Samples dropped because the value was NaN or infinite.
+    pub dropped_non_finite: usize,
+    /// Samples dropped because their time was too far in the future or past.
+    pub dropped_out_of_range: usize,
+}
+
+/// Why a batch was rejected; the text is sent to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid batch {seq}: {problem}")]
+pub struct DecodeError {
+    /// The batch.
+    pub seq: u64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Checks `batch` against `limits` at time `now_ms`.
+pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch, DecodeError> {
+    let seq = batch.seq;
+    let fail = |problem: String| DecodeError { seq, problem };
+    if seq == 0 {
+        return Err(fail("seq must be at least 1".into()));
+    }
+    if batch.resources.len() > limits.max_resources {
+        return Err(fail(format!(
+            "{} resources, the limit is {}",
+            batch.resources.len(),
+            limits.max_resources
+        )));
+    }
+    if batch.series.len() > limits.max_series {
+        return Err(fail(format!(
+            "{} series, the limit is {}",
+            batch.series.len(),
+            limits.max_series
+        )));
+    }
+    let mut resources = Vec::with_capacity(batch.resources.len());
+    let mut seen = HashMap::new();
+    for (i, r) in batch.resources.into_iter().enumerate() {
+        validate_resource_id(&r.id).map_err(|e| fail(format!("resources[{i}]: {e}")))?;
+        if seen.insert(r.id.clone(), i).is_some() {
+            return Err(fail(format!("resources[{i}]: {} appears twice", r.id)));
+        }
+        if r.labels.len() + r.attributes.len() > MAX_LABELS_PER_RESOURCE {
+            return Err(fail(format!(
+                "resources[{i}] ({}): more than {MAX_LABELS_PER_RESOURCE} labels and attributes",
+                r.id
+            )));
+        }
+        for (k, v) in r.labels.iter().chain(r.attributes.iter()) {
+            validate_label(k, v).map_err(|e| fail(format!("resources[{i}] ({}): {e}", r.id)))?;
+        }
+        if r.kind.len() > 64 || !r.kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            return Err(fail(format!(
+                "resources[{i}] ({}): kind {:?} must be snake_case, at most 64 bytes",
+                r.id, r.kind
+            )));
+        }
+        let mut relations = Vec::with_capacity(r.relations.len());
+        for rel in r.relations {
+            if !rel.from_id.is_empty() && rel.from_id != r.id {
+                return Err(fail(format!(
+                    "resources[{i}] ({}): relation from {} must start at the resource itself",
+                    r.id, rel.from_id
+                )));
+            }
+            if !RELATION_TYPES.contains(&rel.relation_type.as_str()) {
+                return Err(fail(format!(
+                    "resources[{i}] ({}): relation type {:?} is not one of {}",
+                    r.id,
+                    rel.relation_type,
+                    RELATION_TYPES.join(", ")
+                )));
+            }
+            validate_resource_id(&rel.to_id)
+                .map_err(|e| fail(format!("resources[{i}] ({}): relation target: {e}", r.id)))?;
+            relations.push(Relation {
+                relation_type: rel.relation_type,
+                to_id: rel.to_id,
+            });
+        }
+        relations.sort();
+        relations.dedup();
+        resources.push(Observation {
+            id: r.id,
+            kind: r.kind,
+            labels: r.labels.into_iter().collect(),
+            attributes: r.attributes.into_iter().collect(),
+            relations,
+            interval_ms: r.interval_ms,
+        });
+    }
+
+    let strings = &batch.strings;
+    let string = |idx: u32, what: &str| -> Result<&str, DecodeError> {
+        strings
+            .get(idx as usize)
+            .map(String::as_str)
+            .ok_or_else(|| fail(format!("{what} refers to string {idx}, the table has {}", strings.len())))
+    };
+    let mut series = Vec::with_capacity(batch.series.len());
+    for (i, s) in batch.series.iter().enumerate() {
+        let resource = resources
+            .get(s.resource as usize)
+            .ok_or_else(|| fail(format!("series[{i}] refers to resource {}, the batch has {}", s.resource, resources.len())))?;
+        let metric = string(s.metric, &format!("series[{i}] metric"))?;
+        if metric.is_empty()
+            || metric.len() > 255
+            || !metric.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(fail(format!(
+                "series[{i}]: metric name {metric:?} must be 1 to 255 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        if s.attributes.len() % 2 != 0 {
+            return Err(fail(format!("series[{i}]: attributes must be key/value pairs")));
+        }
+        let mut pairs = Vec::with_capacity(s.attributes.len() / 2);
+        for kv in s.attributes.chunks_exact(2) {
+            let k = string(kv[0], &format!("series[{i}] attribute key"))?;
+            let v = string(kv[1], &format!("series[{i}] attribute value"))?;
+            validate_label(k, v).map_err(|e| fail(format!("series[{i}]: {e}")))?;
+            pairs.push((k, v));
+        }
+        if pairs.len() > 32 {
+            return Err(fail(format!("series[{i}]: more than 32 attributes")));
+        }
+        series.push(SeriesSamples {
+            key: SeriesKey {
+                resource_id: resource.id.clone(),
+                metric: metric.to_string(),
+                attributes: canonical_attributes(pairs),
+            },
+            points: Vec::new(),
+        });
+    }
+
+    let cols = batch.samples.unwrap_or_default();
+    let n = cols.values.len();
+    if cols.series.len() != n || cols.time_offset_ms.len() != n {
+        return Err(fail(format!(
+            "sample columns differ in length (series {}, time_offset_ms {}, values {})",
+            cols.series.len(),
+            cols.time_offset_ms.len(),
+            n
+        )));
+    }
+    if n > limits.max_samples {
+        return Err(fail(format!("{n} samples, the limit is {}", limits.max_samples)));
+    }
+    let earliest = now_ms.saturating_sub(limits.max_sample_age_ms);
+    let latest = now_ms.saturating_add(limits.max_future_skew_ms);
+    let mut decoded = DecodedBatch {
+        seq,
+        resources,
+        series: Vec::new(),
+        sample_count: 0,
+        dropped_non_finite: 0,
+        dropped_out_of_range: 0,
+    };
+    for j in 0..n {
+        let idx = cols.series[j] as usize;
+        let Some(target) = series.get_mut(idx) else {
+            return Err(fail(format!("sample {j} refers to series {idx}, the batch has {}", batch.series.len())));
+        };
+        let value = cols.values[j];
+        let ts = batch.base_time_unix_ms.saturating_add(cols.time_offset_ms[j]);
+        if !value.is_finite() {
+            decoded.dropped_non_finite += 1;
+        } else if ts < earliest || ts > latest {
+            decoded.dropped_out_of_range += 1;
+        } else {
+            target.points.push((ts, value));
+            decoded.sample_count += 1;
+        }
+    }
+    decoded.series = series.into_iter().filter(|s| !s.points.is_empty()).collect();
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrawatch_proto::v1::{ResourceObservation, SampleColumns, SeriesDef};
+
+    fn batch() -> Batch {
+        Batch {
+            seq: 1,
+            base_time_unix_ms: 1_000_000,
+            resources: vec![ResourceObservation {
+                id: "host/a".into(),
+                kind: "host".into(),
+                interval_ms: 1000,
+                ..Default::default()
+            }],
+            strings: vec!["system.cpu.utilization".into(), "cpu".into(), "0".into()],
+            series: vec![
+                SeriesDef { resource: 0, metric: 0, attributes: vec![] },
+                SeriesDef { resource: 0, metric: 0, attributes: vec![1, 2] },
+            ],
+            samples: Some(SampleColumns {
+                series: vec![0, 1, 1],
+                time_offset_ms: vec![0, 0, 1000],
+                values: vec![0.5, 0.25, f64::NAN],
+            }),
+        }
+    }
+
+    #[test]
+    fn decodes_and_drops_non_finite() {
+        let d = decode(batch(), 1_000_000, &Limits::default()).unwrap();
+        assert_eq!(d.sample_count, 2);
+        assert_eq!(d.dropped_non_finite, 1);
+        assert_eq!(d.series[1].key.attributes, "cpu=\"0\"");
+        assert_eq!(d.series[1].points, vec![(1_000_000, 0.25)]);
+    }
+
+    #[test]
+    fn structural_problems_name_the_part() {
+        let mut b = batch();
+        b.series[0].metric = 99;
+        let e = decode(b, 1_000_000, &Limits::default()).unwrap_err();
+        assert!(e.problem.contains("series[0] metric"), "{e}");
+
+        let mut b = batch();
+        b.samples.as_mut().unwrap().values.pop();
+        assert!(decode(b, 1_000_000, &Limits::default()).unwrap_err().problem.contains("differ in length"));
+
+        let mut b = batch();
+        b.resources[0].id = "bad id".into();
+        assert!(decode(b, 1_000_000, &Limits::default()).unwrap_err().problem.contains("resources[0]"));
+
+        let mut b = batch();
+        b.seq = 0;
+        assert!(decode(b, 1_000_000, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn samples_from_the_far_future_are_dropped() {
+        let d = decode(batch(), 1_000_000 - 11 * 60 * 1000, &Limits::default()).unwrap();
+        assert_eq!(d.sample_count, 0);
+        assert_eq!(d.dropped_out_of_range, 2);
+    }
+}

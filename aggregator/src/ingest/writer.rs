@@ -1,0 +1,448 @@
+//! The single writer of the model.
+//!
+//! Requests arrive on a bounded channel (so a slow database slows acknowledgements
+//! and agents buffer, instead of memory growing). The writer takes up to
+//! `group_commit_batches` at once, plans every state change against the model plus
+//! the changes planned so far, writes them in one transaction, applies them to the
+//! model and answers each request. Nothing is applied or acknowledged unless the
+//! transaction committed; a failed group is answered with `Unavailable` and resent
+//! by the agents. The same task marks resources stale, so no two tasks ever race on
+//! a resource version.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use infrawatch_common::resource::kind;
+use infrawatch_common::time::now_unix_ms;
+use infrawatch_proto::v1::Ack;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::IngestError;
+use super::decode::DecodedBatch;
+use crate::config::HealthConfig;
+use crate::health::{self, HostFigures};
+use crate::model::{Health, ResourceRecord, changed_fields};
+use crate::series::{SeriesKey, Stats};
+use crate::state::{Model, State};
+use crate::store::{Commit, HistoryEntry, RollupDelta, Store};
+use crate::telemetry;
+
+/// Width of a stored rollup bucket.
+pub const ROLLUP_BUCKET_MS: i64 = 60_000;
+
+/// Source recorded for changes the aggregator makes itself.
+pub const STALENESS_SOURCE: &str = "aggregator/staleness";
+
+/// A batch to apply, from the stream of agent `agent`.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// Identity from the client certificate.
+    pub agent: String,
+    /// The checked batch.
+    pub batch: DecodedBatch,
+    /// Receives the acknowledgement once durable, or why not.
+    pub reply: oneshot::Sender<Result<Ack, IngestError>>,
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Health rules.
+    pub health: HealthConfig,
+    /// Batches per transaction at most.
+    pub group_commit_batches: usize,
+    /// How often to look for stale resources.
+    pub sweep_interval: Duration,
+}
+
+/// Changes planned for one transaction.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Latest planned record of every resource touched.
+    records: HashMap<String, ResourceRecord>,
+    /// Ids whose new version must be stored.
+    changed: HashSet<String>,
+    relations_changed: HashSet<String>,
+    history: Vec<HistoryEntry>,
+    cursors: HashMap<String, u64>,
+    rollups: HashMap<(SeriesKey, i64), RollupDelta>,
+    /// Samples to add to the hot store, and their window statistics so far.
+    samples: Vec<(SeriesKey, i64, f64)>,
+    window: HashMap<SeriesKey, Stats>,
+    /// Resources with fresh data (their last-seen time moves to now).
+    seen: HashSet<String>,
+}
+
+impl Plan {
+    fn record<'a>(&'a self, model: &'a Model, id: &str) -> Option<&'a ResourceRecord> {
+        self.records
+            .get(id)
+            .or_else(|| model.resources.get(id).map(|t| &t.record))
+    }
+
+    /// Stores `next` as the new state of its resource, bumping the version and
+    /// writing history when a field that consumers care about changed.
+    fn update(&mut self, model: &Model, mut next: ResourceRecord, now_ms: i64) {
+        let before = self.record(model, &next.id).cloned();
+        let changed = changed_fields(before.as_ref(), &next);
+        if changed.is_empty() {
+            self.records.insert(next.id.clone(), next);
+            return;
+        }
+        next.version = before.as_ref().map_or(0, |b| b.version) + 1;
+        if changed.contains(&"relations") || (changed.contains(&"created") && !next.relations.is_empty()) {
+            self.relations_changed.insert(next.id.clone());
+        }
+        self.history.push(HistoryEntry {
+            resource_id: next.id.clone(),
+            resource_version: next.version,
+            previous_health: before.as_ref().map_or(Health::Unknown, |b| b.health),
+            health: next.health,
+            reasons: next.reasons.clone(),
+            changed: changed.iter().map(|s| s.to_string()).collect(),
+            observed_at_ms: next.observed_at_ms,
+            recorded_at_ms: now_ms,
+            source: next.source.clone(),
+        });
+        self.changed.insert(next.id.clone());
+        self.records.insert(next.id.clone(), next);
+    }
+
+    fn add_sample(&mut self, key: &SeriesKey, ts: i64, value: f64, window_start: i64) {
+        let bucket = ts - ts.rem_euclid(ROLLUP_BUCKET_MS);
+        let delta = self
+            .rollups
+            .entry((key.clone(), bucket))
+            .or_insert_with(|| RollupDelta {
+                key: key.clone(),
+                bucket_start_ms: bucket,
+                stats: Stats::default(),
+                last: (i64::MIN, 0.0),
+            });
+        delta.stats.add(value);
+        if ts >= delta.last.0 {
+            delta.last = (ts, value);
+        }
+        if ts >= window_start {
+            self.window.entry(key.clone()).or_default().add(value);
+        }
+        self.samples.push((key.clone(), ts, value));
+    }
+
+    fn into_commit(self) -> (Commit, Applied) {
+        let resources: Vec<ResourceRecord> = self
+            .changed
+            .iter()
+            .filter_map(|id| self.records.get(id).cloned())
+            .collect();
+        let commit = Commit {
+            resources,
+            relations_changed: self.relations_changed.into_iter().collect(),
+            history: self.history,
+            cursors: self.cursors.iter().map(|(a, s)| (a.clone(), *s)).collect(),
+            rollups: self.rollups.into_values().collect(),
+        };
+        let applied = Applied {
+            records: self.records,
+            changes: self.changed.len(),
+            cursors: self.cursors,
+            samples: self.samples,
+            seen: self.seen,
+        };
+        (commit, applied)
+    }
+}
+
+/// What goes into the model once the commit succeeded.
+struct Applied {
+    records: HashMap<String, ResourceRecord>,
+    changes: usize,
+    cursors: HashMap<String, u64>,
+    samples: Vec<(SeriesKey, i64, f64)>,
+    seen: HashSet<String>,
+}
+
+/// The writer task.
+pub struct Writer {
+    state: Arc<State>,
+    store: Store,
+    config: WriterConfig,
+    requests: mpsc::Receiver<WriteRequest>,
+}
+
+impl Writer {
+    /// A writer fed by `requests`.
+    pub fn new(
+        state: Arc<State>,
+        store: Store,
+        config: WriterConfig,
+        requests: mpsc::Receiver<WriteRequest>,
+    ) -> Self {
+        Self {
+            state,
+            store,
+            config,
+            requests,
+        }
+    }
+
+    /// Runs until every sender is gone (after shutdown, once the streams ended) or
+    /// `stop` is cancelled; in both cases what is queued is written first.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max = self.config.group_commit_batches.max(1);
+        let mut group = Vec::with_capacity(max);
+        loop {
+            tokio::select! {
+                biased;
+                n = self.requests.recv_many(&mut group, max) => {
+                    if n == 0 {
+                        return;
+                    }
+                    self.apply_group(std::mem::take(&mut group)).await;
+                }
+                _ = sweep.tick() => self.sweep().await,
+                _ = stop.cancelled() => {
+                    self.requests.close();
+                    while self.requests.recv_many(&mut group, max).await > 0 {
+                        self.apply_group(std::mem::take(&mut group)).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Plans, commits, applies and answers one group of batches.
+    async fn apply_group(&self, group: Vec<WriteRequest>) {
+        let now = now_unix_ms();
+        let mut plan = Plan::default();
+        let mut answers: Vec<(oneshot::Sender<Result<Ack, IngestError>>, Result<Ack, IngestError>, usize)> =
+            Vec::with_capacity(group.len());
+        {
+            let model = self.state.read();
+            for req in group {
+                let seq = req.batch.seq;
+                let samples = req.batch.sample_count;
+                let result = self.plan_batch(&model, &mut plan, &req.agent, req.batch, now);
+                answers.push((req.reply, result.map(|duplicate| Ack { seq, duplicate }), samples));
+            }
+        }
+        let (commit, applied) = plan.into_commit();
+        if let Err(e) = self.store.commit(&commit).await {
+            tracing::warn!(error = &e as &dyn std::error::Error, batches = answers.len(), "Database write failed; batches will be resent by their agents.");
+            for (reply, result, _) in answers {
+                let answer = match result {
+                    Ok(_) => Err(IngestError::Unavailable(e.to_string())),
+                    Err(rejected) => Err(rejected),
+                };
+                count_result(&answer);
+                let _ = reply.send(answer);
+            }
+            return;
+        }
+        self.apply(applied, now);
+        for (reply, result, samples) in answers {
+            if matches!(result, Ok(Ack { duplicate: false, .. })) {
+                metrics::counter!(telemetry::SAMPLES).increment(samples as u64);
+            }
+            count_result(&result);
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Plans one batch; `Ok(true)` when it was applied before (a replay).
+    fn plan_batch(
+        &self,
+        model: &Model,
+        plan: &mut Plan,
+        agent: &str,
+        batch: DecodedBatch,
+        now: i64,
+    ) -> Result<bool, IngestError> {
+        let applied = plan
+            .cursors
+            .get(agent)
+            .copied()
+            .or_else(|| model.cursors.get(agent).copied())
+            .unwrap_or(0);
+        if batch.seq <= applied {
+            return Ok(true);
+        }
+        // Check everything before planning anything, so a rejected batch leaves no trace.
+        for obs in &batch.resources {
+            match plan.record(model, &obs.id) {
+                Some(existing) if existing.source != agent => {
+                    return Err(IngestError::Forbidden(format!(
+                        "resource {} is reported by {}, not by {agent} (two hosts with the same machine id?)",
+                        obs.id, existing.source
+                    )));
+                }
+                None if obs.kind.is_empty() => {
+                    return Err(IngestError::Invalid(format!(
+                        "batch {} refers to unknown resource {} without a kind",
+                        batch.seq, obs.id
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let window_start = now - i64::try_from(self.config.health.evaluation_window_ms).unwrap_or(i64::MAX);
+        let mut newest: HashMap<&str, i64> = HashMap::new();
+        for s in &batch.series {
+            for &(ts, v) in &s.points {
+                plan.add_sample(&s.key, ts, v, window_start);
+                let e = newest.entry(s.key.resource_id.as_str()).or_insert(ts);
+                *e = (*e).max(ts);
+            }
+        }
+        for obs in &batch.resources {
+            let existing = plan.record(model, &obs.id).cloned();
+            let mut next = existing.unwrap_or_else(|| ResourceRecord {
+                id: obs.id.clone(),
+                kind: obs.kind.clone(),
+                labels: Default::default(),
+                attributes: Default::default(),
+                relations: Vec::new(),
+                health: Health::Unknown,
+                reasons: Vec::new(),
+                observed_at_ms: now,
+                version: 0,
+                source: agent.to_string(),
+                interval_ms: 0,
+            });
+            if !obs.kind.is_empty() {
+                next.kind = obs.kind.clone();
+                next.labels = obs.labels.clone();
+                next.attributes = obs.attributes.clone();
+                next.relations = obs.relations.clone();
+                next.interval_ms = obs.interval_ms;
+            }
+            next.observed_at_ms = newest.get(obs.id.as_str()).copied().unwrap_or(now);
+            let (health, reasons) = self.evaluate(model, plan, &next, window_start);
+            next.health = health;
+            next.reasons = reasons;
+            plan.seen.insert(next.id.clone());
+            plan.update(model, next, now);
+        }
+        plan.cursors.insert(agent.to_string(), batch.seq);
+        Ok(false)
+    }
+
+    /// Health of a resource that just reported.
+    fn evaluate(
+        &self,
+        model: &Model,
+        plan: &Plan,
+        record: &ResourceRecord,
+        window_start: i64,
+    ) -> (Health, Vec<crate::model::Reason>) {
+        if record.kind != kind::HOST {
+            return (Health::Healthy, Vec::new());
+        }
+        let mean = |metric: &str| {
+            let key = SeriesKey {
+                resource_id: record.id.clone(),
+                metric: metric.to_string(),
+                attributes: String::new(),
+            };
+            let mut stats = model.series.stats_since(&key, window_start);
+            if let Some(fresh) = plan.window.get(&key) {
+                stats.count += fresh.count;
+                stats.sum += fresh.sum;
+            }
+            stats.mean()
+        };
+        let [(_, cpu), (_, memory), (_, swap)] = health::HOST_RULE_METRICS;
+        let figures = HostFigures {
+            cpu: mean(cpu),
+            memory: mean(memory),
+            swap: mean(swap),
+        };
+        health::evaluate_host(&figures, &self.config.health)
+    }
+
+    fn apply(&self, applied: Applied, now: i64) {
+        let mut model = self.state.write();
+        for (id, record) in applied.records {
+            let last_seen = if applied.seen.contains(&id) {
+                now
+            } else {
+                model.resources.get(&id).map_or(now, |t| t.last_seen_ms)
+            };
+            model.resources.insert(
+                id,
+                crate::state::Tracked {
+                    record,
+                    last_seen_ms: last_seen,
+                },
+            );
+        }
+        for (agent, seq) in applied.cursors {
+            model.cursors.insert(agent, seq);
+        }
+        for (key, ts, v) in &applied.samples {
+            model.series.insert(key, *ts, *v, now);
+        }
+        metrics::counter!(telemetry::STATE_CHANGES).increment(applied.changes as u64);
+        metrics::gauge!(telemetry::RESOURCES).set(model.resources.len() as f64);
+        metrics::gauge!(telemetry::HOT_SERIES).set(model.series.len() as f64);
+    }
+
+    /// Marks resources without fresh data UNKNOWN, and forgets old samples.
+    async fn sweep(&self) {
+        let now = now_unix_ms();
+        let missed = self.config.health.stale_after_missed_intervals;
+        let mut plan = Plan::default();
+        {
+            let model = self.state.read();
+            for t in model.resources.values() {
+                if t.record.health == Health::Unknown {
+                    continue;
+                }
+                if let Some(reason) = health::stale_reason(now, t.last_seen_ms, t.record.interval_ms, missed) {
+                    let mut next = t.record.clone();
+                    next.health = Health::Unknown;
+                    next.reasons = vec![reason];
+                    next.source = t.record.source.clone();
+                    plan.update(&model, next, now);
+                }
+            }
+        }
+        if plan.changed.is_empty() {
+            self.state.write().series.evict(now);
+            return;
+        }
+        let stale = plan.changed.len();
+        // The history rows name the staleness check as the observer.
+        for h in &mut plan.history {
+            h.source = STALENESS_SOURCE.to_string();
+            h.observed_at_ms = now;
+        }
+        let (commit, applied) = plan.into_commit();
+        let started = Instant::now();
+        match self.store.commit(&commit).await {
+            Ok(()) => {
+                tracing::info!(resources = stale, elapsed = ?started.elapsed(), "Resources without fresh data marked unknown.");
+                self.apply(applied, now);
+                self.state.write().series.evict(now);
+            }
+            Err(e) => {
+                tracing::warn!(error = &e as &dyn std::error::Error, "Could not store stale states; will retry.");
+            }
+        }
+    }
+}
+
+fn count_result(result: &Result<Ack, IngestError>) {
+    let label = match result {
+        Ok(Ack { duplicate: false, .. }) => "applied",
+        Ok(Ack { duplicate: true, .. }) => "duplicate",
+        Err(IngestError::Invalid(_) | IngestError::Forbidden(_)) => "rejected",
+        Err(_) => "failed",
+    };
+    metrics::counter!(telemetry::BATCHES, "result" => label).increment(1);
+}

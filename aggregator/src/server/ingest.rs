@@ -1,0 +1,255 @@
+//! `AgentService.Report`: one bidirectional stream per agent.
+//!
+//! The agent's identity comes from its client certificate. Each stream has a reader
+//! that checks batches and queues them for the writer, and a forwarder that sends
+//! the acknowledgements back strictly in batch order, so an `Ack(seq)` always means
+//! that batch and every one before it on this stream is durable. When a batch is
+//! rejected, the acknowledgements of the batches before it are still delivered, then
+//! the stream ends with the error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use infrawatch_common::tls::identity_from_der;
+use infrawatch_common::time::now_unix_ms;
+use infrawatch_proto::v1::agent_message::Body as AgentBody;
+use infrawatch_proto::v1::agent_service_server::AgentService;
+use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
+use infrawatch_proto::v1::{Ack, AgentMessage, AggregatorMessage, Hello};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::ingest::IngestError;
+use crate::ingest::decode::{Limits, decode};
+use crate::ingest::writer::WriteRequest;
+use crate::state::State;
+use crate::telemetry;
+
+/// Time an agent has to send `Hello` after opening the stream.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent stream service.
+#[derive(Clone)]
+pub struct IngestService {
+    state: Arc<State>,
+    writer: mpsc::Sender<WriteRequest>,
+    limits: Limits,
+    per_stream_in_flight: usize,
+    shutdown: CancellationToken,
+}
+
+impl IngestService {
+    /// A service feeding `writer`; streams end when `shutdown` is cancelled.
+    pub fn new(
+        state: Arc<State>,
+        writer: mpsc::Sender<WriteRequest>,
+        limits: Limits,
+        per_stream_in_flight: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            state,
+            writer,
+            limits,
+            per_stream_in_flight: per_stream_in_flight.max(1),
+            shutdown,
+        }
+    }
+}
+
+/// The identity in the client certificate of `request`.
+pub fn peer_identity<T>(request: &Request<T>) -> Result<String, Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    identity_from_der(leaf.as_ref())
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+}
+
+/// An entry of the per-stream acknowledgement queue.
+enum Pending {
+    /// A batch handed to the writer.
+    Written {
+        reply: oneshot::Receiver<Result<Ack, IngestError>>,
+        received: Instant,
+    },
+    /// The stream ends here with this status.
+    Fail(Status),
+}
+
+type Outbound = mpsc::Sender<Result<AggregatorMessage, Status>>;
+
+#[tonic::async_trait]
+impl AgentService for IngestService {
+    type ReportStream = ReceiverStream<Result<AggregatorMessage, Status>>;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let identity = peer_identity(&request)?;
+        let remote = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.per_stream_in_flight + 2);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _connected = this.state.agent_connected();
+            tracing::info!(agent = %identity, ?remote, "Agent stream opened.");
+            let reason = this.serve_stream(&identity, inbound, tx).await;
+            tracing::info!(agent = %identity, ?remote, reason, "Agent stream closed.");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl IngestService {
+    /// Reads the stream until it ends; returns why it ended, for the log.
+    async fn serve_stream(
+        &self,
+        identity: &str,
+        mut inbound: Streaming<AgentMessage>,
+        tx: Outbound,
+    ) -> &'static str {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage { body: Some(AgentBody::Hello(h)) }))) => h,
+            Ok(Ok(None)) => return "closed before hello",
+            Ok(Err(status)) => {
+                let _ = tx.send(Err(status)).await;
+                return "error before hello";
+            }
+            Ok(Ok(Some(_))) => {
+                let _ = tx
+                    .send(Err(Status::invalid_argument("the first message must be Hello")))
+                    .await;
+                return "no hello";
+            }
+            Err(_) => {
+                let _ = tx
+                    .send(Err(Status::deadline_exceeded("no Hello within 10 seconds")))
+                    .await;
+                return "hello timeout";
+            }
+        };
+        log_hello(identity, &hello);
+
+        let (order_tx, order_rx) = mpsc::channel::<Pending>(self.per_stream_in_flight);
+        let forwarder = tokio::spawn(forward_acks(order_rx, tx));
+        let reason = loop {
+            let message = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    let _ = order_tx.send(Pending::Fail(IngestError::ShuttingDown.into())).await;
+                    break "aggregator shutting down";
+                }
+                m = inbound.message() => m,
+            };
+            match message {
+                Ok(Some(AgentMessage { body: Some(AgentBody::Batch(batch)) })) => {
+                    let received = Instant::now();
+                    let decoded = match decode(batch, now_unix_ms(), &self.limits) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(agent = identity, error = %e, "Rejected a batch.");
+                            metrics::counter!(telemetry::BATCHES, "result" => "rejected").increment(1);
+                            let _ = order_tx.send(Pending::Fail(Status::invalid_argument(e.to_string()))).await;
+                            break "invalid batch";
+                        }
+                    };
+                    count_dropped(decoded.dropped_non_finite, "non_finite");
+                    count_dropped(decoded.dropped_out_of_range, "timestamp_out_of_range");
+                    let (reply_tx, reply_rx) = oneshot::channel();
+                    let request = WriteRequest {
+                        agent: identity.to_string(),
+                        batch: decoded,
+                        reply: reply_tx,
+                    };
+                    // Waits while the writer is busy: backpressure reaches the agent.
+                    if self.writer.send(request).await.is_err() {
+                        let _ = order_tx.send(Pending::Fail(IngestError::ShuttingDown.into())).await;
+                        break "writer stopped";
+                    }
+                    if order_tx.send(Pending::Written { reply: reply_rx, received }).await.is_err() {
+                        break "agent went away";
+                    }
+                }
+                Ok(Some(AgentMessage { body: Some(AgentBody::Hello(_)) })) => {
+                    let _ = order_tx
+                        .send(Pending::Fail(Status::invalid_argument("Hello may only be sent once per stream")))
+                        .await;
+                    break "second hello";
+                }
+                Ok(Some(AgentMessage { body: None })) => {
+                    let _ = order_tx.send(Pending::Fail(Status::invalid_argument("empty message"))).await;
+                    break "empty message";
+                }
+                Ok(None) => break "agent closed the stream",
+                Err(status) => {
+                    tracing::warn!(agent = identity, code = ?status.code(), message = status.message(), "Agent stream failed.");
+                    let _ = order_tx.send(Pending::Fail(status)).await;
+                    break "transport error";
+                }
+            }
+        };
+        drop(order_tx);
+        let _ = forwarder.await;
+        reason
+    }
+}
+
+fn log_hello(identity: &str, hello: &Hello) {
+    let host = hello.host.clone().unwrap_or_default();
+    tracing::info!(
+        agent = identity,
+        name = %hello.agent_name,
+        version = %hello.agent_version,
+        machine_id = %host.machine_id,
+        hostname = %host.hostname,
+        last_seq = hello.last_seq,
+        interval_ms = hello.collection_interval_ms,
+        "Agent said hello."
+    );
+}
+
+fn count_dropped(n: usize, reason: &'static str) {
+    if n > 0 {
+        metrics::counter!(telemetry::SAMPLES_DROPPED, "reason" => reason).increment(n as u64);
+    }
+}
+
+/// Sends acknowledgements in batch order; stops at the first failure.
+async fn forward_acks(mut order: mpsc::Receiver<Pending>, tx: Outbound) {
+    while let Some(pending) = order.recv().await {
+        match pending {
+            Pending::Written { reply, received } => {
+                let result = match reply.await {
+                    Ok(r) => r,
+                    Err(_) => Err(IngestError::ShuttingDown),
+                };
+                match result {
+                    Ok(ack) => {
+                        metrics::histogram!(telemetry::INGEST_TO_ACK)
+                            .record(received.elapsed().as_secs_f64());
+                        let msg = AggregatorMessage {
+                            body: Some(AggregatorBody::Ack(ack)),
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+            Pending::Fail(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The REST API (axum): the query operations under `/api/v1/`, `/healthz`,
+//! `/readyz` and `/metrics`. Errors are JSON: `{"error": {"code", "message"}}`.
+//!
+//! Resource ids contain `/`; they may be sent as they are
+//! (`/api/v1/resources/host/abc`) or percent-encoded (`host%2Fabc`). A path ending
+//! in `/metrics` with a `name` parameter is a metric query of the resource before it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State as AxumState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use infrawatch_common::resource::{health_name, parse_health};
+use infrawatch_common::time::now_unix_ms;
+use infrawatch_proto::v1 as pb;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+
+use crate::model::Health;
+use crate::query::{self, ListParams, MetricParams, QueryError};
+use crate::state::State;
+use crate::store::Store;
+
+/// What the REST handlers share.
+#[derive(Clone)]
+pub struct RestState {
+    /// The model.
+    pub state: Arc<State>,
+    /// The database, for readiness and older metric ranges.
+    pub store: Store,
+    /// Renders `/metrics`; `None` when no recorder is installed (tests).
+    pub metrics: Option<PrometheusHandle>,
+    /// Accepted bearer tokens; empty means no authentication (loopback only).
+    pub tokens: Arc<Vec<String>>,
+}
+
+/// The router.
+pub fn router(shared: RestState) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/resources", get(list_resources))
+        .route("/api/v1/resources/{*path}", get(resource_or_metrics))
+        .route("/metrics", get(prometheus))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .merge(protected)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            QueryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+            QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        error(status, self.code(), &self.to_string())
+    }
+}
+
+async fn authenticate(
+    AxumState(shared): AxumState<RestState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if shared.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if shared.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes())) {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+        )
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ready(AxumState(shared): AxumState<RestState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &format!("database: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "database did not answer within 2s"),
+    }
+}
+
+async fn prometheus(AxumState(shared): AxumState<RestState>) -> Response {
+    match &shared.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "metrics are not enabled"),
+    }
+}
+
+async fn status(AxumState(shared): AxumState<RestState>) -> Json<Value> {
+    let s = query::summary(&shared.state);
+    Json(json!({
+        "total_resources": s.total_resources,
+        "by_kind": s.by_kind,
+        "by_health": s.by_health,
+        "connected_agents": s.connected_agents,
+    }))
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
+    params.get(name).map(String::as_str).unwrap_or_default()
+}
+
+fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, what: &str) -> Result<Option<T>, QueryError> {
+    match params.get(name) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            QueryError::InvalidArgument(format!("{name}={v:?} is not {what}"))
+        }),
+    }
+}
+
+async fn list_resources(AxumState(shared): AxumState<RestState>, Query(params): Params) -> Result<Json<Value>, QueryError> {
+    let known = ["kind", "health", "label", "limit", "cursor"];
+    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(QueryError::InvalidArgument(format!(
+            "unknown parameter {unknown:?}; expected one of {}",
+            known.join(", ")
+        )));
+    }
+    let health = match param(&params, "health") {
+        "" => None,
+        h => Some(parse_health(h).ok_or_else(|| {
+            QueryError::InvalidArgument(format!(
+                "health={h:?} is not one of healthy, degraded, unhealthy, unknown"
+            ))
+        })?),
+    };
+    let limit: u32 = number(&params, "limit", "a whole number between 1 and 1000")?.unwrap_or(0);
+    if params.contains_key("limit") && limit == 0 {
+        return Err(QueryError::InvalidArgument("limit must be between 1 and 1000".into()));
+    }
+    let p = ListParams::parse(param(&params, "kind"), health, param(&params, "label"), limit, param(&params, "cursor"))?;
+    let (page, next) = query::list(&shared.state, &p);
+    Ok(Json(json!({
+        "resources": page.iter().map(resource_json).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+async fn resource_or_metrics(
+    AxumState(shared): AxumState<RestState>,
+    Path(path): Path<String>,
+    Query(params): Params,
+) -> Result<Json<Value>, QueryError> {
+    if let Some(id) = path.strip_suffix("/metrics") {
+        if params.contains_key("name") {
+            return metrics_of(&shared, id, &params).await;
+        }
+    }
+    Ok(Json(resource_json(&query::get(&shared.state, &path)?)))
+}
+
+async fn metrics_of(shared: &RestState, id: &str, params: &HashMap<String, String>) -> Result<Json<Value>, QueryError> {
+    let known = ["name", "attributes", "from", "to", "step"];
+    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(QueryError::InvalidArgument(format!(
+            "unknown parameter {unknown:?}; expected one of {}",
+            known.join(", ")
+        )));
+    }
+    let ms = "a time in Unix milliseconds";
+    let p = MetricParams::parse(
+        id,
+        param(params, "name"),
+        param(params, "attributes"),
+        number(params, "from", ms)?.unwrap_or(0),
+        number(params, "to", ms)?.unwrap_or(0),
+        number(params, "step", "a whole number of milliseconds")?.unwrap_or(0),
+        now_unix_ms(),
+    )?;
+    let r = query::metric(&shared.state, &shared.store, &p).await?;
+    Ok(Json(json!({
+        "resource_id": r.resource_id,
+        "metric": r.metric,
+        "attributes": r.attributes,
+        "step_ms": r.step_ms,
+        "source": r.source,
+        "points": r.points.iter().map(|p| json!({
+            "timestamp_unix_ms": p.timestamp_unix_ms,
+            "avg": p.avg, "min": p.min, "max": p.max, "count": p.count,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// The JSON form of a resource, with health names as text.
+pub fn resource_json(r: &pb::Resource) -> Value {
+    let health = Health::try_from(r.health).unwrap_or(Health::Unknown);
+    let labels: std::collections::BTreeMap<_, _> = r.labels.iter().collect();
+    let attributes: std::collections::BTreeMap<_, _> = r.attributes.iter().collect();
+    json!({
+        "id": r.id,
+        "kind": r.kind,
+        "health": health_name(health),
+        "reasons": r.reasons.iter().map(|x| json!({
+            "code": x.code, "message": x.message, "metric": x.metric,
+            "observed": x.observed, "threshold": x.threshold,
+        })).collect::<Vec<_>>(),
+        "labels": labels,
+        "attributes": attributes,
+        "relations": r.relations.iter().map(|x| json!({
+            "type": x.relation_type, "to": x.to_id,
+        })).collect::<Vec<_>>(),
+        "observed_at_unix_ms": r.observed_at_unix_ms,
+        "resource_version": r.resource_version,
+        "source": r.source,
+        "latest": r.latest.iter().map(|x| json!({
+            "metric": x.metric, "attributes": x.attributes,
+            "value": x.value, "timestamp_unix_ms": x.timestamp_unix_ms,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,429 @@
+//! Durable storage through sqlx, on PostgreSQL or SQLite with the same statements
+//! (both accept `$N` placeholders and `ON CONFLICT ... DO UPDATE`).
+//!
+//! The writer hands over one [`Commit`] per group of batches: changed resources,
+//! their history rows, agent cursors and rollup increments, all in one transaction,
+//! so an acknowledged batch is applied exactly once.
+
+mod rows;
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgPoolOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row};
+
+use crate::config::{Backend, StorageConfig};
+use crate::model::{Health, Reason, ResourceRecord};
+use crate::series::{SeriesKey, Stats};
+use crate::telemetry;
+
+pub use rows::HistoryEntry;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no supported database.
+    #[error("unsupported storage url {0:?}")]
+    UnsupportedUrl(String),
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create {path}")]
+    CreateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A query failed.
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row could not be interpreted.
+    #[error("stored row for {id} is corrupt: {reason}")]
+    Corrupt {
+        /// The row's id.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// True when the same operation may succeed later (connection or pool problems).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        ) || matches!(self, Self::Db(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "40001"))
+    }
+}
+
+/// Increment of one rollup bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupDelta {
+    /// The series.
+    pub key: SeriesKey,
+    /// Start of the minute.
+    pub bucket_start_ms: i64,
+    /// Statistics of the new samples.
+    pub stats: Stats,
+    /// Newest new sample's value and time.
+    pub last: (i64, f64),
+}
+
+/// One stored rollup bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupRow {
+    /// Start of the minute.
+    pub bucket_start_ms: i64,
+    /// Statistics of the minute.
+    pub stats: Stats,
+    /// Last value of the minute.
+    pub last: f64,
+}
+
+/// Everything one transaction writes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Commit {
+    /// New versions of resources.
+    pub resources: Vec<ResourceRecord>,
+    /// Resources whose relations changed (their full new set is in `resources`).
+    pub relations_changed: Vec<String>,
+    /// History rows, one per new version.
+    pub history: Vec<HistoryEntry>,
+    /// New cursor per agent.
+    pub cursors: Vec<(String, u64)>,
+    /// Rollup increments, unique by (series, bucket).
+    pub rollups: Vec<RollupDelta>,
+}
+
+impl Commit {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty() && self.history.is_empty() && self.cursors.is_empty() && self.rollups.is_empty()
+    }
+}
+
+/// What a restarted aggregator reloads.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every resource with its relations.
+    pub resources: Vec<ResourceRecord>,
+    /// Every agent cursor.
+    pub cursors: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `Db` to its database type.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Postgres($pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Postgres;
+                $body
+            }
+            Pool::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Sqlite;
+                $body
+            }
+        }
+    };
+}
+
+/// Rows per multi-row INSERT (SQLite allows 32766 parameters; 10 per row).
+const ROLLUP_CHUNK: usize = 1000;
+
+fn observe(operation: &'static str, started: Instant, ok: bool) {
+    metrics::histogram!(telemetry::DB_DURATION, "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    if !ok {
+        metrics::counter!(telemetry::DB_ERRORS, "operation" => operation).increment(1);
+    }
+}
+
+impl Store {
+    /// Opens a lazy pool for the configured URL (no connection is made yet).
+    pub fn open(cfg: &StorageConfig) -> Result<Self, StoreError> {
+        let acquire = Duration::from_millis(cfg.acquire_timeout_ms);
+        let pool = match cfg.backend() {
+            Some(Backend::Postgres) => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(cfg.max_connections)
+                    .acquire_timeout(acquire)
+                    .connect_lazy(&cfg.url)?,
+            ),
+            Some(Backend::Sqlite) => {
+                if let Some(dir) = cfg.sqlite_path().as_deref().and_then(std::path::Path::parent) {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                            path: dir.to_path_buf(),
+                            source,
+                        })?;
+                    }
+                }
+                let options = SqliteConnectOptions::from_str(&cfg.url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(cfg.max_connections)
+                        .acquire_timeout(acquire)
+                        .connect_lazy_with(options),
+                )
+            }
+            None => return Err(StoreError::UnsupportedUrl(cfg.url.clone())),
+        };
+        Ok(Self { pool })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Postgres(_) => Backend::Postgres,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+            Pool::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let r = on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()));
+        observe("ping", started, r.is_ok());
+        Ok(r?)
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+
+    /// Writes `commit` in one transaction.
+    pub async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        if commit.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.commit_inner(commit).await;
+        observe("commit", started, result.is_ok());
+        result
+    }
+
+    async fn commit_inner(&self, c: &Commit) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for r in &c.resources {
+                let row = rows::ResourceRow::from_record(r)?;
+                sqlx::query(rows::UPSERT_RESOURCE)
+                    .bind(&row.id).bind(&row.kind).bind(&row.labels).bind(&row.attributes)
+                    .bind(&row.health).bind(&row.reasons).bind(row.observed_at_ms)
+                    .bind(row.resource_version).bind(&row.source).bind(row.interval_ms)
+                    .execute(&mut *tx).await?;
+            }
+            for id in &c.relations_changed {
+                sqlx::query("DELETE FROM relations WHERE from_id = $1").bind(id).execute(&mut *tx).await?;
+                if let Some(r) = c.resources.iter().find(|r| &r.id == id) {
+                    for rel in &r.relations {
+                        sqlx::query("INSERT INTO relations (from_id, relation_type, to_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                            .bind(id).bind(&rel.relation_type).bind(&rel.to_id)
+                            .execute(&mut *tx).await?;
+                    }
+                }
+            }
+            for h in &c.history {
+                let row = rows::HistoryRow::from_entry(h)?;
+                sqlx::query(rows::INSERT_HISTORY)
+                    .bind(&row.resource_id).bind(row.resource_version).bind(&row.previous_health)
+                    .bind(&row.health).bind(&row.reasons).bind(&row.changed)
+                    .bind(row.observed_at_ms).bind(row.recorded_at_ms).bind(&row.source)
+                    .execute(&mut *tx).await?;
+            }
+            let now = infrawatch_common::time::now_unix_ms();
+            for (agent, seq) in &c.cursors {
+                sqlx::query(rows::UPSERT_CURSOR)
+                    .bind(agent).bind(rows::seq_to_db(*seq)).bind(now)
+                    .execute(&mut *tx).await?;
+            }
+            for chunk in c.rollups.chunks(ROLLUP_CHUNK) {
+                let mut qb: QueryBuilder<Db> = QueryBuilder::new(rows::INSERT_ROLLUP_PREFIX);
+                qb.push_values(chunk, |mut b, d| {
+                    b.push_bind(d.key.resource_id.clone())
+                        .push_bind(d.key.metric.clone())
+                        .push_bind(d.key.attributes.clone())
+                        .push_bind(d.bucket_start_ms)
+                        .push_bind(i64::try_from(d.stats.count).unwrap_or(i64::MAX))
+                        .push_bind(d.stats.sum)
+                        .push_bind(d.stats.min)
+                        .push_bind(d.stats.max)
+                        .push_bind(d.last.1)
+                        .push_bind(d.last.0);
+                });
+                qb.push(rows::ROLLUP_CONFLICT);
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Every resource and cursor, for a restarted aggregator.
+    pub async fn load(&self) -> Result<Loaded, StoreError> {
+        let started = Instant::now();
+        let result = self.load_inner().await;
+        observe("load", started, result.is_ok());
+        result
+    }
+
+    async fn load_inner(&self) -> Result<Loaded, StoreError> {
+        on_pool!(self, pool => {
+            let mut resources = Vec::new();
+            let rows = sqlx::query(rows::SELECT_RESOURCES).fetch_all(pool).await?;
+            for row in rows {
+                resources.push(rows::ResourceRow {
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    labels: row.try_get("labels")?,
+                    attributes: row.try_get("attributes")?,
+                    health: row.try_get("health")?,
+                    reasons: row.try_get("reasons")?,
+                    observed_at_ms: row.try_get("observed_at_ms")?,
+                    resource_version: row.try_get("resource_version")?,
+                    source: row.try_get("source")?,
+                    interval_ms: row.try_get("interval_ms")?,
+                }.into_record()?);
+            }
+            let relations = sqlx::query("SELECT from_id, relation_type, to_id FROM relations ORDER BY from_id, relation_type, to_id")
+                .fetch_all(pool).await?;
+            let mut by_id: std::collections::HashMap<String, Vec<crate::model::Relation>> = Default::default();
+            for row in relations {
+                by_id.entry(row.try_get("from_id")?).or_default().push(crate::model::Relation {
+                    relation_type: row.try_get("relation_type")?,
+                    to_id: row.try_get("to_id")?,
+                });
+            }
+            for r in &mut resources {
+                if let Some(rels) = by_id.remove(&r.id) {
+                    r.relations = rels;
+                }
+            }
+            let mut cursors = Vec::new();
+            for row in sqlx::query("SELECT agent_id, last_seq FROM agent_cursors").fetch_all(pool).await? {
+                let seq: i64 = row.try_get("last_seq")?;
+                cursors.push((row.try_get("agent_id")?, u64::try_from(seq).unwrap_or(0)));
+            }
+            Ok(Loaded { resources, cursors })
+        })
+    }
+
+    /// Stored rollups of one series with buckets in `[from_ms, to_ms]`, oldest first.
+    pub async fn rollups(&self, key: &SeriesKey, from_ms: i64, to_ms: i64) -> Result<Vec<RollupRow>, StoreError> {
+        let started = Instant::now();
+        let result: Result<Vec<RollupRow>, StoreError> = on_pool!(self, pool => {
+            let rows = sqlx::query(rows::SELECT_ROLLUPS)
+                .bind(&key.resource_id).bind(&key.metric).bind(&key.attributes)
+                .bind(from_ms).bind(to_ms)
+                .fetch_all(pool).await;
+            match rows {
+                Ok(rows) => rows.iter().map(|row| {
+                    let count: i64 = row.try_get("sample_count")?;
+                    Ok(RollupRow {
+                        bucket_start_ms: row.try_get("bucket_start_ms")?,
+                        stats: Stats {
+                            count: u64::try_from(count).unwrap_or(0),
+                            sum: row.try_get("value_sum")?,
+                            min: row.try_get("value_min")?,
+                            max: row.try_get("value_max")?,
+                        },
+                        last: row.try_get("value_last")?,
+                    })
+                }).collect(),
+                Err(e) => Err(e.into()),
+            }
+        });
+        observe("rollups", started, result.is_ok());
+        result
+    }
+
+    /// History of one resource, newest first, at most `limit` rows.
+    pub async fn history(&self, resource_id: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        let started = Instant::now();
+        let result: Result<Vec<HistoryEntry>, StoreError> = on_pool!(self, pool => {
+            match sqlx::query(rows::SELECT_HISTORY)
+                .bind(resource_id).bind(i64::from(limit))
+                .fetch_all(pool).await
+            {
+                Ok(rows) => rows.iter().map(|row| {
+                    rows::HistoryRow {
+                        resource_id: row.try_get("resource_id")?,
+                        resource_version: row.try_get("resource_version")?,
+                        previous_health: row.try_get("previous_health")?,
+                        health: row.try_get("health")?,
+                        reasons: row.try_get("reasons")?,
+                        changed: row.try_get("changed")?,
+                        observed_at_ms: row.try_get("observed_at_ms")?,
+                        recorded_at_ms: row.try_get("recorded_at_ms")?,
+                        source: row.try_get("source")?,
+                    }.into_entry()
+                }).collect(),
+                Err(e) => Err(e.into()),
+            }
+        });
+        observe("history", started, result.is_ok());
+        result
+    }
+
+    /// The stored cursor of one agent (0 if none).
+    pub async fn cursor(&self, agent: &str) -> Result<u64, StoreError> {
+        on_pool!(self, pool => {
+            let row = sqlx::query("SELECT last_seq FROM agent_cursors WHERE agent_id = $1")
+                .bind(agent).fetch_optional(pool).await?;
+            match row {
+                Some(r) => Ok(u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0)),
+                None => Ok(0),
+            }
+        })
+    }
+}
+
+/// Parses a stored health name.
+fn health_from_db(id: &str, s: &str) -> Result<Health, StoreError> {
+    infrawatch_common::resource::parse_health(s).ok_or_else(|| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: format!("unknown health {s:?}"),
+    })
+}
+
+fn reasons_from_db(id: &str, s: &str) -> Result<Vec<Reason>, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: format!("reasons: {e}"),
+    })
+}

@@ -1,0 +1,181 @@
+//! Row shapes and SQL text, shared by both backends.
+
+use std::collections::BTreeMap;
+
+use infrawatch_common::resource::health_name;
+use serde::Serialize;
+
+use super::{StoreError, health_from_db, reasons_from_db};
+use crate::model::{Health, Reason, ResourceRecord};
+
+pub(super) const UPSERT_RESOURCE: &str = "INSERT INTO resources \
+    (id, kind, labels, attributes, health, reasons, observed_at_ms, resource_version, source, interval_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+    ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, labels = excluded.labels, \
+    attributes = excluded.attributes, health = excluded.health, reasons = excluded.reasons, \
+    observed_at_ms = excluded.observed_at_ms, resource_version = excluded.resource_version, \
+    source = excluded.source, interval_ms = excluded.interval_ms";
+
+pub(super) const SELECT_RESOURCES: &str = "SELECT id, kind, labels, attributes, health, reasons, \
+    observed_at_ms, resource_version, source, interval_ms FROM resources ORDER BY id";
+
+pub(super) const INSERT_HISTORY: &str = "INSERT INTO health_history \
+    (resource_id, resource_version, previous_health, health, reasons, changed, observed_at_ms, recorded_at_ms, source) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+
+pub(super) const SELECT_HISTORY: &str = "SELECT resource_id, resource_version, previous_health, health, \
+    reasons, changed, observed_at_ms, recorded_at_ms, source FROM health_history \
+    WHERE resource_id = $1 ORDER BY resource_version DESC LIMIT $2";
+
+pub(super) const UPSERT_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, updated_at_ms) \
+    VALUES ($1, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET \
+    last_seq = CASE WHEN excluded.last_seq > agent_cursors.last_seq THEN excluded.last_seq ELSE agent_cursors.last_seq END, \
+    updated_at_ms = excluded.updated_at_ms";
+
+pub(super) const INSERT_ROLLUP_PREFIX: &str = "INSERT INTO metric_rollups \
+    (resource_id, metric, attributes, bucket_start_ms, sample_count, value_sum, value_min, value_max, value_last, last_ts_ms) ";
+
+pub(super) const ROLLUP_CONFLICT: &str = " ON CONFLICT (resource_id, metric, attributes, bucket_start_ms) DO UPDATE SET \
+    sample_count = metric_rollups.sample_count + excluded.sample_count, \
+    value_sum = metric_rollups.value_sum + excluded.value_sum, \
+    value_min = CASE WHEN excluded.value_min < metric_rollups.value_min THEN excluded.value_min ELSE metric_rollups.value_min END, \
+    value_max = CASE WHEN excluded.value_max > metric_rollups.value_max THEN excluded.value_max ELSE metric_rollups.value_max END, \
+    value_last = CASE WHEN excluded.last_ts_ms >= metric_rollups.last_ts_ms THEN excluded.value_last ELSE metric_rollups.value_last END, \
+    last_ts_ms = CASE WHEN excluded.last_ts_ms >= metric_rollups.last_ts_ms THEN excluded.last_ts_ms ELSE metric_rollups.last_ts_ms END";
+
+pub(super) const SELECT_ROLLUPS: &str = "SELECT bucket_start_ms, sample_count, value_sum, value_min, \
+    value_max, value_last FROM metric_rollups WHERE resource_id = $1 AND metric = $2 AND attributes = $3 \
+    AND bucket_start_ms >= $4 AND bucket_start_ms <= $5 ORDER BY bucket_start_ms";
+
+/// Sequence numbers are u64 on the wire and BIGINT in the database; the agent never
+/// comes near 2^63, and a larger value saturates rather than wrapping.
+pub(super) fn seq_to_db(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn json<T: Serialize>(id: &str, v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(id: &str, field: &str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: format!("{field}: {e}"),
+    })
+}
+
+pub(super) struct ResourceRow {
+    pub id: String,
+    pub kind: String,
+    pub labels: String,
+    pub attributes: String,
+    pub health: String,
+    pub reasons: String,
+    pub observed_at_ms: i64,
+    pub resource_version: i64,
+    pub source: String,
+    pub interval_ms: i64,
+}
+
+impl ResourceRow {
+    pub(super) fn from_record(r: &ResourceRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: r.id.clone(),
+            kind: r.kind.clone(),
+            labels: json(&r.id, &r.labels)?,
+            attributes: json(&r.id, &r.attributes)?,
+            health: health_name(r.health).to_string(),
+            reasons: json(&r.id, &r.reasons)?,
+            observed_at_ms: r.observed_at_ms,
+            resource_version: seq_to_db(r.version),
+            source: r.source.clone(),
+            interval_ms: i64::from(r.interval_ms),
+        })
+    }
+
+    pub(super) fn into_record(self) -> Result<ResourceRecord, StoreError> {
+        let labels: BTreeMap<String, String> = from_json(&self.id, "labels", &self.labels)?;
+        let attributes: BTreeMap<String, String> = from_json(&self.id, "attributes", &self.attributes)?;
+        Ok(ResourceRecord {
+            health: health_from_db(&self.id, &self.health)?,
+            reasons: reasons_from_db(&self.id, &self.reasons)?,
+            kind: self.kind,
+            labels,
+            attributes,
+            relations: Vec::new(),
+            observed_at_ms: self.observed_at_ms,
+            version: u64::try_from(self.resource_version).unwrap_or(0),
+            source: self.source,
+            interval_ms: u32::try_from(self.interval_ms).unwrap_or(0),
+            id: self.id,
+        })
+    }
+}
+
+/// One stored change of a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// The resource.
+    pub resource_id: String,
+    /// Its new version.
+    pub resource_version: u64,
+    /// Health before the change.
+    pub previous_health: Health,
+    /// Health after.
+    pub health: Health,
+    /// Reasons after.
+    pub reasons: Vec<Reason>,
+    /// Which fields changed.
+    pub changed: Vec<String>,
+    /// When the data was observed.
+    pub observed_at_ms: i64,
+    /// When the aggregator recorded the change.
+    pub recorded_at_ms: i64,
+    /// Who observed it.
+    pub source: String,
+}
+
+pub(super) struct HistoryRow {
+    pub resource_id: String,
+    pub resource_version: i64,
+    pub previous_health: String,
+    pub health: String,
+    pub reasons: String,
+    pub changed: String,
+    pub observed_at_ms: i64,
+    pub recorded_at_ms: i64,
+    pub source: String,
+}
+
+impl HistoryRow {
+    pub(super) fn from_entry(h: &HistoryEntry) -> Result<Self, StoreError> {
+        Ok(Self {
+            resource_id: h.resource_id.clone(),
+            resource_version: seq_to_db(h.resource_version),
+            previous_health: health_name(h.previous_health).to_string(),
+            health: health_name(h.health).to_string(),
+            reasons: json(&h.resource_id, &h.reasons)?,
+            changed: json(&h.resource_id, &h.changed)?,
+            observed_at_ms: h.observed_at_ms,
+            recorded_at_ms: h.recorded_at_ms,
+            source: h.source.clone(),
+        })
+    }
+
+    pub(super) fn into_entry(self) -> Result<HistoryEntry, StoreError> {
+        Ok(HistoryEntry {
+            previous_health: health_from_db(&self.resource_id, &self.previous_health)?,
+            health: health_from_db(&self.resource_id, &self.health)?,
+            reasons: reasons_from_db(&self.resource_id, &self.reasons)?,
+            changed: from_json(&self.resource_id, "changed", &self.changed)?,
+            resource_version: u64::try_from(self.resource_version).unwrap_or(0),
+            observed_at_ms: self.observed_at_ms,
+            recorded_at_ms: self.recorded_at_ms,
+            source: self.source,
+            resource_id: self.resource_id,
+        })
+    }
+}

@@ -1,0 +1,38 @@
+//! The aggregator's own metrics: names in one place, and the Prometheus recorder
+//! whose rendering `/metrics` serves.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: agents with an open stream.
+pub const CONNECTED_AGENTS: &str = "infrawatch_aggregator_connected_agents";
+/// Counter by `result` (applied, duplicate, rejected, failed): batches received.
+pub const BATCHES: &str = "infrawatch_aggregator_ingest_batches_total";
+/// Counter: samples applied.
+pub const SAMPLES: &str = "infrawatch_aggregator_ingest_samples_total";
+/// Counter by `reason`: samples dropped during validation.
+pub const SAMPLES_DROPPED: &str = "infrawatch_aggregator_ingest_samples_dropped_total";
+/// Histogram: seconds from a batch's arrival to its acknowledgement.
+pub const INGEST_TO_ACK: &str = "infrawatch_aggregator_ingest_to_ack_duration_seconds";
+/// Histogram by `operation`: seconds per database operation.
+pub const DB_DURATION: &str = "infrawatch_aggregator_store_duration_seconds";
+/// Counter by `operation`: failed database operations.
+pub const DB_ERRORS: &str = "infrawatch_aggregator_store_errors_total";
+/// Counter: resource state changes (new resource versions).
+pub const STATE_CHANGES: &str = "infrawatch_aggregator_state_changes_total";
+/// Gauge: resources in the model.
+pub const RESOURCES: &str = "infrawatch_aggregator_resources";
+/// Gauge: series in the hot sample store.
+pub const HOT_SERIES: &str = "infrawatch_aggregator_hot_series";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process-wide recorder (once) and returns the handle `/metrics` renders.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
