@@ -1,1 +1,450 @@
+//! Harness for the end-to-end tests: starts the real `infrawatch-aggregator` and
+//! `infrawatch-agent` binaries on loopback with generated certificates, talks to
+//! them over REST and gRPC (mTLS), and cleans up on drop.
+//!
+//! The binaries are taken from the Cargo target directory of this test binary, so
+//! build them first (`cargo build --workspace --bins`; the Makefile's `test`
+//! target does).
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use infrawatch_common::certs::DevPki;
+use infrawatch_common::tls::{TlsFiles, TlsMaterial};
+use infrawatch_proto::v1::query_service_client::QueryServiceClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+/// Path of a workspace binary next to this test binary.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Certificates for a test: a CA with server, agent and CLI certificates, and a
+/// second, unrelated CA for negative tests.
+pub struct Pki {
+    /// The trusted PKI.
+    pub trusted: DevPki,
+    /// An unrelated CA with its own client certificate `intruder`.
+    pub foreign: DevPki,
+}
+
+impl Pki {
+    /// Creates both PKIs under `dir` with the given client identities.
+    pub fn new(dir: &Path, clients: &[&str]) -> anyhow::Result<Self> {
+        let trusted = DevPki::new(dir.join("trusted"));
+        let ca = trusted.ensure_ca()?;
+        trusted.ensure_server(&ca, &[])?;
+        for c in clients.iter().chain(&["cli"]) {
+            trusted.ensure_client(&ca, c)?;
+        }
+        let foreign = DevPki::new(dir.join("foreign"));
+        let fca = foreign.ensure_ca()?;
+        foreign.ensure_client(&fca, "intruder")?;
+        Ok(Self { trusted, foreign })
+    }
+
+    /// TLS files of client `name` of the trusted CA.
+    pub fn client(&self, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca: self.trusted.ca_cert(),
+            cert: self.trusted.cert(name),
+            key: self.trusted.key(name),
+        }
+    }
+
+    /// A client certificate from the foreign CA, trusting the real server CA.
+    pub fn intruder(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.trusted.ca_cert(),
+            cert: self.foreign.cert("intruder"),
+            key: self.foreign.key("intruder"),
+        }
+    }
+}
+
+fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// A running child process, stopped on drop.
+pub struct Process {
+    child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Process {
+    fn spawn(bin: &Path, args: &[&str], log: PathBuf) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self { child, log })
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        self.wait(Duration::from_secs(20))
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, s: Signal) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), s);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > timeout {
+                self.kill();
+                bail!("process did not exit within {timeout:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill();
+        }
+    }
+}
+
+/// An aggregator under test.
+pub struct Aggregator {
+    /// The process.
+    pub process: Process,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// REST address.
+    pub rest: SocketAddr,
+    /// Its configuration file.
+    pub config: PathBuf,
+}
+
+impl Aggregator {
+    /// Writes a configuration under `dir` and starts the aggregator on free ports.
+    pub fn start(dir: &Path, pki: &Pki, storage_url: &str, extra: &str) -> anyhow::Result<Self> {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let rest = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = dir.join(format!("aggregator-{}.toml", grpc.port()));
+        std::fs::write(
+            &config,
+            format!(
+                "[grpc]\nlisten = \"{grpc}\"\n[grpc.tls]\nca = {}\ncert = {}\nkey = {}\n\
+                 [rest]\nlisten = \"{rest}\"\n[storage]\nurl = {:?}\n{extra}\n",
+                toml_path(&pki.trusted.ca_cert()),
+                toml_path(&pki.trusted.cert("server")),
+                toml_path(&pki.trusted.key("server")),
+                storage_url,
+            ),
+        )?;
+        Self::start_with_config(dir, config, grpc, rest)
+    }
+
+    /// Starts again with the same configuration (same ports and database).
+    pub fn restart(self, dir: &Path) -> anyhow::Result<Self> {
+        let Self { mut process, grpc, rest, config } = self;
+        process.stop()?;
+        Self::start_with_config(dir, config, grpc, rest)
+    }
+
+    fn start_with_config(dir: &Path, config: PathBuf, grpc: SocketAddr, rest: SocketAddr) -> anyhow::Result<Self> {
+        let log = dir.join(format!("aggregator-{}-{}.log", grpc.port(), unique()));
+        let process = Process::spawn(
+            &binary("infrawatch-aggregator"),
+            &["--config", &config.display().to_string()],
+            log,
+        )?;
+        let mut a = Self { process, grpc, rest, config };
+        let start = Instant::now();
+        while !http_get(a.rest, "/readyz").is_ok_and(|r| r.0 == 200) {
+            if !a.process.is_running() || start.elapsed() > Duration::from_secs(30) {
+                bail!("aggregator did not become ready; log:\n{}", a.process.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(a)
+    }
+
+    /// The gRPC endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    /// GET on the REST API, parsed as JSON.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_get(self.rest, path).unwrap_or((0, String::new()));
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+    }
+
+    /// GET returning the raw body.
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        http_get(self.rest, path).unwrap_or((0, String::new()))
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// An agent under test.
+pub struct Agent {
+    /// The process.
+    pub process: Process,
+}
+
+impl Agent {
+    /// Starts an agent with identity `name` streaming to `endpoints`, collecting
+    /// every `interval_ms`, keeping state in `dir/<name>-state`.
+    pub fn start(dir: &Path, pki: &Pki, name: &str, endpoints: &[String], interval_ms: u64) -> anyhow::Result<Self> {
+        let config = dir.join(format!("agent-{name}.toml"));
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {}\n[aggregator]\nendpoints = [{}]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n\
+                 [aggregator.tls]\nca = {}\ncert = {}\nkey = {}\n\
+                 [batch]\nflush_interval_ms = 200\n\
+                 [collectors.host]\nenabled = true\ninterval_ms = {interval_ms}\ndeadline_ms = {}\n",
+                toml_path(&dir.join(format!("{name}-state"))),
+                endpoints.join(", "),
+                toml_path(&pki.trusted.ca_cert()),
+                toml_path(&pki.trusted.cert(name)),
+                toml_path(&pki.trusted.key(name)),
+                interval_ms / 2,
+            ),
+        )?;
+        let log = dir.join(format!("agent-{name}-{}.log", unique()));
+        let process = Process::spawn(&binary("infrawatch-agent"), &["--config", &config.display().to_string()], log)?;
+        Ok(Self { process })
+    }
+}
+
+/// Minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A gRPC channel to `endpoint` with the client certificate in `files`.
+pub async fn channel(endpoint: &str, files: &TlsFiles) -> anyhow::Result<Channel> {
+    let tls = TlsMaterial::load(files)?;
+    Ok(Endpoint::from_shared(endpoint.to_string())?
+        .tls_config(tls.client_config("localhost"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+/// A query client authenticated as `cli`.
+pub async fn query_client(endpoint: &str, pki: &Pki) -> anyhow::Result<QueryServiceClient<Channel>> {
+    Ok(QueryServiceClient::new(channel(endpoint, &pki.client("cli")).await?))
+}
+
+/// A hand-driven agent stream, for sending exactly the batches a test needs.
+pub struct RawStream {
+    tx: tokio::sync::mpsc::Sender<infrawatch_proto::v1::AgentMessage>,
+    inbound: tonic::Streaming<infrawatch_proto::v1::AggregatorMessage>,
+}
+
+impl RawStream {
+    /// Opens a stream with the client certificate in `files` and sends `Hello`.
+    pub async fn open(endpoint: &str, files: &TlsFiles) -> anyhow::Result<Result<Self, tonic::Status>> {
+        use infrawatch_proto::v1::agent_message::Body;
+        use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
+        let channel = channel(endpoint, files).await?;
+        let mut client = AgentServiceClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(infrawatch_proto::v1::AgentMessage {
+            body: Some(Body::Hello(infrawatch_proto::v1::Hello {
+                agent_name: "raw".into(),
+                ..Default::default()
+            })),
+        })
+        .await?;
+        Ok(client
+            .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(|r| Self { tx, inbound: r.into_inner() }))
+    }
+
+    /// Sends a batch.
+    pub async fn send(&self, batch: infrawatch_proto::v1::Batch) -> anyhow::Result<()> {
+        use infrawatch_proto::v1::agent_message::Body;
+        self.tx
+            .send(infrawatch_proto::v1::AgentMessage { body: Some(Body::Batch(batch)) })
+            .await
+            .map_err(|_| anyhow::anyhow!("stream closed"))
+    }
+
+    /// The next acknowledgement, or the status that ended the stream.
+    pub async fn next_ack(&mut self) -> Result<infrawatch_proto::v1::Ack, tonic::Status> {
+        use infrawatch_proto::v1::aggregator_message::Body;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.inbound.message()).await {
+                Err(_) => return Err(tonic::Status::deadline_exceeded("no answer within 20 s")),
+                Ok(Ok(Some(m))) => {
+                    if let Some(Body::Ack(a)) = m.body {
+                        return Ok(a);
+                    }
+                }
+                Ok(Ok(None)) => return Err(tonic::Status::cancelled("stream ended")),
+                Ok(Err(s)) => return Err(s),
+            }
+        }
+    }
+}
+
+/// A batch describing host `resource_id` with one sample of `metric`.
+pub fn batch(seq: u64, resource_id: &str, metric: &str, value: f64, ts_ms: i64) -> infrawatch_proto::v1::Batch {
+    use infrawatch_proto::v1::{Batch, ResourceObservation, SampleColumns, SeriesDef};
+    Batch {
+        seq,
+        base_time_unix_ms: ts_ms,
+        resources: vec![ResourceObservation {
+            id: resource_id.into(),
+            kind: "host".into(),
+            interval_ms: 60_000,
+            ..Default::default()
+        }],
+        strings: vec![metric.into()],
+        series: vec![SeriesDef { resource: 0, metric: 0, attributes: vec![] }],
+        samples: Some(SampleColumns {
+            series: vec![0],
+            time_offset_ms: vec![0],
+            values: vec![value],
+        }),
+    }
+}
+
+/// A fresh PostgreSQL database for one test, dropped on [`TestDatabase::drop_now`].
+pub struct TestDatabase {
+    /// Connection URL of the new database.
+    pub url: String,
+    name: String,
+    admin: String,
+}
+
+impl TestDatabase {
+    /// Creates `iw_e2e_<tag>_<pid>_<nanos>` through `INFRAWATCH_TEST_POSTGRES_URL`
+    /// (default `postgres://postgres@127.0.0.1:5432/postgres`).
+    pub async fn create(tag: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let admin = std::env::var("INFRAWATCH_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("iw_e2e_{tag}_{}_{}", std::process::id(), unique() % 1_000_000_000);
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .with_context(|| format!("PostgreSQL at {admin} is required"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).context("admin URL has no database")?;
+        Ok(Self { url: format!("{base}/{name}"), name, admin })
+    }
+
+    /// Drops the database.
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}

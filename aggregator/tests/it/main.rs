@@ -1,0 +1,3 @@
+//! Integration tests of the aggregator library against real databases.
+
+mod storage;

@@ -1,0 +1,275 @@
+//! The storage suite: the same tests against PostgreSQL (the machine's server, a
+//! fresh database per test) and SQLite (a fresh file per test).
+//!
+//! PostgreSQL is reached through `INFRAWATCH_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), which must allow CREATE DATABASE.
+
+use std::collections::BTreeMap;
+
+use infrawatch_aggregator::config::StorageConfig;
+use infrawatch_aggregator::model::{Health, Reason, Relation, ResourceRecord};
+use infrawatch_aggregator::series::{SeriesKey, Stats};
+use infrawatch_aggregator::store::{Commit, HistoryEntry, RollupDelta, Store};
+use sqlx::Connection;
+
+/// A database that exists for one test.
+struct TestDb {
+    store: Store,
+    /// PostgreSQL database name, dropped by [`drop_postgres`].
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn admin_url() -> String {
+    std::env::var("INFRAWATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn postgres(test: &str) -> TestDb {
+    let name = format!("iw_it_{}_{}_{}", test, std::process::id(), rand_suffix());
+    let admin = admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+    let store = Store::open(&StorageConfig {
+        url: format!("{base}/{name}"),
+        ..StorageConfig::default()
+    })
+    .unwrap();
+    store.migrate().await.unwrap();
+    TestDb { store, pg_name: Some(name), _dir: None }
+}
+
+async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StorageConfig {
+        url: format!("sqlite://{}", dir.path().join("nested/test.db").display()),
+        ..StorageConfig::default()
+    })
+    .unwrap();
+    store.migrate().await.unwrap();
+    TestDb { store, pg_name: None, _dir: Some(dir) }
+}
+
+/// Drops a test database (a failed test leaves its database for inspection).
+async fn drop_postgres(name: Option<String>) {
+    if let Some(name) = name {
+        let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos()
+}
+
+fn record(id: &str, version: u64, health: Health) -> ResourceRecord {
+    ResourceRecord {
+        id: id.into(),
+        kind: "host".into(),
+        labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+        attributes: BTreeMap::from([("host.name".to_string(), "n1 \"quoted\"".to_string())]),
+        relations: vec![Relation {
+            relation_type: "member_of".into(),
+            to_id: "cluster/c1".into(),
+        }],
+        health,
+        reasons: if health == Health::Healthy {
+            vec![]
+        } else {
+            vec![Reason {
+                code: "cpu_high".into(),
+                message: "cpu 93%".into(),
+                metric: "system.cpu.utilization".into(),
+                observed: 0.93,
+                threshold: 0.9,
+            }]
+        },
+        observed_at_ms: 1_700_000_000_000,
+        version,
+        source: "agent-a".into(),
+        interval_ms: 1000,
+    }
+}
+
+fn history(r: &ResourceRecord, previous: Health) -> HistoryEntry {
+    HistoryEntry {
+        resource_id: r.id.clone(),
+        resource_version: r.version,
+        previous_health: previous,
+        health: r.health,
+        reasons: r.reasons.clone(),
+        changed: vec!["health".into()],
+        observed_at_ms: r.observed_at_ms,
+        recorded_at_ms: r.observed_at_ms + 5,
+        source: r.source.clone(),
+    }
+}
+
+fn delta(bucket: i64, values: &[f64], last_ts: i64) -> RollupDelta {
+    let mut stats = Stats::default();
+    for v in values {
+        stats.add(*v);
+    }
+    RollupDelta {
+        key: SeriesKey {
+            resource_id: "host/a".into(),
+            metric: "system.cpu.utilization".into(),
+            attributes: "cpu=\"0\"".into(),
+        },
+        bucket_start_ms: bucket,
+        stats,
+        last: (last_ts, *values.last().unwrap()),
+    }
+}
+
+async fn state_round_trips(db: TestDb) {
+    let s = &db.store;
+    let v1 = record("host/a", 1, Health::Healthy);
+    s.commit(&Commit {
+        resources: vec![v1.clone()],
+        relations_changed: vec!["host/a".into()],
+        history: vec![history(&v1, Health::Unknown)],
+        cursors: vec![("agent-a".into(), 7)],
+        rollups: vec![],
+    })
+    .await
+    .unwrap();
+    let v2 = record("host/a", 2, Health::Degraded);
+    s.commit(&Commit {
+        resources: vec![v2.clone()],
+        relations_changed: vec![],
+        history: vec![history(&v2, Health::Healthy)],
+        cursors: vec![("agent-a".into(), 9)],
+        rollups: vec![],
+    })
+    .await
+    .unwrap();
+
+    let loaded = s.load().await.unwrap();
+    assert_eq!(loaded.resources, vec![v2.clone()]);
+    assert_eq!(loaded.cursors, vec![("agent-a".to_string(), 9)]);
+    let h = s.history("host/a", 10).await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].resource_version, 2);
+    assert_eq!(h[0].previous_health, Health::Healthy);
+    assert_eq!(h[0].reasons, v2.reasons);
+    assert_eq!(h[1].health, Health::Healthy);
+}
+
+async fn cursors_never_move_back(db: TestDb) {
+    let s = &db.store;
+    for seq in [5, 3, 8, 2] {
+        s.commit(&Commit {
+            cursors: vec![("agent-b".into(), seq)],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.cursor("agent-b").await.unwrap(), 8);
+    assert_eq!(s.cursor("nobody").await.unwrap(), 0);
+}
+
+async fn rollups_accumulate(db: TestDb) {
+    let s = &db.store;
+    s.commit(&Commit {
+        rollups: vec![delta(60_000, &[0.5, 0.1], 61_000), delta(120_000, &[0.3], 121_000)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    // A later batch adds to the first bucket, with an older "last" that must not win.
+    s.commit(&Commit {
+        rollups: vec![delta(60_000, &[0.9], 60_500)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let key = delta(0, &[0.0], 0).key;
+    let rows = s.rollups(&key, 0, 200_000).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let first = &rows[0];
+    assert_eq!(first.bucket_start_ms, 60_000);
+    assert_eq!(first.stats.count, 3);
+    assert!((first.stats.sum - 1.5).abs() < 1e-9);
+    assert_eq!(first.stats.min, 0.1);
+    assert_eq!(first.stats.max, 0.9);
+    assert_eq!(first.last, 0.1, "the newest sample (61 s) wins over a later-written older one");
+    assert_eq!(s.rollups(&key, 100_000, 200_000).await.unwrap().len(), 1);
+}
+
+async fn closed_database_is_a_retryable_failure(db: TestDb) {
+    let s = &db.store;
+    s.close().await;
+    let err = s
+        .commit(&Commit {
+            resources: vec![record("host/z", 1, Health::Healthy)],
+            cursors: vec![("agent-z".into(), 1)],
+            ..Commit::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "a closed pool is a retryable failure: {err:?}");
+}
+
+/// A statement failing mid-transaction leaves none of the commit behind. PostgreSQL
+/// refuses two updates of one row in a single INSERT ... ON CONFLICT, which makes a
+/// failure late in the transaction easy to provoke (SQLite accepts it).
+#[tokio::test]
+async fn failed_commit_is_atomic_on_postgres() {
+    let db = postgres("atomic").await;
+    let s = &db.store;
+    let err = s
+        .commit(&Commit {
+            resources: vec![record("host/z", 1, Health::Healthy)],
+            cursors: vec![("agent-z".into(), 1)],
+            rollups: vec![delta(60_000, &[0.1], 60_000), delta(60_000, &[0.2], 60_001)],
+            ..Commit::default()
+        })
+        .await;
+    assert!(err.is_err());
+    let loaded = s.load().await.unwrap();
+    assert!(loaded.resources.is_empty());
+    assert!(loaded.cursors.is_empty());
+    s.close().await;
+    drop_postgres(db.pg_name.clone()).await;
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::postgres(stringify!($name)).await;
+                    let name = db.pg_name.clone();
+                    super::$name(db).await;
+                    super::drop_postgres(name).await;
+                }
+            )*
+        }
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    state_round_trips,
+    cursors_never_move_back,
+    rollups_accumulate,
+    closed_database_is_a_retryable_failure,
+);
