@@ -133,7 +133,13 @@ mod tests {
             interval_ms: 1000,
         });
         for cpu in 0..4 {
-            c.sample("host/a", "system.cpu.utilization", &[("cpu", &cpu.to_string())], ts, 0.25);
+            c.sample(
+                "host/a",
+                "system.cpu.utilization",
+                &[("cpu", &cpu.to_string())],
+                ts,
+                0.25,
+            );
         }
         c
     }

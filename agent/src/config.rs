@@ -179,9 +179,11 @@ impl AgentConfig {
         p.check(!a.server_name.is_empty(), "aggregator.server_name", || {
             "must name the aggregator's certificate, e.g. \"localhost\"".into()
         });
-        p.check(a.max_in_flight_batches >= 1, "aggregator.max_in_flight_batches", || {
-            "must be at least 1".into()
-        });
+        p.check(
+            a.max_in_flight_batches >= 1,
+            "aggregator.max_in_flight_batches",
+            || "must be at least 1".into(),
+        );
         p.check(
             a.backoff_initial_ms >= 1 && a.backoff_initial_ms <= a.backoff_max_ms,
             "aggregator.backoff_initial_ms",
@@ -235,7 +237,10 @@ mod tests {
         })
         .unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.aggregator.endpoints, vec!["https://aggregator.example:7443"]);
+        assert_eq!(
+            cfg.aggregator.endpoints,
+            vec!["https://aggregator.example:7443"]
+        );
         assert_eq!(cfg.collectors.host.interval_ms, 10_000);
     }
 
@@ -247,6 +252,9 @@ mod tests {
         let err = cfg.validate().unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"aggregator.endpoints[0]"), "{fields:?}");
-        assert!(fields.contains(&"collectors.host.interval_ms"), "{fields:?}");
+        assert!(
+            fields.contains(&"collectors.host.interval_ms"),
+            "{fields:?}"
+        );
     }
 }

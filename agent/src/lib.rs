@@ -122,14 +122,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let transport = Transport::new(config.aggregator.clone(), tls, hello, pending.clone());
     let transport_task = tokio::spawn(transport.run(transport_stop.clone()));
 
-    let batcher = run_batcher(
-        collected_rx,
-        &mut seq,
-        &pending,
-        &config,
-        shutdown.clone(),
-    )
-    .await;
+    let batcher = run_batcher(collected_rx, &mut seq, &pending, &config, shutdown.clone()).await;
 
     // Shutdown: collectors are stopped; give the transport a moment to deliver.
     collectors_stop.cancel();

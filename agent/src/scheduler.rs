@@ -45,11 +45,19 @@ async fn run_one(
             }
             Ok(Err(e)) => {
                 metrics::counter!("infrawatch_agent_collector_errors_total", "collector" => name, "error_type" => "failed").increment(1);
-                tracing::warn!(collector = name, error = &e as &dyn std::error::Error, "Collector failed; keeping what it collected.");
+                tracing::warn!(
+                    collector = name,
+                    error = &e as &dyn std::error::Error,
+                    "Collector failed; keeping what it collected."
+                );
             }
             Err(_) => {
                 metrics::counter!("infrawatch_agent_collector_errors_total", "collector" => name, "error_type" => "deadline").increment(1);
-                tracing::warn!(collector = name, deadline_ms = deadline.as_millis() as u64, "Collector missed its deadline; run abandoned.");
+                tracing::warn!(
+                    collector = name,
+                    deadline_ms = deadline.as_millis() as u64,
+                    "Collector missed its deadline; run abandoned."
+                );
                 continue;
             }
         }
@@ -108,8 +116,14 @@ mod tests {
         };
         spawn_collectors(
             vec![
-                ScheduledCollector { collector: Box::new(Stuck), schedule },
-                ScheduledCollector { collector: Box::new(Counter(0)), schedule },
+                ScheduledCollector {
+                    collector: Box::new(Stuck),
+                    schedule,
+                },
+                ScheduledCollector {
+                    collector: Box::new(Counter(0)),
+                    schedule,
+                },
             ],
             tx,
             shutdown.clone(),

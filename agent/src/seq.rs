@@ -95,7 +95,9 @@ impl SeqAllocator {
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {
             // Make the rename itself durable.
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
         }
         Ok(())
     }
@@ -116,7 +118,10 @@ mod tests {
         drop(a);
         let mut b = SeqAllocator::open(&path, 4).unwrap();
         let n = b.next_seq().unwrap();
-        assert!(n > 6, "after a restart the sequence continues above 6, got {n}");
+        assert!(
+            n > 6,
+            "after a restart the sequence continues above 6, got {n}"
+        );
     }
 
     #[test]

@@ -145,13 +145,18 @@ impl Transport {
                 Ok(()) => return,
                 Err(StreamError::Rejected(status)) => {
                     let seq = self.pending.reject_oldest();
-                    metrics::counter!("infrawatch_agent_export_rejected_batches_total").increment(1);
+                    metrics::counter!("infrawatch_agent_export_rejected_batches_total")
+                        .increment(1);
                     tracing::error!(endpoint, seq, code = ?status.code(), message = status.message(), "Aggregator rejected a batch; it is dropped.");
                     continue;
                 }
                 Err(e) => {
                     metrics::counter!("infrawatch_agent_export_errors_total").increment(1);
-                    tracing::warn!(endpoint, error = &e as &dyn std::error::Error, "Stream to aggregator ended; reconnecting.");
+                    tracing::warn!(
+                        endpoint,
+                        error = &e as &dyn std::error::Error,
+                        "Stream to aggregator ended; reconnecting."
+                    );
                 }
             }
             index = index.wrapping_add(1);
@@ -210,7 +215,9 @@ impl Transport {
         let mut in_flight = 0usize;
         loop {
             while in_flight < window {
-                let Some(batch) = self.pending.next_after(last_sent) else { break };
+                let Some(batch) = self.pending.next_after(last_sent) else {
+                    break;
+                };
                 last_sent = batch.seq;
                 let msg = AgentMessage {
                     body: Some(AgentBody::Batch((*batch).clone())),
@@ -225,15 +232,14 @@ impl Transport {
                 changed = newest.changed() => if changed.is_err() { return Ok(()) },
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => match m.body {
-                        Some(AggregatorBody::Ack(ack)) => {
-                            if ack.seq > last_acked {
-                                last_acked = ack.seq;
-                                self.pending.ack(ack.seq);
-                                in_flight = in_flight.saturating_sub(1);
-                                *progressed = true;
-                                metrics::counter!("infrawatch_agent_export_acked_batches_total").increment(1);
-                            }
+                        Some(AggregatorBody::Ack(ack)) if ack.seq > last_acked => {
+                            last_acked = ack.seq;
+                            self.pending.ack(ack.seq);
+                            in_flight = in_flight.saturating_sub(1);
+                            *progressed = true;
+                            metrics::counter!("infrawatch_agent_export_acked_batches_total").increment(1);
                         }
+                        Some(AggregatorBody::Ack(_)) => {}
                         Some(AggregatorBody::Config(cfg)) => {
                             tracing::info!(interval_ms = cfg.collection_interval_ms, "Aggregator sent configuration; applying it needs a restart in this version.");
                         }

@@ -218,7 +218,10 @@ impl StorageConfig {
 
     /// For SQLite, the database file, if the URL names one.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        let rest = self.url.strip_prefix("sqlite://").or_else(|| self.url.strip_prefix("sqlite:"))?;
+        let rest = self
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.url.strip_prefix("sqlite:"))?;
         let path = rest.split('?').next().unwrap_or_default();
         (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
     }
@@ -234,9 +237,11 @@ impl AggregatorConfig {
                 self.storage.url
             )
         });
-        p.check(self.storage.max_connections >= 1, "storage.max_connections", || {
-            "must be at least 1".into()
-        });
+        p.check(
+            self.storage.max_connections >= 1,
+            "storage.max_connections",
+            || "must be at least 1".into(),
+        );
         p.check(
             !self.rest.tokens.is_empty() || self.rest.listen.ip().is_loopback(),
             "rest.tokens",
@@ -327,7 +332,10 @@ mod tests {
     #[test]
     fn sqlite_paths() {
         let mut s = StorageConfig::default();
-        assert_eq!(s.sqlite_path(), Some(PathBuf::from("/var/lib/infrawatch/infrawatch.db")));
+        assert_eq!(
+            s.sqlite_path(),
+            Some(PathBuf::from("/var/lib/infrawatch/infrawatch.db"))
+        );
         s.url = "sqlite::memory:".into();
         assert_eq!(s.sqlite_path(), None);
     }

@@ -37,7 +37,9 @@ pub fn evaluate_host(f: &HostFigures, cfg: &HealthConfig) -> (Health, Vec<Reason
         ("swap", f.swap, cfg.swap, metric::PAGING_UTILIZATION),
     ] {
         let Some(v) = value else { continue };
-        if let Some((h, reason)) = threshold_reason(name, metric, v, limits, cfg.evaluation_window_ms) {
+        if let Some((h, reason)) =
+            threshold_reason(name, metric, v, limits, cfg.evaluation_window_ms)
+        {
             health = worse(health, h);
             reasons.push(reason);
         }
@@ -93,7 +95,12 @@ pub fn worse(a: Health, b: Health) -> Health {
 
 /// The stale reason if a resource last seen at `last_seen_ms`, reporting every
 /// `interval_ms`, has missed `missed` intervals by `now_ms`.
-pub fn stale_reason(now_ms: i64, last_seen_ms: i64, interval_ms: u32, missed: u32) -> Option<Reason> {
+pub fn stale_reason(
+    now_ms: i64,
+    last_seen_ms: i64,
+    interval_ms: u32,
+    missed: u32,
+) -> Option<Reason> {
     if interval_ms == 0 {
         return None;
     }
@@ -150,7 +157,10 @@ mod tests {
     #[test]
     fn missing_figures_are_not_a_problem() {
         let cfg = HealthConfig::default();
-        assert_eq!(evaluate_host(&HostFigures::default(), &cfg).0, Health::Healthy);
+        assert_eq!(
+            evaluate_host(&HostFigures::default(), &cfg).0,
+            Health::Healthy
+        );
     }
 
     #[test]
@@ -158,13 +168,19 @@ mod tests {
         assert!(stale_reason(10_000, 7_000, 1_000, 3).is_none());
         let r = stale_reason(10_001, 7_000, 1_000, 3).unwrap();
         assert_eq!(r.code, STALE);
-        assert!(stale_reason(1_000_000, 0, 0, 3).is_none(), "no interval, never stale");
+        assert!(
+            stale_reason(1_000_000, 0, 0, 3).is_none(),
+            "no interval, never stale"
+        );
     }
 
     #[test]
     fn worse_orders_health() {
         assert_eq!(worse(Health::Healthy, Health::Degraded), Health::Degraded);
-        assert_eq!(worse(Health::Unhealthy, Health::Degraded), Health::Unhealthy);
+        assert_eq!(
+            worse(Health::Unhealthy, Health::Degraded),
+            Health::Unhealthy
+        );
         assert_eq!(worse(Health::Unhealthy, Health::Unknown), Health::Unknown);
     }
 }

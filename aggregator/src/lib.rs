@@ -126,9 +126,15 @@ pub async fn run(
     let grpc_config = config.grpc.clone();
     let grpc = tokio::spawn({
         let stop = servers_stop.clone();
-        async move { server::serve_grpc(grpc_listener, &grpc_config, &tls, ingest, query_api, stop).await }
+        async move {
+            server::serve_grpc(grpc_listener, &grpc_config, &tls, ingest, query_api, stop).await
+        }
     });
-    let rest = tokio::spawn(server::serve_rest(rest_listener, rest_state, servers_stop.clone()));
+    let rest = tokio::spawn(server::serve_rest(
+        rest_listener,
+        rest_state,
+        servers_stop.clone(),
+    ));
 
     let mut grpc = grpc;
     let mut rest = rest;
@@ -167,8 +173,15 @@ async fn migrate_when_ready(store: &Store, shutdown: &CancellationToken) -> Resu
     loop {
         match store.migrate().await {
             Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() && is_unreachable(&e) => {
-                tracing::warn!(error = &e as &dyn std::error::Error, "Database not reachable yet; retrying.");
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && !shutdown.is_cancelled()
+                    && is_unreachable(&e) =>
+            {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "Database not reachable yet; retrying."
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -203,6 +216,10 @@ async fn restore(store: &Store, state: &State) -> Result<(), StoreError> {
         );
     }
     model.cursors.extend(loaded.cursors);
-    tracing::info!(resources = n, agents = model.cursors.len(), "State restored from the database.");
+    tracing::info!(
+        resources = n,
+        agents = model.cursors.len(),
+        "State restored from the database."
+    );
     Ok(())
 }

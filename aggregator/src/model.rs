@@ -100,7 +100,10 @@ pub fn reason_to_proto(r: &Reason) -> pb::HealthReason {
 }
 
 /// What changed between two versions of a resource, in the event vocabulary.
-pub fn changed_fields(before: Option<&ResourceRecord>, after: &ResourceRecord) -> Vec<&'static str> {
+pub fn changed_fields(
+    before: Option<&ResourceRecord>,
+    after: &ResourceRecord,
+) -> Vec<&'static str> {
     let Some(b) = before else {
         return vec!["created"];
     };

@@ -74,7 +74,9 @@ pub fn summary(state: &State) -> pb::FleetSummary {
         .collect();
     for t in model.resources.values() {
         *by_kind.entry(t.record.kind.clone()).or_default() += 1;
-        *by_health.entry(health_name(t.record.health).to_string()).or_default() += 1;
+        *by_health
+            .entry(health_name(t.record.health).to_string())
+            .or_default() += 1;
     }
     pb::FleetSummary {
         total_resources: model.resources.len() as u64,
@@ -183,7 +185,9 @@ pub fn list(state: &State, p: &ListParams) -> (Vec<pb::Resource>, Option<String>
             page.push(v);
         }
     }
-    let next = more.then(|| page.last().map(|r| encode_cursor(&r.id))).flatten();
+    let next = more
+        .then(|| page.last().map(|r| encode_cursor(&r.id)))
+        .flatten();
     (page, next)
 }
 
@@ -218,17 +222,25 @@ impl MetricParams {
         now_ms: i64,
     ) -> Result<Self, QueryError> {
         if metric.is_empty() {
-            return Err(QueryError::InvalidArgument("name (the metric) is required".into()));
+            return Err(QueryError::InvalidArgument(
+                "name (the metric) is required".into(),
+            ));
         }
         let to = if to_ms == 0 { now_ms } else { to_ms };
-        let from = if from_ms == 0 { to - DEFAULT_RANGE_MS } else { from_ms };
+        let from = if from_ms == 0 {
+            to - DEFAULT_RANGE_MS
+        } else {
+            from_ms
+        };
         if from > to {
             return Err(QueryError::InvalidArgument(format!(
                 "from ({from}) is after to ({to})"
             )));
         }
         if step_ms < 0 {
-            return Err(QueryError::InvalidArgument("step must not be negative".into()));
+            return Err(QueryError::InvalidArgument(
+                "step must not be negative".into(),
+            ));
         }
         let span = to - from;
         let step = if step_ms == 0 {
@@ -303,7 +315,12 @@ fn merge(into: &mut Stats, other: &Stats) {
     into.max = into.max.max(other.max);
 }
 
-fn response(p: &MetricParams, step: i64, points: Vec<Point>, source: &str) -> pb::QueryMetricResponse {
+fn response(
+    p: &MetricParams,
+    step: i64,
+    points: Vec<Point>,
+    source: &str,
+) -> pb::QueryMetricResponse {
     pb::QueryMetricResponse {
         resource_id: p.key.resource_id.clone(),
         metric: p.key.metric.clone(),
@@ -364,13 +381,24 @@ mod tests {
         let entries: Vec<(&str, &str, Health)> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| (id.as_str(), "host", if i % 5 == 0 { Health::Degraded } else { Health::Healthy }))
+            .map(|(i, id)| {
+                (
+                    id.as_str(),
+                    "host",
+                    if i % 5 == 0 {
+                        Health::Degraded
+                    } else {
+                        Health::Healthy
+                    },
+                )
+            })
             .collect();
         let state = state_with(&entries);
         let mut seen = Vec::new();
         let mut cursor = String::new();
         loop {
-            let p = ListParams::parse("host", Some(Health::Healthy), "env=prod", 7, &cursor).unwrap();
+            let p =
+                ListParams::parse("host", Some(Health::Healthy), "env=prod", 7, &cursor).unwrap();
             let (page, next) = list(&state, &p);
             seen.extend(page.into_iter().map(|r| r.id));
             match next {
@@ -387,8 +415,12 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_named() {
-        assert!(matches!(ListParams::parse("", None, "", 5000, ""), Err(QueryError::InvalidArgument(m)) if m.contains("limit")));
-        assert!(matches!(ListParams::parse("", None, "", 0, "%%%"), Err(QueryError::InvalidArgument(m)) if m.contains("cursor")));
+        assert!(
+            matches!(ListParams::parse("", None, "", 5000, ""), Err(QueryError::InvalidArgument(m)) if m.contains("limit"))
+        );
+        assert!(
+            matches!(ListParams::parse("", None, "", 0, "%%%"), Err(QueryError::InvalidArgument(m)) if m.contains("cursor"))
+        );
         assert!(MetricParams::parse("host/a", "", "", 0, 0, 0, 1_000_000).is_err());
         assert!(MetricParams::parse("host/a", "m", "", 10, 5, 0, 1_000_000).is_err());
         assert!(MetricParams::parse("host/a", "m", "", 0, 100_000_000, 1, 1_000_000).is_err());
@@ -401,7 +433,10 @@ mod tests {
     fn get_unknown_is_not_found() {
         let state = state_with(&[("host/a", "host", Health::Healthy)]);
         assert!(get(&state, "host/a").is_ok());
-        assert!(matches!(get(&state, "host/b"), Err(QueryError::NotFound(_))));
+        assert!(matches!(
+            get(&state, "host/b"),
+            Err(QueryError::NotFound(_))
+        ));
         let s = summary(&state);
         assert_eq!(s.total_resources, 1);
         assert_eq!(s.by_health["healthy"], 1);

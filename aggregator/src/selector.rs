@@ -27,7 +27,9 @@ impl Selector {
     /// Parses selector text; the error says which part is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.len() > MAX_SELECTOR_LEN {
-            return Err(format!("label selector is longer than {MAX_SELECTOR_LEN} bytes"));
+            return Err(format!(
+                "label selector is longer than {MAX_SELECTOR_LEN} bytes"
+            ));
         }
         let mut reqs = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -59,13 +61,14 @@ impl Selector {
 fn key(k: &str, part: &str) -> Result<String, String> {
     let k = k.trim();
     let valid = !k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
     if valid {
         Ok(k.to_string())
     } else {
-        Err(format!("invalid label selector term {part:?}: bad key {k:?}"))
+        Err(format!(
+            "invalid label selector term {part:?}: bad key {k:?}"
+        ))
     }
 }
 
@@ -78,7 +81,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -105,7 +105,9 @@ impl SeriesStore {
             }
             _ => points.push_back((timestamp_ms, value)),
         }
-        while points.front().is_some_and(|&(t, _)| t < horizon) || points.len() > MAX_POINTS_PER_SERIES {
+        while points.front().is_some_and(|&(t, _)| t < horizon)
+            || points.len() > MAX_POINTS_PER_SERIES
+        {
             points.pop_front();
         }
     }

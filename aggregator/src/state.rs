@@ -80,7 +80,11 @@ pub struct ConnectedGuard(Arc<State>);
 
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
-        let n = self.0.connected_agents.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let n = self
+            .0
+            .connected_agents
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         metrics::gauge!(crate::telemetry::CONNECTED_AGENTS).set(n as f64);
     }
 }

@@ -101,7 +101,11 @@ impl DevCa {
             "::1".to_string(),
         ];
         names.extend(extra_names.iter().cloned());
-        self.issue(names, "infrawatch aggregator", ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(
+            names,
+            "infrawatch aggregator",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
     }
 
     /// A client certificate whose identity (DNS SAN) is `identity`.

@@ -107,7 +107,10 @@ fn parse_override(entry: &str) -> Result<(String, figment::value::Value), Config
     };
     let key = key.trim();
     if key.is_empty() {
-        return Err(ConfigError::new("--set", format!("`{entry}` has an empty key")));
+        return Err(ConfigError::new(
+            "--set",
+            format!("`{entry}` has an empty key"),
+        ));
     }
     let value = raw
         .parse::<figment::value::Value>()

@@ -115,7 +115,9 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(format!("value of label {key:?} contains a control character"));
+        return Err(format!(
+            "value of label {key:?} contains a control character"
+        ));
     }
     Ok(())
 }

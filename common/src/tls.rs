@@ -66,7 +66,9 @@ impl TlsMaterial {
         let key_pem = read(&files.key)?;
         require_certificate(&files.ca, &ca_pem)?;
         require_certificate(&files.cert, &cert_pem)?;
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice()).ok().flatten();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .ok()
+            .flatten();
         if key.is_none() {
             return Err(TlsError::Empty {
                 path: files.key.clone(),

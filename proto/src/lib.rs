@@ -9,5 +9,4 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every infrawatch proto, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("infrawatch_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("infrawatch_descriptor");

@@ -6,6 +6,10 @@
 //! build them first (`cargo build --workspace --bins`; the Makefile's `test`
 //! target does).
 
+// Test support: a missing binary or port is a broken test set-up, and a panic with
+// the reason is the right report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,7 +28,10 @@ use tonic::transport::{Channel, Endpoint};
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test-binary>
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let path = dir.join(name);
     assert!(
         path.is_file(),
@@ -49,7 +56,10 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -149,7 +159,10 @@ impl Process {
             }
             if start.elapsed() > timeout {
                 self.kill();
-                bail!("process did not exit within {timeout:?}; log:\n{}", self.log_text());
+                bail!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -208,23 +221,41 @@ impl Aggregator {
 
     /// Starts again with the same configuration (same ports and database).
     pub fn restart(self, dir: &Path) -> anyhow::Result<Self> {
-        let Self { mut process, grpc, rest, config } = self;
+        let Self {
+            mut process,
+            grpc,
+            rest,
+            config,
+        } = self;
         process.stop()?;
         Self::start_with_config(dir, config, grpc, rest)
     }
 
-    fn start_with_config(dir: &Path, config: PathBuf, grpc: SocketAddr, rest: SocketAddr) -> anyhow::Result<Self> {
+    fn start_with_config(
+        dir: &Path,
+        config: PathBuf,
+        grpc: SocketAddr,
+        rest: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("aggregator-{}-{}.log", grpc.port(), unique()));
         let process = Process::spawn(
             &binary("infrawatch-aggregator"),
             &["--config", &config.display().to_string()],
             log,
         )?;
-        let mut a = Self { process, grpc, rest, config };
+        let mut a = Self {
+            process,
+            grpc,
+            rest,
+            config,
+        };
         let start = Instant::now();
         while !http_get(a.rest, "/readyz").is_ok_and(|r| r.0 == 200) {
             if !a.process.is_running() || start.elapsed() > Duration::from_secs(30) {
-                bail!("aggregator did not become ready; log:\n{}", a.process.log_text());
+                bail!(
+                    "aggregator did not become ready; log:\n{}",
+                    a.process.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -239,7 +270,10 @@ impl Aggregator {
     /// GET on the REST API, parsed as JSON.
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let (status, body) = http_get(self.rest, path).unwrap_or((0, String::new()));
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
     }
 
     /// GET returning the raw body.
@@ -264,7 +298,13 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent with identity `name` streaming to `endpoints`, collecting
     /// every `interval_ms`, keeping state in `dir/<name>-state`.
-    pub fn start(dir: &Path, pki: &Pki, name: &str, endpoints: &[String], interval_ms: u64) -> anyhow::Result<Self> {
+    pub fn start(
+        dir: &Path,
+        pki: &Pki,
+        name: &str,
+        endpoints: &[String],
+        interval_ms: u64,
+    ) -> anyhow::Result<Self> {
         let config = dir.join(format!("agent-{name}.toml"));
         let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
         std::fs::write(
@@ -283,7 +323,11 @@ impl Agent {
             ),
         )?;
         let log = dir.join(format!("agent-{name}-{}.log", unique()));
-        let process = Process::spawn(&binary("infrawatch-agent"), &["--config", &config.display().to_string()], log)?;
+        let process = Process::spawn(
+            &binary("infrawatch-agent"),
+            &["--config", &config.display().to_string()],
+            log,
+        )?;
         Ok(Self { process })
     }
 }
@@ -292,7 +336,10 @@ impl Agent {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).to_string();
@@ -302,7 +349,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -313,7 +363,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -334,8 +386,13 @@ pub async fn channel(endpoint: &str, files: &TlsFiles) -> anyhow::Result<Channel
 }
 
 /// A query client authenticated as `cli`.
-pub async fn query_client(endpoint: &str, pki: &Pki) -> anyhow::Result<QueryServiceClient<Channel>> {
-    Ok(QueryServiceClient::new(channel(endpoint, &pki.client("cli")).await?))
+pub async fn query_client(
+    endpoint: &str,
+    pki: &Pki,
+) -> anyhow::Result<QueryServiceClient<Channel>> {
+    Ok(QueryServiceClient::new(
+        channel(endpoint, &pki.client("cli")).await?,
+    ))
 }
 
 /// A hand-driven agent stream, for sending exactly the batches a test needs.
@@ -346,11 +403,15 @@ pub struct RawStream {
 
 impl RawStream {
     /// Opens a stream with the client certificate in `files` and sends `Hello`.
-    pub async fn open(endpoint: &str, files: &TlsFiles) -> anyhow::Result<Result<Self, tonic::Status>> {
+    pub async fn open(
+        endpoint: &str,
+        files: &TlsFiles,
+    ) -> anyhow::Result<Result<Self, tonic::Status>> {
         use infrawatch_proto::v1::agent_message::Body;
         use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
         let channel = channel(endpoint, files).await?;
-        let mut client = AgentServiceClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
+        let mut client =
+            AgentServiceClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tx.send(infrawatch_proto::v1::AgentMessage {
             body: Some(Body::Hello(infrawatch_proto::v1::Hello {
@@ -362,14 +423,19 @@ impl RawStream {
         Ok(client
             .report(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map(|r| Self { tx, inbound: r.into_inner() }))
+            .map(|r| Self {
+                tx,
+                inbound: r.into_inner(),
+            }))
     }
 
     /// Sends a batch.
     pub async fn send(&self, batch: infrawatch_proto::v1::Batch) -> anyhow::Result<()> {
         use infrawatch_proto::v1::agent_message::Body;
         self.tx
-            .send(infrawatch_proto::v1::AgentMessage { body: Some(Body::Batch(batch)) })
+            .send(infrawatch_proto::v1::AgentMessage {
+                body: Some(Body::Batch(batch)),
+            })
             .await
             .map_err(|_| anyhow::anyhow!("stream closed"))
     }
@@ -393,7 +459,13 @@ impl RawStream {
 }
 
 /// A batch describing host `resource_id` with one sample of `metric`.
-pub fn batch(seq: u64, resource_id: &str, metric: &str, value: f64, ts_ms: i64) -> infrawatch_proto::v1::Batch {
+pub fn batch(
+    seq: u64,
+    resource_id: &str,
+    metric: &str,
+    value: f64,
+    ts_ms: i64,
+) -> infrawatch_proto::v1::Batch {
     use infrawatch_proto::v1::{Batch, ResourceObservation, SampleColumns, SeriesDef};
     Batch {
         seq,
@@ -405,7 +477,11 @@ pub fn batch(seq: u64, resource_id: &str, metric: &str, value: f64, ts_ms: i64) 
             ..Default::default()
         }],
         strings: vec![metric.into()],
-        series: vec![SeriesDef { resource: 0, metric: 0, attributes: vec![] }],
+        series: vec![SeriesDef {
+            resource: 0,
+            metric: 0,
+            attributes: vec![],
+        }],
         samples: Some(SampleColumns {
             series: vec![0],
             time_offset_ms: vec![0],
@@ -429,22 +505,38 @@ impl TestDatabase {
         use sqlx::Connection;
         let admin = std::env::var("INFRAWATCH_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("iw_e2e_{tag}_{}_{}", std::process::id(), unique() % 1_000_000_000);
+        let name = format!(
+            "iw_e2e_{tag}_{}_{}",
+            std::process::id(),
+            unique() % 1_000_000_000
+        );
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .with_context(|| format!("PostgreSQL at {admin} is required"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).context("admin URL has no database")?;
-        Ok(Self { url: format!("{base}/{name}"), name, admin })
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .context("admin URL has no database")?;
+        Ok(Self {
+            url: format!("{base}/{name}"),
+            name,
+            admin,
+        })
     }
 
     /// Drops the database.
     pub async fn drop_now(self) -> anyhow::Result<()> {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&self.admin).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
         Ok(())
     }
 }

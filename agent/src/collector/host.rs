@@ -50,13 +50,18 @@ pub fn parse_stat(text: &str) -> Result<CpuStat, String> {
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         let Some(label) = fields.next() else { continue };
-        let Some(rest) = label.strip_prefix("cpu") else { continue };
+        let Some(rest) = label.strip_prefix("cpu") else {
+            continue;
+        };
         let values: Vec<u64> = fields
             .map(str::parse)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("line {label}: {e}"))?;
         if values.len() < 4 {
-            return Err(format!("line {label} has {} fields, expected at least 4", values.len()));
+            return Err(format!(
+                "line {label} has {} fields, expected at least 4",
+                values.len()
+            ));
         }
         // user nice system idle iowait irq softirq steal [guest guest_nice]; guest time
         // is already counted in user and nice, so only the first eight are summed.
@@ -105,9 +110,13 @@ pub fn parse_meminfo(text: &str) -> Result<MemInfo, String> {
     let mut seen_total = false;
     let mut seen_available = false;
     for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else { continue };
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
         let mut parts = rest.split_ascii_whitespace();
-        let Some(Ok(value)) = parts.next().map(str::parse::<u64>) else { continue };
+        let Some(Ok(value)) = parts.next().map(str::parse::<u64>) else {
+            continue;
+        };
         let bytes = match parts.next() {
             Some("kB") => value.saturating_mul(1024),
             _ => value,
@@ -305,9 +314,20 @@ impl HostCollector {
         parse_stat(&text).map_err(|reason| CollectError::Parse { path, reason })
     }
 
-    fn collect_cpu(&mut self, id: &str, now: i64, out: &mut Collection) -> Result<(), CollectError> {
+    fn collect_cpu(
+        &mut self,
+        id: &str,
+        now: i64,
+        out: &mut Collection,
+    ) -> Result<(), CollectError> {
         let stat = self.read_stat()?;
-        out.sample(id, metric::CPU_LOGICAL_COUNT, &[], now, stat.cores.len() as f64);
+        out.sample(
+            id,
+            metric::CPU_LOGICAL_COUNT,
+            &[],
+            now,
+            stat.cores.len() as f64,
+        );
         let now_instant = Instant::now();
         if let Some((prev, taken)) = &self.previous_cpu {
             if now_instant.duration_since(*taken) < MIN_CPU_SPAN {
@@ -319,7 +339,13 @@ impl HostCollector {
             }
             for (n, times) in &stat.cores {
                 if let Some(u) = prev.cores.get(n).and_then(|p| times.utilization_since(p)) {
-                    out.sample(id, metric::CPU_UTILIZATION, &[("cpu", &n.to_string())], now, u);
+                    out.sample(
+                        id,
+                        metric::CPU_UTILIZATION,
+                        &[("cpu", &n.to_string())],
+                        now,
+                        u,
+                    );
                 }
             }
         }
@@ -346,8 +372,20 @@ impl HostCollector {
             out.sample(id, metric::MEMORY_UTILIZATION, &[], now, u);
         }
         let swap_used = m.swap_total.saturating_sub(m.swap_free);
-        out.sample(id, metric::PAGING_USAGE, &[("state", "used")], now, swap_used as f64);
-        out.sample(id, metric::PAGING_USAGE, &[("state", "free")], now, m.swap_free as f64);
+        out.sample(
+            id,
+            metric::PAGING_USAGE,
+            &[("state", "used")],
+            now,
+            swap_used as f64,
+        );
+        out.sample(
+            id,
+            metric::PAGING_USAGE,
+            &[("state", "free")],
+            now,
+            m.swap_free as f64,
+        );
         let swap_u = if m.swap_total > 0 {
             swap_used as f64 / m.swap_total as f64
         } else {
@@ -406,9 +444,18 @@ mod tests {
     #[test]
     fn stat_busy_excludes_idle_and_iowait() {
         let s = parse_stat(STAT).unwrap();
-        assert_eq!(s.total, CpuTimes { busy: 200, total: 1000 });
+        assert_eq!(
+            s.total,
+            CpuTimes {
+                busy: 200,
+                total: 1000
+            }
+        );
         assert_eq!(s.cores.len(), 2);
-        let later = CpuTimes { busy: 300, total: 1200 };
+        let later = CpuTimes {
+            busy: 300,
+            total: 1200,
+        };
         assert_eq!(later.utilization_since(&s.total), Some(0.5));
         assert_eq!(s.total.utilization_since(&s.total), None);
         assert!(parse_stat("intr 1\n").is_err());
@@ -429,7 +476,10 @@ mod tests {
 
     #[test]
     fn loadavg_uptime_os_release() {
-        assert_eq!(parse_loadavg("0.50 0.25 0.10 1/100 42\n").unwrap(), [0.5, 0.25, 0.1]);
+        assert_eq!(
+            parse_loadavg("0.50 0.25 0.10 1/100 42\n").unwrap(),
+            [0.5, 0.25, 0.1]
+        );
         assert!(parse_loadavg("0.5\n").is_err());
         assert_eq!(parse_uptime("123.45 67.8\n").unwrap(), 123.45);
         let os = parse_os_release("NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n");
@@ -466,7 +516,10 @@ mod tests {
             .find(|s| {
                 s.metric == metric
                     && s.attributes.len() == attrs.len()
-                    && s.attributes.iter().zip(attrs).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+                    && s.attributes
+                        .iter()
+                        .zip(attrs)
+                        .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
             })
             .map(|s| s.value)
     }
@@ -479,7 +532,7 @@ mod tests {
         tokio::time::sleep(MIN_CPU_SPAN).await;
         std::fs::write(
             paths.proc.join("stat"),
-            "cpu  200 0 100 800 100 0 0 0 0 0\ncpu0 100 0 50 400 50 0 0 0 0 0\ncpu1 50 0 50 400 50 0 0 0 0 0\n",
+            "cpu  200 0 100 800 100 0 0 0 0 0\ncpu0 150 0 50 350 50 0 0 0 0 0\ncpu1 50 0 50 450 50 0 0 0 0 0\n",
         )
         .unwrap();
         let mut out = Collection::default();
@@ -488,8 +541,14 @@ mod tests {
         assert_eq!(out.resources[0].attributes["host.name"], "node-1");
         assert_eq!(out.resources[0].attributes["os.version"], "12");
         assert_eq!(value(&out, metric::CPU_UTILIZATION, &[]), Some(0.5));
-        assert_eq!(value(&out, metric::CPU_UTILIZATION, &[("cpu", "0")]), Some(1.0));
-        assert_eq!(value(&out, metric::CPU_UTILIZATION, &[("cpu", "1")]), Some(0.0));
+        assert_eq!(
+            value(&out, metric::CPU_UTILIZATION, &[("cpu", "0")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&out, metric::CPU_UTILIZATION, &[("cpu", "1")]),
+            Some(0.0)
+        );
         assert_eq!(value(&out, metric::MEMORY_UTILIZATION, &[]), Some(0.75));
         assert_eq!(value(&out, metric::PAGING_UTILIZATION, &[]), Some(0.5));
         assert_eq!(value(&out, metric::CPU_LOAD_AVERAGE_15M, &[]), Some(3.0));

@@ -25,16 +25,25 @@ pub(super) struct CertsArgs {
 pub(super) fn run(args: CertsArgs) -> anyhow::Result<()> {
     let pki = DevPki::new(&args.dir);
     let ca = pki.ensure_ca().context("development CA")?;
-    pki.ensure_server(&ca, &args.server_names).context("server certificate")?;
+    pki.ensure_server(&ca, &args.server_names)
+        .context("server certificate")?;
     for client in &args.clients {
         pki.ensure_client(&ca, client)
             .with_context(|| format!("client certificate for {client:?}"))?;
     }
     eprintln!("certificates in {}:", args.dir.display());
     eprintln!("  CA:     {}", pki.ca_cert().display());
-    eprintln!("  server: {} {}", pki.cert("server").display(), pki.key("server").display());
+    eprintln!(
+        "  server: {} {}",
+        pki.cert("server").display(),
+        pki.key("server").display()
+    );
     for client in &args.clients {
-        eprintln!("  {client}: {} {}", pki.cert(client).display(), pki.key(client).display());
+        eprintln!(
+            "  {client}: {} {}",
+            pki.cert(client).display(),
+            pki.key(client).display()
+        );
     }
     Ok(())
 }

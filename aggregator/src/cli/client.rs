@@ -22,13 +22,31 @@ pub(super) async fn connect(q: &QueryArgs) -> anyhow::Result<Client> {
     let (endpoint, server_name, files) = match &q.endpoint {
         Some(e) => {
             let (Some(ca), Some(cert), Some(key)) = (&q.ca, &q.cert, &q.key) else {
-                anyhow::bail!("--endpoint needs --ca, --cert and --key (the aggregator requires a client certificate)");
+                anyhow::bail!(
+                    "--endpoint needs --ca, --cert and --key (the aggregator requires a client certificate)"
+                );
             };
-            (e.clone(), q.server_name.clone(), TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+            (
+                e.clone(),
+                q.server_name.clone(),
+                TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+            )
         }
         None => {
             let i = Home::resolve()?.instance()?;
-            (i.grpc_endpoint, i.server_name, TlsFiles { ca: i.ca, cert: i.cert, key: i.key })
+            (
+                i.grpc_endpoint,
+                i.server_name,
+                TlsFiles {
+                    ca: i.ca,
+                    cert: i.cert,
+                    key: i.key,
+                },
+            )
         }
     };
     let tls = TlsMaterial::load(&files)?;
@@ -53,8 +71,13 @@ fn status(e: tonic::Status) -> anyhow::Error {
 impl Client {
     /// Fleet summary.
     pub(super) async fn summary(&mut self) -> anyhow::Result<pb::FleetSummary> {
-        let r = self.inner.get_summary(pb::GetSummaryRequest {}).await.map_err(status);
-        r.map(tonic::Response::into_inner).with_context(|| format!("summary from {}", self.endpoint))
+        let r = self
+            .inner
+            .get_summary(pb::GetSummaryRequest {})
+            .await
+            .map_err(status);
+        r.map(tonic::Response::into_inner)
+            .with_context(|| format!("summary from {}", self.endpoint))
     }
 
     /// Every matching resource (all pages unless `limit` is given).

@@ -34,12 +34,16 @@ impl Home {
     /// `$INFRAWATCH_HOME`, else the per-user data directory (`~/.local/share/infrawatch`).
     pub fn resolve() -> anyhow::Result<Self> {
         if let Some(dir) = std::env::var_os("INFRAWATCH_HOME").filter(|d| !d.is_empty()) {
-            return Ok(Self { dir: PathBuf::from(dir) });
+            return Ok(Self {
+                dir: PathBuf::from(dir),
+            });
         }
         let base = dirs::data_dir().context(
             "no per-user data directory (is HOME set?); set INFRAWATCH_HOME to a directory",
         )?;
-        Ok(Self { dir: base.join("infrawatch") })
+        Ok(Self {
+            dir: base.join("infrawatch"),
+        })
     }
 
     /// Development certificates.
@@ -75,7 +79,8 @@ impl Home {
                 path.display()
             )
         })?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid instance file", path.display()))
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid instance file", path.display()))
     }
 
     /// Writes the instance file.

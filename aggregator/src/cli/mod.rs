@@ -116,7 +116,10 @@ struct QueryArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     infrawatch_common::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("infrawatch: cannot start the runtime: {e}");
@@ -142,10 +145,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::summary(&s, q.output)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Resources { query, kind, health, label, limit } => {
+        Command::Resources {
+            query,
+            kind,
+            health,
+            label,
+            limit,
+        } => {
             let mut c = client::connect(&query).await?;
             let list = c
-                .resources(kind.unwrap_or_default(), health.as_deref(), label.unwrap_or_default(), limit)
+                .resources(
+                    kind.unwrap_or_default(),
+                    health.as_deref(),
+                    label.unwrap_or_default(),
+                    limit,
+                )
                 .await?;
             output::resources(&list, query.output)?;
             Ok(ExitCode::SUCCESS)
@@ -156,9 +170,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::resource(&r, query.output)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Metrics { query, id, name, attributes, since_secs, step_secs } => {
+        Command::Metrics {
+            query,
+            id,
+            name,
+            attributes,
+            since_secs,
+            step_secs,
+        } => {
             let mut c = client::connect(&query).await?;
-            let r = c.metric(&id, &name, &attributes, since_secs, step_secs).await?;
+            let r = c
+                .metric(&id, &name, &attributes, since_secs, step_secs)
+                .await?;
             output::metric(&r, query.output)?;
             Ok(ExitCode::SUCCESS)
         }

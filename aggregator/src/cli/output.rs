@@ -32,7 +32,13 @@ fn age(ms: i64) -> String {
 fn table(rows: &[Vec<String>]) -> std::io::Result<()> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut w = out();
     for row in rows {
@@ -121,12 +127,18 @@ pub(super) fn resource(r: &pb::Resource, format: OutputFormat) -> anyhow::Result
         vec!["ID".to_string(), r.id.clone()],
         vec!["KIND".into(), r.kind.clone()],
         vec!["HEALTH".into(), health(r).to_uppercase()],
-        vec!["OBSERVED".into(), format!("{} ago", age(r.observed_at_unix_ms))],
+        vec![
+            "OBSERVED".into(),
+            format!("{} ago", age(r.observed_at_unix_ms)),
+        ],
         vec!["VERSION".into(), r.resource_version.to_string()],
         vec!["SOURCE".into(), r.source.clone()],
     ];
     for reason in &r.reasons {
-        rows.push(vec!["REASON".into(), format!("{}: {}", reason.code, reason.message)]);
+        rows.push(vec![
+            "REASON".into(),
+            format!("{}: {}", reason.code, reason.message),
+        ]);
     }
     let mut sorted: Vec<_> = r.attributes.iter().collect();
     sorted.sort();
@@ -135,9 +147,17 @@ pub(super) fn resource(r: &pb::Resource, format: OutputFormat) -> anyhow::Result
     }
     table(&rows)?;
     writeln!(out())?;
-    let mut latest = vec![vec!["METRIC".to_string(), "ATTRIBUTES".into(), "VALUE".into()]];
+    let mut latest = vec![vec![
+        "METRIC".to_string(),
+        "ATTRIBUTES".into(),
+        "VALUE".into(),
+    ]];
     for l in &r.latest {
-        latest.push(vec![l.metric.clone(), l.attributes.clone(), format_value(&l.metric, l.value)]);
+        latest.push(vec![
+            l.metric.clone(),
+            l.attributes.clone(),
+            format_value(&l.metric, l.value),
+        ]);
     }
     table(&latest)?;
     Ok(())
@@ -170,7 +190,13 @@ pub(super) fn metric(r: &pb::QueryMetricResponse, format: OutputFormat) -> anyho
             })).collect::<Vec<_>>(),
         }));
     }
-    let mut rows = vec![vec!["AGE".to_string(), "AVG".into(), "MIN".into(), "MAX".into(), "SAMPLES".into()]];
+    let mut rows = vec![vec![
+        "AGE".to_string(),
+        "AVG".into(),
+        "MIN".into(),
+        "MAX".into(),
+        "SAMPLES".into(),
+    ]];
     for p in &r.points {
         rows.push(vec![
             age(p.timestamp_unix_ms),

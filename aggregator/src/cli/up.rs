@@ -55,7 +55,9 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let rest = SocketAddr::from(([127, 0, 0, 1], args.rest_port));
     for (name, addr) in [("--grpc-port", grpc), ("--rest-port", rest)] {
         if std::net::TcpListener::bind(addr).is_err() {
-            bail!("{addr} is in use (is another `infrawatch up` running?); choose another port with {name}");
+            bail!(
+                "{addr} is in use (is another `infrawatch up` running?); choose another port with {name}"
+            );
         }
     }
 
@@ -63,11 +65,19 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let ca = pki.ensure_ca().context("development CA")?;
     pki.ensure_server(&ca, &[]).context("server certificate")?;
     let agent_identity = format!("agent-{}", dns_label(&hostname()));
-    pki.ensure_client(&ca, &agent_identity).context("agent certificate")?;
-    pki.ensure_client(&ca, CLI_IDENTITY).context("CLI certificate")?;
+    pki.ensure_client(&ca, &agent_identity)
+        .context("agent certificate")?;
+    pki.ensure_client(&ca, CLI_IDENTITY)
+        .context("CLI certificate")?;
 
-    home::write(&home.aggregator_config(), &aggregator_toml(&home, &pki, grpc, rest))?;
-    home::write(&home.agent_config(), &agent_toml(&home, &pki, &agent_identity, grpc, args.interval_ms))?;
+    home::write(
+        &home.aggregator_config(),
+        &aggregator_toml(&home, &pki, grpc, rest),
+    )?;
+    home::write(
+        &home.agent_config(),
+        &agent_toml(&home, &pki, &agent_identity, grpc, args.interval_ms),
+    )?;
     let instance = Instance {
         grpc_endpoint: format!("https://{grpc}"),
         rest_url: format!("http://{rest}"),
@@ -79,18 +89,36 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     home.write_instance(&instance)?;
     std::fs::create_dir_all(home.log_dir())?;
 
-    eprintln!("Starting the aggregator (SQLite in {}) ...", home.data_dir().display());
-    let mut aggregator = spawn(&aggregator_bin, &home.aggregator_config(), &home.log_dir().join("aggregator.log"))?;
+    eprintln!(
+        "Starting the aggregator (SQLite in {}) ...",
+        home.data_dir().display()
+    );
+    let mut aggregator = spawn(
+        &aggregator_bin,
+        &home.aggregator_config(),
+        &home.log_dir().join("aggregator.log"),
+    )?;
     if let Err(e) = wait_ready(rest, &mut aggregator).await {
         stop(&mut aggregator, "aggregator").await;
-        return Err(e.context(format!("see {}", home.log_dir().join("aggregator.log").display())));
+        return Err(e.context(format!(
+            "see {}",
+            home.log_dir().join("aggregator.log").display()
+        )));
     }
     eprintln!("Starting the agent ({agent_identity}) ...");
-    let mut agent = spawn(&agent_bin, &home.agent_config(), &home.log_dir().join("agent.log"))?;
+    let mut agent = spawn(
+        &agent_bin,
+        &home.agent_config(),
+        &home.log_dir().join("agent.log"),
+    )?;
     let host = wait_for_host(&mut agent).await;
 
     let mut out = std::io::stdout().lock();
-    writeln!(out, "\ninfrawatch is running. Data, certificates and logs: {}", home.dir.display())?;
+    writeln!(
+        out,
+        "\ninfrawatch is running. Data, certificates and logs: {}",
+        home.dir.display()
+    )?;
     writeln!(out, "  gRPC (mTLS): {}", instance.grpc_endpoint)?;
     writeln!(out, "  REST:        {}/api/v1/status", instance.rest_url)?;
     writeln!(out, "  metrics:     {}/metrics", instance.rest_url)?;
@@ -101,10 +129,17 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     match &host {
         Some(id) => {
             writeln!(out, "  infrawatch get {id}")?;
-            writeln!(out, "  infrawatch metrics {id} --name system.cpu.utilization")?;
+            writeln!(
+                out,
+                "  infrawatch metrics {id} --name system.cpu.utilization"
+            )?;
             writeln!(out, "  curl {}/api/v1/resources/{id}", instance.rest_url)?;
         }
-        None => writeln!(out, "  (the host has not appeared yet; see {})", home.log_dir().join("agent.log").display())?,
+        None => writeln!(
+            out,
+            "  (the host has not appeared yet; see {})",
+            home.log_dir().join("agent.log").display()
+        )?,
     }
     writeln!(out, "\nPress Ctrl-C to stop.")?;
     drop(out);
@@ -141,7 +176,10 @@ fn sibling(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        bail!("cannot find {name} next to infrawatch in {}; build all binaries (cargo build --workspace --bins)", dir.display())
+        bail!(
+            "cannot find {name} next to infrawatch in {}; build all binaries (cargo build --workspace --bins)",
+            dir.display()
+        )
     }
 }
 
@@ -160,7 +198,11 @@ fn dns_label(s: &str) -> String {
         .take(50)
         .collect();
     let label = label.trim_matches('-').to_string();
-    if label.is_empty() { "local".into() } else { label }
+    if label.is_empty() {
+        "local".into()
+    } else {
+        label
+    }
 }
 
 fn quote(p: &Path) -> String {
@@ -180,7 +222,13 @@ fn aggregator_toml(home: &Home, pki: &DevPki, grpc: SocketAddr, rest: SocketAddr
     )
 }
 
-fn agent_toml(home: &Home, pki: &DevPki, identity: &str, grpc: SocketAddr, interval_ms: u64) -> String {
+fn agent_toml(
+    home: &Home,
+    pki: &DevPki,
+    identity: &str,
+    grpc: SocketAddr,
+    interval_ms: u64,
+) -> String {
     format!(
         "# Generated by `infrawatch up` on every start; edit flags, not this file.\n\
          state_dir = {}\n\n[aggregator]\nendpoints = [\"https://{grpc}\"]\nserver_name = \"localhost\"\n\n\
@@ -233,7 +281,10 @@ async fn wait_ready(rest: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
 fn http_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
     std::str::from_utf8(&head[9..12])
@@ -256,12 +307,13 @@ async fn wait_for_host(agent: &mut Child) -> Option<String> {
         if agent.try_wait().ok().flatten().is_some() {
             return None;
         }
-        if let Ok(mut c) = client::connect(&query).await {
-            if let Ok(list) = c.resources("host".into(), None, String::new(), Some(1)).await {
-                if let Some(r) = list.into_iter().next() {
-                    return Some(r.id);
-                }
-            }
+        if let Ok(mut c) = client::connect(&query).await
+            && let Ok(list) = c
+                .resources("host".into(), None, String::new(), Some(1))
+                .await
+            && let Some(r) = list.into_iter().next()
+        {
+            return Some(r.id);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -270,10 +322,10 @@ async fn wait_for_host(agent: &mut Child) -> Option<String> {
 
 /// SIGTERM, then SIGKILL after 15 s.
 async fn stop(child: &mut Child, name: &str) {
-    if let Some(pid) = child.id() {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
+    if let Some(pid) = child.id()
+        && let Ok(pid) = i32::try_from(pid)
+    {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
     match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
         Ok(_) => {}

@@ -142,7 +142,12 @@ pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch
         for (k, v) in r.labels.iter().chain(r.attributes.iter()) {
             validate_label(k, v).map_err(|e| fail(format!("resources[{i}] ({}): {e}", r.id)))?;
         }
-        if r.kind.len() > 64 || !r.kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if r.kind.len() > 64
+            || !r
+                .kind
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             return Err(fail(format!(
                 "resources[{i}] ({}): kind {:?} must be snake_case, at most 64 bytes",
                 r.id, r.kind
@@ -188,24 +193,37 @@ pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch
         strings
             .get(idx as usize)
             .map(String::as_str)
-            .ok_or_else(|| fail(format!("{what} refers to string {idx}, the table has {}", strings.len())))
+            .ok_or_else(|| {
+                fail(format!(
+                    "{what} refers to string {idx}, the table has {}",
+                    strings.len()
+                ))
+            })
     };
     let mut series = Vec::with_capacity(batch.series.len());
     for (i, s) in batch.series.iter().enumerate() {
-        let resource = resources
-            .get(s.resource as usize)
-            .ok_or_else(|| fail(format!("series[{i}] refers to resource {}, the batch has {}", s.resource, resources.len())))?;
+        let resource = resources.get(s.resource as usize).ok_or_else(|| {
+            fail(format!(
+                "series[{i}] refers to resource {}, the batch has {}",
+                s.resource,
+                resources.len()
+            ))
+        })?;
         let metric = string(s.metric, &format!("series[{i}] metric"))?;
         if metric.is_empty()
             || metric.len() > 255
-            || !metric.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || !metric
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
             return Err(fail(format!(
                 "series[{i}]: metric name {metric:?} must be 1 to 255 letters, digits, '.', '_' or '-'"
             )));
         }
         if s.attributes.len() % 2 != 0 {
-            return Err(fail(format!("series[{i}]: attributes must be key/value pairs")));
+            return Err(fail(format!(
+                "series[{i}]: attributes must be key/value pairs"
+            )));
         }
         let mut pairs = Vec::with_capacity(s.attributes.len() / 2);
         for kv in s.attributes.chunks_exact(2) {
@@ -238,7 +256,10 @@ pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch
         )));
     }
     if n > limits.max_samples {
-        return Err(fail(format!("{n} samples, the limit is {}", limits.max_samples)));
+        return Err(fail(format!(
+            "{n} samples, the limit is {}",
+            limits.max_samples
+        )));
     }
     let earliest = now_ms.saturating_sub(limits.max_sample_age_ms);
     let latest = now_ms.saturating_add(limits.max_future_skew_ms);
@@ -253,10 +274,15 @@ pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch
     for j in 0..n {
         let idx = cols.series[j] as usize;
         let Some(target) = series.get_mut(idx) else {
-            return Err(fail(format!("sample {j} refers to series {idx}, the batch has {}", batch.series.len())));
+            return Err(fail(format!(
+                "sample {j} refers to series {idx}, the batch has {}",
+                batch.series.len()
+            )));
         };
         let value = cols.values[j];
-        let ts = batch.base_time_unix_ms.saturating_add(cols.time_offset_ms[j]);
+        let ts = batch
+            .base_time_unix_ms
+            .saturating_add(cols.time_offset_ms[j]);
         if !value.is_finite() {
             decoded.dropped_non_finite += 1;
         } else if ts < earliest || ts > latest {
@@ -266,7 +292,10 @@ pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch
             decoded.sample_count += 1;
         }
     }
-    decoded.series = series.into_iter().filter(|s| !s.points.is_empty()).collect();
+    decoded.series = series
+        .into_iter()
+        .filter(|s| !s.points.is_empty())
+        .collect();
     Ok(decoded)
 }
 
@@ -287,8 +316,16 @@ mod tests {
             }],
             strings: vec!["system.cpu.utilization".into(), "cpu".into(), "0".into()],
             series: vec![
-                SeriesDef { resource: 0, metric: 0, attributes: vec![] },
-                SeriesDef { resource: 0, metric: 0, attributes: vec![1, 2] },
+                SeriesDef {
+                    resource: 0,
+                    metric: 0,
+                    attributes: vec![],
+                },
+                SeriesDef {
+                    resource: 0,
+                    metric: 0,
+                    attributes: vec![1, 2],
+                },
             ],
             samples: Some(SampleColumns {
                 series: vec![0, 1, 1],
@@ -316,11 +353,21 @@ mod tests {
 
         let mut b = batch();
         b.samples.as_mut().unwrap().values.pop();
-        assert!(decode(b, 1_000_000, &Limits::default()).unwrap_err().problem.contains("differ in length"));
+        assert!(
+            decode(b, 1_000_000, &Limits::default())
+                .unwrap_err()
+                .problem
+                .contains("differ in length")
+        );
 
         let mut b = batch();
         b.resources[0].id = "bad id".into();
-        assert!(decode(b, 1_000_000, &Limits::default()).unwrap_err().problem.contains("resources[0]"));
+        assert!(
+            decode(b, 1_000_000, &Limits::default())
+                .unwrap_err()
+                .problem
+                .contains("resources[0]")
+        );
 
         let mut b = batch();
         b.seq = 0;

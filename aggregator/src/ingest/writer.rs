@@ -92,7 +92,9 @@ impl Plan {
             return;
         }
         next.version = before.as_ref().map_or(0, |b| b.version) + 1;
-        if changed.contains(&"relations") || (changed.contains(&"created") && !next.relations.is_empty()) {
+        if changed.contains(&"relations")
+            || (changed.contains(&"created") && !next.relations.is_empty())
+        {
             self.relations_changed.insert(next.id.clone());
         }
         self.history.push(HistoryEntry {
@@ -154,6 +156,13 @@ impl Plan {
         (commit, applied)
     }
 }
+
+/// A request's reply channel, its planned answer and its sample count.
+type Answer = (
+    oneshot::Sender<Result<Ack, IngestError>>,
+    Result<Ack, IngestError>,
+    usize,
+);
 
 /// What goes into the model once the commit succeeded.
 struct Applied {
@@ -220,20 +229,27 @@ impl Writer {
     async fn apply_group(&self, group: Vec<WriteRequest>) {
         let now = now_unix_ms();
         let mut plan = Plan::default();
-        let mut answers: Vec<(oneshot::Sender<Result<Ack, IngestError>>, Result<Ack, IngestError>, usize)> =
-            Vec::with_capacity(group.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
         {
             let model = self.state.read();
             for req in group {
                 let seq = req.batch.seq;
                 let samples = req.batch.sample_count;
                 let result = self.plan_batch(&model, &mut plan, &req.agent, req.batch, now);
-                answers.push((req.reply, result.map(|duplicate| Ack { seq, duplicate }), samples));
+                answers.push((
+                    req.reply,
+                    result.map(|duplicate| Ack { seq, duplicate }),
+                    samples,
+                ));
             }
         }
         let (commit, applied) = plan.into_commit();
         if let Err(e) = self.store.commit(&commit).await {
-            tracing::warn!(error = &e as &dyn std::error::Error, batches = answers.len(), "Database write failed; batches will be resent by their agents.");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                batches = answers.len(),
+                "Database write failed; batches will be resent by their agents."
+            );
             for (reply, result, _) in answers {
                 let answer = match result {
                     Ok(_) => Err(IngestError::Unavailable(e.to_string())),
@@ -246,7 +262,13 @@ impl Writer {
         }
         self.apply(applied, now);
         for (reply, result, samples) in answers {
-            if matches!(result, Ok(Ack { duplicate: false, .. })) {
+            if matches!(
+                result,
+                Ok(Ack {
+                    duplicate: false,
+                    ..
+                })
+            ) {
                 metrics::counter!(telemetry::SAMPLES).increment(samples as u64);
             }
             count_result(&result);
@@ -290,7 +312,8 @@ impl Writer {
                 _ => {}
             }
         }
-        let window_start = now - i64::try_from(self.config.health.evaluation_window_ms).unwrap_or(i64::MAX);
+        let window_start =
+            now - i64::try_from(self.config.health.evaluation_window_ms).unwrap_or(i64::MAX);
         let mut newest: HashMap<&str, i64> = HashMap::new();
         for s in &batch.series {
             for &(ts, v) in &s.points {
@@ -403,7 +426,9 @@ impl Writer {
                 if t.record.health == Health::Unknown {
                     continue;
                 }
-                if let Some(reason) = health::stale_reason(now, t.last_seen_ms, t.record.interval_ms, missed) {
+                if let Some(reason) =
+                    health::stale_reason(now, t.last_seen_ms, t.record.interval_ms, missed)
+                {
                     let mut next = t.record.clone();
                     next.health = Health::Unknown;
                     next.reasons = vec![reason];
@@ -431,7 +456,10 @@ impl Writer {
                 self.state.write().series.evict(now);
             }
             Err(e) => {
-                tracing::warn!(error = &e as &dyn std::error::Error, "Could not store stale states; will retry.");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "Could not store stale states; will retry."
+                );
             }
         }
     }
@@ -439,8 +467,12 @@ impl Writer {
 
 fn count_result(result: &Result<Ack, IngestError>) {
     let label = match result {
-        Ok(Ack { duplicate: false, .. }) => "applied",
-        Ok(Ack { duplicate: true, .. }) => "duplicate",
+        Ok(Ack {
+            duplicate: false, ..
+        }) => "applied",
+        Ok(Ack {
+            duplicate: true, ..
+        }) => "duplicate",
         Err(IngestError::Invalid(_) | IngestError::Forbidden(_)) => "rejected",
         Err(_) => "failed",
     };

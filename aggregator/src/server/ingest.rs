@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use infrawatch_common::tls::identity_from_der;
 use infrawatch_common::time::now_unix_ms;
+use infrawatch_common::tls::identity_from_der;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
 use infrawatch_proto::v1::agent_service_server::AgentService;
 use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
@@ -116,7 +116,9 @@ impl IngestService {
         tx: Outbound,
     ) -> &'static str {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(AgentMessage { body: Some(AgentBody::Hello(h)) }))) => h,
+            Ok(Ok(Some(AgentMessage {
+                body: Some(AgentBody::Hello(h)),
+            }))) => h,
             Ok(Ok(None)) => return "closed before hello",
             Ok(Err(status)) => {
                 let _ = tx.send(Err(status)).await;
@@ -124,7 +126,9 @@ impl IngestService {
             }
             Ok(Ok(Some(_))) => {
                 let _ = tx
-                    .send(Err(Status::invalid_argument("the first message must be Hello")))
+                    .send(Err(Status::invalid_argument(
+                        "the first message must be Hello",
+                    )))
                     .await;
                 return "no hello";
             }
@@ -148,14 +152,19 @@ impl IngestService {
                 m = inbound.message() => m,
             };
             match message {
-                Ok(Some(AgentMessage { body: Some(AgentBody::Batch(batch)) })) => {
+                Ok(Some(AgentMessage {
+                    body: Some(AgentBody::Batch(batch)),
+                })) => {
                     let received = Instant::now();
                     let decoded = match decode(batch, now_unix_ms(), &self.limits) {
                         Ok(d) => d,
                         Err(e) => {
                             tracing::warn!(agent = identity, error = %e, "Rejected a batch.");
-                            metrics::counter!(telemetry::BATCHES, "result" => "rejected").increment(1);
-                            let _ = order_tx.send(Pending::Fail(Status::invalid_argument(e.to_string()))).await;
+                            metrics::counter!(telemetry::BATCHES, "result" => "rejected")
+                                .increment(1);
+                            let _ = order_tx
+                                .send(Pending::Fail(Status::invalid_argument(e.to_string())))
+                                .await;
                             break "invalid batch";
                         }
                     };
@@ -169,21 +178,36 @@ impl IngestService {
                     };
                     // Waits while the writer is busy: backpressure reaches the agent.
                     if self.writer.send(request).await.is_err() {
-                        let _ = order_tx.send(Pending::Fail(IngestError::ShuttingDown.into())).await;
+                        let _ = order_tx
+                            .send(Pending::Fail(IngestError::ShuttingDown.into()))
+                            .await;
                         break "writer stopped";
                     }
-                    if order_tx.send(Pending::Written { reply: reply_rx, received }).await.is_err() {
+                    if order_tx
+                        .send(Pending::Written {
+                            reply: reply_rx,
+                            received,
+                        })
+                        .await
+                        .is_err()
+                    {
                         break "agent went away";
                     }
                 }
-                Ok(Some(AgentMessage { body: Some(AgentBody::Hello(_)) })) => {
+                Ok(Some(AgentMessage {
+                    body: Some(AgentBody::Hello(_)),
+                })) => {
                     let _ = order_tx
-                        .send(Pending::Fail(Status::invalid_argument("Hello may only be sent once per stream")))
+                        .send(Pending::Fail(Status::invalid_argument(
+                            "Hello may only be sent once per stream",
+                        )))
                         .await;
                     break "second hello";
                 }
                 Ok(Some(AgentMessage { body: None })) => {
-                    let _ = order_tx.send(Pending::Fail(Status::invalid_argument("empty message"))).await;
+                    let _ = order_tx
+                        .send(Pending::Fail(Status::invalid_argument("empty message")))
+                        .await;
                     break "empty message";
                 }
                 Ok(None) => break "agent closed the stream",

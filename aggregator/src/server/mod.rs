@@ -57,8 +57,12 @@ pub async fn serve_grpc(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AgentServiceServer<ingest::IngestService>>().await;
-    health.set_serving::<QueryServiceServer<query::QueryApi>>().await;
+    health
+        .set_serving::<AgentServiceServer<ingest::IngestService>>()
+        .await;
+    health
+        .set_serving::<QueryServiceServer<query::QueryApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(infrawatch_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -43,7 +43,12 @@ impl QueryService for QueryApi {
         let health = match Health::try_from(r.health) {
             Ok(Health::Unspecified) => None,
             Ok(h) => Some(h),
-            Err(_) => return Err(Status::invalid_argument(format!("unknown health value {}", r.health))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown health value {}",
+                    r.health
+                )));
+            }
         };
         let params = ListParams::parse(&r.kind, health, &r.label_selector, r.limit, &r.cursor)?;
         let (resources, next) = query::list(&self.state, &params);
@@ -57,7 +62,10 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::GetResourceRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
-        Ok(Response::new(query::get(&self.state, &request.into_inner().id)?))
+        Ok(Response::new(query::get(
+            &self.state,
+            &request.into_inner().id,
+        )?))
     }
 
     async fn query_metric(
@@ -74,6 +82,8 @@ impl QueryService for QueryApi {
             r.step_ms,
             now_unix_ms(),
         )?;
-        Ok(Response::new(query::metric(&self.state, &self.store, &params).await?))
+        Ok(Response::new(
+            query::metric(&self.state, &self.store, &params).await?,
+        ))
     }
 }

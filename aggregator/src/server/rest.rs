@@ -56,7 +56,11 @@ pub fn router(shared: RestState) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 impl IntoResponse for QueryError {
@@ -84,7 +88,11 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if shared.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes())) {
+    if shared
+        .tokens
+        .iter()
+        .any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes()))
+    {
         next.run(request).await
     } else {
         error(
@@ -102,8 +110,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn ready(AxumState(shared): AxumState<RestState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &format!("database: {e}")),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "database did not answer within 2s"),
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &format!("database: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "database did not answer within 2s",
+        ),
     }
 }
 
@@ -114,7 +130,11 @@ async fn prometheus(AxumState(shared): AxumState<RestState>) -> Response {
             handle.render(),
         )
             .into_response(),
-        None => error(StatusCode::NOT_FOUND, "not_found", "metrics are not enabled"),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled",
+        ),
     }
 }
 
@@ -134,17 +154,25 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
     params.get(name).map(String::as_str).unwrap_or_default()
 }
 
-fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, what: &str) -> Result<Option<T>, QueryError> {
+fn number<T: std::str::FromStr>(
+    params: &HashMap<String, String>,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, QueryError> {
     match params.get(name) {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            QueryError::InvalidArgument(format!("{name}={v:?} is not {what}"))
-        }),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| QueryError::InvalidArgument(format!("{name}={v:?} is not {what}"))),
     }
 }
 
-async fn list_resources(AxumState(shared): AxumState<RestState>, Query(params): Params) -> Result<Json<Value>, QueryError> {
+async fn list_resources(
+    AxumState(shared): AxumState<RestState>,
+    Query(params): Params,
+) -> Result<Json<Value>, QueryError> {
     let known = ["kind", "health", "label", "limit", "cursor"];
     if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(QueryError::InvalidArgument(format!(
@@ -162,9 +190,17 @@ async fn list_resources(AxumState(shared): AxumState<RestState>, Query(params): 
     };
     let limit: u32 = number(&params, "limit", "a whole number between 1 and 1000")?.unwrap_or(0);
     if params.contains_key("limit") && limit == 0 {
-        return Err(QueryError::InvalidArgument("limit must be between 1 and 1000".into()));
+        return Err(QueryError::InvalidArgument(
+            "limit must be between 1 and 1000".into(),
+        ));
     }
-    let p = ListParams::parse(param(&params, "kind"), health, param(&params, "label"), limit, param(&params, "cursor"))?;
+    let p = ListParams::parse(
+        param(&params, "kind"),
+        health,
+        param(&params, "label"),
+        limit,
+        param(&params, "cursor"),
+    )?;
     let (page, next) = query::list(&shared.state, &p);
     Ok(Json(json!({
         "resources": page.iter().map(resource_json).collect::<Vec<_>>(),
@@ -177,15 +213,19 @@ async fn resource_or_metrics(
     Path(path): Path<String>,
     Query(params): Params,
 ) -> Result<Json<Value>, QueryError> {
-    if let Some(id) = path.strip_suffix("/metrics") {
-        if params.contains_key("name") {
-            return metrics_of(&shared, id, &params).await;
-        }
+    if let Some(id) = path.strip_suffix("/metrics")
+        && params.contains_key("name")
+    {
+        return metrics_of(&shared, id, &params).await;
     }
     Ok(Json(resource_json(&query::get(&shared.state, &path)?)))
 }
 
-async fn metrics_of(shared: &RestState, id: &str, params: &HashMap<String, String>) -> Result<Json<Value>, QueryError> {
+async fn metrics_of(
+    shared: &RestState,
+    id: &str,
+    params: &HashMap<String, String>,
+) -> Result<Json<Value>, QueryError> {
     let known = ["name", "attributes", "from", "to", "step"];
     if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(QueryError::InvalidArgument(format!(

@@ -10,8 +10,10 @@ mod rows;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgPoolOptions, PgPool};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row};
 
 use crate::config::{Backend, StorageConfig};
@@ -104,7 +106,10 @@ pub struct Commit {
 impl Commit {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.resources.is_empty() && self.history.is_empty() && self.cursors.is_empty() && self.rollups.is_empty()
+        self.resources.is_empty()
+            && self.history.is_empty()
+            && self.cursors.is_empty()
+            && self.rollups.is_empty()
     }
 }
 
@@ -170,13 +175,16 @@ impl Store {
                     .connect_lazy(&cfg.url)?,
             ),
             Some(Backend::Sqlite) => {
-                if let Some(dir) = cfg.sqlite_path().as_deref().and_then(std::path::Path::parent) {
-                    if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                            path: dir.to_path_buf(),
-                            source,
-                        })?;
-                    }
+                if let Some(dir) = cfg
+                    .sqlite_path()
+                    .as_deref()
+                    .and_then(std::path::Path::parent)
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
                 }
                 let options = SqliteConnectOptions::from_str(&cfg.url)?
                     .create_if_missing(true)
@@ -344,7 +352,12 @@ impl Store {
     }
 
     /// Stored rollups of one series with buckets in `[from_ms, to_ms]`, oldest first.
-    pub async fn rollups(&self, key: &SeriesKey, from_ms: i64, to_ms: i64) -> Result<Vec<RollupRow>, StoreError> {
+    pub async fn rollups(
+        &self,
+        key: &SeriesKey,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RollupRow>, StoreError> {
         let started = Instant::now();
         let result: Result<Vec<RollupRow>, StoreError> = on_pool!(self, pool => {
             let rows = sqlx::query(rows::SELECT_ROLLUPS)
@@ -373,7 +386,11 @@ impl Store {
     }
 
     /// History of one resource, newest first, at most `limit` rows.
-    pub async fn history(&self, resource_id: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+    pub async fn history(
+        &self,
+        resource_id: &str,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
         let started = Instant::now();
         let result: Result<Vec<HistoryEntry>, StoreError> = on_pool!(self, pool => {
             match sqlx::query(rows::SELECT_HISTORY)

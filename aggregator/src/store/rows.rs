@@ -60,7 +60,11 @@ fn json<T: Serialize>(id: &str, v: &T) -> Result<String, StoreError> {
     })
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(id: &str, field: &str, s: &str) -> Result<T, StoreError> {
+fn from_json<T: serde::de::DeserializeOwned>(
+    id: &str,
+    field: &str,
+    s: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
         id: id.to_string(),
         reason: format!("{field}: {e}"),
@@ -98,7 +102,8 @@ impl ResourceRow {
 
     pub(super) fn into_record(self) -> Result<ResourceRecord, StoreError> {
         let labels: BTreeMap<String, String> = from_json(&self.id, "labels", &self.labels)?;
-        let attributes: BTreeMap<String, String> = from_json(&self.id, "attributes", &self.attributes)?;
+        let attributes: BTreeMap<String, String> =
+            from_json(&self.id, "attributes", &self.attributes)?;
         Ok(ResourceRecord {
             health: health_from_db(&self.id, &self.health)?,
             reasons: reasons_from_db(&self.id, &self.reasons)?,

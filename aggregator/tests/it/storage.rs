@@ -31,8 +31,16 @@ async fn postgres(test: &str) -> TestDb {
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
     let store = Store::open(&StorageConfig {
         url: format!("{base}/{name}"),
@@ -40,7 +48,11 @@ async fn postgres(test: &str) -> TestDb {
     })
     .unwrap();
     store.migrate().await.unwrap();
-    TestDb { store, pg_name: Some(name), _dir: None }
+    TestDb {
+        store,
+        pg_name: Some(name),
+        _dir: None,
+    }
 }
 
 async fn sqlite() -> TestDb {
@@ -51,23 +63,32 @@ async fn sqlite() -> TestDb {
     })
     .unwrap();
     store.migrate().await.unwrap();
-    TestDb { store, pg_name: None, _dir: Some(dir) }
+    TestDb {
+        store,
+        pg_name: None,
+        _dir: Some(dir),
+    }
 }
 
 /// Drops a test database (a failed test leaves its database for inspection).
 async fn drop_postgres(name: Option<String>) {
     if let Some(name) = name {
         let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 }
 
 fn rand_suffix() -> u32 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
 }
 
 fn record(id: &str, version: u64, health: Health) -> ResourceRecord {
@@ -181,7 +202,10 @@ async fn cursors_never_move_back(db: TestDb) {
 async fn rollups_accumulate(db: TestDb) {
     let s = &db.store;
     s.commit(&Commit {
-        rollups: vec![delta(60_000, &[0.5, 0.1], 61_000), delta(120_000, &[0.3], 121_000)],
+        rollups: vec![
+            delta(60_000, &[0.5, 0.1], 61_000),
+            delta(120_000, &[0.3], 121_000),
+        ],
         ..Commit::default()
     })
     .await
@@ -202,7 +226,10 @@ async fn rollups_accumulate(db: TestDb) {
     assert!((first.stats.sum - 1.5).abs() < 1e-9);
     assert_eq!(first.stats.min, 0.1);
     assert_eq!(first.stats.max, 0.9);
-    assert_eq!(first.last, 0.1, "the newest sample (61 s) wins over a later-written older one");
+    assert_eq!(
+        first.last, 0.1,
+        "the newest sample (61 s) wins over a later-written older one"
+    );
     assert_eq!(s.rollups(&key, 100_000, 200_000).await.unwrap().len(), 1);
 }
 
@@ -217,7 +244,10 @@ async fn closed_database_is_a_retryable_failure(db: TestDb) {
         })
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "a closed pool is a retryable failure: {err:?}");
+    assert!(
+        err.is_retryable(),
+        "a closed pool is a retryable failure: {err:?}"
+    );
 }
 
 /// A statement failing mid-transaction leaves none of the commit behind. PostgreSQL

@@ -16,16 +16,31 @@ async fn try_report(endpoint: &str, files: &TlsFiles, id: &str) -> Result<(), St
         Ok(Ok(s)) => s,
     };
     let now = infrawatch_common::time::now_unix_ms();
-    stream.send(batch(1, id, "system.cpu.utilization", 0.5, now)).await.map_err(|e| e.to_string())?;
-    stream.next_ack().await.map(|_| ()).map_err(|s| format!("ack: {s}"))
+    stream
+        .send(batch(1, id, "system.cpu.utilization", 0.5, now))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .next_ack()
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("ack: {s}"))
 }
 
 async fn stored_rows(db: &std::path::Path) -> (i64, i64, i64) {
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
     let count = |table: &'static str| format!("SELECT COUNT(*) FROM {table}");
     let mut out = [0i64; 3];
-    for (i, t) in ["resources", "agent_cursors", "metric_rollups"].into_iter().enumerate() {
-        out[i] = sqlx::query_scalar(sqlx::AssertSqlSafe(count(t))).fetch_one(&mut conn).await.unwrap();
+    for (i, t) in ["resources", "agent_cursors", "metric_rollups"]
+        .into_iter()
+        .enumerate()
+    {
+        out[i] = sqlx::query_scalar(sqlx::AssertSqlSafe(count(t)))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     }
     (out[0], out[1], out[2])
 }
@@ -36,7 +51,8 @@ async fn foreign_ca_and_missing_certificates_are_refused_and_nothing_is_stored()
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-good"]).unwrap();
     let db = dir.path().join("iw.db");
-    let agg = Aggregator::start(dir.path(), &pki, &format!("sqlite://{}", db.display()), "").unwrap();
+    let agg =
+        Aggregator::start(dir.path(), &pki, &format!("sqlite://{}", db.display()), "").unwrap();
 
     // A certificate from another CA.
     let refused = try_report(&agg.endpoint(), &pki.intruder(), "host/intruder").await;
@@ -44,7 +60,9 @@ async fn foreign_ca_and_missing_certificates_are_refused_and_nothing_is_stored()
 
     // No client certificate at all.
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(pki.trusted.ca_cert()).unwrap()))
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(pki.trusted.ca_cert()).unwrap(),
+        ))
         .domain_name("localhost");
     let no_cert = async {
         let channel = Endpoint::from_shared(agg.endpoint())?
@@ -53,7 +71,8 @@ async fn foreign_ca_and_missing_certificates_are_refused_and_nothing_is_stored()
             .connect()
             .await?;
         let mut q = infrawatch_proto::v1::query_service_client::QueryServiceClient::new(channel);
-        q.get_summary(infrawatch_proto::v1::GetSummaryRequest {}).await?;
+        q.get_summary(infrawatch_proto::v1::GetSummaryRequest {})
+            .await?;
         anyhow::Ok(())
     }
     .await;
@@ -61,11 +80,17 @@ async fn foreign_ca_and_missing_certificates_are_refused_and_nothing_is_stored()
 
     // Nothing of either is visible or stored.
     let (_, page) = agg.get("/api/v1/resources");
-    assert_eq!(page["resources"].as_array().map(Vec::len), Some(0), "{page}");
+    assert_eq!(
+        page["resources"].as_array().map(Vec::len),
+        Some(0),
+        "{page}"
+    );
     assert_eq!(stored_rows(&db).await, (0, 0, 0));
 
     // The same path with a trusted certificate works, so the refusals were about trust.
-    try_report(&agg.endpoint(), &pki.client("agent-good"), "host/good").await.unwrap();
+    try_report(&agg.endpoint(), &pki.client("agent-good"), "host/good")
+        .await
+        .unwrap();
     let (resources, cursors, rollups) = stored_rows(&db).await;
     assert_eq!((resources, cursors), (1, 1));
     assert!(rollups >= 1);

@@ -1,5 +1,8 @@
 //! End-to-end tests: the real binaries, real databases, loopback only.
 
+// Test code: a failed unwrap is a failed test with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod auth;
 mod bad_input;
 mod pipeline;

@@ -9,13 +9,23 @@ use serde_json::Value;
 
 fn meminfo(key: &str) -> f64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let line = text.lines().find(|l| l.starts_with(&format!("{key}:"))).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 1024.0
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        * 1024.0
 }
 
 fn latest(resource: &Value, metric: &str, attributes: &str) -> Option<f64> {
     resource["latest"].as_array()?.iter().find_map(|l| {
-        (l["metric"] == metric && l["attributes"] == attributes).then(|| l["value"].as_f64()).flatten()
+        (l["metric"] == metric && l["attributes"] == attributes)
+            .then(|| l["value"].as_f64())
+            .flatten()
     })
 }
 
@@ -30,17 +40,27 @@ async fn host_appears_in_rest_and_grpc_with_values_matching_proc() {
     let interval = Duration::from_millis(1000);
     let started = std::time::Instant::now();
     let _agent = Agent::start(dir.path(), &pki, "agent-e2e", &[agg.endpoint()], 1000).unwrap();
-    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap().trim().to_string();
+    let machine_id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string();
     let id = format!("host/{machine_id}");
 
     // Within two collection intervals (plus start-up of the process).
-    let resource = eventually(2 * interval + Duration::from_secs(2), "the host in REST", || {
-        let (status, body) = agg.get(&format!("/api/v1/resources/{id}"));
-        (status == 200).then_some(body)
-    });
+    let resource = eventually(
+        2 * interval + Duration::from_secs(2),
+        "the host in REST",
+        || {
+            let (status, body) = agg.get(&format!("/api/v1/resources/{id}"));
+            (status == 200).then_some(body)
+        },
+    );
     eprintln!("host visible after {:?}", started.elapsed());
     assert_eq!(resource["kind"], "host");
-    assert_eq!(resource["source"], "agent-e2e", "identity comes from the certificate");
+    assert_eq!(
+        resource["source"], "agent-e2e",
+        "identity comes from the certificate"
+    );
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(resource["attributes"]["host.name"], hostname.trim());
     assert_eq!(resource["attributes"]["host.id"], machine_id);
@@ -54,53 +74,95 @@ async fn host_appears_in_rest_and_grpc_with_values_matching_proc() {
     assert_eq!(mem_total, meminfo("MemTotal"));
     let mem_util = latest(&resource, "system.memory.utilization", "").unwrap();
     let now_util = 1.0 - meminfo("MemAvailable") / meminfo("MemTotal");
-    assert!((mem_util - now_util).abs() < 0.1, "memory utilization {mem_util} vs /proc {now_util}");
+    assert!(
+        (mem_util - now_util).abs() < 0.1,
+        "memory utilization {mem_util} vs /proc {now_util}"
+    );
     let cpus = std::fs::read_to_string("/proc/stat")
         .unwrap()
         .lines()
         .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
         .count();
-    assert_eq!(latest(&resource, "system.cpu.logical.count", ""), Some(cpus as f64));
+    assert_eq!(
+        latest(&resource, "system.cpu.logical.count", ""),
+        Some(cpus as f64)
+    );
     let cpu = latest(&resource, "system.cpu.utilization", "").unwrap();
     assert!((0.0..=1.0).contains(&cpu), "cpu utilization {cpu}");
-    assert!(latest(&resource, "system.cpu.utilization", "cpu=\"0\"").is_some(), "per-core series");
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        latest(&resource, "system.cpu.utilization", "cpu=\"0\"").is_some(),
+        "per-core series"
+    );
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let reported = latest(&resource, "system.uptime", "").unwrap();
-    assert!((uptime - reported).abs() < 10.0, "uptime {reported} vs /proc {uptime}");
+    assert!(
+        (uptime - reported).abs() < 10.0,
+        "uptime {reported} vs /proc {uptime}"
+    );
     assert_eq!(resource["health"], "healthy");
 
     // The same resource over gRPC.
     let mut q = query_client(&agg.endpoint(), &pki).await.unwrap();
-    let r = q.get_resource(pb::GetResourceRequest { id: id.clone() }).await.unwrap().into_inner();
+    let r = q
+        .get_resource(pb::GetResourceRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.kind, "host");
     assert_eq!(r.health, pb::Health::Healthy as i32);
     let list = q
-        .list_resources(pb::ListResourcesRequest { kind: "host".into(), ..Default::default() })
+        .list_resources(pb::ListResourcesRequest {
+            kind: "host".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(list.resources.len(), 1);
-    let summary = q.get_summary(pb::GetSummaryRequest {}).await.unwrap().into_inner();
+    let summary = q
+        .get_summary(pb::GetSummaryRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(summary.connected_agents, 1);
     assert_eq!(summary.by_health["healthy"], 1);
 
     // A recent metric range comes from memory; an hour back, from the stored rollups.
     let from = infrawatch_common::time::now_unix_ms() - 60_000;
-    let (status, m) = agg.get(&format!("/api/v1/resources/{id}/metrics?name=system.memory.limit&step=1000&from={from}"));
+    let (status, m) = agg.get(&format!(
+        "/api/v1/resources/{id}/metrics?name=system.memory.limit&step=1000&from={from}"
+    ));
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["source"], "memory");
     assert!(!m["points"].as_array().unwrap().is_empty());
     assert_eq!(m["points"][0]["max"].as_f64(), Some(meminfo("MemTotal")));
-    let (status, m) = agg.get(&format!("/api/v1/resources/{id}/metrics?name=system.memory.limit"));
+    let (status, m) = agg.get(&format!(
+        "/api/v1/resources/{id}/metrics?name=system.memory.limit"
+    ));
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["source"], "rollup");
     assert_eq!(m["step_ms"], 60_000);
     let points = m["points"].as_array().unwrap();
-    assert!(!points.is_empty(), "the current minute is already rolled up: {m}");
-    assert_eq!(points.last().unwrap()["max"].as_f64(), Some(meminfo("MemTotal")));
+    assert!(
+        !points.is_empty(),
+        "the current minute is already rolled up: {m}"
+    );
+    assert_eq!(
+        points.last().unwrap()["max"].as_f64(),
+        Some(meminfo("MemTotal"))
+    );
 
     // Selectors and health filters.
-    let (_, page) = agg.get(&format!("/api/v1/resources?kind=host&health=healthy&label=host.name%3D{}", hostname.trim()));
+    let (_, page) = agg.get(&format!(
+        "/api/v1/resources?kind=host&health=healthy&label=host.name%3D{}",
+        hostname.trim()
+    ));
     assert_eq!(page["resources"].as_array().unwrap().len(), 1);
     let (_, page) = agg.get("/api/v1/resources?health=unhealthy");
     assert!(page["resources"].as_array().unwrap().is_empty());

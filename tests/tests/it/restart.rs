@@ -18,11 +18,13 @@ async fn cursor(url: &str, agent: &str) -> i64 {
 
 async fn rollup_count(url: &str, resource: &str) -> i64 {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query_scalar("SELECT COALESCE(SUM(sample_count), 0)::BIGINT FROM metric_rollups WHERE resource_id = $1")
-        .bind(resource)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT COALESCE(SUM(sample_count), 0)::BIGINT FROM metric_rollups WHERE resource_id = $1",
+    )
+    .bind(resource)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -38,10 +40,17 @@ async fn aggregator_and_agent_restarts_keep_state_and_sequence() {
     let agg = Aggregator::start(dir.path(), &pki, &db.url, "").unwrap();
     let mut agent = Agent::start(dir.path(), &pki, "agent-r", &[agg.endpoint()], 500).unwrap();
 
-    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap().trim().to_string();
+    let machine_id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string();
     let path = format!("/api/v1/resources/host/{machine_id}");
-    eventually(Duration::from_secs(10), "the host", || (agg.get(&path).0 == 200).then_some(()));
-    eventually(Duration::from_secs(10), "a few batches", || (block_on(cursor(&db.url, "agent-r")) >= 3).then_some(()));
+    eventually(Duration::from_secs(10), "the host", || {
+        (agg.get(&path).0 == 200).then_some(())
+    });
+    eventually(Duration::from_secs(10), "a few batches", || {
+        (block_on(cursor(&db.url, "agent-r")) >= 3).then_some(())
+    });
 
     // Stop the agent so the state is quiet, then restart the aggregator.
     assert!(agent.process.stop().unwrap().success());
@@ -50,15 +59,28 @@ async fn aggregator_and_agent_restarts_keep_state_and_sequence() {
     let agg = agg.restart(dir.path()).unwrap();
     let (status, after) = agg.get(&path);
     assert_eq!(status, 200);
-    for field in ["id", "kind", "health", "resource_version", "attributes", "labels", "source"] {
-        assert_eq!(before[field], after[field], "{field} differs after the restart");
+    for field in [
+        "id",
+        "kind",
+        "health",
+        "resource_version",
+        "attributes",
+        "labels",
+        "source",
+    ] {
+        assert_eq!(
+            before[field], after[field],
+            "{field} differs after the restart"
+        );
     }
 
     // The agent, restarted, continues above its last sequence number.
     let _agent = Agent::start(dir.path(), &pki, "agent-r", &[agg.endpoint()], 500).unwrap();
-    eventually(Duration::from_secs(10), "new batches after the agent restart", || {
-        (block_on(cursor(&db.url, "agent-r")) > seq_before).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "new batches after the agent restart",
+        || (block_on(cursor(&db.url, "agent-r")) > seq_before).then_some(()),
+    );
     drop(_agent);
     drop(agg);
     db.drop_now().await.unwrap();
@@ -74,9 +96,20 @@ async fn replayed_batch_is_acknowledged_but_not_applied_twice() {
     let files = pki.client("agent-replay");
     let now = infrawatch_common::time::now_unix_ms();
 
-    let mut s = RawStream::open(&agg.endpoint(), &files).await.unwrap().unwrap();
+    let mut s = RawStream::open(&agg.endpoint(), &files)
+        .await
+        .unwrap()
+        .unwrap();
     for seq in 1..=3 {
-        s.send(batch(seq, "host/replay", "system.cpu.utilization", 0.1 * seq as f64, now + seq as i64)).await.unwrap();
+        s.send(batch(
+            seq,
+            "host/replay",
+            "system.cpu.utilization",
+            0.1 * seq as f64,
+            now + seq as i64,
+        ))
+        .await
+        .unwrap();
     }
     for seq in 1..=3 {
         let ack = s.next_ack().await.unwrap();
@@ -86,20 +119,53 @@ async fn replayed_batch_is_acknowledged_but_not_applied_twice() {
     assert_eq!(rollup_count(&db.url, "host/replay").await, 3);
 
     // A reconnecting agent resends 2 and 3 (never acknowledged, as far as it knows), then 4.
-    let mut s = RawStream::open(&agg.endpoint(), &files).await.unwrap().unwrap();
+    let mut s = RawStream::open(&agg.endpoint(), &files)
+        .await
+        .unwrap()
+        .unwrap();
     for seq in 2..=4 {
-        s.send(batch(seq, "host/replay", "system.cpu.utilization", 0.1 * seq as f64, now + seq as i64)).await.unwrap();
+        s.send(batch(
+            seq,
+            "host/replay",
+            "system.cpu.utilization",
+            0.1 * seq as f64,
+            now + seq as i64,
+        ))
+        .await
+        .unwrap();
     }
-    let acks: Vec<(u64, bool)> = [(); 3].iter().map(|_| block_on(s.next_ack()).map(|a| (a.seq, a.duplicate)).unwrap()).collect();
+    let acks: Vec<(u64, bool)> = [(); 3]
+        .iter()
+        .map(|_| {
+            block_on(s.next_ack())
+                .map(|a| (a.seq, a.duplicate))
+                .unwrap()
+        })
+        .collect();
     assert_eq!(acks, vec![(2, true), (3, true), (4, false)]);
-    assert_eq!(rollup_count(&db.url, "host/replay").await, 4, "replays must not be counted again");
+    assert_eq!(
+        rollup_count(&db.url, "host/replay").await,
+        4,
+        "replays must not be counted again"
+    );
     assert_eq!(cursor(&db.url, "agent-replay").await, 4);
 
     // After an aggregator restart the cursor still protects against replays.
     drop(s);
     let agg = agg.restart(dir.path()).unwrap();
-    let mut s = RawStream::open(&agg.endpoint(), &files).await.unwrap().unwrap();
-    s.send(batch(4, "host/replay", "system.cpu.utilization", 0.4, now + 4)).await.unwrap();
+    let mut s = RawStream::open(&agg.endpoint(), &files)
+        .await
+        .unwrap()
+        .unwrap();
+    s.send(batch(
+        4,
+        "host/replay",
+        "system.cpu.utilization",
+        0.4,
+        now + 4,
+    ))
+    .await
+    .unwrap();
     let ack = s.next_ack().await.unwrap();
     assert_eq!((ack.seq, ack.duplicate), (4, true));
     assert_eq!(rollup_count(&db.url, "host/replay").await, 4);

@@ -15,7 +15,15 @@ fn up_runs_everything_and_the_cli_queries_it() {
     let grpc = free_port().to_string();
     let rest = free_port().to_string();
     let mut up = Command::new(binary("infrawatch"))
-        .args(["up", "--grpc-port", &grpc, "--rest-port", &rest, "--interval-ms", "1000"])
+        .args([
+            "up",
+            "--grpc-port",
+            &grpc,
+            "--rest-port",
+            &rest,
+            "--interval-ms",
+            "1000",
+        ])
         .env("INFRAWATCH_HOME", home.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -38,25 +46,48 @@ fn up_runs_everything_and_the_cli_queries_it() {
     }
     let banner = banner.join("\n");
     assert!(banner.contains("infrawatch is running"), "{banner}");
-    assert!(banner.contains("infrawatch get host/"), "the host should be visible at start-up:\n{banner}");
-    assert!(banner.contains(&format!("http://127.0.0.1:{rest}")), "{banner}");
+    assert!(
+        banner.contains("infrawatch get host/"),
+        "the host should be visible at start-up:\n{banner}"
+    );
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{rest}")),
+        "{banner}"
+    );
 
     let cli = |args: &[&str]| {
-        let out = Command::new(binary("infrawatch")).args(args).env("INFRAWATCH_HOME", home.path()).output().unwrap();
-        assert!(out.status.success(), "infrawatch {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(binary("infrawatch"))
+            .args(args)
+            .env("INFRAWATCH_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "infrawatch {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    let status: serde_json::Value = serde_json::from_str(&cli(&["status", "--output", "json"])).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&cli(&["status", "--output", "json"])).unwrap();
     assert_eq!(status["by_kind"]["host"], 1);
     assert_eq!(status["connected_agents"], 1);
     let table = cli(&["resources"]);
     assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains("host/"), "{table}");
-    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap().trim().to_string();
-    let one: serde_json::Value = serde_json::from_str(&cli(&["get", &format!("host/{machine_id}"), "-o", "json"])).unwrap();
+    let machine_id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let one: serde_json::Value =
+        serde_json::from_str(&cli(&["get", &format!("host/{machine_id}"), "-o", "json"])).unwrap();
     assert_eq!(one["kind"], "host");
 
-    kill(Pid::from_raw(i32::try_from(up.id()).unwrap()), Signal::SIGINT).unwrap();
+    kill(
+        Pid::from_raw(i32::try_from(up.id()).unwrap()),
+        Signal::SIGINT,
+    )
+    .unwrap();
     let start = std::time::Instant::now();
     let status = loop {
         if let Some(s) = up.try_wait().unwrap() {
@@ -67,7 +98,10 @@ fn up_runs_everything_and_the_cli_queries_it() {
     };
     assert!(status.success(), "up exited with {status}");
     let log = std::fs::read_to_string(home.path().join("logs/agent.log")).unwrap();
-    assert!(log.contains("Agent stopped. unacknowledged_batches=0"), "the agent should stop with everything acknowledged:\n{log}");
+    assert!(
+        log.contains("Agent stopped. unacknowledged_batches=0"),
+        "the agent should stop with everything acknowledged:\n{log}"
+    );
     let log = std::fs::read_to_string(home.path().join("logs/aggregator.log")).unwrap();
     assert!(log.contains("Aggregator stopped."), "{log}");
 }
