@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make run   build and start the local all-in-one (aggregator on SQLite + an agent)
+#   make test  format and lint checks, then every test (unit, storage, end to end)
+# Both install what they need first.
+
+CARGO ?= cargo
+
+.PHONY: run test deps services build lint clean
+
+run: deps
+	$(CARGO) build --release --workspace --bins
+	./target/release/infrawatch up
+
+test: deps services
+	$(CARGO) fmt --all -- --check
+	$(CARGO) build --workspace --bins
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+
+deps:
+	@.ci/ensure-deps
+
+services:
+	@.ci/ensure-services
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
