@@ -209,7 +209,17 @@ impl HostIdentity {
             path: paths.root.join("etc/machine-id").display().to_string(),
             reason: "no usable machine id (also tried var/lib/dbus/machine-id)".into(),
         })?;
-        let hostname = read_trimmed(&paths.proc.join("sys/kernel/hostname"))?;
+        // procfs answers with the reader's own UTS namespace, so an agent in a
+        // container reads the node's name from its root filesystem instead.
+        let node_hostname = (paths.root != Path::new("/"))
+            .then(|| std::fs::read_to_string(paths.root.join("etc/hostname")).ok())
+            .flatten()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let hostname = match node_hostname {
+            Some(h) => h,
+            None => read_trimmed(&paths.proc.join("sys/kernel/hostname"))?,
+        };
         let kernel_version = read_trimmed(&paths.proc.join("sys/kernel/osrelease"))?;
         let os = ["etc/os-release", "usr/lib/os-release"]
             .iter()
@@ -493,7 +503,8 @@ mod tests {
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::write(dir.join("etc/machine-id"), "abc123\n").unwrap();
         std::fs::write(dir.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-        std::fs::write(proc.join("sys/kernel/hostname"), "node-1\n").unwrap();
+        std::fs::write(proc.join("sys/kernel/hostname"), "pod-abc\n").unwrap();
+        std::fs::write(dir.join("etc/hostname"), "node-1\n").unwrap();
         std::fs::write(proc.join("sys/kernel/osrelease"), "6.1.0\n").unwrap();
         std::fs::write(proc.join("stat"), STAT).unwrap();
         std::fs::write(

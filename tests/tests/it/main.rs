@@ -5,6 +5,7 @@
 
 mod auth;
 mod bad_input;
+mod health;
 mod pipeline;
 mod restart;
 mod up;

@@ -1,0 +1,81 @@
+//! Health end to end: thresholds give DEGRADED/UNHEALTHY with machine-readable
+//! reasons, silence gives UNKNOWN, and each transition is a new resource version.
+//! Also: an agent fails over past a dead endpoint, and the standard gRPC health
+//! service answers.
+
+use std::time::Duration;
+
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, free_port};
+use serde_json::Value;
+
+fn host_path() -> String {
+    let machine_id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string();
+    format!("/api/v1/resources/host/{machine_id}")
+}
+
+fn reason_codes(r: &Value) -> Vec<String> {
+    r["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["code"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thresholds_and_silence_change_health_with_reasons() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-h"]).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("iw.db").display());
+    // Any host uses more than 0.1 % of its memory: the host must turn UNHEALTHY.
+    let rules = "[health]\nstale_after_missed_intervals = 2\nmemory = { degraded = 0.0005, unhealthy = 0.001 }\n";
+    let agg = Aggregator::start(dir.path(), &pki, &db, rules).unwrap();
+    // The first endpoint is dead: the agent must move on to the live one.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let mut agent =
+        Agent::start(dir.path(), &pki, "agent-h", &[dead, agg.endpoint()], 500).unwrap();
+
+    let path = host_path();
+    let unhealthy = eventually(Duration::from_secs(15), "an UNHEALTHY host", || {
+        let (status, r) = agg.get(&path);
+        (status == 200 && r["health"] == "unhealthy").then_some(r)
+    });
+    assert_eq!(reason_codes(&unhealthy), vec!["memory_critical"]);
+    let reason = &unhealthy["reasons"][0];
+    assert_eq!(reason["metric"], "system.memory.utilization");
+    assert_eq!(reason["threshold"], 0.001);
+    assert!(reason["observed"].as_f64().unwrap() > 0.001);
+    let version = unhealthy["resource_version"].as_u64().unwrap();
+
+    // Silence: after two missed intervals of 500 ms the host is UNKNOWN, reason stale.
+    assert!(agent.process.stop().unwrap().success());
+    let unknown = eventually(Duration::from_secs(10), "an UNKNOWN host", || {
+        let (_, r) = agg.get(&path);
+        (r["health"] == "unknown").then_some(r)
+    });
+    assert_eq!(reason_codes(&unknown), vec!["stale"]);
+    assert_eq!(unknown["resource_version"].as_u64().unwrap(), version + 1);
+
+    // The gRPC health service answers SERVING.
+    let channel = infrawatch_e2e::channel(&agg.endpoint(), &pki.client("cli"))
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "infrawatch.v1.QueryService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
