@@ -198,8 +198,12 @@ impl Transport {
             AgentServiceClient::new(channel).max_decoding_message_size(MAX_INBOUND_MESSAGE_BYTES);
         let window = self.config.max_in_flight_batches;
         let (tx, rx) = mpsc::channel::<AgentMessage>(window + 1);
+        // Every batch sent on any stream so far has a seq at or below the newest
+        // queued one, so that is what the aggregator must compare with.
+        let mut hello = self.hello.clone();
+        hello.last_seq = hello.last_seq.max(*self.pending.subscribe().borrow());
         let hello = AgentMessage {
-            body: Some(AgentBody::Hello(self.hello.clone())),
+            body: Some(AgentBody::Hello(hello)),
         };
         // The channel is empty and has room, so this cannot fail.
         let _ = tx.try_send(hello);

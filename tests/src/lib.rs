@@ -402,10 +402,12 @@ pub struct RawStream {
 }
 
 impl RawStream {
-    /// Opens a stream with the client certificate in `files` and sends `Hello`.
+    /// Opens a stream with the client certificate in `files` and sends `Hello`
+    /// saying that the highest sequence assigned so far is `last_seq`.
     pub async fn open(
         endpoint: &str,
         files: &TlsFiles,
+        last_seq: u64,
     ) -> anyhow::Result<Result<Self, tonic::Status>> {
         use infrawatch_proto::v1::agent_message::Body;
         use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
@@ -416,6 +418,7 @@ impl RawStream {
         tx.send(infrawatch_proto::v1::AgentMessage {
             body: Some(Body::Hello(infrawatch_proto::v1::Hello {
                 agent_name: "raw".into(),
+                last_seq,
                 ..Default::default()
             })),
         })

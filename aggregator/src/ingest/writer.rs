@@ -35,15 +35,29 @@ pub const ROLLUP_BUCKET_MS: i64 = 60_000;
 /// Source recorded for changes the aggregator makes itself.
 pub const STALENESS_SOURCE: &str = "aggregator/staleness";
 
-/// A batch to apply, from the stream of agent `agent`.
+/// Work for the writer, from the stream of agent `agent`.
 #[derive(Debug)]
 pub struct WriteRequest {
     /// Identity from the client certificate.
     pub agent: String,
-    /// The checked batch.
-    pub batch: DecodedBatch,
+    /// What to do.
+    pub work: Work,
     /// Receives the acknowledgement once durable, or why not.
     pub reply: oneshot::Sender<Result<Ack, IngestError>>,
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+pub enum Work {
+    /// Apply a batch (effectively once).
+    Batch(DecodedBatch),
+    /// The agent's sequence restarted below what was applied (it lost its state
+    /// directory): from now on its batches above `last_seq` are new. Without this,
+    /// its next batches would be taken for replays and dropped.
+    SequenceRestart {
+        /// The highest sequence the agent says it has assigned.
+        last_seq: u64,
+    },
 }
 
 /// Tuning of the writer.
@@ -67,6 +81,8 @@ struct Plan {
     relations_changed: HashSet<String>,
     history: Vec<HistoryEntry>,
     cursors: HashMap<String, u64>,
+    /// Cursors set back because an agent's sequence restarted.
+    cursor_resets: HashMap<String, u64>,
     rollups: HashMap<(SeriesKey, i64), RollupDelta>,
     /// Samples to add to the hot store, and their window statistics so far.
     samples: Vec<(SeriesKey, i64, f64)>,
@@ -144,11 +160,17 @@ impl Plan {
             relations_changed: self.relations_changed.into_iter().collect(),
             history: self.history,
             cursors: self.cursors.iter().map(|(a, s)| (a.clone(), *s)).collect(),
+            cursor_resets: self
+                .cursor_resets
+                .iter()
+                .map(|(a, s)| (a.clone(), *s))
+                .collect(),
             rollups: self.rollups.into_values().collect(),
         };
         let applied = Applied {
             records: self.records,
             changes: self.changed.len(),
+            cursor_resets: self.cursor_resets,
             cursors: self.cursors,
             samples: self.samples,
             seen: self.seen,
@@ -168,6 +190,7 @@ type Answer = (
 struct Applied {
     records: HashMap<String, ResourceRecord>,
     changes: usize,
+    cursor_resets: HashMap<String, u64>,
     cursors: HashMap<String, u64>,
     samples: Vec<(SeriesKey, i64, f64)>,
     seen: HashSet<String>,
@@ -233,14 +256,30 @@ impl Writer {
         {
             let model = self.state.read();
             for req in group {
-                let seq = req.batch.seq;
-                let samples = req.batch.sample_count;
-                let result = self.plan_batch(&model, &mut plan, &req.agent, req.batch, now);
-                answers.push((
-                    req.reply,
-                    result.map(|duplicate| Ack { seq, duplicate }),
-                    samples,
-                ));
+                match req.work {
+                    Work::Batch(batch) => {
+                        let seq = batch.seq;
+                        let samples = batch.sample_count;
+                        let result = self.plan_batch(&model, &mut plan, &req.agent, batch, now);
+                        answers.push((
+                            req.reply,
+                            result.map(|duplicate| Ack { seq, duplicate }),
+                            samples,
+                        ));
+                    }
+                    Work::SequenceRestart { last_seq } => {
+                        plan.cursors.remove(&req.agent);
+                        plan.cursor_resets.insert(req.agent, last_seq);
+                        answers.push((
+                            req.reply,
+                            Ok(Ack {
+                                seq: last_seq,
+                                duplicate: false,
+                            }),
+                            0,
+                        ));
+                    }
+                }
             }
         }
         let (commit, applied) = plan.into_commit();
@@ -288,6 +327,7 @@ impl Writer {
         let applied = plan
             .cursors
             .get(agent)
+            .or_else(|| plan.cursor_resets.get(agent))
             .copied()
             .or_else(|| model.cursors.get(agent).copied())
             .unwrap_or(0);
@@ -404,6 +444,9 @@ impl Writer {
                 },
             );
         }
+        for (agent, seq) in applied.cursor_resets {
+            model.cursors.insert(agent, seq);
+        }
         for (agent, seq) in applied.cursors {
             model.cursors.insert(agent, seq);
         }
@@ -432,7 +475,6 @@ impl Writer {
                     let mut next = t.record.clone();
                     next.health = Health::Unknown;
                     next.reasons = vec![reason];
-                    next.source = t.record.source.clone();
                     plan.update(&model, next, now);
                 }
             }

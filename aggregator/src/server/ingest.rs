@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::ingest::IngestError;
 use crate::ingest::decode::{Limits, decode};
-use crate::ingest::writer::WriteRequest;
+use crate::ingest::writer::{Work, WriteRequest};
 use crate::state::State;
 use crate::telemetry;
 
@@ -140,6 +140,10 @@ impl IngestService {
             }
         };
         log_hello(identity, &hello);
+        if let Err(e) = self.check_sequence(identity, hello.last_seq).await {
+            let _ = tx.send(Err(e.into())).await;
+            return "sequence check failed";
+        }
 
         let (order_tx, order_rx) = mpsc::channel::<Pending>(self.per_stream_in_flight);
         let forwarder = tokio::spawn(forward_acks(order_rx, tx));
@@ -173,7 +177,7 @@ impl IngestService {
                     let (reply_tx, reply_rx) = oneshot::channel();
                     let request = WriteRequest {
                         agent: identity.to_string(),
-                        batch: decoded,
+                        work: Work::Batch(decoded),
                         reply: reply_tx,
                     };
                     // Waits while the writer is busy: backpressure reaches the agent.
@@ -221,6 +225,43 @@ impl IngestService {
         drop(order_tx);
         let _ = forwarder.await;
         reason
+    }
+}
+
+impl IngestService {
+    /// An agent whose sequence is below what was applied for its identity has lost
+    /// its state: its cursor is set back so its next batches are not taken for replays.
+    async fn check_sequence(&self, identity: &str, last_seq: u64) -> Result<(), IngestError> {
+        let applied = self
+            .state
+            .read()
+            .cursors
+            .get(identity)
+            .copied()
+            .unwrap_or(0);
+        if last_seq >= applied {
+            return Ok(());
+        }
+        tracing::warn!(
+            agent = identity,
+            agent_last_seq = last_seq,
+            applied_seq = applied,
+            "Agent sequence restarted below the applied one (state directory lost?); accepting its new batches."
+        );
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            agent: identity.to_string(),
+            work: Work::SequenceRestart { last_seq },
+            reply,
+        };
+        self.writer
+            .send(request)
+            .await
+            .map_err(|_| IngestError::ShuttingDown)?;
+        answer
+            .await
+            .map_err(|_| IngestError::ShuttingDown)?
+            .map(|_| ())
     }
 }
 

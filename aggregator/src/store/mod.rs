@@ -97,8 +97,10 @@ pub struct Commit {
     pub relations_changed: Vec<String>,
     /// History rows, one per new version.
     pub history: Vec<HistoryEntry>,
-    /// New cursor per agent.
+    /// New cursor per agent (a cursor never moves back through this).
     pub cursors: Vec<(String, u64)>,
+    /// Cursors set back (agents whose sequence restarted), written before `cursors`.
+    pub cursor_resets: Vec<(String, u64)>,
     /// Rollup increments, unique by (series, bucket).
     pub rollups: Vec<RollupDelta>,
 }
@@ -109,6 +111,7 @@ impl Commit {
         self.resources.is_empty()
             && self.history.is_empty()
             && self.cursors.is_empty()
+            && self.cursor_resets.is_empty()
             && self.rollups.is_empty()
     }
 }
@@ -275,6 +278,11 @@ impl Store {
                     .execute(&mut *tx).await?;
             }
             let now = infrawatch_common::time::now_unix_ms();
+            for (agent, seq) in &c.cursor_resets {
+                sqlx::query(rows::RESET_CURSOR)
+                    .bind(agent).bind(rows::seq_to_db(*seq)).bind(now)
+                    .execute(&mut *tx).await?;
+            }
             for (agent, seq) in &c.cursors {
                 sqlx::query(rows::UPSERT_CURSOR)
                     .bind(agent).bind(rows::seq_to_db(*seq)).bind(now)

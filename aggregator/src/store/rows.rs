@@ -32,6 +32,10 @@ pub(super) const UPSERT_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, las
     last_seq = CASE WHEN excluded.last_seq > agent_cursors.last_seq THEN excluded.last_seq ELSE agent_cursors.last_seq END, \
     updated_at_ms = excluded.updated_at_ms";
 
+pub(super) const RESET_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, updated_at_ms) \
+    VALUES ($1, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET last_seq = excluded.last_seq, \
+    updated_at_ms = excluded.updated_at_ms";
+
 pub(super) const INSERT_ROLLUP_PREFIX: &str = "INSERT INTO metric_rollups \
     (resource_id, metric, attributes, bucket_start_ms, sample_count, value_sum, value_min, value_max, value_last, last_ts_ms) ";
 

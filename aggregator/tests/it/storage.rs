@@ -159,6 +159,7 @@ async fn state_round_trips(db: TestDb) {
         relations_changed: vec!["host/a".into()],
         history: vec![history(&v1, Health::Unknown)],
         cursors: vec![("agent-a".into(), 7)],
+        cursor_resets: vec![],
         rollups: vec![],
     })
     .await
@@ -169,6 +170,7 @@ async fn state_round_trips(db: TestDb) {
         relations_changed: vec![],
         history: vec![history(&v2, Health::Healthy)],
         cursors: vec![("agent-a".into(), 9)],
+        cursor_resets: vec![],
         rollups: vec![],
     })
     .await
@@ -196,6 +198,16 @@ async fn cursors_never_move_back(db: TestDb) {
         .unwrap();
     }
     assert_eq!(s.cursor("agent-b").await.unwrap(), 8);
+    // Only an explicit reset (an agent whose sequence restarted) moves it back,
+    // and a batch in the same commit counts from there.
+    s.commit(&Commit {
+        cursor_resets: vec![("agent-b".into(), 0)],
+        cursors: vec![("agent-b".into(), 1)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.cursor("agent-b").await.unwrap(), 1);
     assert_eq!(s.cursor("nobody").await.unwrap(), 0);
 }
 

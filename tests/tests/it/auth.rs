@@ -10,7 +10,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// Opens a stream and sends one batch; Ok only if the batch was acknowledged.
 async fn try_report(endpoint: &str, files: &TlsFiles, id: &str) -> Result<(), String> {
-    let mut stream = match RawStream::open(endpoint, files).await {
+    let mut stream = match RawStream::open(endpoint, files, 0).await {
         Err(e) => return Err(format!("connect: {e:#}")),
         Ok(Err(status)) => return Err(format!("report: {status}")),
         Ok(Ok(s)) => s,

@@ -30,7 +30,7 @@ async fn malformed_rest_parameters_are_400_and_unknown_ids_404() {
     )
     .unwrap();
     let files = pki.client("agent-x");
-    let mut s = RawStream::open(&agg.endpoint(), &files)
+    let mut s = RawStream::open(&agg.endpoint(), &files, 0)
         .await
         .unwrap()
         .unwrap();
@@ -168,7 +168,7 @@ async fn oversized_and_invalid_batches_end_only_their_own_stream() {
     .unwrap();
     // The default limit is 4 MiB: send 6 MiB.
     let now = infrawatch_common::time::now_unix_ms();
-    let mut ok = RawStream::open(&agg.endpoint(), &pki.client("agent-ok"))
+    let mut ok = RawStream::open(&agg.endpoint(), &pki.client("agent-ok"), 0)
         .await
         .unwrap()
         .unwrap();
@@ -177,7 +177,7 @@ async fn oversized_and_invalid_batches_end_only_their_own_stream() {
         .unwrap();
     assert_eq!(ok.next_ack().await.unwrap().seq, 1);
 
-    let mut big = RawStream::open(&agg.endpoint(), &pki.client("agent-big"))
+    let mut big = RawStream::open(&agg.endpoint(), &pki.client("agent-big"), 0)
         .await
         .unwrap()
         .unwrap();
@@ -195,7 +195,7 @@ async fn oversized_and_invalid_batches_end_only_their_own_stream() {
         "{status:?}"
     );
 
-    let mut bad = RawStream::open(&agg.endpoint(), &pki.client("agent-bad"))
+    let mut bad = RawStream::open(&agg.endpoint(), &pki.client("agent-bad"), 0)
         .await
         .unwrap()
         .unwrap();

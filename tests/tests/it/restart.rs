@@ -96,7 +96,7 @@ async fn replayed_batch_is_acknowledged_but_not_applied_twice() {
     let files = pki.client("agent-replay");
     let now = infrawatch_common::time::now_unix_ms();
 
-    let mut s = RawStream::open(&agg.endpoint(), &files)
+    let mut s = RawStream::open(&agg.endpoint(), &files, 0)
         .await
         .unwrap()
         .unwrap();
@@ -119,7 +119,7 @@ async fn replayed_batch_is_acknowledged_but_not_applied_twice() {
     assert_eq!(rollup_count(&db.url, "host/replay").await, 3);
 
     // A reconnecting agent resends 2 and 3 (never acknowledged, as far as it knows), then 4.
-    let mut s = RawStream::open(&agg.endpoint(), &files)
+    let mut s = RawStream::open(&agg.endpoint(), &files, 3)
         .await
         .unwrap()
         .unwrap();
@@ -153,7 +153,7 @@ async fn replayed_batch_is_acknowledged_but_not_applied_twice() {
     // After an aggregator restart the cursor still protects against replays.
     drop(s);
     let agg = agg.restart(dir.path()).unwrap();
-    let mut s = RawStream::open(&agg.endpoint(), &files)
+    let mut s = RawStream::open(&agg.endpoint(), &files, 4)
         .await
         .unwrap()
         .unwrap();
@@ -169,6 +169,64 @@ async fn replayed_batch_is_acknowledged_but_not_applied_twice() {
     let ack = s.next_ack().await.unwrap();
     assert_eq!((ack.seq, ack.duplicate), (4, true));
     assert_eq!(rollup_count(&db.url, "host/replay").await, 4);
+    drop(s);
+    drop(agg);
+    db.drop_now().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_that_lost_its_state_is_not_taken_for_replays() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-reborn"]).unwrap();
+    let db = TestDatabase::create("reborn").await.unwrap();
+    let agg = Aggregator::start(dir.path(), &pki, &db.url, "").unwrap();
+    let files = pki.client("agent-reborn");
+    let now = infrawatch_common::time::now_unix_ms();
+
+    let mut s = RawStream::open(&agg.endpoint(), &files, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    for seq in 1..=5 {
+        s.send(batch(
+            seq,
+            "host/reborn",
+            "system.cpu.utilization",
+            0.5,
+            now + seq as i64,
+        ))
+        .await
+        .unwrap();
+    }
+    for _ in 1..=5 {
+        s.next_ack().await.unwrap();
+    }
+    drop(s);
+    assert_eq!(cursor(&db.url, "agent-reborn").await, 5);
+
+    // Same identity, state directory gone: its Hello says it has assigned nothing.
+    let mut s = RawStream::open(&agg.endpoint(), &files, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    s.send(batch(
+        1,
+        "host/reborn",
+        "system.cpu.utilization",
+        0.7,
+        now + 10,
+    ))
+    .await
+    .unwrap();
+    let ack = s.next_ack().await.unwrap();
+    assert_eq!(
+        (ack.seq, ack.duplicate),
+        (1, false),
+        "new data must be applied, not dropped as a replay"
+    );
+    assert_eq!(rollup_count(&db.url, "host/reborn").await, 6);
+    assert_eq!(cursor(&db.url, "agent-reborn").await, 1);
     drop(s);
     drop(agg);
     db.drop_now().await.unwrap();
