@@ -3,13 +3,16 @@
 
 use std::collections::HashMap;
 
-use infrawatch_proto::v1::{Batch, ResourceObservation, SampleColumns, SeriesDef};
+use infrawatch_proto::v1::{Batch, Relation, ResourceObservation, SampleColumns, SeriesDef};
 
 use crate::collector::{Collection, ObservedResource};
 
 /// Accumulates collections until the batch is closed.
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
+    /// Resources described in every batch (the host), so that series of any
+    /// collector always refer to a resource the aggregator can create.
+    base: Vec<ObservedResource>,
     resources: Vec<ResourceObservation>,
     resource_index: HashMap<String, u32>,
     strings: Vec<String>,
@@ -21,14 +24,28 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
+    /// A builder whose every batch describes `base`.
+    pub fn new(base: Vec<ObservedResource>) -> Self {
+        let mut b = Self::default();
+        b.seed(base);
+        b
+    }
+
+    fn seed(&mut self, base: Vec<ObservedResource>) {
+        for r in &base {
+            self.add_resource(r.clone());
+        }
+        self.base = base;
+    }
+
     /// Samples added so far.
     pub fn sample_count(&self) -> usize {
         self.columns.values.len()
     }
 
-    /// True when nothing was added.
+    /// True when nothing but the base resources was added.
     pub fn is_empty(&self) -> bool {
-        self.resources.is_empty() && self.columns.values.is_empty()
+        self.resources.len() <= self.base.len() && self.columns.values.is_empty()
     }
 
     /// Adds a collection; a resource seen again replaces its earlier description.
@@ -44,6 +61,7 @@ impl BatchBuilder {
                     kind: "",
                     labels: Default::default(),
                     attributes: Default::default(),
+                    relations: Vec::new(),
                     interval_ms: 0,
                 }),
             };
@@ -75,7 +93,15 @@ impl BatchBuilder {
             kind: r.kind.to_string(),
             labels: r.labels.into_iter().collect(),
             attributes: r.attributes.into_iter().collect(),
-            relations: Vec::new(),
+            relations: r
+                .relations
+                .into_iter()
+                .map(|(relation_type, to_id)| Relation {
+                    from_id: String::new(),
+                    relation_type,
+                    to_id,
+                })
+                .collect(),
             interval_ms: r.interval_ms,
         };
         match self.resource_index.get(&r.id) {
@@ -105,6 +131,7 @@ impl BatchBuilder {
     /// Closes the batch with sequence number `seq`, leaving the builder empty.
     pub fn finish(&mut self, seq: u64) -> Batch {
         let mut this = std::mem::take(self);
+        self.seed(this.base.clone());
         let base = this.timestamps.iter().copied().min().unwrap_or(0);
         this.columns.time_offset_ms = this.timestamps.iter().map(|t| t - base).collect();
         Batch {
@@ -130,6 +157,7 @@ mod tests {
             kind: "host",
             labels: Default::default(),
             attributes: Default::default(),
+            relations: Vec::new(),
             interval_ms: 1000,
         });
         for cpu in 0..4 {
@@ -160,6 +188,24 @@ mod tests {
         assert_eq!(batch.base_time_unix_ms, 1_000);
         assert_eq!(cols.time_offset_ms[4], 1_000);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn base_resources_are_in_every_batch_but_do_not_make_one() {
+        let host = collection(0).resources.remove(0);
+        let mut b = BatchBuilder::new(vec![host]);
+        assert!(b.is_empty());
+        let mut c = Collection::default();
+        c.sample("host/a", "system.disk.io.rate", &[("device", "vda")], 5, 1.0);
+        b.add(c);
+        assert!(!b.is_empty());
+        let first = b.finish(1);
+        assert_eq!(first.resources[0].kind, "host");
+        assert!(b.is_empty());
+        let mut c = Collection::default();
+        c.sample("host/a", "system.uptime", &[], 6, 1.0);
+        b.add(c);
+        assert_eq!(b.finish(2).resources[0].kind, "host", "the next batch describes the host again");
     }
 
     #[test]

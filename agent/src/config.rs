@@ -19,6 +19,8 @@ pub struct AgentConfig {
     /// Name used in logs; the certificate's identity is what the aggregator trusts.
     /// Empty means the hostname.
     pub name: String,
+    /// Kubernetes node name (label `k8s.node.name` of the host); `NODE_NAME` fills it.
+    pub node_name: String,
     /// Directory for the agent's durable state (its sequence number).
     pub state_dir: PathBuf,
     /// `text` or `json`.
@@ -37,6 +39,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             name: String::new(),
+            node_name: String::new(),
             state_dir: PathBuf::from("/var/lib/infrawatch-agent"),
             log_format: LogFormat::Text,
             aggregator: AggregatorConfig::default(),
@@ -113,17 +116,88 @@ impl Default for BatchConfig {
 pub struct CollectorsConfig {
     /// CPU, load, memory, swap, uptime and host identity.
     pub host: CollectorSchedule,
+    /// Disk I/O per whole device.
+    pub disk: FilteredSchedule,
+    /// Filesystem space and inodes per mount point.
+    pub filesystem: FilteredSchedule,
+    /// Interfaces, TCP/UDP figures and listening sockets.
+    pub network: FilteredSchedule,
+    /// Steal, iowait, pressure stall information, paging, run queue.
+    pub pressure: CollectorSchedule,
+}
+
+const fn every_10s(enabled: bool) -> CollectorSchedule {
+    CollectorSchedule {
+        enabled,
+        interval_ms: 10_000,
+        deadline_ms: 5_000,
+    }
+}
+
+fn filtered(exclude: &[&str]) -> FilteredSchedule {
+    FilteredSchedule {
+        enabled: true,
+        interval_ms: 10_000,
+        deadline_ms: 5_000,
+        include: Vec::new(),
+        exclude: exclude.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 impl Default for CollectorsConfig {
     fn default() -> Self {
         Self {
-            host: CollectorSchedule {
-                enabled: true,
-                interval_ms: 10_000,
-                deadline_ms: 5_000,
-            },
+            host: every_10s(true),
+            disk: filtered(&crate::collector::disk::DEFAULT_EXCLUDE),
+            filesystem: filtered(&crate::collector::filesystem::DEFAULT_EXCLUDE),
+            network: filtered(&crate::collector::network::DEFAULT_EXCLUDE),
+            pressure: every_10s(true),
         }
+    }
+}
+
+impl CollectorsConfig {
+    /// Every collector's schedule with its config key.
+    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 5] {
+        [
+            ("host", self.host),
+            ("disk", self.disk.schedule()),
+            ("filesystem", self.filesystem.schedule()),
+            ("network", self.network.schedule()),
+            ("pressure", self.pressure),
+        ]
+    }
+}
+
+/// A schedule plus include/exclude lists of names (`*` matches any run of characters).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilteredSchedule {
+    /// Whether the collector runs at all.
+    pub enabled: bool,
+    /// Time between runs.
+    pub interval_ms: u64,
+    /// A run still going after this long is abandoned and counted as failed.
+    pub deadline_ms: u64,
+    /// Only these names (all when empty).
+    pub include: Vec<String>,
+    /// Never these names (applied after `include`).
+    pub exclude: Vec<String>,
+}
+
+impl FilteredSchedule {
+    /// The schedule part.
+    pub fn schedule(&self) -> CollectorSchedule {
+        CollectorSchedule {
+            enabled: self.enabled,
+            interval_ms: self.interval_ms,
+            deadline_ms: self.deadline_ms,
+        }
+    }
+
+    /// The filter part.
+    pub fn filter(&self) -> crate::collector::filter::NameFilter {
+        crate::collector::filter::NameFilter::new(&self.include, &self.exclude)
     }
 }
 
@@ -162,6 +236,30 @@ impl Default for HostPaths {
 }
 
 impl AgentConfig {
+    /// Applies the conventional container variables: `HOST_PROC`, `HOST_SYS` and
+    /// `HOST_ROOT` set the host roots (unless the configuration set them), and
+    /// `NODE_NAME` the node name. `env` reads a variable, so tests need not touch
+    /// the process environment.
+    pub fn apply_container_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let defaults = HostPaths::default();
+        for (var, current, default) in [
+            ("HOST_PROC", &mut self.host.proc, &defaults.proc),
+            ("HOST_SYS", &mut self.host.sys, &defaults.sys),
+            ("HOST_ROOT", &mut self.host.root, &defaults.root),
+        ] {
+            if current == default
+                && let Some(v) = env(var).filter(|v| !v.is_empty())
+            {
+                *current = PathBuf::from(v);
+            }
+        }
+        if self.node_name.is_empty()
+            && let Some(v) = env("NODE_NAME").filter(|v| !v.is_empty())
+        {
+            self.node_name = v;
+        }
+    }
+
     /// Checks values that parse but make no sense. Pure: touches no file or socket.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut p = Problems::default();
@@ -207,17 +305,18 @@ impl AgentConfig {
             "batch.max_queued_batches",
             || "must be at least 1".into(),
         );
-        let host = &self.collectors.host;
-        p.check(
-            host.interval_ms >= 100,
-            "collectors.host.interval_ms",
-            || format!("must be at least 100, got {}", host.interval_ms),
-        );
-        p.check(
-            host.deadline_ms >= 1 && host.deadline_ms <= host.interval_ms,
-            "collectors.host.deadline_ms",
-            || "must be at least 1 and at most collectors.host.interval_ms".into(),
-        );
+        for (name, s) in self.collectors.schedules() {
+            p.check(
+                s.interval_ms >= 100,
+                &format!("collectors.{name}.interval_ms"),
+                || format!("must be at least 100, got {}", s.interval_ms),
+            );
+            p.check(
+                s.deadline_ms >= 1 && s.deadline_ms <= s.interval_ms,
+                &format!("collectors.{name}.deadline_ms"),
+                || format!("must be at least 1 and at most collectors.{name}.interval_ms"),
+            );
+        }
         p.finish()
     }
 }
@@ -242,6 +341,23 @@ mod tests {
             vec!["https://aggregator.example:7443"]
         );
         assert_eq!(cfg.collectors.host.interval_ms, 10_000);
+    }
+
+    #[test]
+    fn container_variables_fill_unset_paths_only() {
+        let mut cfg = AgentConfig::default();
+        cfg.host.sys = "/custom/sys".into();
+        let env = |k: &str| match k {
+            "HOST_PROC" => Some("/host/proc".to_string()),
+            "HOST_SYS" => Some("/host/sys".to_string()),
+            "NODE_NAME" => Some("node-7".to_string()),
+            _ => None,
+        };
+        cfg.apply_container_env(env);
+        assert_eq!(cfg.host.proc, PathBuf::from("/host/proc"));
+        assert_eq!(cfg.host.sys, PathBuf::from("/custom/sys"), "configured value wins");
+        assert_eq!(cfg.host.root, PathBuf::from("/"));
+        assert_eq!(cfg.node_name, "node-7");
     }
 
     #[test]

@@ -74,7 +74,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     })?;
     let mut seq = SeqAllocator::open(&config.state_dir.join("seq"), seq::DEFAULT_BLOCK)?;
     let identity = HostIdentity::read(&config.host)?;
-    let collectors = collector::build_collectors(&config)?;
+    let host_resource = identity.resource(
+        u32::try_from(config.collectors.host.interval_ms).unwrap_or(u32::MAX),
+        &config.node_name,
+    );
+    let collectors = collector::build_collectors(&config, &host_resource.id)?;
     let name = if config.name.is_empty() {
         identity.hostname.clone()
     } else {
@@ -122,7 +126,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let transport = Transport::new(config.aggregator.clone(), tls, hello, pending.clone());
     let transport_task = tokio::spawn(transport.run(transport_stop.clone()));
 
-    let batcher = run_batcher(collected_rx, &mut seq, &pending, &config, shutdown.clone()).await;
+    let builder = BatchBuilder::new(vec![host_resource]);
+    let batcher = run_batcher(builder, collected_rx, &mut seq, &pending, &config, shutdown.clone()).await;
 
     // Shutdown: collectors are stopped; give the transport a moment to deliver.
     collectors_stop.cancel();
@@ -146,13 +151,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
 /// Closes a batch every flush interval (or when it is full) and queues it.
 async fn run_batcher(
+    mut builder: BatchBuilder,
     mut collected: mpsc::Receiver<Collection>,
     seq: &mut SeqAllocator,
     pending: &Arc<PendingBatches>,
     config: &AgentConfig,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let mut builder = BatchBuilder::default();
     let mut flush = tokio::time::interval(Duration::from_millis(config.batch.flush_interval_ms));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

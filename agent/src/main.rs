@@ -76,11 +76,12 @@ fn main() -> ExitCode {
 }
 
 fn load_config(cli: &Cli) -> Result<AgentConfig, infrawatch_common::config::ConfigErrors> {
-    let config: AgentConfig = load(ConfigSources {
+    let mut config: AgentConfig = load(ConfigSources {
         file: cli.config.as_deref(),
         env_prefix: ENV_PREFIX,
         overrides: &cli.overrides,
     })?;
+    config.apply_container_env(|k| std::env::var(k).ok());
     config.validate()?;
     Ok(config)
 }

@@ -243,8 +243,9 @@ impl HostIdentity {
         })
     }
 
-    /// The host resource this identity describes.
-    pub fn resource(&self, interval_ms: u32) -> ObservedResource {
+    /// The host resource this identity describes, labelled with the Kubernetes
+    /// node name when there is one.
+    pub fn resource(&self, interval_ms: u32, node_name: &str) -> ObservedResource {
         let mut attributes = BTreeMap::new();
         attributes.insert("host.id".into(), self.machine_id.clone());
         attributes.insert("host.name".into(), self.hostname.clone());
@@ -256,11 +257,15 @@ impl HostIdentity {
         attributes.insert("os.kernel.version".into(), self.kernel_version.clone());
         let mut labels = BTreeMap::new();
         labels.insert("host.name".into(), self.hostname.clone());
+        if !node_name.is_empty() {
+            labels.insert("k8s.node.name".into(), node_name.to_string());
+        }
         ObservedResource {
             id: resource::host_id(&self.machine_id),
             kind: kind::HOST,
             labels,
             attributes,
+            relations: Vec::new(),
             interval_ms,
         }
     }
@@ -278,6 +283,7 @@ fn read_trimmed(path: &Path) -> Result<String, CollectError> {
 /// Reports the host resource and its CPU, load, memory, swap and uptime series.
 pub struct HostCollector {
     identity: HostIdentity,
+    node_name: String,
     proc_root: PathBuf,
     interval_ms: u32,
     /// The previous `/proc/stat` reading and when it was taken.
@@ -291,10 +297,11 @@ const MIN_CPU_SPAN: Duration = Duration::from_millis(200);
 impl HostCollector {
     /// Reads the host identity and a first CPU reading, so the first collection
     /// already has a CPU utilization.
-    pub fn new(paths: &HostPaths, interval_ms: u32) -> Result<Self, CollectError> {
+    pub fn new(paths: &HostPaths, interval_ms: u32, node_name: &str) -> Result<Self, CollectError> {
         let identity = HostIdentity::read(paths)?;
         let mut collector = Self {
             identity,
+            node_name: node_name.to_string(),
             proc_root: paths.proc.clone(),
             interval_ms,
             previous_cpu: None,
@@ -430,7 +437,7 @@ impl Collector for HostCollector {
     }
 
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
-        let resource = self.identity.resource(self.interval_ms);
+        let resource = self.identity.resource(self.interval_ms, &self.node_name);
         let id = resource.id.clone();
         out.resources.push(resource);
         let now = now_unix_ms();
@@ -539,7 +546,7 @@ mod tests {
     async fn collects_from_a_fake_host_tree() {
         let dir = tempfile::tempdir().unwrap();
         let paths = fake_host(dir.path());
-        let mut c = HostCollector::new(&paths, 1000).unwrap();
+        let mut c = HostCollector::new(&paths, 1000, "").unwrap();
         tokio::time::sleep(MIN_CPU_SPAN).await;
         std::fs::write(
             paths.proc.join("stat"),
@@ -570,7 +577,7 @@ mod tests {
     async fn a_broken_file_keeps_the_other_samples() {
         let dir = tempfile::tempdir().unwrap();
         let paths = fake_host(dir.path());
-        let mut c = HostCollector::new(&paths, 1000).unwrap();
+        let mut c = HostCollector::new(&paths, 1000, "").unwrap();
         std::fs::write(paths.proc.join("meminfo"), "garbage").unwrap();
         let mut out = Collection::default();
         let err = c.collect(&mut out).await.unwrap_err();

@@ -2,7 +2,12 @@
 //! samples. The scheduler runs every enabled collector on its own interval and
 //! deadline, so a slow or failing collector never holds up the others.
 
+pub mod disk;
+pub mod filesystem;
+pub mod filter;
 pub mod host;
+pub mod network;
+pub mod pressure;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -20,6 +25,8 @@ pub struct ObservedResource {
     pub labels: BTreeMap<String, String>,
     /// Descriptive attributes.
     pub attributes: BTreeMap<String, String>,
+    /// Outgoing relations: (type, target id), e.g. ("runs_on", "host/...").
+    pub relations: Vec<(String, String)>,
     /// How often this resource is observed, for stale detection.
     pub interval_ms: u32,
 }
@@ -114,15 +121,43 @@ pub struct ScheduledCollector {
     pub schedule: CollectorSchedule,
 }
 
-/// Builds the enabled collectors from the configuration.
-pub fn build_collectors(cfg: &AgentConfig) -> Result<Vec<ScheduledCollector>, CollectError> {
+fn interval(s: &CollectorSchedule) -> u32 {
+    u32::try_from(s.interval_ms).unwrap_or(u32::MAX)
+}
+
+/// Builds the enabled collectors; `host_id` is the host resource their series
+/// belong to.
+pub fn build_collectors(cfg: &AgentConfig, host_id: &str) -> Result<Vec<ScheduledCollector>, CollectError> {
+    let c = &cfg.collectors;
+    let paths = &cfg.host;
+    let id = host_id.to_string();
     let mut out = Vec::new();
-    if cfg.collectors.host.enabled {
-        let interval = u32::try_from(cfg.collectors.host.interval_ms).unwrap_or(u32::MAX);
-        out.push(ScheduledCollector {
-            collector: Box::new(host::HostCollector::new(&cfg.host, interval)?),
-            schedule: cfg.collectors.host,
-        });
+    let mut add = |schedule: CollectorSchedule, collector: Box<dyn Collector>| {
+        if schedule.enabled {
+            out.push(ScheduledCollector { collector, schedule });
+        }
+    };
+    if c.host.enabled {
+        add(c.host, Box::new(host::HostCollector::new(paths, interval(&c.host), &cfg.node_name)?));
     }
+    add(
+        c.disk.schedule(),
+        Box::new(disk::DiskCollector::new(id.clone(), paths.proc.clone(), paths.sys.clone(), c.disk.filter())),
+    );
+    add(
+        c.filesystem.schedule(),
+        Box::new(filesystem::FilesystemCollector::new(id.clone(), paths.proc.clone(), paths.root.clone(), c.filesystem.filter())),
+    );
+    add(
+        c.network.schedule(),
+        Box::new(network::NetworkCollector::new(
+            id.clone(),
+            paths.proc.clone(),
+            paths.sys.clone(),
+            c.network.filter(),
+            interval(&c.network.schedule()),
+        )),
+    );
+    add(c.pressure, Box::new(pressure::PressureCollector::new(id, paths.proc.clone())));
     Ok(out)
 }

@@ -1,0 +1,252 @@
+//! Filesystems: per mount, bytes and inodes used, free and total, and whether it is
+//! mounted read-only. Mounts come from the host's mount table (`<proc>/1/mountinfo`,
+//! else `<proc>/self/mountinfo`) and are measured with statvfs under the host root.
+//! Pseudo filesystems and runtime-internal mount points are left out by default.
+//! Each statvfs runs on the blocking pool with a timeout, so a hung network mount
+//! costs one thread, not the collector.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use infrawatch_common::time::now_unix_ms;
+
+use super::filter::NameFilter;
+use super::{CollectError, Collection, Collector};
+
+/// Filesystem types that hold no user data.
+pub const PSEUDO_TYPES: [&str; 26] = [
+    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts",
+    "devtmpfs", "efivarfs", "fusectl", "hugetlbfs", "iso9660", "mqueue", "nsfs", "overlay",
+    "proc", "procfs", "pstore", "ramfs", "rpc_pipefs", "securityfs", "selinuxfs", "squashfs",
+    "sysfs", "tracefs",
+];
+
+/// Mount points left out unless the configuration says otherwise.
+pub const DEFAULT_EXCLUDE: [&str; 8] = [
+    "/dev", "/dev/*", "/proc", "/proc/*", "/sys", "/sys/*", "/run/credentials/*",
+    "/var/lib/docker/*",
+];
+
+/// Longest time one statvfs may take.
+const STAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One line of mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is mounted.
+    pub mountpoint: String,
+    /// Filesystem type.
+    pub fs_type: String,
+    /// Source device.
+    pub device: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Parses `/proc/<pid>/mountinfo`, decoding `\040`-style escapes in paths.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            let mountpoint = unescape(l.get(4)?);
+            let options = l.get(5)?;
+            Some(Mount {
+                mountpoint,
+                fs_type: r.first()?.to_string(),
+                device: unescape(r.get(1)?),
+                read_only: options.split(',').any(|o| o == "ro"),
+            })
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Space and inode figures of one filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Total bytes.
+    pub total: u64,
+    /// Bytes free for unprivileged users.
+    pub available: u64,
+    /// Bytes free including the reserved part.
+    pub free: u64,
+    /// Total inodes.
+    pub inodes: u64,
+    /// Free inodes.
+    pub inodes_free: u64,
+}
+
+fn statvfs(path: &Path) -> Result<Usage, String> {
+    let s = nix::sys::statvfs::statvfs(path).map_err(|e| e.to_string())?;
+    let frag = s.fragment_size();
+    Ok(Usage {
+        total: s.blocks().saturating_mul(frag),
+        available: s.blocks_available().saturating_mul(frag),
+        free: s.blocks_free().saturating_mul(frag),
+        inodes: s.files(),
+        inodes_free: s.files_free(),
+    })
+}
+
+/// The filesystem collector.
+pub struct FilesystemCollector {
+    host_id: String,
+    proc_root: PathBuf,
+    host_root: PathBuf,
+    filter: NameFilter,
+}
+
+impl FilesystemCollector {
+    /// Reports series on `host_id` for the mount points `filter` allows.
+    pub fn new(host_id: String, proc_root: PathBuf, host_root: PathBuf, filter: NameFilter) -> Self {
+        Self {
+            host_id,
+            proc_root,
+            host_root,
+            filter,
+        }
+    }
+
+    fn mounts(&self) -> Result<Vec<Mount>, CollectError> {
+        let host_table = self.proc_root.join("1/mountinfo");
+        let own_table = self.proc_root.join("self/mountinfo");
+        let (path, text) = match std::fs::read_to_string(&host_table) {
+            Ok(t) => (host_table, t),
+            Err(_) => {
+                let t = std::fs::read_to_string(&own_table).map_err(|source| CollectError::Read {
+                    path: own_table.display().to_string(),
+                    source,
+                })?;
+                (own_table, t)
+            }
+        };
+        let mounts = parse_mountinfo(&text);
+        if mounts.is_empty() {
+            return Err(CollectError::Parse {
+                path: path.display().to_string(),
+                reason: "no mounts".into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        Ok(mounts
+            .into_iter()
+            .filter(|m| !PSEUDO_TYPES.contains(&m.fs_type.as_str()) && self.filter.allows(&m.mountpoint))
+            // A later mount on the same point hides the earlier one.
+            .rev()
+            .filter(|m| seen.insert(m.mountpoint.clone()))
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Collector for FilesystemCollector {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
+        let ts = now_unix_ms();
+        let mut failed: Option<CollectError> = None;
+        for m in self.mounts()? {
+            let path = self.host_root.join(m.mountpoint.trim_start_matches('/'));
+            let stat = tokio::time::timeout(STAT_TIMEOUT, tokio::task::spawn_blocking(move || statvfs(&path))).await;
+            let usage = match stat {
+                Ok(Ok(Ok(u))) => u,
+                Ok(Ok(Err(reason))) => {
+                    failed = Some(CollectError::Parse { path: m.mountpoint.clone(), reason });
+                    continue;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    failed = Some(CollectError::Parse {
+                        path: m.mountpoint.clone(),
+                        reason: format!("statvfs did not answer within {STAT_TIMEOUT:?}"),
+                    });
+                    continue;
+                }
+            };
+            let id = self.host_id.as_str();
+            let base = [("device", m.device.as_str()), ("mountpoint", m.mountpoint.as_str()), ("type", m.fs_type.as_str())];
+            let used = usage.total.saturating_sub(usage.free);
+            let reserved = usage.free.saturating_sub(usage.available);
+            for (state, v) in [("used", used), ("free", usage.available), ("reserved", reserved)] {
+                let attrs = [base[0], base[1], base[2], ("state", state)];
+                out.sample(id, "system.filesystem.usage", &attrs, ts, v as f64);
+            }
+            out.sample(id, "system.filesystem.limit", &base, ts, usage.total as f64);
+            // Like df: the share of the space usable by ordinary users that is used.
+            let usable = used + usage.available;
+            if usable > 0 {
+                out.sample(id, "system.filesystem.utilization", &base, ts, used as f64 / usable as f64);
+            }
+            let inodes_used = usage.inodes.saturating_sub(usage.inodes_free);
+            for (state, v) in [("used", inodes_used), ("free", usage.inodes_free)] {
+                let attrs = [base[0], base[1], base[2], ("state", state)];
+                out.sample(id, "system.filesystem.inodes.usage", &attrs, ts, v as f64);
+            }
+            out.sample(id, "system.filesystem.readonly", &base, ts, if m.read_only { 1.0 } else { 0.0 });
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+        27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard\n\
+        28 27 0:25 / /mnt/my\\040disk ro,nosuid - ext4 /dev/vdb ro\n\
+        30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw\n";
+
+    #[test]
+    fn mountinfo() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1].mountpoint, "/");
+        assert_eq!(m[1].device, "/dev/vda");
+        assert!(!m[1].read_only);
+        assert_eq!(m[2].mountpoint, "/mnt/my disk");
+        assert!(m[2].read_only);
+    }
+
+    #[tokio::test]
+    async fn root_filesystem_matches_statvfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        std::fs::create_dir_all(proc.join("self")).unwrap();
+        std::fs::write(proc.join("self/mountinfo"), MOUNTINFO).unwrap();
+        let exclude: Vec<String> = DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect();
+        let mut c = FilesystemCollector::new("host/a".into(), proc, "/".into(), NameFilter::new(&[], &exclude));
+        let mut out = Collection::default();
+        // /mnt/my disk does not exist here: an error, but the other mounts are kept.
+        assert!(c.collect(&mut out).await.is_err());
+        let mounts: std::collections::BTreeSet<&str> = out
+            .samples
+            .iter()
+            .filter_map(|s| s.attributes.iter().find(|(k, _)| k == "mountpoint").map(|(_, v)| v.as_str()))
+            .collect();
+        assert_eq!(mounts.into_iter().collect::<Vec<_>>(), vec!["/"], "proc and /dev/* are left out");
+        let limit = out.samples.iter().find(|s| s.metric == "system.filesystem.limit").unwrap().value;
+        let st = nix::sys::statvfs::statvfs("/").unwrap();
+        assert_eq!(limit, (st.blocks() * st.fragment_size()) as f64);
+    }
+}
