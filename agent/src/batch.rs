@@ -196,7 +196,13 @@ mod tests {
         let mut b = BatchBuilder::new(vec![host]);
         assert!(b.is_empty());
         let mut c = Collection::default();
-        c.sample("host/a", "system.disk.io.rate", &[("device", "vda")], 5, 1.0);
+        c.sample(
+            "host/a",
+            "system.disk.io.rate",
+            &[("device", "vda")],
+            5,
+            1.0,
+        );
         b.add(c);
         assert!(!b.is_empty());
         let first = b.finish(1);
@@ -205,7 +211,11 @@ mod tests {
         let mut c = Collection::default();
         c.sample("host/a", "system.uptime", &[], 6, 1.0);
         b.add(c);
-        assert_eq!(b.finish(2).resources[0].kind, "host", "the next batch describes the host again");
+        assert_eq!(
+            b.finish(2).resources[0].kind,
+            "host",
+            "the next batch describes the host again"
+        );
     }
 
     #[test]

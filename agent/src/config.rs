@@ -355,7 +355,11 @@ mod tests {
         };
         cfg.apply_container_env(env);
         assert_eq!(cfg.host.proc, PathBuf::from("/host/proc"));
-        assert_eq!(cfg.host.sys, PathBuf::from("/custom/sys"), "configured value wins");
+        assert_eq!(
+            cfg.host.sys,
+            PathBuf::from("/custom/sys"),
+            "configured value wins"
+        );
         assert_eq!(cfg.host.root, PathBuf::from("/"));
         assert_eq!(cfg.node_name, "node-7");
     }

@@ -127,7 +127,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let transport_task = tokio::spawn(transport.run(transport_stop.clone()));
 
     let builder = BatchBuilder::new(vec![host_resource]);
-    let batcher = run_batcher(builder, collected_rx, &mut seq, &pending, &config, shutdown.clone()).await;
+    let batcher = run_batcher(
+        builder,
+        collected_rx,
+        &mut seq,
+        &pending,
+        &config,
+        shutdown.clone(),
+    )
+    .await;
 
     // Shutdown: collectors are stopped; give the transport a moment to deliver.
     collectors_stop.cancel();

@@ -296,8 +296,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent with identity `name` streaming to `endpoints`, collecting
-    /// every `interval_ms`, keeping state in `dir/<name>-state`.
+    /// Starts an agent with identity `name` streaming to `endpoints`, every
+    /// collector running every `interval_ms`, keeping state in `dir/<name>-state`.
     pub fn start(
         dir: &Path,
         pki: &Pki,
@@ -305,21 +305,40 @@ impl Agent {
         endpoints: &[String],
         interval_ms: u64,
     ) -> anyhow::Result<Self> {
+        Self::start_with(dir, pki, name, endpoints, interval_ms, "")
+    }
+
+    /// Like [`Agent::start`], with more TOML appended to the configuration.
+    pub fn start_with(
+        dir: &Path,
+        pki: &Pki,
+        name: &str,
+        endpoints: &[String],
+        interval_ms: u64,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let config = dir.join(format!("agent-{name}.toml"));
         let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+        let schedules: String = ["host", "disk", "filesystem", "network", "pressure"]
+            .iter()
+            .map(|c| {
+                format!(
+                    "[collectors.{c}]\ninterval_ms = {interval_ms}\ndeadline_ms = {}\n",
+                    interval_ms / 2
+                )
+            })
+            .collect();
         std::fs::write(
             &config,
             format!(
                 "state_dir = {}\n[aggregator]\nendpoints = [{}]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n\
                  [aggregator.tls]\nca = {}\ncert = {}\nkey = {}\n\
-                 [batch]\nflush_interval_ms = 200\n\
-                 [collectors.host]\nenabled = true\ninterval_ms = {interval_ms}\ndeadline_ms = {}\n",
+                 [batch]\nflush_interval_ms = 200\n{schedules}{extra}\n",
                 toml_path(&dir.join(format!("{name}-state"))),
                 endpoints.join(", "),
                 toml_path(&pki.trusted.ca_cert()),
                 toml_path(&pki.trusted.cert(name)),
                 toml_path(&pki.trusted.key(name)),
-                interval_ms / 2,
             ),
         )?;
         let log = dir.join(format!("agent-{name}-{}.log", unique()));

@@ -48,10 +48,15 @@ pub fn parse_diskstats(text: &str) -> Result<HashMap<String, DiskCounters>, Stri
             continue;
         }
         if f.len() < 14 {
-            return Err(format!("line {}: {} fields, expected at least 14", i + 1, f.len()));
+            return Err(format!(
+                "line {}: {} fields, expected at least 14",
+                i + 1,
+                f.len()
+            ));
         }
         let n = |k: usize| -> Result<u64, String> {
-            f[k].parse().map_err(|_| format!("line {}: field {} is {:?}", i + 1, k + 1, f[k]))
+            f[k].parse()
+                .map_err(|_| format!("line {}: field {} is {:?}", i + 1, k + 1, f[k]))
         };
         out.insert(
             f[2].to_string(),
@@ -104,8 +109,11 @@ impl DiskCounters {
         Some(DiskRates {
             reads_per_sec: reads / secs,
             writes_per_sec: writes / secs,
-            read_bytes_per_sec: d(self.read_sectors, earlier.read_sectors)? * SECTOR_BYTES as f64 / secs,
-            write_bytes_per_sec: d(self.write_sectors, earlier.write_sectors)? * SECTOR_BYTES as f64 / secs,
+            read_bytes_per_sec: d(self.read_sectors, earlier.read_sectors)? * SECTOR_BYTES as f64
+                / secs,
+            write_bytes_per_sec: d(self.write_sectors, earlier.write_sectors)?
+                * SECTOR_BYTES as f64
+                / secs,
             read_latency_secs: per_op(read_ms, reads),
             write_latency_secs: per_op(write_ms, writes),
             utilization: (d(self.busy_ms, earlier.busy_ms)? / 1000.0 / secs).clamp(0.0, 1.0),
@@ -164,20 +172,46 @@ impl Collector for DiskCollector {
         let id = self.host_id.as_str();
         for (name, c) in &current {
             let dev = name.as_str();
-            out.sample(id, "system.disk.pending_operations", &[("device", dev)], ts, c.in_progress as f64);
-            let Some((prev, taken)) = &self.previous else { continue };
+            out.sample(
+                id,
+                "system.disk.pending_operations",
+                &[("device", dev)],
+                ts,
+                c.in_progress as f64,
+            );
+            let Some((prev, taken)) = &self.previous else {
+                continue;
+            };
             let Some(p) = prev.get(name) else { continue };
-            let Some(r) = c.rates_since(p, now.duration_since(*taken).as_secs_f64()) else { continue };
+            let Some(r) = c.rates_since(p, now.duration_since(*taken).as_secs_f64()) else {
+                continue;
+            };
             for (direction, ops, bytes, latency) in [
-                ("read", r.reads_per_sec, r.read_bytes_per_sec, r.read_latency_secs),
-                ("write", r.writes_per_sec, r.write_bytes_per_sec, r.write_latency_secs),
+                (
+                    "read",
+                    r.reads_per_sec,
+                    r.read_bytes_per_sec,
+                    r.read_latency_secs,
+                ),
+                (
+                    "write",
+                    r.writes_per_sec,
+                    r.write_bytes_per_sec,
+                    r.write_latency_secs,
+                ),
             ] {
                 let attrs = [("device", dev), ("direction", direction)];
                 out.sample(id, "system.disk.operations.rate", &attrs, ts, ops);
                 out.sample(id, "system.disk.io.rate", &attrs, ts, bytes);
                 out.sample(id, "system.disk.operation_time.avg", &attrs, ts, latency);
             }
-            out.sample(id, "system.disk.utilization", &[("device", dev)], ts, r.utilization);
+            out.sample(
+                id,
+                "system.disk.utilization",
+                &[("device", dev)],
+                ts,
+                r.utilization,
+            );
         }
         self.previous = Some((current, now));
         Ok(())
@@ -214,7 +248,10 @@ mod tests {
         assert_eq!(r.read_latency_secs, 0.002);
         assert_eq!(r.write_latency_secs, 0.005);
         assert_eq!(r.utilization, 0.25);
-        assert!(before.rates_since(&after, 1.0).is_none(), "counters going back are a reset");
+        assert!(
+            before.rates_since(&after, 1.0).is_none(),
+            "counters going back are a reset"
+        );
         assert!(parse_diskstats("1 2 sda 1\n").is_err());
     }
 }

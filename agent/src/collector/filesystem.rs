@@ -15,15 +15,43 @@ use super::{CollectError, Collection, Collector};
 
 /// Filesystem types that hold no user data.
 pub const PSEUDO_TYPES: [&str; 26] = [
-    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts",
-    "devtmpfs", "efivarfs", "fusectl", "hugetlbfs", "iso9660", "mqueue", "nsfs", "overlay",
-    "proc", "procfs", "pstore", "ramfs", "rpc_pipefs", "securityfs", "selinuxfs", "squashfs",
-    "sysfs", "tracefs",
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fusectl",
+    "hugetlbfs",
+    "iso9660",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "procfs",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tracefs",
 ];
 
 /// Mount points left out unless the configuration says otherwise.
 pub const DEFAULT_EXCLUDE: [&str; 8] = [
-    "/dev", "/dev/*", "/proc", "/proc/*", "/sys", "/sys/*", "/run/credentials/*",
+    "/dev",
+    "/dev/*",
+    "/proc",
+    "/proc/*",
+    "/sys",
+    "/sys/*",
+    "/run/credentials/*",
     "/var/lib/docker/*",
 ];
 
@@ -67,12 +95,15 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(d) = octal {
+            // Three octal digits: at most 0o777, of which mountinfo only uses bytes.
+            let v = d.iter().fold(0u16, |acc, c| acc * 8 + u16::from(c - b'0'));
+            out.push(u8::try_from(v).unwrap_or(b'?'));
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -117,7 +148,12 @@ pub struct FilesystemCollector {
 
 impl FilesystemCollector {
     /// Reports series on `host_id` for the mount points `filter` allows.
-    pub fn new(host_id: String, proc_root: PathBuf, host_root: PathBuf, filter: NameFilter) -> Self {
+    pub fn new(
+        host_id: String,
+        proc_root: PathBuf,
+        host_root: PathBuf,
+        filter: NameFilter,
+    ) -> Self {
         Self {
             host_id,
             proc_root,
@@ -132,10 +168,11 @@ impl FilesystemCollector {
         let (path, text) = match std::fs::read_to_string(&host_table) {
             Ok(t) => (host_table, t),
             Err(_) => {
-                let t = std::fs::read_to_string(&own_table).map_err(|source| CollectError::Read {
-                    path: own_table.display().to_string(),
-                    source,
-                })?;
+                let t =
+                    std::fs::read_to_string(&own_table).map_err(|source| CollectError::Read {
+                        path: own_table.display().to_string(),
+                        source,
+                    })?;
                 (own_table, t)
             }
         };
@@ -149,7 +186,9 @@ impl FilesystemCollector {
         let mut seen = std::collections::HashSet::new();
         Ok(mounts
             .into_iter()
-            .filter(|m| !PSEUDO_TYPES.contains(&m.fs_type.as_str()) && self.filter.allows(&m.mountpoint))
+            .filter(|m| {
+                !PSEUDO_TYPES.contains(&m.fs_type.as_str()) && self.filter.allows(&m.mountpoint)
+            })
             // A later mount on the same point hides the earlier one.
             .rev()
             .filter(|m| seen.insert(m.mountpoint.clone()))
@@ -168,11 +207,18 @@ impl Collector for FilesystemCollector {
         let mut failed: Option<CollectError> = None;
         for m in self.mounts()? {
             let path = self.host_root.join(m.mountpoint.trim_start_matches('/'));
-            let stat = tokio::time::timeout(STAT_TIMEOUT, tokio::task::spawn_blocking(move || statvfs(&path))).await;
+            let stat = tokio::time::timeout(
+                STAT_TIMEOUT,
+                tokio::task::spawn_blocking(move || statvfs(&path)),
+            )
+            .await;
             let usage = match stat {
                 Ok(Ok(Ok(u))) => u,
                 Ok(Ok(Err(reason))) => {
-                    failed = Some(CollectError::Parse { path: m.mountpoint.clone(), reason });
+                    failed = Some(CollectError::Parse {
+                        path: m.mountpoint.clone(),
+                        reason,
+                    });
                     continue;
                 }
                 Ok(Err(_)) | Err(_) => {
@@ -184,10 +230,18 @@ impl Collector for FilesystemCollector {
                 }
             };
             let id = self.host_id.as_str();
-            let base = [("device", m.device.as_str()), ("mountpoint", m.mountpoint.as_str()), ("type", m.fs_type.as_str())];
+            let base = [
+                ("device", m.device.as_str()),
+                ("mountpoint", m.mountpoint.as_str()),
+                ("type", m.fs_type.as_str()),
+            ];
             let used = usage.total.saturating_sub(usage.free);
             let reserved = usage.free.saturating_sub(usage.available);
-            for (state, v) in [("used", used), ("free", usage.available), ("reserved", reserved)] {
+            for (state, v) in [
+                ("used", used),
+                ("free", usage.available),
+                ("reserved", reserved),
+            ] {
                 let attrs = [base[0], base[1], base[2], ("state", state)];
                 out.sample(id, "system.filesystem.usage", &attrs, ts, v as f64);
             }
@@ -195,14 +249,26 @@ impl Collector for FilesystemCollector {
             // Like df: the share of the space usable by ordinary users that is used.
             let usable = used + usage.available;
             if usable > 0 {
-                out.sample(id, "system.filesystem.utilization", &base, ts, used as f64 / usable as f64);
+                out.sample(
+                    id,
+                    "system.filesystem.utilization",
+                    &base,
+                    ts,
+                    used as f64 / usable as f64,
+                );
             }
             let inodes_used = usage.inodes.saturating_sub(usage.inodes_free);
             for (state, v) in [("used", inodes_used), ("free", usage.inodes_free)] {
                 let attrs = [base[0], base[1], base[2], ("state", state)];
                 out.sample(id, "system.filesystem.inodes.usage", &attrs, ts, v as f64);
             }
-            out.sample(id, "system.filesystem.readonly", &base, ts, if m.read_only { 1.0 } else { 0.0 });
+            out.sample(
+                id,
+                "system.filesystem.readonly",
+                &base,
+                ts,
+                if m.read_only { 1.0 } else { 0.0 },
+            );
         }
         failed.map_or(Ok(()), Err)
     }
@@ -225,6 +291,11 @@ mod tests {
         assert_eq!(m[1].device, "/dev/vda");
         assert!(!m[1].read_only);
         assert_eq!(m[2].mountpoint, "/mnt/my disk");
+        assert_eq!(
+            unescape("/mnt/é\\\\x\\04"),
+            "/mnt/é\\\\x\\04",
+            "no panic on odd escapes"
+        );
         assert!(m[2].read_only);
     }
 
@@ -235,17 +306,36 @@ mod tests {
         std::fs::create_dir_all(proc.join("self")).unwrap();
         std::fs::write(proc.join("self/mountinfo"), MOUNTINFO).unwrap();
         let exclude: Vec<String> = DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect();
-        let mut c = FilesystemCollector::new("host/a".into(), proc, "/".into(), NameFilter::new(&[], &exclude));
+        let mut c = FilesystemCollector::new(
+            "host/a".into(),
+            proc,
+            "/".into(),
+            NameFilter::new(&[], &exclude),
+        );
         let mut out = Collection::default();
         // /mnt/my disk does not exist here: an error, but the other mounts are kept.
         assert!(c.collect(&mut out).await.is_err());
         let mounts: std::collections::BTreeSet<&str> = out
             .samples
             .iter()
-            .filter_map(|s| s.attributes.iter().find(|(k, _)| k == "mountpoint").map(|(_, v)| v.as_str()))
+            .filter_map(|s| {
+                s.attributes
+                    .iter()
+                    .find(|(k, _)| k == "mountpoint")
+                    .map(|(_, v)| v.as_str())
+            })
             .collect();
-        assert_eq!(mounts.into_iter().collect::<Vec<_>>(), vec!["/"], "proc and /dev/* are left out");
-        let limit = out.samples.iter().find(|s| s.metric == "system.filesystem.limit").unwrap().value;
+        assert_eq!(
+            mounts.into_iter().collect::<Vec<_>>(),
+            vec!["/"],
+            "proc and /dev/* are left out"
+        );
+        let limit = out
+            .samples
+            .iter()
+            .find(|s| s.metric == "system.filesystem.limit")
+            .unwrap()
+            .value;
         let st = nix::sys::statvfs::statvfs("/").unwrap();
         assert_eq!(limit, (st.blocks() * st.fragment_size()) as f64);
     }

@@ -127,26 +127,49 @@ fn interval(s: &CollectorSchedule) -> u32 {
 
 /// Builds the enabled collectors; `host_id` is the host resource their series
 /// belong to.
-pub fn build_collectors(cfg: &AgentConfig, host_id: &str) -> Result<Vec<ScheduledCollector>, CollectError> {
+pub fn build_collectors(
+    cfg: &AgentConfig,
+    host_id: &str,
+) -> Result<Vec<ScheduledCollector>, CollectError> {
     let c = &cfg.collectors;
     let paths = &cfg.host;
     let id = host_id.to_string();
     let mut out = Vec::new();
     let mut add = |schedule: CollectorSchedule, collector: Box<dyn Collector>| {
         if schedule.enabled {
-            out.push(ScheduledCollector { collector, schedule });
+            out.push(ScheduledCollector {
+                collector,
+                schedule,
+            });
         }
     };
     if c.host.enabled {
-        add(c.host, Box::new(host::HostCollector::new(paths, interval(&c.host), &cfg.node_name)?));
+        add(
+            c.host,
+            Box::new(host::HostCollector::new(
+                paths,
+                interval(&c.host),
+                &cfg.node_name,
+            )?),
+        );
     }
     add(
         c.disk.schedule(),
-        Box::new(disk::DiskCollector::new(id.clone(), paths.proc.clone(), paths.sys.clone(), c.disk.filter())),
+        Box::new(disk::DiskCollector::new(
+            id.clone(),
+            paths.proc.clone(),
+            paths.sys.clone(),
+            c.disk.filter(),
+        )),
     );
     add(
         c.filesystem.schedule(),
-        Box::new(filesystem::FilesystemCollector::new(id.clone(), paths.proc.clone(), paths.root.clone(), c.filesystem.filter())),
+        Box::new(filesystem::FilesystemCollector::new(
+            id.clone(),
+            paths.proc.clone(),
+            paths.root.clone(),
+            c.filesystem.filter(),
+        )),
     );
     add(
         c.network.schedule(),
@@ -158,6 +181,9 @@ pub fn build_collectors(cfg: &AgentConfig, host_id: &str) -> Result<Vec<Schedule
             interval(&c.network.schedule()),
         )),
     );
-    add(c.pressure, Box::new(pressure::PressureCollector::new(id, paths.proc.clone())));
+    add(
+        c.pressure,
+        Box::new(pressure::PressureCollector::new(id, paths.proc.clone())),
+    );
     Ok(out)
 }

@@ -27,7 +27,14 @@ pub const DEFAULT_EXCLUDE: [&str; 1] = ["lo"];
 
 /// Counter files read per interface, in this order.
 const COUNTERS: [&str; 8] = [
-    "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors", "rx_dropped", "tx_dropped",
+    "rx_bytes",
+    "tx_bytes",
+    "rx_packets",
+    "tx_packets",
+    "rx_errors",
+    "tx_errors",
+    "rx_dropped",
+    "tx_dropped",
 ];
 
 /// Cumulative TCP/UDP counters of interest.
@@ -53,7 +60,9 @@ pub fn parse_snmp(text: &str) -> HashMap<String, HashMap<String, i64>> {
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
         let [head, values] = pair else { continue };
-        let (Some((proto, names)), Some((_, nums))) = (head.split_once(':'), values.split_once(':')) else {
+        let (Some((proto, names)), Some((_, nums))) =
+            (head.split_once(':'), values.split_once(':'))
+        else {
             continue;
         };
         let table = out.entry(proto.to_string()).or_default();
@@ -67,7 +76,9 @@ pub fn parse_snmp(text: &str) -> HashMap<String, HashMap<String, i64>> {
 }
 
 /// Extracts [`StackCounters`] from parsed snmp tables.
-pub fn stack_counters(snmp: &HashMap<String, HashMap<String, i64>>) -> Result<StackCounters, String> {
+pub fn stack_counters(
+    snmp: &HashMap<String, HashMap<String, i64>>,
+) -> Result<StackCounters, String> {
     let get = |proto: &str, key: &str| -> Result<u64, String> {
         snmp.get(proto)
             .and_then(|t| t.get(key))
@@ -88,7 +99,9 @@ pub fn stack_counters(snmp: &HashMap<String, HashMap<String, i64>>) -> Result<St
 pub fn parse_time_wait(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("TCP:"))?;
     let f: Vec<&str> = line.split_whitespace().collect();
-    f.windows(2).find(|w| w[0] == "tw").and_then(|w| w[1].parse().ok())
+    f.windows(2)
+        .find(|w| w[0] == "tw")
+        .and_then(|w| w[1].parse().ok())
 }
 
 /// Listening ports in a `/proc/net/{tcp,udp}[6]` table: TCP sockets in state LISTEN
@@ -100,7 +113,11 @@ pub fn parse_listening(text: &str, udp: bool) -> BTreeSet<u16> {
             let f: Vec<&str> = line.split_whitespace().collect();
             let local = f.get(1)?;
             let state = f.get(3)?;
-            let listening = if udp { *state == "07" && f.get(2)?.ends_with(":0000") } else { *state == "0A" };
+            let listening = if udp {
+                *state == "07" && f.get(2)?.ends_with(":0000")
+            } else {
+                *state == "0A"
+            };
             if !listening {
                 return None;
             }
@@ -113,7 +130,11 @@ pub fn parse_listening(text: &str, udp: bool) -> BTreeSet<u16> {
 fn port_list(ports: &BTreeSet<u16>) -> (String, bool) {
     let mut s = String::new();
     for p in ports {
-        let next = if s.is_empty() { p.to_string() } else { format!(",{p}") };
+        let next = if s.is_empty() {
+            p.to_string()
+        } else {
+            format!(",{p}")
+        };
         if s.len() + next.len() > MAX_LABEL_VALUE_LEN {
             return (s, true);
         }
@@ -134,7 +155,13 @@ pub struct NetworkCollector {
 
 impl NetworkCollector {
     /// Reports series on `host_id` and the listening-socket inventory.
-    pub fn new(host_id: String, proc_root: PathBuf, sys_root: PathBuf, filter: NameFilter, interval_ms: u32) -> Self {
+    pub fn new(
+        host_id: String,
+        proc_root: PathBuf,
+        sys_root: PathBuf,
+        filter: NameFilter,
+        interval_ms: u32,
+    ) -> Self {
         Self {
             host_id,
             proc_root,
@@ -159,10 +186,17 @@ impl NetworkCollector {
     /// Interface names: pnet's inventory in our own namespace, sysfs under another root.
     fn interfaces(&self) -> Vec<String> {
         let mut names: Vec<String> = if self.sys_root == std::path::Path::new("/sys") {
-            pnet_datalink::interfaces().into_iter().map(|i| i.name).collect()
+            pnet_datalink::interfaces()
+                .into_iter()
+                .map(|i| i.name)
+                .collect()
         } else {
             std::fs::read_dir(self.sys_root.join("class/net"))
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         names.retain(|n| self.filter.allows(n));
@@ -176,22 +210,41 @@ impl NetworkCollector {
             .map(|s| s.trim().to_string())
     }
 
-    fn collect_interfaces(&self, now: Instant, ts: i64, out: &mut Collection) -> HashMap<String, [u64; 8]> {
+    fn collect_interfaces(
+        &self,
+        now: Instant,
+        ts: i64,
+        out: &mut Collection,
+    ) -> HashMap<String, [u64; 8]> {
         let id = self.host_id.as_str();
         let mut current = HashMap::new();
         for name in self.interfaces() {
             let mut counters = [0u64; 8];
             let mut complete = true;
             for (i, file) in COUNTERS.iter().enumerate() {
-                match self.read_sys(&name, &format!("statistics/{file}")).and_then(|v| v.parse().ok()) {
+                match self
+                    .read_sys(&name, &format!("statistics/{file}"))
+                    .and_then(|v| v.parse().ok())
+                {
                     Some(v) => counters[i] = v,
                     None => complete = false,
                 }
             }
             let dev = [("device", name.as_str())];
-            let up = self.read_sys(&name, "operstate").is_some_and(|s| s == "up" || s == "unknown");
-            out.sample(id, "system.network.link.up", &dev, ts, if up { 1.0 } else { 0.0 });
-            if let Some(mtu) = self.read_sys(&name, "mtu").and_then(|v| v.parse::<f64>().ok()) {
+            let up = self
+                .read_sys(&name, "operstate")
+                .is_some_and(|s| s == "up" || s == "unknown");
+            out.sample(
+                id,
+                "system.network.link.up",
+                &dev,
+                ts,
+                if up { 1.0 } else { 0.0 },
+            );
+            if let Some(mtu) = self
+                .read_sys(&name, "mtu")
+                .and_then(|v| v.parse::<f64>().ok())
+            {
                 out.sample(id, "system.network.mtu", &dev, ts, mtu);
             }
             // speed is in Mb/s; -1 or an error when unknown (virtual links, link down).
@@ -221,7 +274,13 @@ impl NetworkCollector {
                     for (metric, i) in pairs {
                         for (direction, k) in [("receive", i), ("transmit", i + 1)] {
                             if let Some(r) = rate(k) {
-                                out.sample(id, metric, &[("device", name.as_str()), ("direction", direction)], ts, r);
+                                out.sample(
+                                    id,
+                                    metric,
+                                    &[("device", name.as_str()), ("direction", direction)],
+                                    ts,
+                                    r,
+                                );
                             }
                         }
                     }
@@ -239,11 +298,20 @@ impl NetworkCollector {
     fn listening(&self) -> Result<ObservedResource, CollectError> {
         let mut tcp = BTreeSet::new();
         let mut udp = BTreeSet::new();
-        for (file, is_udp) in [("tcp", false), ("tcp6", false), ("udp", true), ("udp6", true)] {
+        for (file, is_udp) in [
+            ("tcp", false),
+            ("tcp6", false),
+            ("udp", true),
+            ("udp6", true),
+        ] {
             match self.net_file(file) {
                 Ok(text) => {
                     let ports = parse_listening(&text, is_udp);
-                    if is_udp { udp.extend(ports) } else { tcp.extend(ports) }
+                    if is_udp {
+                        udp.extend(ports)
+                    } else {
+                        tcp.extend(ports)
+                    }
                 }
                 // IPv6 may be disabled; IPv4 tables must exist.
                 Err(e) if !file.ends_with('6') => return Err(e),
@@ -281,24 +349,62 @@ impl Collector for NetworkCollector {
         let id = self.host_id.clone();
         let interfaces = self.collect_interfaces(now, ts, out);
         let snmp_text = self.net_file("snmp")?;
-        let stack = stack_counters(&parse_snmp(&snmp_text)).map_err(|reason| CollectError::Parse {
-            path: "net/snmp".into(),
-            reason,
-        })?;
-        out.sample(&id, "system.network.connections", &[("protocol", "tcp"), ("state", "established")], ts, stack.established as f64);
-        if let Some(tw) = self.net_file("sockstat").ok().as_deref().and_then(parse_time_wait) {
-            out.sample(&id, "system.network.connections", &[("protocol", "tcp"), ("state", "time_wait")], ts, tw as f64);
+        let stack =
+            stack_counters(&parse_snmp(&snmp_text)).map_err(|reason| CollectError::Parse {
+                path: "net/snmp".into(),
+                reason,
+            })?;
+        out.sample(
+            &id,
+            "system.network.connections",
+            &[("protocol", "tcp"), ("state", "established")],
+            ts,
+            stack.established as f64,
+        );
+        if let Some(tw) = self
+            .net_file("sockstat")
+            .ok()
+            .as_deref()
+            .and_then(parse_time_wait)
+        {
+            out.sample(
+                &id,
+                "system.network.connections",
+                &[("protocol", "tcp"), ("state", "time_wait")],
+                ts,
+                tw as f64,
+            );
         }
         if let Some((_, prev, taken)) = &self.previous {
             let secs = now.duration_since(*taken).as_secs_f64();
             let r = |a: u64, b: u64| a.checked_sub(b).map(|d| d as f64 / secs);
             if secs > 0.0 {
                 for (metric, attrs, value) in [
-                    ("system.network.tcp.retransmits.rate", vec![], r(stack.retransmits, prev.retransmits)),
-                    ("system.network.tcp.resets.rate", vec![("kind", "sent")], r(stack.resets_sent, prev.resets_sent)),
-                    ("system.network.tcp.resets.rate", vec![("kind", "established")], r(stack.established_resets, prev.established_resets)),
-                    ("system.network.udp.errors.rate", vec![("kind", "in")], r(stack.udp_in_errors, prev.udp_in_errors)),
-                    ("system.network.udp.errors.rate", vec![("kind", "receive_buffer")], r(stack.udp_rcvbuf_errors, prev.udp_rcvbuf_errors)),
+                    (
+                        "system.network.tcp.retransmits.rate",
+                        vec![],
+                        r(stack.retransmits, prev.retransmits),
+                    ),
+                    (
+                        "system.network.tcp.resets.rate",
+                        vec![("kind", "sent")],
+                        r(stack.resets_sent, prev.resets_sent),
+                    ),
+                    (
+                        "system.network.tcp.resets.rate",
+                        vec![("kind", "established")],
+                        r(stack.established_resets, prev.established_resets),
+                    ),
+                    (
+                        "system.network.udp.errors.rate",
+                        vec![("kind", "in")],
+                        r(stack.udp_in_errors, prev.udp_in_errors),
+                    ),
+                    (
+                        "system.network.udp.errors.rate",
+                        vec![("kind", "receive_buffer")],
+                        r(stack.udp_rcvbuf_errors, prev.udp_rcvbuf_errors),
+                    ),
                 ] {
                     if let Some(v) = value {
                         out.sample(&id, metric, &attrs, ts, v);
@@ -325,7 +431,10 @@ mod tests {
         assert_eq!(c.established, 2);
         assert_eq!(c.udp_rcvbuf_errors, 1);
         assert!(stack_counters(&parse_snmp("Tcp: A\nTcp: 1\n")).is_err());
-        assert_eq!(parse_time_wait("sockets: used 30\nTCP: inuse 11 orphan 0 tw 2 alloc 14 mem 243\n"), Some(2));
+        assert_eq!(
+            parse_time_wait("sockets: used 30\nTCP: inuse 11 orphan 0 tw 2 alloc 14 mem 243\n"),
+            Some(2)
+        );
     }
 
     #[test]
@@ -333,11 +442,17 @@ mod tests {
         let tcp = "  sl  local_address rem_address   st\n\
                    0: 0100007F:0CEA 00000000:0000 0A 0\n\
                    1: 0100007F:075B 0100007F:A000 01 0\n";
-        assert_eq!(parse_listening(tcp, false).into_iter().collect::<Vec<_>>(), vec![0x0CEA]);
+        assert_eq!(
+            parse_listening(tcp, false).into_iter().collect::<Vec<_>>(),
+            vec![0x0CEA]
+        );
         let udp = "  sl  local_address rem_address   st\n\
                    0: 00000000:0035 00000000:0000 07 0\n\
                    1: 00000000:1234 0100007F:0035 01 0\n";
-        assert_eq!(parse_listening(udp, true).into_iter().collect::<Vec<_>>(), vec![53]);
+        assert_eq!(
+            parse_listening(udp, true).into_iter().collect::<Vec<_>>(),
+            vec![53]
+        );
         let many: BTreeSet<u16> = (1..=1000).collect();
         let (list, truncated) = port_list(&many);
         assert!(truncated && list.len() <= MAX_LABEL_VALUE_LEN);
@@ -347,12 +462,30 @@ mod tests {
     async fn a_new_listener_shows_up_in_the_inventory() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut c = NetworkCollector::new("host/a".into(), "/proc".into(), "/sys".into(), NameFilter::default(), 1000);
+        let mut c = NetworkCollector::new(
+            "host/a".into(),
+            "/proc".into(),
+            "/sys".into(),
+            NameFilter::default(),
+            1000,
+        );
         let mut out = Collection::default();
         c.collect(&mut out).await.unwrap();
-        let inventory = out.resources.iter().find(|r| r.kind == "listening_ports").unwrap();
-        let ports: Vec<&str> = inventory.attributes["net.listening.tcp"].split(',').collect();
-        assert!(ports.contains(&port.to_string().as_str()), "{ports:?} lacks {port}");
-        assert_eq!(inventory.relations, vec![("runs_on".to_string(), "host/a".to_string())]);
+        let inventory = out
+            .resources
+            .iter()
+            .find(|r| r.kind == "listening_ports")
+            .unwrap();
+        let ports: Vec<&str> = inventory.attributes["net.listening.tcp"]
+            .split(',')
+            .collect();
+        assert!(
+            ports.contains(&port.to_string().as_str()),
+            "{ports:?} lacks {port}"
+        );
+        assert_eq!(
+            inventory.relations,
+            vec![("runs_on".to_string(), "host/a".to_string())]
+        );
     }
 }

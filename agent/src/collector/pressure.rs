@@ -34,7 +34,9 @@ pub fn parse_psi(text: &str) -> Result<HashMap<String, PsiLine>, String> {
         let mut avg = [0.0; 3];
         let mut total_us = None;
         for kv in f {
-            let (k, v) = kv.split_once('=').ok_or_else(|| format!("bad field {kv:?}"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("bad field {kv:?}"))?;
             let slot = match k {
                 "avg10" => 0,
                 "avg60" => 1,
@@ -90,7 +92,10 @@ pub fn parse_stat_contention(text: &str) -> Result<StatContention, String> {
         let mut f = line.split_whitespace();
         match f.next() {
             Some("cpu") => {
-                let v: Vec<u64> = f.map(str::parse).collect::<Result<_, _>>().map_err(|e| format!("cpu line: {e}"))?;
+                let v: Vec<u64> = f
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("cpu line: {e}"))?;
                 if v.len() < 8 {
                     return Err("cpu line has fewer than 8 fields".into());
                 }
@@ -155,12 +160,25 @@ impl Collector for PressureCollector {
         let now = Instant::now();
         let ts = now_unix_ms();
         let id = self.host_id.clone();
-        let stat = parse_stat_contention(&self.read("stat")?).map_err(|reason| CollectError::Parse {
-            path: "stat".into(),
-            reason,
-        })?;
-        out.sample(&id, "system.processes.count", &[("status", "running")], ts, stat.running as f64);
-        out.sample(&id, "system.processes.count", &[("status", "blocked")], ts, stat.blocked as f64);
+        let stat =
+            parse_stat_contention(&self.read("stat")?).map_err(|reason| CollectError::Parse {
+                path: "stat".into(),
+                reason,
+            })?;
+        out.sample(
+            &id,
+            "system.processes.count",
+            &[("status", "running")],
+            ts,
+            stat.running as f64,
+        );
+        out.sample(
+            &id,
+            "system.processes.count",
+            &[("status", "blocked")],
+            ts,
+            stat.blocked as f64,
+        );
         let vmstat = parse_vmstat(&self.read("vmstat")?);
 
         let mut psi_totals = HashMap::new();
@@ -169,7 +187,10 @@ impl Collector for PressureCollector {
                 Ok(t) => t,
                 Err(e) => {
                     if !self.psi_missing_logged {
-                        tracing::info!(error = &e as &dyn std::error::Error, "Pressure stall information is not available on this kernel.");
+                        tracing::info!(
+                            error = &e as &dyn std::error::Error,
+                            "Pressure stall information is not available on this kernel."
+                        );
                         self.psi_missing_logged = true;
                     }
                     continue;
@@ -181,7 +202,11 @@ impl Collector for PressureCollector {
             })?;
             for (level, line) in lines {
                 for (window, v) in ["10s", "60s", "300s"].into_iter().zip(line.avg) {
-                    let attrs = [("resource", resource), ("level", level.as_str()), ("window", window)];
+                    let attrs = [
+                        ("resource", resource),
+                        ("level", level.as_str()),
+                        ("window", window),
+                    ];
                     out.sample(&id, "system.linux.pressure", &attrs, ts, v);
                 }
                 psi_totals.insert((resource, level), line.total_us);
@@ -193,31 +218,66 @@ impl Collector for PressureCollector {
             let ticks = stat.total.saturating_sub(prev.stat.total);
             if ticks > 0 {
                 let share = |a: u64, b: u64| a.saturating_sub(b) as f64 / ticks as f64;
-                out.sample(&id, "system.cpu.utilization", &[("state", "steal")], ts, share(stat.steal, prev.stat.steal));
-                out.sample(&id, "system.cpu.utilization", &[("state", "iowait")], ts, share(stat.iowait, prev.stat.iowait));
+                out.sample(
+                    &id,
+                    "system.cpu.utilization",
+                    &[("state", "steal")],
+                    ts,
+                    share(stat.steal, prev.stat.steal),
+                );
+                out.sample(
+                    &id,
+                    "system.cpu.utilization",
+                    &[("state", "iowait")],
+                    ts,
+                    share(stat.iowait, prev.stat.iowait),
+                );
             }
             if secs > 0.0 {
                 let rate = |key: &str| -> Option<f64> {
                     Some(vmstat.get(key)?.checked_sub(*prev.vmstat.get(key)?)? as f64 / secs)
                 };
                 if let Some(v) = rate("pgmajfault") {
-                    out.sample(&id, "system.paging.faults.rate", &[("type", "major")], ts, v);
+                    out.sample(
+                        &id,
+                        "system.paging.faults.rate",
+                        &[("type", "major")],
+                        ts,
+                        v,
+                    );
                 }
                 for (key, direction) in [("pswpin", "in"), ("pswpout", "out")] {
                     if let Some(v) = rate(key) {
-                        out.sample(&id, "system.paging.operations.rate", &[("direction", direction)], ts, v);
+                        out.sample(
+                            &id,
+                            "system.paging.operations.rate",
+                            &[("direction", direction)],
+                            ts,
+                            v,
+                        );
                     }
                 }
                 for ((resource, level), total) in &psi_totals {
                     if let Some(before) = prev.psi_totals.get(&(*resource, level.clone())) {
                         let stalled = total.saturating_sub(*before) as f64 / 1e6 / secs;
                         let attrs = [("resource", *resource), ("level", level.as_str())];
-                        out.sample(&id, "system.linux.pressure.stall_time.rate", &attrs, ts, stalled);
+                        out.sample(
+                            &id,
+                            "system.linux.pressure.stall_time.rate",
+                            &attrs,
+                            ts,
+                            stalled,
+                        );
                     }
                 }
             }
         }
-        self.previous = Some(Previous { at: now, stat, vmstat, psi_totals });
+        self.previous = Some(Previous {
+            at: now,
+            stat,
+            vmstat,
+            psi_totals,
+        });
         Ok(())
     }
 }
@@ -237,8 +297,14 @@ mod tests {
 
     #[test]
     fn stat_and_vmstat() {
-        let s = parse_stat_contention("cpu  10 0 10 70 5 0 0 5 0 0\ncpu0 1 1 1 1\nprocs_running 3\nprocs_blocked 1\n").unwrap();
-        assert_eq!((s.total, s.iowait, s.steal, s.running, s.blocked), (100, 5, 5, 3, 1));
+        let s = parse_stat_contention(
+            "cpu  10 0 10 70 5 0 0 5 0 0\ncpu0 1 1 1 1\nprocs_running 3\nprocs_blocked 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.total, s.iowait, s.steal, s.running, s.blocked),
+            (100, 5, 5, 3, 1)
+        );
         let v = parse_vmstat("pgmajfault 42\npswpin 7\n");
         assert_eq!(v["pgmajfault"], 42);
     }

@@ -5,6 +5,7 @@
 
 mod auth;
 mod bad_input;
+mod collectors;
 mod health;
 mod pipeline;
 mod restart;

@@ -148,7 +148,11 @@ async fn host_appears_in_rest_and_grpc_with_values_matching_proc() {
         .unwrap()
         .into_inner();
     assert_eq!(summary.connected_agents, 1);
-    assert_eq!(summary.by_health.values().sum::<u64>(), 1);
+    assert_eq!(summary.by_kind["host"], 1);
+    assert_eq!(
+        summary.by_kind["listening_ports"], 1,
+        "the network collector's socket inventory"
+    );
 
     // A recent metric range comes from memory; an hour back, from the stored rollups.
     let from = infrawatch_common::time::now_unix_ms() - 60_000;

@@ -1,0 +1,191 @@
+//! The agent's collectors against what /proc, /sys and statvfs say, and a generated
+//! disk load showing up in the disk figures.
+
+use std::time::Duration;
+
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually};
+use serde_json::Value;
+
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn latest_where(resource: &Value, metric: &str, attr: &str) -> Vec<f64> {
+    resource["latest"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|l| {
+                    l["metric"] == metric && l["attributes"].as_str().unwrap_or("").contains(attr)
+                })
+                .filter_map(|l| l["value"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The whole block device behind `/`, as /proc/diskstats names it.
+fn root_device() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let line = info.lines().find(|l| l.split(' ').nth(4) == Some("/"))?;
+    let dev = line.split(" - ").nth(1)?.split(' ').nth(1)?;
+    let name = dev.strip_prefix("/dev/")?.to_string();
+    if std::path::Path::new("/sys/block").join(&name).exists() {
+        return Some(name);
+    }
+    // A partition: its parent directory in sysfs is the whole device.
+    let link = std::fs::canonicalize(format!("/sys/class/block/{name}")).ok()?;
+    link.parent()?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+fn sectors_written(dev: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/diskstats").unwrap();
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&dev))
+        .and_then(|f| f.get(9).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collectors_agree_with_the_kernel_and_see_a_disk_load() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-c"]).unwrap();
+    let agg = Aggregator::start(
+        dir.path(),
+        &pki,
+        &format!("sqlite://{}", dir.path().join("iw.db").display()),
+        "",
+    )
+    .unwrap();
+    let _agent = Agent::start(dir.path(), &pki, "agent-c", &[agg.endpoint()], 1000).unwrap();
+    let host = format!("/api/v1/resources/host/{}", machine_id());
+
+    // Rates need two readings: wait for network and disk rates.
+    let r = eventually(
+        Duration::from_secs(10),
+        "rates from every collector",
+        || {
+            let (status, r) = agg.get(&host);
+            let ready = status == 200
+                && !latest_where(&r, "system.network.io.rate", "").is_empty()
+                && !latest_where(&r, "system.cpu.utilization", "state=\"steal\"").is_empty();
+            ready.then_some(r)
+        },
+    );
+
+    // Filesystem: the root mount's size equals statvfs.
+    let st = nix::sys::statvfs::statvfs("/").unwrap();
+    let limit = latest_where(&r, "system.filesystem.limit", "mountpoint=\"/\"");
+    assert_eq!(limit, vec![(st.blocks() * st.fragment_size()) as f64]);
+    let free_now = (st.blocks_available() * st.fragment_size()) as f64;
+    let free = latest_where(
+        &r,
+        "system.filesystem.usage",
+        "mountpoint=\"/\",state=\"free\"",
+    );
+    assert!(
+        (free[0] - free_now).abs() < 2e9,
+        "free {free:?} vs statvfs {free_now}"
+    );
+    assert!(
+        latest_where(&r, "system.filesystem.limit", "mountpoint=\"/proc\"").is_empty(),
+        "pseudo filesystems are left out"
+    );
+
+    // Network: every interface in /sys (but lo) has a link state matching operstate.
+    for entry in std::fs::read_dir("/sys/class/net").unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let state = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate")).unwrap();
+        let up = latest_where(&r, "system.network.link.up", &format!("device=\"{name}\""));
+        if name == "lo" {
+            assert!(up.is_empty(), "lo is excluded by default");
+            continue;
+        }
+        let expected = if matches!(state.trim(), "up" | "unknown") {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(up, vec![expected], "{name} operstate {}", state.trim());
+        let mtu: f64 = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            latest_where(&r, "system.network.mtu", &format!("device=\"{name}\"")),
+            vec![mtu]
+        );
+    }
+    assert!(!latest_where(&r, "system.network.connections", "state=\"established\"").is_empty());
+
+    // The listening inventory lists the aggregator's own gRPC port.
+    let (_, inventory) = agg.get(&format!("{host}/listening"));
+    assert_eq!(inventory["kind"], "listening_ports");
+    let tcp = inventory["attributes"]["net.listening.tcp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        tcp.split(',').any(|p| p == agg.grpc.port().to_string()),
+        "{tcp}"
+    );
+    assert_eq!(inventory["relations"][0]["type"], "runs_on");
+
+    // Pressure: PSI where the kernel has it.
+    if std::path::Path::new("/proc/pressure/io").exists() {
+        assert!(!latest_where(&r, "system.linux.pressure", "resource=\"io\"").is_empty());
+    }
+
+    // Disk: 256 MiB written with O_DIRECT must show in the root device's write rate.
+    let Some(dev) = root_device() else {
+        panic!("cannot find the block device of /");
+    };
+    let before = sectors_written(&dev);
+    let from = infrawatch_common::time::now_unix_ms();
+    let target = dir.path().join("load.bin");
+    let dd = std::process::Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", target.display()),
+            "bs=1M",
+            "count=256",
+            "oflag=direct",
+            "status=none",
+        ])
+        .status()
+        .unwrap();
+    assert!(dd.success());
+    let written = (sectors_written(&dev) - before) * 512;
+    assert!(
+        written >= 256 << 20,
+        "/proc/diskstats saw {written} bytes on {dev}"
+    );
+    let series = format!(
+        "{host}/metrics?name=system.disk.io.rate&attributes=device%3D%22{dev}%22%2Cdirection%3D%22write%22&step=1000&from={from}"
+    );
+    let peak = eventually(
+        Duration::from_secs(10),
+        "the write burst in the disk figures",
+        || {
+            let (_, m) = agg.get(&series);
+            let peak = m["points"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["max"].as_f64())
+                .fold(0.0, f64::max);
+            (peak > 8.0 * 1024.0 * 1024.0).then_some(peak)
+        },
+    );
+    eprintln!(
+        "peak write rate on {dev}: {:.1} MiB/s",
+        peak / 1024.0 / 1024.0
+    );
+}
