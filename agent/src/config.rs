@@ -305,6 +305,11 @@ impl AgentConfig {
             "batch.max_queued_batches",
             || "must be at least 1".into(),
         );
+        p.check(
+            self.collectors.schedules().iter().any(|(_, s)| s.enabled),
+            "collectors",
+            || "at least one collector must be enabled".into(),
+        );
         for (name, s) in self.collectors.schedules() {
             p.check(
                 s.interval_ms >= 100,

@@ -113,12 +113,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let pending = PendingBatches::new(config.batch.max_queued_batches);
     let (collected_tx, collected_rx) = mpsc::channel::<Collection>(64);
-    let collectors_stop = shutdown.child_token();
     let mut collector_tasks = JoinSet::new();
     scheduler::spawn_collectors(
         collectors,
         collected_tx,
-        collectors_stop.clone(),
+        shutdown.clone(),
         &mut collector_tasks,
     );
 
@@ -126,19 +125,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let transport = Transport::new(config.aggregator.clone(), tls, hello, pending.clone());
     let transport_task = tokio::spawn(transport.run(transport_stop.clone()));
 
+    // Ends once shutdown has stopped every collector and their last output is queued.
     let builder = BatchBuilder::new(vec![host_resource]);
-    let batcher = run_batcher(
-        builder,
-        collected_rx,
-        &mut seq,
-        &pending,
-        &config,
-        shutdown.clone(),
-    )
-    .await;
+    let batcher = run_batcher(builder, collected_rx, &mut seq, &pending, &config).await;
 
-    // Shutdown: collectors are stopped; give the transport a moment to deliver.
-    collectors_stop.cancel();
+    // Shutdown: give the transport a moment to deliver what is queued.
     while collector_tasks.join_next().await.is_some() {}
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while !pending.is_empty() && tokio::time::Instant::now() < deadline {
@@ -157,40 +148,34 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     batcher
 }
 
-/// Closes a batch every flush interval (or when it is full) and queues it.
+/// Closes a batch every flush interval (or when it is full) and queues it. Runs
+/// until every collector has stopped (their senders are gone), so nothing they
+/// collected before shutdown is lost, then queues the last batch.
 async fn run_batcher(
     mut builder: BatchBuilder,
     mut collected: mpsc::Receiver<Collection>,
     seq: &mut SeqAllocator,
     pending: &Arc<PendingBatches>,
     config: &AgentConfig,
-    shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let mut flush = tokio::time::interval(Duration::from_millis(config.batch.flush_interval_ms));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let close = tokio::select! {
-            _ = shutdown.cancelled() => {
-                // Take what the collectors already handed over, then close.
-                while let Ok(c) = collected.try_recv() {
-                    builder.add(c);
-                }
-                if !builder.is_empty() {
-                    queue(&mut builder, seq, pending)?;
-                }
-                return Ok(());
-            }
-            _ = flush.tick() => true,
+        let (close, done) = tokio::select! {
+            _ = flush.tick() => (true, false),
             c = collected.recv() => match c {
                 Some(c) => {
                     builder.add(c);
-                    builder.sample_count() >= config.batch.max_samples
+                    (builder.sample_count() >= config.batch.max_samples, false)
                 }
-                None => true,
+                None => (true, true),
             },
         };
         if close && !builder.is_empty() {
             queue(&mut builder, seq, pending)?;
+        }
+        if done {
+            return Ok(());
         }
     }
 }

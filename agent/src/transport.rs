@@ -55,9 +55,9 @@ impl StreamError {
     pub fn from_status(status: tonic::Status) -> Self {
         use tonic::Code;
         match status.code() {
-            Code::InvalidArgument | Code::PermissionDenied | Code::OutOfRange => {
-                Self::Rejected(status)
-            }
+            // PermissionDenied (a resource reported by another agent) can change
+            // when that agent goes silent, so it is retried with backoff, not dropped.
+            Code::InvalidArgument | Code::OutOfRange => Self::Rejected(status),
             _ => Self::Unavailable(status),
         }
     }
@@ -279,6 +279,10 @@ mod tests {
         ));
         assert!(matches!(
             StreamError::from_status(tonic::Status::unavailable("x")),
+            StreamError::Unavailable(_)
+        ));
+        assert!(matches!(
+            StreamError::from_status(tonic::Status::permission_denied("x")),
             StreamError::Unavailable(_)
         ));
     }

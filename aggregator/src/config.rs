@@ -295,6 +295,21 @@ impl AggregatorConfig {
         p.check(i.hot_window_ms >= 60_000, "ingest.hot_window_ms", || {
             "must be at least 60000 (one rollup bucket)".into()
         });
+        p.check(
+            i.max_future_skew_ms >= 0,
+            "ingest.max_future_skew_ms",
+            || "must not be negative".into(),
+        );
+        p.check(
+            i.max_sample_age_ms >= 60_000,
+            "ingest.max_sample_age_ms",
+            || "must be at least 60000".into(),
+        );
+        p.check(
+            h.evaluation_window_ms >= 1_000,
+            "health.evaluation_window_ms",
+            || "must be at least 1000".into(),
+        );
         p.finish()
     }
 }

@@ -127,6 +127,12 @@ pub fn changed_fields(
     if b.kind != after.kind {
         changed.push("kind");
     }
+    if b.source != after.source {
+        changed.push("source");
+    }
+    if b.interval_ms != after.interval_ms {
+        changed.push("interval");
+    }
     changed
 }
 

@@ -28,6 +28,9 @@ pub const MAX_POINTS: i64 = 11_000;
 pub const AUTO_POINTS: i64 = 300;
 /// Default range of a metric query.
 pub const DEFAULT_RANGE_MS: i64 = 3600 * 1000;
+/// Latest time a query may name: the end of year 9999, in Unix ms. Bounding times
+/// keeps every range computation far from integer overflow.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
 /// Why a query could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,9 +229,16 @@ impl MetricParams {
                 "name (the metric) is required".into(),
             ));
         }
+        for (name, v) in [("from", from_ms), ("to", to_ms), ("step", step_ms)] {
+            if !(0..=MAX_TIME_MS).contains(&v) {
+                return Err(QueryError::InvalidArgument(format!(
+                    "{name} ({v}) must be between 0 and {MAX_TIME_MS} milliseconds"
+                )));
+            }
+        }
         let to = if to_ms == 0 { now_ms } else { to_ms };
         let from = if from_ms == 0 {
-            to - DEFAULT_RANGE_MS
+            (to - DEFAULT_RANGE_MS).max(0)
         } else {
             from_ms
         };
@@ -236,11 +246,6 @@ impl MetricParams {
             return Err(QueryError::InvalidArgument(format!(
                 "from ({from}) is after to ({to})"
             )));
-        }
-        if step_ms < 0 {
-            return Err(QueryError::InvalidArgument(
-                "step must not be negative".into(),
-            ));
         }
         let span = to - from;
         let step = if step_ms == 0 {
@@ -281,6 +286,9 @@ pub async fn metric(
                 p.key.resource_id
             )));
         }
+        // Memory answers only when it holds the whole range: not older than its
+        // window, and not from before this process started (after a restart the
+        // older samples exist only as rollups).
         let horizon = model.series.horizon(now_unix_ms());
         if p.from_ms >= horizon {
             let points = model.series.range(&p.key, p.from_ms, p.to_ms, p.step_ms);
@@ -424,6 +432,17 @@ mod tests {
         assert!(MetricParams::parse("host/a", "", "", 0, 0, 0, 1_000_000).is_err());
         assert!(MetricParams::parse("host/a", "m", "", 10, 5, 0, 1_000_000).is_err());
         assert!(MetricParams::parse("host/a", "m", "", 0, 100_000_000, 1, 1_000_000).is_err());
+        for (f, t, s) in [
+            (i64::MIN, i64::MAX, 0),
+            (0, -i64::MAX, 0),
+            (0, 0, i64::MAX),
+            (1, 2, -5),
+        ] {
+            assert!(
+                MetricParams::parse("host/a", "m", "", f, t, s, 1_000_000).is_err(),
+                "{f} {t} {s}"
+            );
+        }
         let p = MetricParams::parse("host/a", "m", "", 0, 0, 0, 10_000_000).unwrap();
         assert_eq!(p.to_ms - p.from_ms, DEFAULT_RANGE_MS);
         assert_eq!(p.step_ms, DEFAULT_RANGE_MS / AUTO_POINTS);

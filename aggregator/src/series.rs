@@ -71,6 +71,8 @@ pub struct Point {
 #[derive(Debug)]
 pub struct SeriesStore {
     window_ms: i64,
+    /// When this store started receiving samples: nothing older is in memory.
+    started_at_ms: i64,
     series: BTreeMap<SeriesKey, VecDeque<(i64, f64)>>,
 }
 
@@ -79,18 +81,24 @@ impl SeriesStore {
     pub fn new(window_ms: u64) -> Self {
         Self {
             window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
+            started_at_ms: infrawatch_common::time::now_unix_ms(),
             series: BTreeMap::new(),
         }
     }
 
-    /// Oldest time the store answers for, given the present.
+    /// Oldest time the store holds every sample from, given the present: the
+    /// window, but never before the store started.
     pub fn horizon(&self, now_ms: i64) -> i64 {
+        self.retention_start(now_ms).max(self.started_at_ms)
+    }
+
+    fn retention_start(&self, now_ms: i64) -> i64 {
         now_ms.saturating_sub(self.window_ms)
     }
 
     /// Adds a sample, keeping each series in time order, and trims old samples.
     pub fn insert(&mut self, key: &SeriesKey, timestamp_ms: i64, value: f64, now_ms: i64) {
-        let horizon = self.horizon(now_ms);
+        let horizon = self.retention_start(now_ms);
         if timestamp_ms < horizon {
             return;
         }
@@ -114,7 +122,7 @@ impl SeriesStore {
 
     /// Drops series whose newest sample is older than the window.
     pub fn evict(&mut self, now_ms: i64) {
-        let horizon = self.horizon(now_ms);
+        let horizon = self.retention_start(now_ms);
         self.series
             .retain(|_, p| p.back().is_some_and(|&(t, _)| t >= horizon));
     }

@@ -143,9 +143,9 @@ impl Client {
                 resource_id: id.to_string(),
                 metric: name.to_string(),
                 attributes: attributes.to_string(),
-                from_unix_ms: now - since_secs.max(1) * 1000,
+                from_unix_ms: now - since_secs.clamp(1, 10 * 365 * 86_400) * 1000,
                 to_unix_ms: now,
-                step_ms: step_secs.max(0) * 1000,
+                step_ms: step_secs.clamp(0, 365 * 86_400) * 1000,
             })
             .await
             .map_err(status)?;

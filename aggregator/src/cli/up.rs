@@ -112,6 +112,13 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         &home.log_dir().join("agent.log"),
     )?;
     let host = wait_for_host(&mut agent).await;
+    if let Ok(Some(status)) = agent.try_wait() {
+        stop(&mut aggregator, "aggregator").await;
+        bail!(
+            "the agent exited during start-up ({status}); see {}",
+            home.log_dir().join("agent.log").display()
+        );
+    }
 
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -26,7 +26,7 @@ use crate::health::{self, HostFigures};
 use crate::model::{Health, ResourceRecord, changed_fields};
 use crate::series::{SeriesKey, Stats};
 use crate::state::{Model, State};
-use crate::store::{Commit, HistoryEntry, RollupDelta, Store};
+use crate::store::{Commit, HistoryEntry, RollupDelta, Store, StoreError};
 use crate::telemetry;
 
 /// Width of a stored rollup bucket.
@@ -38,8 +38,11 @@ pub const STALENESS_SOURCE: &str = "aggregator/staleness";
 /// Work for the writer, from the stream of agent `agent`.
 #[derive(Debug)]
 pub struct WriteRequest {
-    /// Identity from the client certificate.
+    /// Identity from the client certificate: owns the resources it reports.
     pub agent: String,
+    /// Whose sequence the batch belongs to: the identity plus the machine id the
+    /// agent announced, so agents sharing a certificate never share a cursor.
+    pub cursor_key: String,
     /// What to do.
     pub work: Work,
     /// Receives the acknowledgement once durable, or why not.
@@ -51,10 +54,11 @@ pub struct WriteRequest {
 pub enum Work {
     /// Apply a batch (effectively once).
     Batch(DecodedBatch),
-    /// The agent's sequence restarted below what was applied (it lost its state
-    /// directory): from now on its batches above `last_seq` are new. Without this,
-    /// its next batches would be taken for replays and dropped.
-    SequenceRestart {
+    /// A stream opened. If the agent's sequence is below what was applied (it lost
+    /// its state directory), its batches above `last_seq` count as new from now on;
+    /// without this they would be taken for replays and dropped. A new stream also
+    /// lifts the hold left by a failed write.
+    Hello {
         /// The highest sequence the agent says it has assigned.
         last_seq: u64,
     },
@@ -92,6 +96,16 @@ struct Plan {
 }
 
 impl Plan {
+    /// The highest applied seq of `key`, counting what this plan already applies.
+    fn applied_seq(&self, model: &Model, key: &str) -> u64 {
+        self.cursors
+            .get(key)
+            .or_else(|| self.cursor_resets.get(key))
+            .copied()
+            .or_else(|| model.cursors.get(key).copied())
+            .unwrap_or(0)
+    }
+
     fn record<'a>(&'a self, model: &'a Model, id: &str) -> Option<&'a ResourceRecord> {
         self.records
             .get(id)
@@ -202,6 +216,9 @@ pub struct Writer {
     store: Store,
     config: WriterConfig,
     requests: mpsc::Receiver<WriteRequest>,
+    /// Per cursor key, the lowest seq whose write failed for good; later batches of
+    /// that agent wait until it is resent or the agent opens a new stream.
+    held: HashMap<String, u64>,
 }
 
 impl Writer {
@@ -217,6 +234,7 @@ impl Writer {
             store,
             config,
             requests,
+            held: HashMap::new(),
         }
     }
 
@@ -228,19 +246,20 @@ impl Writer {
         let max = self.config.group_commit_batches.max(1);
         let mut group = Vec::with_capacity(max);
         loop {
+            // The sweep comes first so that a steady stream of batches cannot starve it.
             tokio::select! {
                 biased;
+                _ = sweep.tick() => self.sweep().await,
                 n = self.requests.recv_many(&mut group, max) => {
                     if n == 0 {
                         return;
                     }
-                    self.apply_group(std::mem::take(&mut group)).await;
+                    self.apply_group(std::mem::take(&mut group), &stop).await;
                 }
-                _ = sweep.tick() => self.sweep().await,
                 _ = stop.cancelled() => {
                     self.requests.close();
                     while self.requests.recv_many(&mut group, max).await > 0 {
-                        self.apply_group(std::mem::take(&mut group)).await;
+                        self.apply_group(std::mem::take(&mut group), &stop).await;
                     }
                     return;
                 }
@@ -248,47 +267,75 @@ impl Writer {
         }
     }
 
-    /// Plans, commits, applies and answers one group of batches.
-    async fn apply_group(&self, group: Vec<WriteRequest>) {
+    /// Plans, commits, applies and answers one group of requests.
+    async fn apply_group(&mut self, group: Vec<WriteRequest>, stop: &CancellationToken) {
         let now = now_unix_ms();
         let mut plan = Plan::default();
+        // Batches this group applies, to hold their agents back if the write fails.
+        let mut written: Vec<(String, u64)> = Vec::new();
         let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+        let state = self.state.clone();
         {
-            let model = self.state.read();
+            let model = state.read();
             for req in group {
-                match req.work {
+                let answer = match req.work {
                     Work::Batch(batch) => {
                         let seq = batch.seq;
                         let samples = batch.sample_count;
-                        let result = self.plan_batch(&model, &mut plan, &req.agent, batch, now);
-                        answers.push((
+                        let result = self.plan_batch(
+                            &model,
+                            &mut plan,
+                            &req.agent,
+                            &req.cursor_key,
+                            batch,
+                            now,
+                        );
+                        if matches!(result, Ok(false)) {
+                            written.push((req.cursor_key.clone(), seq));
+                        }
+                        (
                             req.reply,
                             result.map(|duplicate| Ack { seq, duplicate }),
                             samples,
-                        ));
+                        )
                     }
-                    Work::SequenceRestart { last_seq } => {
-                        plan.cursors.remove(&req.agent);
-                        plan.cursor_resets.insert(req.agent, last_seq);
-                        answers.push((
+                    Work::Hello { last_seq } => {
+                        self.held.remove(&req.cursor_key);
+                        let applied = plan.applied_seq(&model, &req.cursor_key);
+                        if last_seq < applied {
+                            tracing::warn!(
+                                agent = %req.cursor_key,
+                                agent_last_seq = last_seq,
+                                applied_seq = applied,
+                                "Agent sequence restarted below the applied one (state directory lost?); accepting its new batches."
+                            );
+                            plan.cursors.remove(&req.cursor_key);
+                            plan.cursor_resets.insert(req.cursor_key, last_seq);
+                        }
+                        (
                             req.reply,
                             Ok(Ack {
                                 seq: last_seq,
                                 duplicate: false,
                             }),
                             0,
-                        ));
+                        )
                     }
-                }
+                };
+                answers.push(answer);
             }
         }
         let (commit, applied) = plan.into_commit();
-        if let Err(e) = self.store.commit(&commit).await {
+        if let Err(e) = self.commit_with_retries(&commit, stop).await {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
                 batches = answers.len(),
                 "Database write failed; batches will be resent by their agents."
             );
+            for (key, seq) in written {
+                let entry = self.held.entry(key).or_insert(seq);
+                *entry = (*entry).min(seq);
+            }
             for (reply, result, _) in answers {
                 let answer = match result {
                     Ok(_) => Err(IngestError::Unavailable(e.to_string())),
@@ -315,29 +362,77 @@ impl Writer {
         }
     }
 
+    /// Writes `commit`, retrying connection-type failures with backoff until they
+    /// pass or `stop` is cancelled. While it retries nothing else is written, so
+    /// acknowledgements slow down and agents keep their batches: a database outage
+    /// delays data but loses none.
+    async fn commit_with_retries(
+        &self,
+        commit: &Commit,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempts = 0u32;
+        loop {
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    if attempts > 0 {
+                        tracing::info!(attempts, "Database write succeeded after retries.");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() && !stop.is_cancelled() => {
+                    if attempts == 0 {
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "Database write failed; retrying while ingest waits."
+                        );
+                    }
+                    attempts += 1;
+                    tokio::select! {
+                        _ = stop.cancelled() => return Err(e),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Plans one batch; `Ok(true)` when it was applied before (a replay).
     fn plan_batch(
-        &self,
+        &mut self,
         model: &Model,
         plan: &mut Plan,
         agent: &str,
+        cursor_key: &str,
         batch: DecodedBatch,
         now: i64,
     ) -> Result<bool, IngestError> {
-        let applied = plan
-            .cursors
-            .get(agent)
-            .or_else(|| plan.cursor_resets.get(agent))
-            .copied()
-            .or_else(|| model.cursors.get(agent).copied())
-            .unwrap_or(0);
+        let applied = plan.applied_seq(model, cursor_key);
         if batch.seq <= applied {
             return Ok(true);
+        }
+        // After a failed write of batch N, nothing later from the same agent may be
+        // applied before N is: the cursor would pass N and its resend would be
+        // dropped as a replay.
+        if let Some(&failed) = self.held.get(cursor_key) {
+            if batch.seq > failed {
+                return Err(IngestError::Unavailable(format!(
+                    "batch {failed} of this agent was not stored; resend it first"
+                )));
+            }
+            self.held.remove(cursor_key);
         }
         // Check everything before planning anything, so a rejected batch leaves no trace.
         for obs in &batch.resources {
             match plan.record(model, &obs.id) {
-                Some(existing) if existing.source != agent => {
+                // A resource whose reporter went silent (UNKNOWN) may be taken over,
+                // e.g. after a certificate was replaced.
+                Some(existing)
+                    if existing.source != agent && existing.health != Health::Unknown =>
+                {
                     return Err(IngestError::Forbidden(format!(
                         "resource {} is reported by {}, not by {agent} (two hosts with the same machine id?)",
                         obs.id, existing.source
@@ -384,14 +479,22 @@ impl Writer {
                 next.relations = obs.relations.clone();
                 next.interval_ms = obs.interval_ms;
             }
+            next.source = agent.to_string();
             next.observed_at_ms = newest.get(obs.id.as_str()).copied().unwrap_or(now);
-            let (health, reasons) = self.evaluate(model, plan, &next, window_start);
-            next.health = health;
-            next.reasons = reasons;
+            // A replayed backlog holds only samples older than the window: they say
+            // nothing about the present, so the health stays as it is.
+            let current = newest
+                .get(obs.id.as_str())
+                .is_none_or(|&t| t >= window_start);
+            if current || next.version == 0 {
+                let (health, reasons) = self.evaluate(model, plan, &next, window_start);
+                next.health = health;
+                next.reasons = reasons;
+            }
             plan.seen.insert(next.id.clone());
             plan.update(model, next, now);
         }
-        plan.cursors.insert(agent.to_string(), batch.seq);
+        plan.cursors.insert(cursor_key.to_string(), batch.seq);
         Ok(false)
     }
 

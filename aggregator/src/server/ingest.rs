@@ -140,9 +140,16 @@ impl IngestService {
             }
         };
         log_hello(identity, &hello);
-        if let Err(e) = self.check_sequence(identity, hello.last_seq).await {
+        let cursor_key = match cursor_key(identity, &hello) {
+            Ok(k) => k,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return "bad hello";
+            }
+        };
+        if let Err(e) = self.announce(identity, &cursor_key, hello.last_seq).await {
             let _ = tx.send(Err(e.into())).await;
-            return "sequence check failed";
+            return "hello not recorded";
         }
 
         let (order_tx, order_rx) = mpsc::channel::<Pending>(self.per_stream_in_flight);
@@ -177,6 +184,7 @@ impl IngestService {
                     let (reply_tx, reply_rx) = oneshot::channel();
                     let request = WriteRequest {
                         agent: identity.to_string(),
+                        cursor_key: cursor_key.clone(),
                         work: Work::Batch(decoded),
                         reply: reply_tx,
                     };
@@ -229,29 +237,19 @@ impl IngestService {
 }
 
 impl IngestService {
-    /// An agent whose sequence is below what was applied for its identity has lost
-    /// its state: its cursor is set back so its next batches are not taken for replays.
-    async fn check_sequence(&self, identity: &str, last_seq: u64) -> Result<(), IngestError> {
-        let applied = self
-            .state
-            .read()
-            .cursors
-            .get(identity)
-            .copied()
-            .unwrap_or(0);
-        if last_seq >= applied {
-            return Ok(());
-        }
-        tracing::warn!(
-            agent = identity,
-            agent_last_seq = last_seq,
-            applied_seq = applied,
-            "Agent sequence restarted below the applied one (state directory lost?); accepting its new batches."
-        );
+    /// Tells the writer a stream opened: it resets the cursor of an agent whose
+    /// sequence restarted and lifts holds left by failed writes.
+    async fn announce(
+        &self,
+        identity: &str,
+        cursor_key: &str,
+        last_seq: u64,
+    ) -> Result<(), IngestError> {
         let (reply, answer) = oneshot::channel();
         let request = WriteRequest {
             agent: identity.to_string(),
-            work: Work::SequenceRestart { last_seq },
+            cursor_key: cursor_key.to_string(),
+            work: Work::Hello { last_seq },
             reply,
         };
         self.writer
@@ -263,6 +261,29 @@ impl IngestService {
             .map_err(|_| IngestError::ShuttingDown)?
             .map(|_| ())
     }
+}
+
+/// The key of an agent's sequence: its certificate identity and the machine id it
+/// announces, so that agents sharing one certificate keep separate sequences.
+fn cursor_key(identity: &str, hello: &Hello) -> Result<String, Status> {
+    let machine_id = hello
+        .host
+        .as_ref()
+        .map(|h| h.machine_id.as_str())
+        .unwrap_or_default();
+    if machine_id.is_empty() {
+        return Ok(identity.to_string());
+    }
+    let valid = machine_id.len() <= 128
+        && machine_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(Status::invalid_argument(format!(
+            "hello: machine id {machine_id:?} must be at most 128 letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(format!("{identity}/{machine_id}"))
 }
 
 fn log_hello(identity: &str, hello: &Hello) {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -52,6 +53,13 @@ pub fn router(shared: RestState) -> Router {
         .route("/readyz", get(ready))
         .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "only GET is supported",
+            )
+        })
         .with_state(shared)
 }
 
@@ -169,17 +177,22 @@ fn number<T: std::str::FromStr>(
     }
 }
 
+/// A parameter the endpoint does not know is an error, not silently ignored.
+fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), QueryError> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(QueryError::InvalidArgument(format!(
+            "unknown parameter {unknown:?}; expected one of {}",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 async fn list_resources(
     AxumState(shared): AxumState<RestState>,
     Query(params): Params,
 ) -> Result<Json<Value>, QueryError> {
-    let known = ["kind", "health", "label", "limit", "cursor"];
-    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(QueryError::InvalidArgument(format!(
-            "unknown parameter {unknown:?}; expected one of {}",
-            known.join(", ")
-        )));
-    }
+    reject_unknown(&params, &["kind", "health", "label", "limit", "cursor"])?;
     let health = match param(&params, "health") {
         "" => None,
         h => Some(parse_health(h).ok_or_else(|| {
@@ -210,13 +223,20 @@ async fn list_resources(
 
 async fn resource_or_metrics(
     AxumState(shared): AxumState<RestState>,
-    Path(path): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(params): Params,
 ) -> Result<Json<Value>, QueryError> {
-    if let Some(id) = path.strip_suffix("/metrics")
-        && params.contains_key("name")
-    {
-        return metrics_of(&shared, id, &params).await;
+    let Path(path) = path.map_err(|e| QueryError::InvalidArgument(format!("resource id: {e}")))?;
+    // `<id>/metrics` is a metric query when it has a name, or when `<id>` exists and
+    // `<id>/metrics` itself is no resource (then the missing name is the error).
+    if let Some(id) = path.strip_suffix("/metrics") {
+        let is_metrics_query = params.contains_key("name") || {
+            let model = shared.state.read();
+            model.resources.contains_key(id) && !model.resources.contains_key(&path)
+        };
+        if is_metrics_query {
+            return metrics_of(&shared, id, &params).await;
+        }
     }
     Ok(Json(resource_json(&query::get(&shared.state, &path)?)))
 }
@@ -226,13 +246,7 @@ async fn metrics_of(
     id: &str,
     params: &HashMap<String, String>,
 ) -> Result<Json<Value>, QueryError> {
-    let known = ["name", "attributes", "from", "to", "step"];
-    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(QueryError::InvalidArgument(format!(
-            "unknown parameter {unknown:?}; expected one of {}",
-            known.join(", ")
-        )));
-    }
+    reject_unknown(params, &["name", "attributes", "from", "to", "step"])?;
     let ms = "a time in Unix milliseconds";
     let p = MetricParams::parse(
         id,

@@ -57,10 +57,31 @@ pub enum StoreError {
 impl StoreError {
     /// True when the same operation may succeed later (connection or pool problems).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
-        ) || matches!(self, Self::Db(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "40001"))
+        match self {
+            Self::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => {
+                true
+            }
+            Self::Db(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
+                // PostgreSQL: connection exceptions (08xxx), shutdown (57P01-57P03),
+                // serialization failure, too many connections. SQLite: BUSY and
+                // LOCKED, plain or extended.
+                c.starts_with("08")
+                    || matches!(
+                        &*c,
+                        "57P01"
+                            | "57P02"
+                            | "57P03"
+                            | "40001"
+                            | "53300"
+                            | "5"
+                            | "6"
+                            | "261"
+                            | "517"
+                            | "262"
+                    )
+            }),
+            _ => false,
+        }
     }
 }
 

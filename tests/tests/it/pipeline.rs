@@ -36,6 +36,7 @@ async fn host_appears_in_rest_and_grpc_with_values_matching_proc() {
     let pki = Pki::new(dir.path(), &["agent-e2e"]).unwrap();
     let db = format!("sqlite://{}", dir.path().join("db/iw.db").display());
     let agg = Aggregator::start(dir.path(), &pki, &db, "").unwrap();
+    let ready_at = infrawatch_common::time::now_unix_ms();
 
     let interval = Duration::from_millis(1000);
     let started = std::time::Instant::now();
@@ -155,7 +156,7 @@ async fn host_appears_in_rest_and_grpc_with_values_matching_proc() {
     );
 
     // A recent metric range comes from memory; an hour back, from the stored rollups.
-    let from = infrawatch_common::time::now_unix_ms() - 60_000;
+    let from = ready_at;
     let (status, m) = agg.get(&format!(
         "/api/v1/resources/{id}/metrics?name=system.memory.limit&step=1000&from={from}"
     ));

@@ -9,7 +9,7 @@ use sqlx::Connection;
 
 async fn cursor(url: &str, agent: &str) -> i64 {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query_scalar("SELECT COALESCE(MAX(last_seq), 0) FROM agent_cursors WHERE agent_id = $1")
+    sqlx::query_scalar("SELECT COALESCE(MAX(last_seq), 0) FROM agent_cursors WHERE agent_id = $1 OR agent_id LIKE $1 || '/%'")
         .bind(agent)
         .fetch_one(&mut conn)
         .await
