@@ -18,6 +18,11 @@ pub enum CertError {
     /// Certificate generation failed (e.g. a name that is not a valid DNS name).
     #[error("cannot generate certificate")]
     Generate(#[from] rcgen::Error),
+    /// A client identity that cannot name a certificate file and a DNS SAN.
+    #[error(
+        "{0:?} is not a valid identity: use 1 to 63 lowercase letters, digits, '-' and '.', not \"ca\" or \"server\""
+    )]
+    BadIdentity(String),
     /// Writing or reading a PEM file failed.
     #[error("cannot access {path}")]
     Io {
@@ -194,6 +199,9 @@ impl DevPki {
 
     /// Writes a client certificate for `identity` unless one exists.
     pub fn ensure_client(&self, ca: &DevCa, identity: &str) -> Result<(), CertError> {
+        if !is_valid_identity(identity) {
+            return Err(CertError::BadIdentity(identity.to_string()));
+        }
         if self.cert(identity).is_file() && self.key(identity).is_file() {
             return Ok(());
         }
@@ -205,6 +213,18 @@ impl DevPki {
         write(&self.cert(name), &issued.cert_pem, false)?;
         write(&self.key(name), &issued.key_pem, true)
     }
+}
+
+/// An identity usable as a file name and a DNS subject alternative name.
+pub fn is_valid_identity(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && !matches!(name, "ca" | "server")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+        && !name.contains("..")
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
@@ -260,6 +280,15 @@ mod tests {
             let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
             cert.verify_signature(Some(ca_cert.public_key())).unwrap();
             assert_eq!(cert.issuer(), ca_cert.subject());
+        }
+        for bad in ["ca", "server", "../x", "Bad Name", "", "-a"] {
+            assert!(
+                matches!(
+                    pki.ensure_client(&again, bad),
+                    Err(CertError::BadIdentity(_))
+                ),
+                "{bad:?}"
+            );
         }
         let mode = fs::metadata(pki.ca_key()).unwrap();
         use std::os::unix::fs::PermissionsExt;

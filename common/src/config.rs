@@ -132,6 +132,8 @@ fn from_figment(error: figment::Error) -> ConfigErrors {
                     .metadata
                     .as_ref()
                     .map(|m| match &m.source {
+                        // Serialized values are the --set overrides (defaults never fail).
+                        _ if m.name.contains("figment::value") => " (from --set)".to_string(),
                         Some(src) => format!(" (from {} {src})", m.name),
                         None => format!(" (from {})", m.name),
                     })
@@ -230,6 +232,9 @@ mod tests {
     fn missing_file_and_bad_override_are_errors() {
         let err = load::<Sample>(sources(Some(Path::new("/nonexistent/x.toml")), &[])).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x.toml"));
+        let wrong = vec!["port=abc".to_string()];
+        let err = load::<Sample>(sources(None, &wrong)).unwrap_err();
+        assert!(err.to_string().contains("(from --set)"), "{err}");
         let bad = vec!["no-equals-sign".to_string()];
         let err = load::<Sample>(sources(None, &bad)).unwrap_err();
         assert_eq!(err.0[0].field, "--set");

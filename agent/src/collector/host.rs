@@ -310,11 +310,6 @@ impl HostCollector {
         Ok(collector)
     }
 
-    /// The host identity read at start.
-    pub fn identity(&self) -> &HostIdentity {
-        &self.identity
-    }
-
     fn read(&self, name: &str) -> Result<(String, String), CollectError> {
         let path = self.proc_root.join(name);
         let shown = path.display().to_string();

@@ -24,6 +24,12 @@ pub(super) struct CertsArgs {
 /// Creates the CA (if missing), the server certificate and one certificate per client.
 pub(super) fn run(args: CertsArgs) -> anyhow::Result<()> {
     let pki = DevPki::new(&args.dir);
+    if !args.server_names.is_empty() && pki.cert("server").is_file() {
+        eprintln!(
+            "note: {} exists and is kept; delete it (and server-key.pem) to issue one with the new names",
+            pki.cert("server").display()
+        );
+    }
     let ca = pki.ensure_ca().context("development CA")?;
     pki.ensure_server(&ca, &args.server_names)
         .context("server certificate")?;
