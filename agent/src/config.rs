@@ -124,6 +124,44 @@ pub struct CollectorsConfig {
     pub network: FilteredSchedule,
     /// Steal, iowait, pressure stall information, paging, run queue.
     pub pressure: CollectorSchedule,
+    /// DNS probes (none by default).
+    pub dns: ProbeSet<crate::collector::dns::DnsProbeConfig>,
+    /// TCP connect probes (none by default).
+    pub tcp: ProbeSet<crate::collector::tcp::TcpProbeConfig>,
+}
+
+/// A schedule and a list of probes; the collector runs only when the list is not empty.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSet<T> {
+    /// Whether the collector runs at all.
+    pub enabled: bool,
+    /// Time between runs.
+    pub interval_ms: u64,
+    /// A run still going after this long is abandoned and counted as failed.
+    pub deadline_ms: u64,
+    /// The probes.
+    pub probes: Vec<T>,
+}
+
+impl<T> ProbeSet<T> {
+    fn empty() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 30_000,
+            deadline_ms: 10_000,
+            probes: Vec::new(),
+        }
+    }
+
+    /// The schedule part; disabled when there is nothing to probe.
+    pub fn schedule(&self) -> CollectorSchedule {
+        CollectorSchedule {
+            enabled: self.enabled && !self.probes.is_empty(),
+            interval_ms: self.interval_ms,
+            deadline_ms: self.deadline_ms,
+        }
+    }
 }
 
 const fn every_10s(enabled: bool) -> CollectorSchedule {
@@ -152,19 +190,23 @@ impl Default for CollectorsConfig {
             filesystem: filtered(&crate::collector::filesystem::DEFAULT_EXCLUDE),
             network: filtered(&crate::collector::network::DEFAULT_EXCLUDE),
             pressure: every_10s(true),
+            dns: ProbeSet::empty(),
+            tcp: ProbeSet::empty(),
         }
     }
 }
 
 impl CollectorsConfig {
     /// Every collector's schedule with its config key.
-    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 5] {
+    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 7] {
         [
             ("host", self.host),
             ("disk", self.disk.schedule()),
             ("filesystem", self.filesystem.schedule()),
             ("network", self.network.schedule()),
             ("pressure", self.pressure),
+            ("dns", self.dns.schedule()),
+            ("tcp", self.tcp.schedule()),
         ]
     }
 }
@@ -310,6 +352,44 @@ impl AgentConfig {
             "collectors",
             || "at least one collector must be enabled".into(),
         );
+        for (i, probe) in self.collectors.dns.probes.iter().enumerate() {
+            for problem in probe.problems() {
+                p.push(format!("collectors.dns.probes[{i}]"), problem);
+            }
+        }
+        for (i, probe) in self.collectors.tcp.probes.iter().enumerate() {
+            for problem in probe.problems() {
+                p.push(format!("collectors.tcp.probes[{i}]"), problem);
+            }
+        }
+        // Probes run in parallel; the slowest must finish within the deadline, or
+        // the whole run (every probe's result) is abandoned.
+        let slowest_dns = self
+            .collectors
+            .dns
+            .probes
+            .iter()
+            .map(|p| p.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        let slowest_tcp = self
+            .collectors
+            .tcp
+            .probes
+            .iter()
+            .map(|p| p.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        for (name, slowest, deadline) in [
+            ("dns", slowest_dns, self.collectors.dns.deadline_ms),
+            ("tcp", slowest_tcp, self.collectors.tcp.deadline_ms),
+        ] {
+            p.check(
+                slowest < deadline,
+                &format!("collectors.{name}.deadline_ms"),
+                || format!("must be above the longest probe timeout_ms ({slowest})"),
+            );
+        }
         for (name, s) in self.collectors.schedules() {
             p.check(
                 s.interval_ms >= 100,

@@ -79,6 +79,66 @@ fn threshold_reason(
     ))
 }
 
+/// Health of a probe from the outcome its agent reports in an attribute
+/// (`dns.result` for `dns_probe`, `tcp.result` for `tcp_probe`): `ok` is HEALTHY;
+/// a DNS answer other than the expected one is DEGRADED; anything else is
+/// UNHEALTHY with reason `<probe>_<outcome>` (e.g. `dns_nxdomain`, `tcp_refused`).
+/// `None` for kinds without such a rule.
+pub fn evaluate_probe(
+    kind: &str,
+    attributes: &std::collections::BTreeMap<String, String>,
+) -> Option<(Health, Vec<Reason>)> {
+    let (prefix, key) = match kind {
+        "dns_probe" => ("dns", "dns.result"),
+        "tcp_probe" => ("tcp", "tcp.result"),
+        _ => return None,
+    };
+    let outcome = attributes.get(key).map(String::as_str).unwrap_or("error");
+    if outcome == "ok" {
+        return Some((Health::Healthy, Vec::new()));
+    }
+    let health = if outcome == "wrong_answer" {
+        Health::Degraded
+    } else {
+        Health::Unhealthy
+    };
+    let target = attributes
+        .get("dns.question.name")
+        .or_else(|| attributes.get("server.address"))
+        .cloned()
+        .unwrap_or_default();
+    let message = match (prefix, outcome) {
+        ("dns", "wrong_answer") => format!(
+            "{target} answered {:?}, expected {:?}",
+            attributes.get("dns.answers").cloned().unwrap_or_default(),
+            attributes.get("dns.expected").cloned().unwrap_or_default()
+        ),
+        ("dns", "nxdomain") => format!("{target} does not exist (NXDOMAIN)"),
+        ("dns", "no_records") => format!("{target} has no record of the asked type"),
+        ("dns", "servfail") => format!("the server failed to answer for {target} (SERVFAIL)"),
+        ("dns", "refused") => format!("the server refused to answer for {target} (REFUSED)"),
+        (_, "timeout") => format!("{target} did not answer in time"),
+        ("tcp", "refused") => format!("{target} refused the connection"),
+        ("tcp", "unreachable") => format!("{target} is unreachable"),
+        _ => format!("{target}: {outcome}"),
+    };
+    let code: String = format!("{prefix}_{outcome}")
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+        .take(64)
+        .collect();
+    Some((
+        health,
+        vec![Reason {
+            code,
+            message,
+            metric: String::new(),
+            observed: 0.0,
+            threshold: 0.0,
+        }],
+    ))
+}
+
 /// The worse of two health values (UNKNOWN counts as worst, as it hides the truth).
 pub fn worse(a: Health, b: Health) -> Health {
     fn rank(h: Health) -> u8 {
@@ -161,6 +221,26 @@ mod tests {
             evaluate_host(&HostFigures::default(), &cfg).0,
             Health::Healthy
         );
+    }
+
+    #[test]
+    fn probe_outcomes_are_distinct_reasons() {
+        let attrs =
+            |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(
+            evaluate_probe("dns_probe", &attrs("dns.result", "ok")),
+            Some((Health::Healthy, vec![]))
+        );
+        let (h, r) = evaluate_probe("dns_probe", &attrs("dns.result", "nxdomain")).unwrap();
+        assert_eq!((h, r[0].code.as_str()), (Health::Unhealthy, "dns_nxdomain"));
+        let (h, r) = evaluate_probe("dns_probe", &attrs("dns.result", "wrong_answer")).unwrap();
+        assert_eq!(
+            (h, r[0].code.as_str()),
+            (Health::Degraded, "dns_wrong_answer")
+        );
+        let (_, r) = evaluate_probe("tcp_probe", &attrs("tcp.result", "refused")).unwrap();
+        assert_eq!(r[0].code, "tcp_refused");
+        assert_eq!(evaluate_probe("host", &attrs("x", "y")), None);
     }
 
     #[test]

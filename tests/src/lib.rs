@@ -119,7 +119,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(bin: &Path, args: &[&str], log: PathBuf) -> anyhow::Result<Self> {
+    /// Starts `bin` with `args`, its output going to `log`.
+    pub fn spawn(bin: &Path, args: &[&str], log: PathBuf) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .args(args)

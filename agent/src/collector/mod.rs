@@ -3,11 +3,13 @@
 //! deadline, so a slow or failing collector never holds up the others.
 
 pub mod disk;
+pub mod dns;
 pub mod filesystem;
 pub mod filter;
 pub mod host;
 pub mod network;
 pub mod pressure;
+pub mod tcp;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -183,7 +185,28 @@ pub fn build_collectors(
     );
     add(
         c.pressure,
-        Box::new(pressure::PressureCollector::new(id, paths.proc.clone())),
+        Box::new(pressure::PressureCollector::new(
+            id.clone(),
+            paths.proc.clone(),
+        )),
+    );
+    if c.dns.schedule().enabled {
+        add(
+            c.dns.schedule(),
+            Box::new(dns::DnsCollector::new(
+                id.clone(),
+                interval(&c.dns.schedule()),
+                &c.dns.probes,
+            )?),
+        );
+    }
+    add(
+        c.tcp.schedule(),
+        Box::new(tcp::TcpCollector::new(
+            id,
+            interval(&c.tcp.schedule()),
+            &c.tcp.probes,
+        )),
     );
     Ok(out)
 }

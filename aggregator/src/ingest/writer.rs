@@ -506,6 +506,9 @@ impl Writer {
         record: &ResourceRecord,
         window_start: i64,
     ) -> (Health, Vec<crate::model::Reason>) {
+        if let Some(verdict) = health::evaluate_probe(&record.kind, &record.attributes) {
+            return verdict;
+        }
         if record.kind != kind::HOST {
             return (Health::Healthy, Vec::new());
         }

@@ -9,6 +9,7 @@ mod collectors;
 mod health;
 mod outage;
 mod pipeline;
+mod probes;
 mod restart;
 mod up;
 
