@@ -130,6 +130,23 @@ pub struct HealthConfig {
     pub memory: Thresholds,
     /// Swap utilization thresholds.
     pub swap: Thresholds,
+    /// Share of CPU time stolen by the hypervisor.
+    pub cpu_steal: Thresholds,
+    /// Share of CPU time idle waiting for I/O.
+    pub cpu_iowait: Thresholds,
+    /// Pressure stall information, `some` over 10 s, per resource.
+    pub cpu_pressure: Thresholds,
+    /// See `cpu_pressure`.
+    pub memory_pressure: Thresholds,
+    /// See `cpu_pressure`.
+    pub io_pressure: Thresholds,
+}
+
+const fn limits(degraded: f64, unhealthy: f64) -> Thresholds {
+    Thresholds {
+        degraded,
+        unhealthy,
+    }
 }
 
 impl Default for HealthConfig {
@@ -149,6 +166,11 @@ impl Default for HealthConfig {
                 degraded: 0.50,
                 unhealthy: 0.90,
             },
+            cpu_steal: limits(0.10, 0.30),
+            cpu_iowait: limits(0.30, 0.60),
+            cpu_pressure: limits(0.25, 0.50),
+            memory_pressure: limits(0.10, 0.30),
+            io_pressure: limits(0.25, 0.50),
         }
     }
 }
@@ -273,7 +295,8 @@ impl AggregatorConfig {
             "health.stale_after_missed_intervals",
             || "must be at least 1".into(),
         );
-        for (name, t) in [("cpu", h.cpu), ("memory", h.memory), ("swap", h.swap)] {
+        for rule in crate::health::HOST_RULES {
+            let (name, t) = (rule.name, rule.thresholds(h));
             let ok = (0.0..=1.0).contains(&t.degraded)
                 && (0.0..=1.0).contains(&t.unhealthy)
                 && t.degraded <= t.unhealthy;

@@ -9,37 +9,90 @@ use crate::model::{Health, Reason};
 /// Reason code of a resource without fresh data.
 pub const STALE: &str = "stale";
 
-/// Window averages of the host figures the rules look at (fractions, 0..1).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct HostFigures {
-    /// Mean `system.cpu.utilization` (all CPUs).
-    pub cpu: Option<f64>,
-    /// Mean `system.memory.utilization`.
-    pub memory: Option<f64>,
-    /// Mean `system.paging.utilization`.
-    pub swap: Option<f64>,
+/// One threshold rule on a host series (averaged over the evaluation window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRule {
+    /// Rule name: the config key and the reason code prefix.
+    pub name: &'static str,
+    /// The series' metric.
+    pub metric: &'static str,
+    /// The series' canonical attributes.
+    pub attributes: &'static str,
 }
 
-/// The metrics [`HostFigures`] are computed from, with their rule names.
-pub const HOST_RULE_METRICS: [(&str, &str); 3] = [
-    ("cpu", metric::CPU_UTILIZATION),
-    ("memory", metric::MEMORY_UTILIZATION),
-    ("swap", metric::PAGING_UTILIZATION),
+/// Every host rule. Utilizations and pressure are fractions of time.
+pub const HOST_RULES: [HostRule; 8] = [
+    HostRule {
+        name: "cpu",
+        metric: metric::CPU_UTILIZATION,
+        attributes: "",
+    },
+    HostRule {
+        name: "memory",
+        metric: metric::MEMORY_UTILIZATION,
+        attributes: "",
+    },
+    HostRule {
+        name: "swap",
+        metric: metric::PAGING_UTILIZATION,
+        attributes: "",
+    },
+    HostRule {
+        name: "cpu_steal",
+        metric: metric::CPU_UTILIZATION,
+        attributes: "state=\"steal\"",
+    },
+    HostRule {
+        name: "cpu_iowait",
+        metric: metric::CPU_UTILIZATION,
+        attributes: "state=\"iowait\"",
+    },
+    HostRule {
+        name: "cpu_pressure",
+        metric: "system.linux.pressure",
+        attributes: "level=\"some\",resource=\"cpu\",window=\"10s\"",
+    },
+    HostRule {
+        name: "memory_pressure",
+        metric: "system.linux.pressure",
+        attributes: "level=\"some\",resource=\"memory\",window=\"10s\"",
+    },
+    HostRule {
+        name: "io_pressure",
+        metric: "system.linux.pressure",
+        attributes: "level=\"some\",resource=\"io\",window=\"10s\"",
+    },
 ];
 
-/// Health of a host from its figures: the worst of the rules; reasons sorted by code.
-pub fn evaluate_host(f: &HostFigures, cfg: &HealthConfig) -> (Health, Vec<Reason>) {
+impl HostRule {
+    /// The configured thresholds of this rule.
+    pub fn thresholds(&self, cfg: &HealthConfig) -> Thresholds {
+        match self.name {
+            "cpu" => cfg.cpu,
+            "memory" => cfg.memory,
+            "swap" => cfg.swap,
+            "cpu_steal" => cfg.cpu_steal,
+            "cpu_iowait" => cfg.cpu_iowait,
+            "cpu_pressure" => cfg.cpu_pressure,
+            "memory_pressure" => cfg.memory_pressure,
+            _ => cfg.io_pressure,
+        }
+    }
+}
+
+/// Health of a host from the window averages of its rule series (a rule without
+/// data is skipped): the worst of the rules; reasons sorted by code.
+pub fn evaluate_host(figures: &[(HostRule, f64)], cfg: &HealthConfig) -> (Health, Vec<Reason>) {
     let mut reasons = Vec::new();
     let mut health = Health::Healthy;
-    for (name, value, limits, metric) in [
-        ("cpu", f.cpu, cfg.cpu, metric::CPU_UTILIZATION),
-        ("memory", f.memory, cfg.memory, metric::MEMORY_UTILIZATION),
-        ("swap", f.swap, cfg.swap, metric::PAGING_UTILIZATION),
-    ] {
-        let Some(v) = value else { continue };
-        if let Some((h, reason)) =
-            threshold_reason(name, metric, v, limits, cfg.evaluation_window_ms)
-        {
+    for (rule, value) in figures {
+        if let Some((h, reason)) = threshold_reason(
+            rule.name,
+            rule.metric,
+            *value,
+            rule.thresholds(cfg),
+            cfg.evaluation_window_ms,
+        ) {
             health = worse(health, h);
             reasons.push(reason);
         }
@@ -67,7 +120,8 @@ fn threshold_reason(
         Reason {
             code: format!("{name}_{level}"),
             message: format!(
-                "{name} utilization averaged {:.1}% over {}s, threshold {:.1}%",
+                "{} averaged {:.1}% over {}s, threshold {:.1}%",
+                name.replace('_', " "),
                 value * 100.0,
                 window_ms / 1000,
                 threshold * 100.0
@@ -184,30 +238,25 @@ pub fn stale_reason(
 mod tests {
     use super::*;
 
+    fn figures(values: &[(&str, f64)]) -> Vec<(HostRule, f64)> {
+        values
+            .iter()
+            .map(|(name, v)| (*HOST_RULES.iter().find(|r| r.name == *name).unwrap(), *v))
+            .collect()
+    }
+
     #[test]
     fn thresholds() {
         let cfg = HealthConfig::default();
-        let ok = HostFigures {
-            cpu: Some(0.5),
-            memory: Some(0.5),
-            swap: Some(0.0),
-        };
+        let ok = figures(&[("cpu", 0.5), ("memory", 0.5), ("swap", 0.0)]);
         assert_eq!(evaluate_host(&ok, &cfg), (Health::Healthy, vec![]));
 
-        let degraded = HostFigures {
-            cpu: Some(0.93),
-            ..ok
-        };
-        let (h, r) = evaluate_host(&degraded, &cfg);
+        let (h, r) = evaluate_host(&figures(&[("cpu", 0.93), ("memory", 0.5)]), &cfg);
         assert_eq!(h, Health::Degraded);
         assert_eq!(r[0].code, "cpu_high");
         assert_eq!(r[0].threshold, 0.9);
 
-        let bad = HostFigures {
-            cpu: Some(0.93),
-            memory: Some(0.99),
-            swap: Some(0.6),
-        };
+        let bad = figures(&[("cpu", 0.93), ("memory", 0.99), ("swap", 0.6)]);
         let (h, r) = evaluate_host(&bad, &cfg);
         assert_eq!(h, Health::Unhealthy);
         let codes: Vec<_> = r.iter().map(|r| r.code.as_str()).collect();
@@ -215,12 +264,23 @@ mod tests {
     }
 
     #[test]
+    fn contention_degrades_a_host() {
+        let cfg = HealthConfig::default();
+        let (h, r) = evaluate_host(&figures(&[("cpu_steal", 0.2), ("io_pressure", 0.6)]), &cfg);
+        assert_eq!(h, Health::Unhealthy);
+        let codes: Vec<_> = r.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(codes, vec!["cpu_steal_high", "io_pressure_critical"]);
+        assert!(
+            r[0].message.starts_with("cpu steal averaged 20.0%"),
+            "{}",
+            r[0].message
+        );
+    }
+
+    #[test]
     fn missing_figures_are_not_a_problem() {
         let cfg = HealthConfig::default();
-        assert_eq!(
-            evaluate_host(&HostFigures::default(), &cfg).0,
-            Health::Healthy
-        );
+        assert_eq!(evaluate_host(&[], &cfg).0, Health::Healthy);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::IngestError;
 use super::decode::DecodedBatch;
 use crate::config::HealthConfig;
-use crate::health::{self, HostFigures};
+use crate::health;
 use crate::model::{Health, ResourceRecord, changed_fields};
 use crate::series::{SeriesKey, Stats};
 use crate::state::{Model, State};
@@ -512,25 +512,22 @@ impl Writer {
         if record.kind != kind::HOST {
             return (Health::Healthy, Vec::new());
         }
-        let mean = |metric: &str| {
-            let key = SeriesKey {
-                resource_id: record.id.clone(),
-                metric: metric.to_string(),
-                attributes: String::new(),
-            };
-            let mut stats = model.series.stats_since(&key, window_start);
-            if let Some(fresh) = plan.window.get(&key) {
-                stats.count += fresh.count;
-                stats.sum += fresh.sum;
-            }
-            stats.mean()
-        };
-        let [(_, cpu), (_, memory), (_, swap)] = health::HOST_RULE_METRICS;
-        let figures = HostFigures {
-            cpu: mean(cpu),
-            memory: mean(memory),
-            swap: mean(swap),
-        };
+        let figures: Vec<(health::HostRule, f64)> = health::HOST_RULES
+            .iter()
+            .filter_map(|rule| {
+                let key = SeriesKey {
+                    resource_id: record.id.clone(),
+                    metric: rule.metric.to_string(),
+                    attributes: rule.attributes.to_string(),
+                };
+                let mut stats = model.series.stats_since(&key, window_start);
+                if let Some(fresh) = plan.window.get(&key) {
+                    stats.count += fresh.count;
+                    stats.sum += fresh.sum;
+                }
+                stats.mean().map(|m| (*rule, m))
+            })
+            .collect();
         health::evaluate_host(&figures, &self.config.health)
     }
 
