@@ -124,6 +124,8 @@ pub struct CollectorsConfig {
     pub network: FilteredSchedule,
     /// Steal, iowait, pressure stall information, paging, run queue.
     pub pressure: CollectorSchedule,
+    /// NVIDIA GPUs through NVML (quiet where there is no driver).
+    pub gpu: CollectorSchedule,
     /// DNS probes (none by default).
     pub dns: ProbeSet<crate::collector::dns::DnsProbeConfig>,
     /// TCP connect probes (none by default).
@@ -190,6 +192,7 @@ impl Default for CollectorsConfig {
             filesystem: filtered(&crate::collector::filesystem::DEFAULT_EXCLUDE),
             network: filtered(&crate::collector::network::DEFAULT_EXCLUDE),
             pressure: every_10s(true),
+            gpu: every_10s(true),
             dns: ProbeSet::empty(),
             tcp: ProbeSet::empty(),
         }
@@ -198,13 +201,14 @@ impl Default for CollectorsConfig {
 
 impl CollectorsConfig {
     /// Every collector's schedule with its config key.
-    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 7] {
+    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 8] {
         [
             ("host", self.host),
             ("disk", self.disk.schedule()),
             ("filesystem", self.filesystem.schedule()),
             ("network", self.network.schedule()),
             ("pressure", self.pressure),
+            ("gpu", self.gpu),
             ("dns", self.dns.schedule()),
             ("tcp", self.tcp.schedule()),
         ]

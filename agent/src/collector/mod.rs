@@ -6,6 +6,7 @@ pub mod disk;
 pub mod dns;
 pub mod filesystem;
 pub mod filter;
+pub mod gpu;
 pub mod host;
 pub mod network;
 pub mod pressure;
@@ -203,10 +204,14 @@ pub fn build_collectors(
     add(
         c.tcp.schedule(),
         Box::new(tcp::TcpCollector::new(
-            id,
+            id.clone(),
             interval(&c.tcp.schedule()),
             &c.tcp.probes,
         )),
+    );
+    add(
+        c.gpu,
+        Box::new(gpu::GpuCollector::new(id, interval(&c.gpu), None)),
     );
     Ok(out)
 }
