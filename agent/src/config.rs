@@ -130,6 +130,8 @@ pub struct CollectorsConfig {
     pub dns: ProbeSet<crate::collector::dns::DnsProbeConfig>,
     /// TCP connect probes (none by default).
     pub tcp: ProbeSet<crate::collector::tcp::TcpProbeConfig>,
+    /// ICMP echo probes (none by default).
+    pub icmp: ProbeSet<crate::collector::icmp::IcmpProbeConfig>,
 }
 
 /// A schedule and a list of probes; the collector runs only when the list is not empty.
@@ -195,13 +197,14 @@ impl Default for CollectorsConfig {
             gpu: every_10s(true),
             dns: ProbeSet::empty(),
             tcp: ProbeSet::empty(),
+            icmp: ProbeSet::empty(),
         }
     }
 }
 
 impl CollectorsConfig {
     /// Every collector's schedule with its config key.
-    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 8] {
+    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 9] {
         [
             ("host", self.host),
             ("disk", self.disk.schedule()),
@@ -211,6 +214,7 @@ impl CollectorsConfig {
             ("gpu", self.gpu),
             ("dns", self.dns.schedule()),
             ("tcp", self.tcp.schedule()),
+            ("icmp", self.icmp.schedule()),
         ]
     }
 }
@@ -384,14 +388,28 @@ impl AgentConfig {
             .map(|p| p.timeout_ms)
             .max()
             .unwrap_or(0);
+        let slowest_icmp = self
+            .collectors
+            .icmp
+            .probes
+            .iter()
+            .map(|p| p.budget_ms())
+            .max()
+            .unwrap_or(0);
+        for (i, probe) in self.collectors.icmp.probes.iter().enumerate() {
+            for problem in probe.problems() {
+                p.push(format!("collectors.icmp.probes[{i}]"), problem);
+            }
+        }
         for (name, slowest, deadline) in [
             ("dns", slowest_dns, self.collectors.dns.deadline_ms),
             ("tcp", slowest_tcp, self.collectors.tcp.deadline_ms),
+            ("icmp", slowest_icmp, self.collectors.icmp.deadline_ms),
         ] {
             p.check(
                 slowest < deadline,
                 &format!("collectors.{name}.deadline_ms"),
-                || format!("must be above the longest probe timeout_ms ({slowest})"),
+                || format!("must be above the longest probe run ({slowest} ms: timeout, and for ICMP the spacing of the requests)"),
             );
         }
         for (name, s) in self.collectors.schedules() {

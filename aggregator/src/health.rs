@@ -145,13 +145,14 @@ pub fn evaluate_probe(
     let (prefix, key) = match kind {
         "dns_probe" => ("dns", "dns.result"),
         "tcp_probe" => ("tcp", "tcp.result"),
+        "icmp_probe" => ("icmp", "icmp.result"),
         _ => return None,
     };
     let outcome = attributes.get(key).map(String::as_str).unwrap_or("error");
     if outcome == "ok" {
         return Some((Health::Healthy, Vec::new()));
     }
-    let health = if outcome == "wrong_answer" {
+    let health = if matches!(outcome, "wrong_answer" | "loss") {
         Health::Degraded
     } else {
         Health::Unhealthy
@@ -159,6 +160,7 @@ pub fn evaluate_probe(
     let target = attributes
         .get("dns.question.name")
         .or_else(|| attributes.get("server.address"))
+        .or_else(|| attributes.get("network.peer.address"))
         .cloned()
         .unwrap_or_default();
     let message = match (prefix, outcome) {
@@ -174,6 +176,8 @@ pub fn evaluate_probe(
         (_, "timeout") => format!("{target} did not answer in time"),
         ("tcp", "refused") => format!("{target} refused the connection"),
         ("tcp", "unreachable") => format!("{target} is unreachable"),
+        ("icmp", "loss") => format!("{target}: some echo replies were lost"),
+        ("icmp", "unreachable") => format!("{target}: no echo reply came back"),
         _ => format!("{target}: {outcome}"),
     };
     let code: String = format!("{prefix}_{outcome}")

@@ -8,6 +8,7 @@ pub mod filesystem;
 pub mod filter;
 pub mod gpu;
 pub mod host;
+pub mod icmp;
 pub mod network;
 pub mod pressure;
 pub mod tcp;
@@ -207,6 +208,14 @@ pub fn build_collectors(
             id.clone(),
             interval(&c.tcp.schedule()),
             &c.tcp.probes,
+        )),
+    );
+    add(
+        c.icmp.schedule(),
+        Box::new(icmp::IcmpCollector::new(
+            id.clone(),
+            interval(&c.icmp.schedule()),
+            &c.icmp.probes,
         )),
     );
     add(

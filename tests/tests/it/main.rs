@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod collectors;
 mod health;
+mod icmp;
 mod outage;
 mod pipeline;
 mod probes;
