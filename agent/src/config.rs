@@ -21,6 +21,8 @@ pub struct AgentConfig {
     pub name: String,
     /// Kubernetes node name (label `k8s.node.name` of the host); `NODE_NAME` fills it.
     pub node_name: String,
+    /// Address of the local Prometheus `/metrics` endpoint; empty turns it off.
+    pub metrics_listen: String,
     /// Directory for the agent's durable state (its sequence number).
     pub state_dir: PathBuf,
     /// `text` or `json`.
@@ -40,6 +42,7 @@ impl Default for AgentConfig {
         Self {
             name: String::new(),
             node_name: String::new(),
+            metrics_listen: "127.0.0.1:9465".into(),
             state_dir: PathBuf::from("/var/lib/infrawatch-agent"),
             log_format: LogFormat::Text,
             aggregator: AggregatorConfig::default(),
@@ -126,6 +129,8 @@ pub struct CollectorsConfig {
     pub pressure: CollectorSchedule,
     /// NVIDIA GPUs through NVML (quiet where there is no driver).
     pub gpu: CollectorSchedule,
+    /// The agent's own health: collector runs, CPU, memory, dropped batches.
+    pub agent: CollectorSchedule,
     /// DNS probes (none by default).
     pub dns: ProbeSet<crate::collector::dns::DnsProbeConfig>,
     /// TCP connect probes (none by default).
@@ -195,6 +200,7 @@ impl Default for CollectorsConfig {
             network: filtered(&crate::collector::network::DEFAULT_EXCLUDE),
             pressure: every_10s(true),
             gpu: every_10s(true),
+            agent: every_10s(true),
             dns: ProbeSet::empty(),
             tcp: ProbeSet::empty(),
             icmp: ProbeSet::empty(),
@@ -204,7 +210,7 @@ impl Default for CollectorsConfig {
 
 impl CollectorsConfig {
     /// Every collector's schedule with its config key.
-    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 9] {
+    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 10] {
         [
             ("host", self.host),
             ("disk", self.disk.schedule()),
@@ -212,6 +218,7 @@ impl CollectorsConfig {
             ("network", self.network.schedule()),
             ("pressure", self.pressure),
             ("gpu", self.gpu),
+            ("agent", self.agent),
             ("dns", self.dns.schedule()),
             ("tcp", self.tcp.schedule()),
             ("icmp", self.icmp.schedule()),
@@ -354,6 +361,17 @@ impl AgentConfig {
             self.batch.max_queued_batches >= 1,
             "batch.max_queued_batches",
             || "must be at least 1".into(),
+        );
+        p.check(
+            self.metrics_listen.is_empty()
+                || self.metrics_listen.parse::<std::net::SocketAddr>().is_ok(),
+            "metrics_listen",
+            || {
+                format!(
+                    "{:?} must be ip:port (e.g. 127.0.0.1:9465) or empty",
+                    self.metrics_listen
+                )
+            },
         );
         p.check(
             self.collectors.schedules().iter().any(|(_, s)| s.enabled),

@@ -17,8 +17,10 @@
 pub mod batch;
 pub mod collector;
 pub mod config;
+pub mod local_metrics;
 pub mod pending;
 pub mod scheduler;
+pub mod self_health;
 pub mod seq;
 pub mod transport;
 
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 use infrawatch_common::tls::{TlsError, TlsMaterial};
 use infrawatch_proto::v1::{Hello, HostIdentity as WireHostIdentity};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +38,7 @@ use crate::batch::BatchBuilder;
 use crate::collector::{CollectError, Collection, host::HostIdentity};
 use crate::config::AgentConfig;
 use crate::pending::PendingBatches;
+use crate::self_health::SelfHealth;
 use crate::seq::{SeqAllocator, SeqError};
 use crate::transport::Transport;
 
@@ -66,7 +70,11 @@ pub enum AgentError {
 
 /// Runs the agent until `shutdown` is cancelled, then flushes and waits up to
 /// [`SHUTDOWN_GRACE`] for the last acknowledgements.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let tls = TlsMaterial::load(&config.aggregator.tls)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
         path: config.state_dir.clone(),
@@ -78,7 +86,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         u32::try_from(config.collectors.host.interval_ms).unwrap_or(u32::MAX),
         &config.node_name,
     );
-    let collectors = collector::build_collectors(&config, &host_resource.id)?;
+    let mut collectors = collector::build_collectors(&config, &host_resource.id)?;
+    let pending = PendingBatches::new(config.batch.max_queued_batches);
+    let health = SelfHealth::default();
+    if config.collectors.agent.enabled {
+        collectors.push(collector::ScheduledCollector {
+            collector: Box::new(collector::agent::AgentCollector::new(
+                host_resource.id.clone(),
+                u32::try_from(config.collectors.agent.interval_ms).unwrap_or(u32::MAX),
+                config.name.clone(),
+                health.clone(),
+                pending.clone(),
+            )),
+            schedule: config.collectors.agent,
+        });
+    }
     let name = if config.name.is_empty() {
         identity.hostname.clone()
     } else {
@@ -111,12 +133,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         "Agent starting."
     );
 
-    let pending = PendingBatches::new(config.batch.max_queued_batches);
+    if let (Some(handle), false) = (metrics, config.metrics_listen.is_empty()) {
+        tokio::spawn(local_metrics::serve(
+            config.metrics_listen.clone(),
+            handle,
+            shutdown.clone(),
+        ));
+    }
     let (collected_tx, collected_rx) = mpsc::channel::<Collection>(64);
     let mut collector_tasks = JoinSet::new();
     scheduler::spawn_collectors(
         collectors,
         collected_tx,
+        health,
         shutdown.clone(),
         &mut collector_tasks,
     );

@@ -50,6 +50,13 @@ fn main() -> ExitCode {
     }
     infrawatch_common::install_crypto_provider();
     infrawatch_common::telemetry::init_tracing(config.log_format);
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("infrawatch-agent: local metrics disabled: {e}");
+            None
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,7 +71,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        match infrawatch_agent::run(config, shutdown).await {
+        match infrawatch_agent::run(config, metrics, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "Agent failed.");

@@ -10,22 +10,30 @@ use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::collector::{Collection, ScheduledCollector};
+use crate::self_health::SelfHealth;
 
 /// Starts one task per collector; they stop when `shutdown` is cancelled.
 pub fn spawn_collectors(
     collectors: Vec<ScheduledCollector>,
     out: mpsc::Sender<Collection>,
+    health: SelfHealth,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
     for scheduled in collectors {
-        tasks.spawn(run_one(scheduled, out.clone(), shutdown.clone()));
+        tasks.spawn(run_one(
+            scheduled,
+            out.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
 async fn run_one(
     mut scheduled: ScheduledCollector,
     out: mpsc::Sender<Collection>,
+    health: SelfHealth,
     shutdown: CancellationToken,
 ) {
     let name = scheduled.collector.name();
@@ -39,7 +47,18 @@ async fn run_one(
         }
         let mut collection = Collection::default();
         let started = std::time::Instant::now();
-        match timeout(deadline, scheduled.collector.collect(&mut collection)).await {
+        let started_ms = infrawatch_common::time::now_unix_ms();
+        let result = timeout(deadline, scheduled.collector.collect(&mut collection)).await;
+        let error = match &result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "missed its deadline of {} ms",
+                deadline.as_millis()
+            )),
+        };
+        health.record(name, started_ms, started.elapsed(), error);
+        match result {
             Ok(Ok(())) => {
                 tracing::debug!(collector = name, elapsed = ?started.elapsed(), samples = collection.samples.len(), "Collected.");
             }
@@ -126,6 +145,7 @@ mod tests {
                 },
             ],
             tx,
+            SelfHealth::default(),
             shutdown.clone(),
             &mut tasks,
         );

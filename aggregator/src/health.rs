@@ -142,6 +142,25 @@ pub fn evaluate_probe(
     kind: &str,
     attributes: &std::collections::BTreeMap<String, String>,
 ) -> Option<(Health, Vec<Reason>)> {
+    if kind == "agent" {
+        let failing = attributes
+            .get("agent.failing_collectors")
+            .map(String::as_str)
+            .unwrap_or_default();
+        if failing.is_empty() {
+            return Some((Health::Healthy, Vec::new()));
+        }
+        return Some((
+            Health::Degraded,
+            vec![Reason {
+                code: "agent_collector_failing".into(),
+                message: format!("the last run of these collectors failed: {failing}"),
+                metric: String::new(),
+                observed: 0.0,
+                threshold: 0.0,
+            }],
+        ));
+    }
     let (prefix, key) = match kind {
         "dns_probe" => ("dns", "dns.result"),
         "tcp_probe" => ("tcp", "tcp.result"),

@@ -294,6 +294,8 @@ fn unique() -> u128 {
 pub struct Agent {
     /// The process.
     pub process: Process,
+    /// Its local `/metrics` address.
+    pub metrics: SocketAddr,
 }
 
 impl Agent {
@@ -320,7 +322,8 @@ impl Agent {
     ) -> anyhow::Result<Self> {
         let config = dir.join(format!("agent-{name}.toml"));
         let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-        let schedules: String = ["host", "disk", "filesystem", "network", "pressure"]
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let schedules: String = ["host", "disk", "filesystem", "network", "pressure", "agent"]
             .iter()
             .map(|c| {
                 format!(
@@ -332,7 +335,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {}\n[aggregator]\nendpoints = [{}]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n\
+                "state_dir = {}\nmetrics_listen = \"{metrics}\"\n[aggregator]\nendpoints = [{}]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n\
                  [aggregator.tls]\nca = {}\ncert = {}\nkey = {}\n\
                  [batch]\nflush_interval_ms = 200\n{schedules}{extra}\n",
                 toml_path(&dir.join(format!("{name}-state"))),
@@ -348,7 +351,7 @@ impl Agent {
             &["--config", &config.display().to_string()],
             log,
         )?;
-        Ok(Self { process })
+        Ok(Self { process, metrics })
     }
 }
 

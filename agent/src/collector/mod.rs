@@ -2,6 +2,7 @@
 //! samples. The scheduler runs every enabled collector on its own interval and
 //! deadline, so a slow or failing collector never holds up the others.
 
+pub mod agent;
 pub mod disk;
 pub mod dns;
 pub mod filesystem;

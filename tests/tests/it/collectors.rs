@@ -139,6 +139,31 @@ async fn collectors_agree_with_the_kernel_and_see_a_disk_load() {
     );
     assert_eq!(inventory["relations"][0]["type"], "runs_on");
 
+    // The agent's own health: a resource of its own, and the local /metrics.
+    let (_, me) = agg.get(&format!("/api/v1/resources/agent/{}", machine_id()));
+    assert_eq!(me["kind"], "agent", "{me}");
+    assert_eq!(me["health"], "healthy", "no collector failing: {me}");
+    let rss = latest_where(&me, "process.memory.usage", "");
+    assert!(rss[0] > 1e6 && rss[0] < 256e6, "agent RSS {rss:?}");
+    assert!(
+        !latest_where(
+            &me,
+            "infrawatch.agent.collector.duration",
+            "collector=\"disk\""
+        )
+        .is_empty()
+    );
+    let (status, text) = infrawatch_e2e::http_get(_agent.metrics, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("infrawatch_agent_collector_duration_seconds{collector=\"host\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("infrawatch_agent_process_resident_memory_bytes"),
+        "{text}"
+    );
+
     // Pressure: PSI where the kernel has it.
     if std::path::Path::new("/proc/pressure/io").exists() {
         assert!(!latest_where(&r, "system.linux.pressure", "resource=\"io\"").is_empty());
