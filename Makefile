@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test deps services build lint clean
+.PHONY: run test deps services build lint bench clean
 
 run: deps
 	$(CARGO) build --release --workspace --bins
@@ -29,6 +29,10 @@ build: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps
+	$(CARGO) bench --workspace
+	tests/bench/agent-cost.sh 60
 
 clean:
 	$(CARGO) clean

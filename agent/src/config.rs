@@ -125,6 +125,9 @@ pub struct CollectorsConfig {
     pub filesystem: FilteredSchedule,
     /// Interfaces, TCP/UDP figures and listening sockets.
     pub network: FilteredSchedule,
+    /// How often the network collector re-reads the listening sockets (costly:
+    /// the kernel walks its whole socket table); described in every batch anyway.
+    pub listening_interval_ms: u64,
     /// Steal, iowait, pressure stall information, paging, run queue.
     pub pressure: CollectorSchedule,
     /// NVIDIA GPUs through NVML (quiet where there is no driver).
@@ -198,6 +201,7 @@ impl Default for CollectorsConfig {
             disk: filtered(&crate::collector::disk::DEFAULT_EXCLUDE),
             filesystem: filtered(&crate::collector::filesystem::DEFAULT_EXCLUDE),
             network: filtered(&crate::collector::network::DEFAULT_EXCLUDE),
+            listening_interval_ms: crate::collector::network::LISTENING_INTERVAL_MS,
             pressure: every_10s(true),
             gpu: every_10s(true),
             agent: every_10s(true),
@@ -372,6 +376,11 @@ impl AgentConfig {
                     self.metrics_listen
                 )
             },
+        );
+        p.check(
+            self.collectors.listening_interval_ms >= 1_000,
+            "collectors.listening_interval_ms",
+            || "must be at least 1000".into(),
         );
         p.check(
             self.collectors.schedules().iter().any(|(_, s)| s.enabled),

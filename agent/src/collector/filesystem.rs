@@ -2,8 +2,8 @@
 //! mounted read-only. Mounts come from the host's mount table (`<proc>/1/mountinfo`,
 //! else `<proc>/self/mountinfo`) and are measured with statvfs under the host root.
 //! Pseudo filesystems and runtime-internal mount points are left out by default.
-//! Each statvfs runs on the blocking pool with a timeout, so a hung network mount
-//! costs one thread, not the collector.
+//! For network and FUSE filesystems each statvfs runs on the blocking pool with a
+//! timeout, so a hung mount costs one thread, not the collector.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +54,24 @@ pub const DEFAULT_EXCLUDE: [&str; 8] = [
     "/run/credentials/*",
     "/var/lib/docker/*",
 ];
+
+/// Filesystem types whose statvfs can block for long (network, FUSE).
+fn may_hang(fs_type: &str) -> bool {
+    matches!(
+        fs_type,
+        "nfs"
+            | "nfs4"
+            | "cifs"
+            | "smb3"
+            | "smbfs"
+            | "ceph"
+            | "glusterfs"
+            | "9p"
+            | "afs"
+            | "sshfs"
+            | "davfs"
+    ) || fs_type.starts_with("fuse")
+}
 
 /// Longest time one statvfs may take.
 const STAT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -207,11 +225,17 @@ impl Collector for FilesystemCollector {
         let mut failed: Option<CollectError> = None;
         for m in self.mounts()? {
             let path = self.host_root.join(m.mountpoint.trim_start_matches('/'));
-            let stat = tokio::time::timeout(
-                STAT_TIMEOUT,
-                tokio::task::spawn_blocking(move || statvfs(&path)),
-            )
-            .await;
+            // Local filesystems answer statvfs at once; only those that can hang
+            // (network and FUSE mounts) pay for a trip to the blocking pool.
+            let stat = if may_hang(&m.fs_type) {
+                tokio::time::timeout(
+                    STAT_TIMEOUT,
+                    tokio::task::spawn_blocking(move || statvfs(&path)),
+                )
+                .await
+            } else {
+                Ok(Ok(statvfs(&path)))
+            };
             let usage = match stat {
                 Ok(Ok(Ok(u))) => u,
                 Ok(Ok(Err(reason))) => {

@@ -178,13 +178,16 @@ pub fn build_collectors(
     );
     add(
         c.network.schedule(),
-        Box::new(network::NetworkCollector::new(
-            id.clone(),
-            paths.proc.clone(),
-            paths.sys.clone(),
-            c.network.filter(),
-            interval(&c.network.schedule()),
-        )),
+        Box::new(
+            network::NetworkCollector::new(
+                id.clone(),
+                paths.proc.clone(),
+                paths.sys.clone(),
+                c.network.filter(),
+                interval(&c.network.schedule()),
+            )
+            .with_listening_interval(std::time::Duration::from_millis(c.listening_interval_ms)),
+        ),
     );
     add(
         c.pressure,

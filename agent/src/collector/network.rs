@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use infrawatch_common::resource::MAX_LABEL_VALUE_LEN;
 use infrawatch_common::time::now_unix_ms;
@@ -22,20 +22,34 @@ use infrawatch_common::time::now_unix_ms;
 use super::filter::NameFilter;
 use super::{CollectError, Collection, Collector, ObservedResource};
 
+/// How often the listening-socket inventory is taken by default.
+pub const LISTENING_INTERVAL_MS: u64 = 30_000;
+
 /// Interfaces left out unless the configuration says otherwise.
 pub const DEFAULT_EXCLUDE: [&str; 1] = ["lo"];
 
-/// Counter files read per interface, in this order.
-const COUNTERS: [&str; 8] = [
-    "rx_bytes",
-    "tx_bytes",
-    "rx_packets",
-    "tx_packets",
-    "rx_errors",
-    "tx_errors",
-    "rx_dropped",
-    "tx_dropped",
-];
+/// Parses `/proc/net/dev` into counters per interface, in the order rx/tx bytes,
+/// rx/tx packets, rx/tx errors, rx/tx drops.
+pub fn parse_net_dev(text: &str) -> HashMap<String, [u64; 8]> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .map(|f| f.parse().ok())
+                .collect::<Option<_>>()?;
+            if v.len() < 16 {
+                return None;
+            }
+            let (rx, tx) = (&v[..8], &v[8..]);
+            Some((
+                name.trim().to_string(),
+                [rx[0], tx[0], rx[1], tx[1], rx[2], tx[2], rx[3], tx[3]],
+            ))
+        })
+        .collect()
+}
 
 /// Cumulative TCP/UDP counters of interest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -151,6 +165,11 @@ pub struct NetworkCollector {
     filter: NameFilter,
     interval_ms: u32,
     previous: Option<(HashMap<String, [u64; 8]>, StackCounters, Instant)>,
+    /// How often the listening-socket inventory is taken: reading
+    /// `/proc/net/tcp{,6}` walks the kernel's whole socket hash table (about 2 ms
+    /// each here), far more than everything else this collector does.
+    listening_every: Duration,
+    listening_taken: Option<(Instant, ObservedResource)>,
 }
 
 impl NetworkCollector {
@@ -169,7 +188,15 @@ impl NetworkCollector {
             filter,
             interval_ms,
             previous: None,
+            listening_every: Duration::from_millis(LISTENING_INTERVAL_MS),
+            listening_taken: None,
         }
+    }
+
+    /// Takes the listening-socket inventory every `every` instead of the default.
+    pub fn with_listening_interval(mut self, every: Duration) -> Self {
+        self.listening_every = every;
+        self
     }
 
     fn net_file(&self, name: &str) -> Result<String, CollectError> {
@@ -218,18 +245,17 @@ impl NetworkCollector {
     ) -> HashMap<String, [u64; 8]> {
         let id = self.host_id.as_str();
         let mut current = HashMap::new();
+        // One read of <proc>/net/dev gives every interface's counters (eight sysfs
+        // files per interface cost about ten times more).
+        let dev_table = self
+            .net_file("dev")
+            .map(|t| parse_net_dev(&t))
+            .unwrap_or_default();
         for name in self.interfaces() {
-            let mut counters = [0u64; 8];
-            let mut complete = true;
-            for (i, file) in COUNTERS.iter().enumerate() {
-                match self
-                    .read_sys(&name, &format!("statistics/{file}"))
-                    .and_then(|v| v.parse().ok())
-                {
-                    Some(v) => counters[i] = v,
-                    None => complete = false,
-                }
-            }
+            let (counters, complete) = match dev_table.get(&name) {
+                Some(c) => (*c, true),
+                None => ([0u64; 8], false),
+            };
             let dev = [("device", name.as_str())];
             let up = self
                 .read_sys(&name, "operstate")
@@ -413,7 +439,18 @@ impl Collector for NetworkCollector {
             }
         }
         self.previous = Some((interfaces, stack, now));
-        out.resources.push(self.listening()?);
+        // The inventory is described in every batch (so the resource never looks
+        // stale) but re-read only every `listening_every`.
+        let due = self
+            .listening_taken
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= self.listening_every);
+        if due {
+            self.listening_taken = Some((now, self.listening()?));
+        }
+        if let Some((_, inventory)) = &self.listening_taken {
+            out.resources.push(inventory.clone());
+        }
         Ok(())
     }
 }
@@ -456,6 +493,12 @@ mod tests {
         let many: BTreeSet<u16> = (1..=1000).collect();
         let (list, truncated) = port_list(&many);
         assert!(truncated && list.len() <= MAX_LABEL_VALUE_LEN);
+    }
+
+    #[test]
+    fn net_dev() {
+        let text = "Inter-|   Receive |  Transmit\n face |bytes packets\n  eth0: 100 2 0 1 0 0 0 0 300 4 5 6 0 0 0 0\n";
+        assert_eq!(parse_net_dev(text)["eth0"], [100, 300, 2, 4, 0, 5, 1, 6]);
     }
 
     #[tokio::test]

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Measures the whole agent against Debian's prometheus-node-exporter, side by side
+# on this machine: CPU time per minute and memory, with the agent collecting
+# everything every second and node_exporter scraped once a second.
+#
+#   tests/bench/agent-cost.sh [SECONDS]     (default 60; needs root for apt-get)
+#
+# Everything runs on loopback. Prints a table; BENCHMARKS.md keeps the figures.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-60}
+
+if ! command -v prometheus-node-exporter >/dev/null 2>&1; then
+  apt-get install -y -qq prometheus-node-exporter >/dev/null
+fi
+cargo build --release --workspace --bins -q
+
+work=$(mktemp -d)
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+pids=()
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+grpc=$(free_port); rest=$(free_port); nodeexp=$(free_port); agent_metrics=$(free_port)
+target/release/infrawatch certs --dir "$work/tls" --client agent-bench >/dev/null 2>&1
+
+cat > "$work/aggregator.toml" <<TOML
+[grpc]
+listen = "127.0.0.1:$grpc"
+[grpc.tls]
+ca = "$work/tls/ca.pem"
+cert = "$work/tls/server.pem"
+key = "$work/tls/server-key.pem"
+[rest]
+listen = "127.0.0.1:$rest"
+[storage]
+url = "sqlite://$work/iw.db"
+TOML
+cat > "$work/agent.toml" <<TOML
+state_dir = "$work/agent"
+metrics_listen = "127.0.0.1:$agent_metrics"
+[aggregator]
+endpoints = ["https://127.0.0.1:$grpc"]
+[aggregator.tls]
+ca = "$work/tls/ca.pem"
+cert = "$work/tls/agent-bench.pem"
+key = "$work/tls/agent-bench-key.pem"
+[collectors.host]
+interval_ms = 1000
+deadline_ms = 500
+[collectors.disk]
+interval_ms = 1000
+deadline_ms = 500
+[collectors.filesystem]
+interval_ms = 1000
+deadline_ms = 500
+[collectors.network]
+interval_ms = 1000
+deadline_ms = 500
+[collectors.pressure]
+interval_ms = 1000
+deadline_ms = 500
+[collectors.agent]
+interval_ms = 1000
+deadline_ms = 500
+TOML
+
+target/release/infrawatch-aggregator --config "$work/aggregator.toml" >"$work/aggregator.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$rest/readyz" >/dev/null && break; sleep 0.1; done
+target/release/infrawatch-agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 & agent=$!; pids+=($agent)
+prometheus-node-exporter --web.listen-address="127.0.0.1:$nodeexp" >"$work/node-exporter.log" 2>&1 & nexp=$!; pids+=($nexp)
+sleep 5
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+a0=$(cpu_ticks "$agent"); n0=$(cpu_ticks "$nexp")
+series=0
+for _ in $(seq 1 "$secs"); do
+  series=$(curl -fs "http://127.0.0.1:$nodeexp/metrics" | grep -vc '^#' || true)
+  sleep 1
+done
+a1=$(cpu_ticks "$agent"); n1=$(cpu_ticks "$nexp")
+
+agent_ms_per_min=$(( (a1 - a0) * 10 * 60 / secs ))
+nexp_ms_per_min=$(( (n1 - n0) * 10 * 60 / secs ))
+agent_series=$(curl -fs "http://127.0.0.1:$rest/api/v1/resources/host/$(cat /etc/machine-id)" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["latest"]))')
+
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; window ${secs}s"
+printf '%-34s %14s %12s %12s %10s\n' "process" "CPU ms/minute" "RSS MiB" "peak MiB" "series"
+printf '%-34s %14s %12s %12s %10s\n' "infrawatch-agent (1 s, all)" "$agent_ms_per_min" \
+  "$(( $(rss_kb "$agent") / 1024 ))" "$(( $(hwm_kb "$agent") / 1024 ))" "$agent_series (host)"
+printf '%-34s %14s %12s %12s %10s\n' "node_exporter (scraped every 1 s)" "$nexp_ms_per_min" \
+  "$(( $(rss_kb "$nexp") / 1024 ))" "$(( $(hwm_kb "$nexp") / 1024 ))" "$series"
+if [ "$nexp_ms_per_min" -gt 0 ]; then
+  python3 -c "print(f'agent / node_exporter CPU: {$agent_ms_per_min / $nexp_ms_per_min:.3f}')"
+fi
