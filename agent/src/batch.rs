@@ -1,8 +1,20 @@
 //! Turns collections into compact wire batches: strings once per batch, samples as
 //! three packed columns (series index, time offset, value).
+//!
+//! Everything is checked here against the aggregator's rules first, because the
+//! aggregator refuses a whole batch for one bad item: a resource with an invalid id
+//! is dropped with its samples, a label with an invalid key is dropped, label
+//! values are cleaned (control characters removed, cut to the length limit), and a
+//! sample with an invalid metric, attribute key or a non-finite value is dropped.
+//! Every drop is counted (`infrawatch_agent_batch_items_dropped_total{reason}`)
+//! and logged once per reason.
 
 use std::collections::HashMap;
 
+use infrawatch_common::resource::{
+    MAX_LABELS_PER_RESOURCE, sanitize_label_value, validate_label, validate_metric_name,
+    validate_resource_id,
+};
 use infrawatch_proto::v1::{Batch, Relation, ResourceObservation, SampleColumns, SeriesDef};
 
 use crate::collector::{Collection, ObservedResource};
@@ -21,6 +33,34 @@ pub struct BatchBuilder {
     series_index: HashMap<(u32, u32, Vec<u32>), u32>,
     columns: SampleColumns,
     timestamps: Vec<i64>,
+    /// Drop reasons already logged (each is logged once, counted always).
+    logged: std::collections::HashSet<&'static str>,
+}
+
+/// Cleans a label map: invalid keys dropped, values cleaned, at most the limit kept.
+fn clean_labels(
+    map: std::collections::BTreeMap<String, String>,
+    budget: &mut usize,
+    dropped: &mut Vec<(&'static str, String)>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let v = sanitize_label_value(&v);
+        if let Err(e) = validate_label(&k, &v) {
+            dropped.push(("label", e));
+            continue;
+        }
+        if *budget == 0 {
+            dropped.push((
+                "label",
+                format!("label {k:?} over the limit of {MAX_LABELS_PER_RESOURCE}"),
+            ));
+            continue;
+        }
+        *budget -= 1;
+        out.push((k, v));
+    }
+    out
 }
 
 impl BatchBuilder {
@@ -48,12 +88,57 @@ impl BatchBuilder {
         self.resources.len() <= self.base.len() && self.columns.values.is_empty()
     }
 
+    fn dropped(&mut self, reason: &'static str, detail: &str) {
+        metrics::counter!("infrawatch_agent_batch_items_dropped_total", "reason" => reason)
+            .increment(1);
+        if self.logged.insert(reason) {
+            tracing::warn!(
+                reason,
+                detail,
+                "Dropped an item the aggregator would refuse (logged once per reason)."
+            );
+        }
+    }
+
     /// Adds a collection; a resource seen again replaces its earlier description.
     pub fn add(&mut self, collection: Collection) {
+        let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
         for r in collection.resources {
+            if let Err(e) = validate_resource_id(&r.id) {
+                self.dropped("resource_id", &e);
+                refused.insert(r.id);
+                continue;
+            }
             self.add_resource(r);
         }
         for s in collection.samples {
+            if refused.contains(&s.resource_id) {
+                continue;
+            }
+            if let Err(e) = validate_resource_id(&s.resource_id) {
+                self.dropped("resource_id", &e);
+                continue;
+            }
+            if let Err(e) = validate_metric_name(&s.metric) {
+                self.dropped("metric", &e);
+                continue;
+            }
+            if !s.value.is_finite() {
+                self.dropped("non_finite", &s.metric);
+                continue;
+            }
+            let attributes: Vec<(&str, String)> = s
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.as_ref(), sanitize_label_value(v)))
+                .collect();
+            if let Some(e) = attributes
+                .iter()
+                .find_map(|(k, v)| validate_label(k, v).err())
+            {
+                self.dropped("attribute", &e);
+                continue;
+            }
             let resource = match self.resource_index.get(&s.resource_id) {
                 Some(i) => *i,
                 None => self.add_resource(ObservedResource {
@@ -66,8 +151,8 @@ impl BatchBuilder {
                 }),
             };
             let metric = self.intern(&s.metric);
-            let mut attrs = Vec::with_capacity(s.attributes.len() * 2);
-            for (k, v) in &s.attributes {
+            let mut attrs = Vec::with_capacity(attributes.len() * 2);
+            for (k, v) in &attributes {
                 attrs.push(self.intern(k));
                 attrs.push(self.intern(v));
             }
@@ -88,14 +173,22 @@ impl BatchBuilder {
     }
 
     fn add_resource(&mut self, r: ObservedResource) -> u32 {
+        let mut budget = MAX_LABELS_PER_RESOURCE;
+        let mut dropped = Vec::new();
+        let labels = clean_labels(r.labels, &mut budget, &mut dropped);
+        let attributes = clean_labels(r.attributes, &mut budget, &mut dropped);
+        for (reason, detail) in dropped {
+            self.dropped(reason, &detail);
+        }
         let obs = ResourceObservation {
             id: r.id.clone(),
             kind: r.kind.to_string(),
-            labels: r.labels.into_iter().collect(),
-            attributes: r.attributes.into_iter().collect(),
+            labels: labels.into_iter().collect(),
+            attributes: attributes.into_iter().collect(),
             relations: r
                 .relations
                 .into_iter()
+                .filter(|(_, to)| validate_resource_id(to).is_ok())
                 .map(|(relation_type, to_id)| Relation {
                     from_id: String::new(),
                     relation_type,
@@ -216,6 +309,40 @@ mod tests {
             "host",
             "the next batch describes the host again"
         );
+    }
+
+    #[test]
+    fn items_the_aggregator_would_refuse_are_dropped_or_cleaned() {
+        let mut c = Collection::default();
+        c.resources.push(ObservedResource {
+            id: "probe/m/dns//a".into(),
+            kind: "dns_probe",
+            labels: Default::default(),
+            attributes: Default::default(),
+            relations: Vec::new(),
+            interval_ms: 1000,
+        });
+        c.sample("probe/m/dns//a", "dns.lookup.duration", &[], 1, 0.1);
+        let mut ok = collection(1).resources.remove(0);
+        ok.attributes
+            .insert("txt".into(), format!("a\u{7}b{}", "é".repeat(600)));
+        ok.attributes.insert("bad key".into(), "x".into());
+        c.resources.push(ok);
+        c.sample("host/a", "bad metric", &[], 1, 1.0);
+        c.sample("host/a", "system.uptime", &[], 1, f64::NAN);
+        c.sample("host/a", "system.uptime", &[], 1, 5.0);
+        let mut b = BatchBuilder::default();
+        b.add(c);
+        let batch = b.finish(1);
+        assert_eq!(
+            batch.resources.len(),
+            1,
+            "the invalid probe is dropped with its sample"
+        );
+        let txt = &batch.resources[0].attributes["txt"];
+        assert!(txt.starts_with("abé") && txt.len() <= 1024);
+        assert!(!batch.resources[0].attributes.contains_key("bad key"));
+        assert_eq!(batch.samples.unwrap().values, vec![5.0]);
     }
 
     #[test]

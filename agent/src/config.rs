@@ -397,6 +397,42 @@ impl AgentConfig {
                 p.push(format!("collectors.tcp.probes[{i}]"), problem);
             }
         }
+        // Probes of one target are one resource: a second would overwrite the first
+        // (and duplicate ICMP targets would see each other's replies).
+        let mut seen = std::collections::HashSet::new();
+        for (i, probe) in self.collectors.dns.probes.iter().enumerate() {
+            let key = (
+                probe.name.trim_end_matches('.').to_ascii_lowercase(),
+                probe.record_type.to_ascii_uppercase(),
+                probe.servers.first().cloned(),
+            );
+            p.check(
+                seen.insert(key),
+                &format!("collectors.dns.probes[{i}]"),
+                || "repeats another probe's name, record type and first server".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, probe) in self.collectors.tcp.probes.iter().enumerate() {
+            p.check(
+                seen.insert(probe.address.clone()),
+                &format!("collectors.tcp.probes[{i}]"),
+                || format!("address {:?} appears twice", probe.address),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, probe) in self.collectors.icmp.probes.iter().enumerate() {
+            let target = probe
+                .target
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            p.check(
+                seen.insert(target),
+                &format!("collectors.icmp.probes[{i}]"),
+                || format!("target {:?} appears twice", probe.target),
+            );
+        }
         // Probes run in parallel; the slowest must finish within the deadline, or
         // the whole run (every probe's result) is abandoned.
         let slowest_dns = self

@@ -30,7 +30,11 @@ pub async fn serve(addr: String, handle: PrometheusHandle, shutdown: Cancellatio
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
-                Err(_) => continue,
+                // E.g. out of file descriptors: wait instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
         let handle = handle.clone();
@@ -56,7 +60,11 @@ pub async fn serve(addr: String, handle: PrometheusHandle, shutdown: Cancellatio
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     .to_string()
             };
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.write_all(response.as_bytes()),
+            )
+            .await;
         });
     }
 }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{MissedTickBehavior, interval, timeout};
@@ -48,7 +50,17 @@ async fn run_one(
         let mut collection = Collection::default();
         let started = std::time::Instant::now();
         let started_ms = infrawatch_common::time::now_unix_ms();
-        let result = timeout(deadline, scheduled.collector.collect(&mut collection)).await;
+        // A panic in a collector is a failed run, not the end of its task.
+        let run = std::panic::AssertUnwindSafe(scheduled.collector.collect(&mut collection))
+            .catch_unwind();
+        let result = match timeout(deadline, run).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Ok(Err(crate::collector::CollectError::Parse {
+                path: name.to_string(),
+                reason: "the collector panicked".into(),
+            })),
+            Err(e) => Err(e),
+        };
         let error = match &result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),

@@ -122,6 +122,36 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A label value made acceptable: control characters removed and cut to
+/// [`MAX_LABEL_VALUE_LEN`] bytes at a character boundary.
+pub fn sanitize_label_value(value: &str) -> String {
+    let mut out: String = value.chars().filter(|c| !c.is_control()).collect();
+    if out.len() > MAX_LABEL_VALUE_LEN {
+        let mut cut = MAX_LABEL_VALUE_LEN;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+/// Checks a metric name: 1 to 255 letters, digits, '.', '_' or '-'.
+pub fn validate_metric_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "metric name {name:?} must be 1 to 255 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
 /// Canonical text of series attributes: `k="v"` pairs sorted by key, joined by `,`.
 /// Quotes and backslashes in values are escaped; an empty set gives "".
 pub fn canonical_attributes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
@@ -180,6 +210,16 @@ mod tests {
             assert_eq!(parse_health(health_name(h)), Some(h));
         }
         assert_eq!(parse_health("sick"), None);
+    }
+
+    #[test]
+    fn sanitized_values_fit_and_never_split_a_character() {
+        let long = "é".repeat(600);
+        let v = sanitize_label_value(&long);
+        assert!(v.len() <= MAX_LABEL_VALUE_LEN && validate_label("k", &v).is_ok());
+        assert_eq!(sanitize_label_value("a\tb\nc"), "abc");
+        assert!(validate_metric_name("system.cpu.utilization").is_ok());
+        assert!(validate_metric_name("bad name").is_err());
     }
 
     #[test]

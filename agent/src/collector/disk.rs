@@ -101,10 +101,12 @@ impl DiskCounters {
             return None;
         }
         let d = |a: u64, b: u64| a.checked_sub(b).map(|v| v as f64);
+        // The kernel prints the time fields as 32-bit: they wrap at 2^32 ms.
+        let ms = |a: u64, b: u64| f64::from((a as u32).wrapping_sub(b as u32));
         let reads = d(self.reads, earlier.reads)?;
         let writes = d(self.writes, earlier.writes)?;
-        let read_ms = d(self.read_ms, earlier.read_ms)?;
-        let write_ms = d(self.write_ms, earlier.write_ms)?;
+        let read_ms = ms(self.read_ms, earlier.read_ms);
+        let write_ms = ms(self.write_ms, earlier.write_ms);
         let per_op = |ms: f64, ops: f64| if ops > 0.0 { ms / ops / 1000.0 } else { 0.0 };
         Some(DiskRates {
             reads_per_sec: reads / secs,
@@ -116,7 +118,7 @@ impl DiskCounters {
                 / secs,
             read_latency_secs: per_op(read_ms, reads),
             write_latency_secs: per_op(write_ms, writes),
-            utilization: (d(self.busy_ms, earlier.busy_ms)? / 1000.0 / secs).clamp(0.0, 1.0),
+            utilization: (ms(self.busy_ms, earlier.busy_ms) / 1000.0 / secs).clamp(0.0, 1.0),
         })
     }
 }
@@ -251,6 +253,23 @@ mod tests {
         assert!(
             before.rates_since(&after, 1.0).is_none(),
             "counters going back are a reset"
+        );
+        let near_wrap = DiskCounters {
+            read_ms: u64::from(u32::MAX) - 9,
+            reads: 1,
+            ..before
+        };
+        let wrapped = DiskCounters {
+            read_ms: 10,
+            reads: 2,
+            ..before
+        };
+        assert_eq!(
+            wrapped
+                .rates_since(&near_wrap, 1.0)
+                .unwrap()
+                .read_latency_secs,
+            0.02
         );
         assert!(parse_diskstats("1 2 sda 1\n").is_err());
     }

@@ -41,6 +41,9 @@ pub struct DnsProbeConfig {
     pub timeout_ms: u64,
 }
 
+/// Record types a probe may ask for.
+pub const RECORD_TYPES: [&str; 9] = ["A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT"];
+
 fn default_record_type() -> String {
     "A".into()
 }
@@ -53,13 +56,24 @@ impl DnsProbeConfig {
     /// Problems with this probe's settings, for config validation.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.name.is_empty() || self.name.len() > 253 {
-            out.push("name must be 1 to 253 characters".into());
-        }
-        if self.record_type.parse::<RecordType>().is_err() {
+        let name = self.name.trim_end_matches('.');
+        let valid_name = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !valid_name {
             out.push(format!(
-                "record_type {:?} is not a DNS record type",
-                self.record_type
+                "name {:?} must be a DNS name (letters, digits, '-', '_', dots)",
+                self.name
+            ));
+        }
+        if !RECORD_TYPES.contains(&self.record_type.to_ascii_uppercase().as_str()) {
+            out.push(format!(
+                "record_type {:?} must be one of {}",
+                self.record_type,
+                RECORD_TYPES.join(", ")
             ));
         }
         for s in &self.servers {
@@ -198,13 +212,14 @@ impl DnsCollector {
         let probes = probes
             .iter()
             .map(|cfg| {
-                let record_type =
-                    cfg.record_type
-                        .parse::<RecordType>()
-                        .map_err(|e| CollectError::Parse {
-                            path: format!("collectors.dns probe {}", cfg.name),
-                            reason: e.to_string(),
-                        })?;
+                let record_type = cfg
+                    .record_type
+                    .to_ascii_uppercase()
+                    .parse::<RecordType>()
+                    .map_err(|e| CollectError::Parse {
+                        path: format!("collectors.dns probe {}", cfg.name),
+                        reason: e.to_string(),
+                    })?;
                 let name = cfg.name.trim_end_matches('.');
                 let mut resource_id = format!(
                     "probe/{machine}/dns/{name}/{}",
@@ -294,8 +309,8 @@ impl Collector for DnsCollector {
             }
             let mut shown: Vec<String> = answers.clone();
             shown.sort();
-            let mut list = shown.join(",");
-            list.truncate(infrawatch_common::resource::MAX_LABEL_VALUE_LEN);
+            let list = shown.join(",");
+            // Cut to the attribute limit by the batch builder, at a character boundary.
             attributes.insert("dns.answers".into(), list);
             out.resources.push(ObservedResource {
                 id: probe.resource_id.clone(),

@@ -3,8 +3,11 @@
 //! else `<proc>/self/mountinfo`) and are measured with statvfs under the host root.
 //! Pseudo filesystems and runtime-internal mount points are left out by default.
 //! For network and FUSE filesystems each statvfs runs on the blocking pool with a
-//! timeout, so a hung mount costs one thread, not the collector.
+//! timeout and at most one call per mount outstanding, so a hung mount costs one
+//! thread, not the collector. A mount the agent may not look at (EACCES) or that
+//! vanished between reading the table and the call is skipped, not an error.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,7 +47,7 @@ pub const PSEUDO_TYPES: [&str; 26] = [
 ];
 
 /// Mount points left out unless the configuration says otherwise.
-pub const DEFAULT_EXCLUDE: [&str; 8] = [
+pub const DEFAULT_EXCLUDE: [&str; 15] = [
     "/dev",
     "/dev/*",
     "/proc",
@@ -52,7 +55,14 @@ pub const DEFAULT_EXCLUDE: [&str; 8] = [
     "/sys",
     "/sys/*",
     "/run/credentials/*",
+    "/run/user/*",
+    "/run/netns/*",
+    "/run/containerd/*",
     "/var/lib/docker/*",
+    "/var/lib/containerd/*",
+    "/var/lib/kubelet/*",
+    "/var/lib/containers/*",
+    "/snap/*",
 ];
 
 /// Filesystem types whose statvfs can block for long (network, FUSE).
@@ -98,11 +108,18 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let r: Vec<&str> = right.split(' ').collect();
             let mountpoint = unescape(l.get(4)?);
             let options = l.get(5)?;
+            // Read-only per mount, or for the whole filesystem (superblock options,
+            // e.g. after errors=remount-ro).
+            let super_options = r.get(2).copied().unwrap_or_default();
+            let read_only = options
+                .split(',')
+                .chain(super_options.split(','))
+                .any(|o| o == "ro");
             Some(Mount {
                 mountpoint,
                 fs_type: r.first()?.to_string(),
                 device: unescape(r.get(1)?),
-                read_only: options.split(',').any(|o| o == "ro"),
+                read_only,
             })
         })
         .collect()
@@ -144,8 +161,21 @@ pub struct Usage {
     pub inodes_free: u64,
 }
 
-fn statvfs(path: &Path) -> Result<Usage, String> {
-    let s = nix::sys::statvfs::statvfs(path).map_err(|e| e.to_string())?;
+/// Why a statvfs gave no figures.
+#[derive(Debug)]
+enum StatError {
+    /// Not a problem: the mount went away or is not ours to look at.
+    Skip,
+    /// A real failure.
+    Failed(String),
+}
+
+fn statvfs(path: &Path) -> Result<Usage, StatError> {
+    use nix::errno::Errno;
+    let s = nix::sys::statvfs::statvfs(path).map_err(|e| match e {
+        Errno::EACCES | Errno::ENOENT | Errno::ENOTDIR | Errno::EPERM => StatError::Skip,
+        other => StatError::Failed(other.to_string()),
+    })?;
     let frag = s.fragment_size();
     Ok(Usage {
         total: s.blocks().saturating_mul(frag),
@@ -162,6 +192,8 @@ pub struct FilesystemCollector {
     proc_root: PathBuf,
     host_root: PathBuf,
     filter: NameFilter,
+    /// statvfs calls still running after their timeout, by mount point.
+    hung: HashMap<String, tokio::task::JoinHandle<Result<Usage, StatError>>>,
 }
 
 impl FilesystemCollector {
@@ -177,11 +209,41 @@ impl FilesystemCollector {
             proc_root,
             host_root,
             filter,
+            hung: HashMap::new(),
+        }
+    }
+
+    async fn stat_in_pool(&mut self, mountpoint: &str, path: PathBuf) -> Result<Usage, StatError> {
+        let mut handle = match self.hung.remove(mountpoint) {
+            Some(h) if !h.is_finished() => {
+                self.hung.insert(mountpoint.to_string(), h);
+                return Err(StatError::Failed(
+                    "an earlier statvfs is still hanging".into(),
+                ));
+            }
+            Some(h) => h,
+            None => tokio::task::spawn_blocking(move || statvfs(&path)),
+        };
+        match tokio::time::timeout(STAT_TIMEOUT, &mut handle).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StatError::Failed("statvfs task failed".into())),
+            Err(_) => {
+                self.hung.insert(mountpoint.to_string(), handle);
+                Err(StatError::Failed(format!(
+                    "statvfs did not answer within {STAT_TIMEOUT:?}"
+                )))
+            }
         }
     }
 
     fn mounts(&self) -> Result<Vec<Mount>, CollectError> {
-        let host_table = self.proc_root.join("1/mountinfo");
+        // Under the host's own root the agent sees what it can stat; in a container
+        // (another root) the host's mount table is pid 1's.
+        let host_table = if self.host_root == std::path::Path::new("/") {
+            self.proc_root.join("self/mountinfo")
+        } else {
+            self.proc_root.join("1/mountinfo")
+        };
         let own_table = self.proc_root.join("self/mountinfo");
         let (path, text) = match std::fs::read_to_string(&host_table) {
             Ok(t) => (host_table, t),
@@ -226,29 +288,21 @@ impl Collector for FilesystemCollector {
         for m in self.mounts()? {
             let path = self.host_root.join(m.mountpoint.trim_start_matches('/'));
             // Local filesystems answer statvfs at once; only those that can hang
-            // (network and FUSE mounts) pay for a trip to the blocking pool.
+            // (network and FUSE mounts) go to the blocking pool, with a timeout, and
+            // at most one call per mount is ever outstanding: a hung mount holds one
+            // thread, however many runs it stays hung.
             let stat = if may_hang(&m.fs_type) {
-                tokio::time::timeout(
-                    STAT_TIMEOUT,
-                    tokio::task::spawn_blocking(move || statvfs(&path)),
-                )
-                .await
+                self.stat_in_pool(&m.mountpoint, path).await
             } else {
-                Ok(Ok(statvfs(&path)))
+                statvfs(&path)
             };
             let usage = match stat {
-                Ok(Ok(Ok(u))) => u,
-                Ok(Ok(Err(reason))) => {
+                Ok(u) => u,
+                Err(StatError::Skip) => continue,
+                Err(StatError::Failed(reason)) => {
                     failed = Some(CollectError::Parse {
                         path: m.mountpoint.clone(),
                         reason,
-                    });
-                    continue;
-                }
-                Ok(Err(_)) | Err(_) => {
-                    failed = Some(CollectError::Parse {
-                        path: m.mountpoint.clone(),
-                        reason: format!("statvfs did not answer within {STAT_TIMEOUT:?}"),
                     });
                     continue;
                 }
@@ -337,8 +391,8 @@ mod tests {
             NameFilter::new(&[], &exclude),
         );
         let mut out = Collection::default();
-        // /mnt/my disk does not exist here: an error, but the other mounts are kept.
-        assert!(c.collect(&mut out).await.is_err());
+        // /mnt/my disk does not exist here: a mount that vanished is skipped.
+        c.collect(&mut out).await.unwrap();
         let mounts: std::collections::BTreeSet<&str> = out
             .samples
             .iter()

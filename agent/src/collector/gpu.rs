@@ -104,10 +104,11 @@ impl GpuSource for NvmlSource {
             .map_err(|e| GpuError::Call(e.to_string()))?;
         let mut out = Vec::with_capacity(count as usize);
         for i in 0..count {
-            let d = nvml
-                .device_by_index(i)
-                .map_err(|e| GpuError::Call(e.to_string()))?;
-            let uuid = d.uuid().map_err(|e| GpuError::Call(e.to_string()))?;
+            // A GPU that fails (fallen off the bus) must not hide the others.
+            let Ok(d) = nvml.device_by_index(i) else {
+                continue;
+            };
+            let Ok(uuid) = d.uuid() else { continue };
             let util = d.utilization_rates().ok();
             let mem = d.memory_info().ok();
             let throttle = d
@@ -196,7 +197,13 @@ pub struct GpuCollector {
     interval_ms: u32,
     source: Option<Box<dyn GpuSource>>,
     told_unavailable: bool,
+    /// Runs since NVML last failed to load: it is tried again every
+    /// [`NVML_RETRY_RUNS`] runs, for a driver installed after the agent started.
+    runs_without_nvml: u32,
 }
+
+/// Runs between two attempts to load NVML.
+pub const NVML_RETRY_RUNS: u32 = 60;
 
 impl GpuCollector {
     /// Reads from `source`, or from NVML when `None` (loaded on first use).
@@ -207,6 +214,7 @@ impl GpuCollector {
             interval_ms,
             source,
             told_unavailable: false,
+            runs_without_nvml: 0,
         }
     }
 
@@ -299,12 +307,18 @@ impl Collector for GpuCollector {
     }
 
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
-        if self.source.is_none() && !self.told_unavailable {
+        let retry_due = self.runs_without_nvml.is_multiple_of(NVML_RETRY_RUNS);
+        if self.source.is_none() {
+            self.runs_without_nvml = self.runs_without_nvml.wrapping_add(1);
+        }
+        if self.source.is_none() && retry_due {
             match NvmlSource::open() {
                 Ok(s) => self.source = Some(Box::new(s)),
                 Err(e) => {
-                    tracing::info!(error = %e, "GPUs are not available on this host; the GPU collector stays quiet.");
-                    self.told_unavailable = true;
+                    if !self.told_unavailable {
+                        tracing::info!(error = %e, "GPUs are not available on this host; the GPU collector stays quiet.");
+                        self.told_unavailable = true;
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! around each ping (surge-ping starts its clock after the send returns, which
 //! under-reports on fast paths). Every target is a resource `probe/<machine-id>/icmp/<ip>`
 //! (kind `icmp_probe`, `runs_on` the host) whose attribute `icmp.result` is `ok`,
-//! `loss` (some replies missing) or `unreachable` (none came back).
+//! `loss` (at least 20 % of the replies missing) or `unreachable` (none came back).
 //!
 //! Sockets: an ICMP datagram socket when the kernel allows it
 //! (`net.ipv4.ping_group_range`), else a raw socket (needs `CAP_NET_RAW`); when
@@ -50,7 +50,9 @@ const fn default_timeout_ms() -> u64 {
 impl IcmpProbeConfig {
     /// The longest one run of this probe can take.
     pub fn budget_ms(&self) -> u64 {
-        u64::from(self.count.saturating_sub(1)) * self.spacing_ms + self.timeout_ms
+        u64::from(self.count.saturating_sub(1))
+            .saturating_mul(self.spacing_ms)
+            .saturating_add(self.timeout_ms)
     }
 
     /// Problems with this target's settings, for config validation.
@@ -68,9 +70,16 @@ impl IcmpProbeConfig {
         if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
             out.push("timeout_ms must be between 1 and 60000".into());
         }
+        if self.spacing_ms > 60_000 {
+            out.push("spacing_ms must be at most 60000".into());
+        }
         out
     }
 }
+
+/// Loss from which a run's outcome is `loss` (DEGRADED) rather than `ok`: one lost
+/// reply in a run of ten is noise, not a degraded path.
+pub const LOSS_OUTCOME_THRESHOLD: f64 = 0.2;
 
 /// Statistics of one run of pings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -233,7 +242,7 @@ impl Collector for IcmpCollector {
         for (t, stats) in results {
             let outcome = if stats.loss >= 1.0 {
                 "unreachable"
-            } else if stats.loss > 0.0 {
+            } else if stats.loss >= LOSS_OUTCOME_THRESHOLD {
                 "loss"
             } else {
                 "ok"

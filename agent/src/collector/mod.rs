@@ -197,14 +197,15 @@ pub fn build_collectors(
         )),
     );
     if c.dns.schedule().enabled {
-        add(
-            c.dns.schedule(),
-            Box::new(dns::DnsCollector::new(
-                id.clone(),
-                interval(&c.dns.schedule()),
-                &c.dns.probes,
-            )?),
-        );
+        // A DNS set-up problem (e.g. an unreadable resolv.conf) costs the DNS
+        // probes, not the agent.
+        match dns::DnsCollector::new(id.clone(), interval(&c.dns.schedule()), &c.dns.probes) {
+            Ok(d) => add(c.dns.schedule(), Box::new(d)),
+            Err(e) => tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "DNS probes cannot run."
+            ),
+        }
     }
     add(
         c.tcp.schedule(),

@@ -1,6 +1,7 @@
 //! Network interfaces and the TCP/UDP stack.
 //!
-//! - Per interface (inventory from pnet, counters from sysfs): bytes, packets,
+//! - Per interface (inventory from pnet, counters from `/proc/net/dev`, state, speed
+//!   and MTU from sysfs): bytes, packets,
 //!   errors and drops per second, link state, speed, MTU, and utilization of the
 //!   link speed where the kernel knows it.
 //! - The stack (`/proc/net/snmp`, `/proc/net/sockstat`): retransmits and resets per
@@ -26,7 +27,7 @@ use super::{CollectError, Collection, Collector, ObservedResource};
 pub const LISTENING_INTERVAL_MS: u64 = 30_000;
 
 /// Interfaces left out unless the configuration says otherwise.
-pub const DEFAULT_EXCLUDE: [&str; 1] = ["lo"];
+pub const DEFAULT_EXCLUDE: [&str; 5] = ["lo", "veth*", "cali*", "lxc*", "cilium_*"];
 
 /// Parses `/proc/net/dev` into counters per interface, in the order rx/tx bytes,
 /// rx/tx packets, rx/tx errors, rx/tx drops.
@@ -119,7 +120,8 @@ pub fn parse_time_wait(text: &str) -> Option<u64> {
 }
 
 /// Listening ports in a `/proc/net/{tcp,udp}[6]` table: TCP sockets in state LISTEN
-/// (0A), UDP sockets bound with no peer (state 07).
+/// (0A), UDP sockets bound with no peer (state 07). Callers drop UDP ports in the
+/// ephemeral range, which are clients, not services.
 pub fn parse_listening(text: &str, udp: bool) -> BTreeSet<u16> {
     text.lines()
         .skip(1)

@@ -31,9 +31,21 @@ impl TcpProbeConfig {
     /// Problems with this target's settings, for config validation.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        match self.address.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-            _ => out.push(format!("address {:?} must be host:port", self.address)),
+        let valid_host = |h: &str| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        };
+        let ok = self.address.parse::<std::net::SocketAddr>().is_ok()
+            || self.address.rsplit_once(':').is_some_and(|(host, port)| {
+                valid_host(host) && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+        if !ok {
+            out.push(format!(
+                "address {:?} must be host:port or ip:port ([v6]:port for IPv6)",
+                self.address
+            ));
         }
         if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
             out.push("timeout_ms must be between 1 and 60000".into());

@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use infrawatch_common::resource::{
-    MAX_LABELS_PER_RESOURCE, canonical_attributes, validate_label, validate_resource_id,
+    MAX_LABELS_PER_RESOURCE, canonical_attributes, validate_label, validate_metric_name,
+    validate_resource_id,
 };
 use infrawatch_proto::v1::Batch;
 
@@ -210,16 +211,7 @@ pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch
             ))
         })?;
         let metric = string(s.metric, &format!("series[{i}] metric"))?;
-        if metric.is_empty()
-            || metric.len() > 255
-            || !metric
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(fail(format!(
-                "series[{i}]: metric name {metric:?} must be 1 to 255 letters, digits, '.', '_' or '-'"
-            )));
-        }
+        validate_metric_name(metric).map_err(|e| fail(format!("series[{i}]: {e}")))?;
         if s.attributes.len() % 2 != 0 {
             return Err(fail(format!(
                 "series[{i}]: attributes must be key/value pairs"

@@ -168,7 +168,7 @@ async fn rtt_loss_and_link_down_match_what_the_namespace_does() {
         .to_string();
     let id = format!("probe/{machine}/icmp/{}", ns.peer);
 
-    // 50 ms injected: the measured average must be 50 ms, within +25/-5 ms.
+    // 50 ms injected: the measured average must be 50 ms, within +40/-5 ms.
     let start = infrawatch_common::time::now_unix_ms();
     let rtt = eventually(Duration::from_secs(15), "three intervals of RTTs", || {
         let (avg, n) = mean_since(&agg, &id, "icmp.rtt", "stat=\"avg\"", start);
@@ -176,7 +176,7 @@ async fn rtt_loss_and_link_down_match_what_the_namespace_does() {
     });
     eprintln!("measured RTT {:.1} ms for an injected 50 ms", rtt * 1000.0);
     assert!(
-        (0.045..=0.075).contains(&rtt),
+        (0.045..=0.090).contains(&rtt),
         "measured RTT {rtt} s for an injected 50 ms"
     );
     let (_, r) = agg.get(&format!("/api/v1/resources/{id}"));

@@ -163,7 +163,9 @@ async fn dns_and_tcp_outcomes_become_distinct_health_reasons() {
         assert_eq!(reason(&r), code, "{r}");
         assert_eq!(r["relations"][0]["type"], "runs_on");
     }
-    let ok = probe(&agg, "dns_probe", "dns.answers", "10.1.2.3").unwrap();
+    let ok = eventually(Duration::from_secs(10), "the answered probe", || {
+        probe(&agg, "dns_probe", "dns.answers", "10.1.2.3")
+    });
     assert!(
         ok["latest"]
             .as_array()
@@ -172,14 +174,11 @@ async fn dns_and_tcp_outcomes_become_distinct_health_reasons() {
             .any(|l| l["metric"] == "dns.lookup.duration")
     );
 
-    let open = probe(&agg, "tcp_probe", "server.address", &agg.grpc.to_string()).unwrap();
-    assert_eq!(
-        (
-            open["attributes"]["tcp.result"].as_str(),
-            open["health"].as_str()
-        ),
-        (Some("ok"), Some("healthy"))
-    );
+    let open = eventually(Duration::from_secs(10), "the open port", || {
+        probe(&agg, "tcp_probe", "server.address", &agg.grpc.to_string())
+            .filter(|r| r["attributes"]["tcp.result"] == "ok")
+    });
+    assert_eq!(open["health"], "healthy");
     let refused = eventually(Duration::from_secs(10), "the closed port", || {
         probe(&agg, "tcp_probe", "server.address", &closed)
     });
