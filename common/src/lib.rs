@@ -11,11 +11,13 @@
 //!   certificates for local runs.
 //! - [`resource`]: resource ids and kinds, health names, metric names and the
 //!   canonical form of series attributes.
+//! - [`process`]: error printing and termination signals for the binaries.
 //! - [`telemetry`]: tracing set-up for the binaries.
 //! - [`time`]: wall-clock helpers in Unix milliseconds.
 
 pub mod certs;
 pub mod config;
+pub mod process;
 pub mod resource;
 pub mod telemetry;
 pub mod time;

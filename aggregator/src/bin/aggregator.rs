@@ -69,12 +69,18 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let stop = shutdown.clone();
+        tokio::spawn(infrawatch_common::process::on_termination(move || {
+            stop.cancel()
+        }));
         match infrawatch_aggregator::run(config, metrics, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "Aggregator failed.");
-                eprintln!("infrawatch-aggregator: {}", error_chain(&e));
+                eprintln!(
+                    "infrawatch-aggregator: {}",
+                    infrawatch_common::process::error_chain(&e)
+                );
                 ExitCode::FAILURE
             }
         }
@@ -89,28 +95,4 @@ fn load_config(cli: &Cli) -> Result<AggregatorConfig, ConfigErrors> {
     })?;
     config.validate()?;
     Ok(config)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("Stopping.");
-    shutdown.cancel();
 }

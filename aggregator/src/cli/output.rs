@@ -9,7 +9,7 @@ use infrawatch_proto::v1 as pb;
 use serde_json::json;
 
 use super::OutputFormat;
-use crate::server::rest::resource_json;
+use crate::server::rest::{metric_json, resource_json};
 
 fn out() -> std::io::StdoutLock<'static> {
     std::io::stdout().lock()
@@ -178,17 +178,7 @@ fn format_value(metric: &str, v: f64) -> String {
 /// `infrawatch metrics`.
 pub(super) fn metric(r: &pb::QueryMetricResponse, format: OutputFormat) -> anyhow::Result<()> {
     if format == OutputFormat::Json {
-        return print_json(&json!({
-            "resource_id": r.resource_id,
-            "metric": r.metric,
-            "attributes": r.attributes,
-            "step_ms": r.step_ms,
-            "source": r.source,
-            "points": r.points.iter().map(|p| json!({
-                "timestamp_unix_ms": p.timestamp_unix_ms,
-                "avg": p.avg, "min": p.min, "max": p.max, "count": p.count,
-            })).collect::<Vec<_>>(),
-        }));
+        return print_json(&metric_json(r));
     }
     let mut rows = vec![vec![
         "AGE".to_string(),

@@ -258,7 +258,12 @@ async fn metrics_of(
         now_unix_ms(),
     )?;
     let r = query::metric(&shared.state, &shared.store, &p).await?;
-    Ok(Json(json!({
+    Ok(Json(metric_json(&r)))
+}
+
+/// The JSON form of a metric range.
+pub fn metric_json(r: &pb::QueryMetricResponse) -> Value {
+    json!({
         "resource_id": r.resource_id,
         "metric": r.metric,
         "attributes": r.attributes,
@@ -268,7 +273,7 @@ async fn metrics_of(
             "timestamp_unix_ms": p.timestamp_unix_ms,
             "avg": p.avg, "min": p.min, "max": p.max, "count": p.count,
         })).collect::<Vec<_>>(),
-    })))
+    })
 }
 
 /// The JSON form of a resource, with health names as text.
