@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(infrawatch_common::process::on_termination(move || {
@@ -85,7 +85,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A collector stuck in a system call holds a blocking thread; do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 fn load_config(cli: &Cli) -> Result<AgentConfig, infrawatch_common::config::ConfigErrors> {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::collector::{Collection, ScheduledCollector};
+use crate::collector::{CollectError, Collection, Collector, ScheduledCollector};
 use crate::self_health::SelfHealth;
 
 /// Starts one task per collector; they stop when `shutdown` is cancelled.
@@ -32,8 +32,45 @@ pub fn spawn_collectors(
     }
 }
 
+/// What a finished run hands back: the collector (for its next run), what it
+/// collected, and how it went.
+type RunOutput = (Box<dyn Collector>, Collection, Result<(), CollectError>);
+
+/// Starts one run. Collectors that may block for long (`may_block`, e.g. NVML)
+/// run on the blocking pool so a hang cannot hold an async worker; the others run
+/// as a task (procfs and sysfs reads are short, and a thread hop per run would
+/// cost more than the reads). A panic is caught and becomes a failed run, so the
+/// collector survives it.
+fn spawn_run(mut collector: Box<dyn Collector>) -> JoinHandle<RunOutput> {
+    let name = collector.name();
+    let panicked = move || CollectError::Parse {
+        path: name.to_string(),
+        reason: "the collector panicked".into(),
+    };
+    if collector.may_block() {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Collection::default();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handle.block_on(collector.collect(&mut out))
+            }))
+            .unwrap_or_else(|_| Err(panicked()));
+            (collector, out, result)
+        })
+    } else {
+        tokio::spawn(async move {
+            let mut out = Collection::default();
+            let result = std::panic::AssertUnwindSafe(collector.collect(&mut out))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(panicked()));
+            (collector, out, result)
+        })
+    }
+}
+
 async fn run_one(
-    mut scheduled: ScheduledCollector,
+    scheduled: ScheduledCollector,
     out: mpsc::Sender<Collection>,
     health: SelfHealth,
     shutdown: CancellationToken,
@@ -42,24 +79,59 @@ async fn run_one(
     let deadline = Duration::from_millis(scheduled.schedule.deadline_ms);
     let mut ticks = interval(Duration::from_millis(scheduled.schedule.interval_ms));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The collector lives here between runs, or in `overdue` while a run that
+    // missed its deadline is still going; it is never run twice at once.
+    let mut idle: Option<Box<dyn Collector>> = Some(scheduled.collector);
+    let mut overdue: Option<JoinHandle<RunOutput>> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let mut collection = Collection::default();
         let started = std::time::Instant::now();
         let started_ms = infrawatch_common::time::now_unix_ms();
-        // A panic in a collector is a failed run, not the end of its task.
-        let run = std::panic::AssertUnwindSafe(scheduled.collector.collect(&mut collection))
-            .catch_unwind();
-        let result = match timeout(deadline, run).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Ok(Err(crate::collector::CollectError::Parse {
-                path: name.to_string(),
-                reason: "the collector panicked".into(),
-            })),
-            Err(e) => Err(e),
+        if let Some(run) = overdue.take() {
+            if !run.is_finished() {
+                overdue = Some(run);
+                health.record(
+                    name,
+                    started_ms,
+                    Duration::ZERO,
+                    Some("an earlier run is still going".into()),
+                );
+                metrics::counter!("infrawatch_agent_collector_errors_total", "collector" => name, "error_type" => "still_running").increment(1);
+                continue;
+            }
+            // Its late output is stale: only the collector is taken back.
+            match run.await {
+                Ok((collector, _, _)) => idle = Some(collector),
+                Err(e) => {
+                    tracing::error!(collector = name, error = %e, "Collector lost; it will not run again.");
+                    return;
+                }
+            }
+        }
+        let Some(collector) = idle.take() else { return };
+        let mut run = spawn_run(collector);
+        let (collection, result) = match timeout(deadline, &mut run).await {
+            Ok(Ok((collector, collection, result))) => {
+                idle = Some(collector);
+                (collection, Ok(result))
+            }
+            Ok(Err(e)) => {
+                tracing::error!(collector = name, error = %e, "Collector lost; it will not run again.");
+                health.record(
+                    name,
+                    started_ms,
+                    started.elapsed(),
+                    Some(format!("lost: {e}")),
+                );
+                return;
+            }
+            Err(elapsed) => {
+                overdue = Some(run);
+                (Collection::default(), Err(elapsed))
+            }
         };
         let error = match &result {
             Ok(Ok(())) => None,
@@ -107,18 +179,32 @@ async fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collector::{CollectError, Collector};
     use crate::config::CollectorSchedule;
 
+    /// Blocks its thread, as a read of a hung procfs or NFS file would.
     struct Stuck;
     #[async_trait::async_trait]
     impl Collector for Stuck {
         fn name(&self) -> &'static str {
             "stuck"
         }
+        fn may_block(&self) -> bool {
+            true
+        }
         async fn collect(&mut self, _out: &mut Collection) -> Result<(), CollectError> {
-            std::future::pending::<()>().await;
+            std::thread::sleep(Duration::from_secs(2));
             Ok(())
+        }
+    }
+
+    struct Panics;
+    #[async_trait::async_trait]
+    impl Collector for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        async fn collect(&mut self, _out: &mut Collection) -> Result<(), CollectError> {
+            panic!("collector bug");
         }
     }
 
@@ -135,20 +221,27 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_stuck_collector_does_not_block_another() {
+    /// With a single async worker, a collector blocked in a system call (one that
+    /// says it may block) and one that panics must not stop another collector.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn blocked_or_panicking_collectors_do_not_stop_another() {
         let (tx, mut rx) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let schedule = CollectorSchedule {
             enabled: true,
-            interval_ms: 1000,
-            deadline_ms: 500,
+            interval_ms: 100,
+            deadline_ms: 50,
         };
+        let health = SelfHealth::default();
         spawn_collectors(
             vec![
                 ScheduledCollector {
                     collector: Box::new(Stuck),
+                    schedule,
+                },
+                ScheduledCollector {
+                    collector: Box::new(Panics),
                     schedule,
                 },
                 ScheduledCollector {
@@ -157,14 +250,23 @@ mod tests {
                 },
             ],
             tx,
-            SelfHealth::default(),
+            health.clone(),
             shutdown.clone(),
             &mut tasks,
         );
-        for expected in 1..=3 {
-            let c = rx.recv().await.unwrap();
+        for expected in 1..=5 {
+            let c = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(c.samples[0].value, f64::from(expected));
         }
+        let status: std::collections::HashMap<_, _> = health.snapshot().into_iter().collect();
+        assert!(
+            status["panics"].failures >= 2,
+            "a panic is a failed run and the collector runs again"
+        );
+        assert!(status["stuck"].last_error.is_some());
         shutdown.cancel();
         while tasks.join_next().await.is_some() {}
     }

@@ -306,6 +306,11 @@ impl Collector for GpuCollector {
         "gpu"
     }
 
+    /// NVML calls can take seconds (no persistence mode) and sample for 20 ms.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
         let retry_due = self.runs_without_nvml.is_multiple_of(NVML_RETRY_RUNS);
         if self.source.is_none() {

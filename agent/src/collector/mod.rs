@@ -116,6 +116,11 @@ pub trait Collector: Send {
     fn name(&self) -> &'static str;
     /// Observes once.
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError>;
+    /// True when a run may block its thread for long (calls into a driver library,
+    /// say): the scheduler then runs it on the blocking pool.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 /// A collector with its schedule.
