@@ -83,6 +83,16 @@ impl Netns {
     }
 }
 
+/// Kills the responder however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -126,14 +136,16 @@ async fn rtt_loss_and_link_down_match_what_the_namespace_does() {
     super::init();
     let ns = Netns::create();
     let responder = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/icmp_responder.py");
-    let mut delayer = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "python3", responder, "0.05"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut delayer = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", responder, "0.05"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut ready = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(delayer.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(delayer.0.stdout.take().unwrap()),
         &mut ready,
     )
     .unwrap();
@@ -227,6 +239,4 @@ async fn rtt_loss_and_link_down_match_what_the_namespace_does() {
         .unwrap()["value"]
         .as_f64();
     assert_eq!(last_loss, Some(1.0));
-    let _ = delayer.kill();
-    let _ = delayer.wait();
 }
