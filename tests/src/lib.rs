@@ -220,6 +220,12 @@ impl Aggregator {
         Self::start_with_config(dir, config, grpc, rest)
     }
 
+    /// Starts an aggregator on a SQLite database `dir/iw.db`.
+    pub fn start_sqlite(dir: &Path, pki: &Pki, extra: &str) -> anyhow::Result<Self> {
+        let url = format!("sqlite://{}", dir.join("iw.db").display());
+        Self::start(dir, pki, &url, extra)
+    }
+
     /// Starts again with the same configuration (same ports and database).
     pub fn restart(self, dir: &Path) -> anyhow::Result<Self> {
         let Self {

@@ -22,13 +22,7 @@ async fn malformed_rest_parameters_are_400_and_unknown_ids_404() {
     super::init();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-x"]).unwrap();
-    let agg = Aggregator::start(
-        dir.path(),
-        &pki,
-        &format!("sqlite://{}", dir.path().join("iw.db").display()),
-        "",
-    )
-    .unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
     let files = pki.client("agent-x");
     let mut s = RawStream::open(&agg.endpoint(), &files, 0)
         .await

@@ -61,13 +61,7 @@ async fn collectors_agree_with_the_kernel_and_see_a_disk_load() {
     super::init();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-c"]).unwrap();
-    let agg = Aggregator::start(
-        dir.path(),
-        &pki,
-        &format!("sqlite://{}", dir.path().join("iw.db").display()),
-        "",
-    )
-    .unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
     let _agent = Agent::start(dir.path(), &pki, "agent-c", &[agg.endpoint()], 1000).unwrap();
     let host = format!("/api/v1/resources/host/{}", machine_id());
 

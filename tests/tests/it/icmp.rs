@@ -153,13 +153,7 @@ async fn rtt_loss_and_link_down_match_what_the_namespace_does() {
 
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-i"]).unwrap();
-    let agg = Aggregator::start(
-        dir.path(),
-        &pki,
-        &format!("sqlite://{}", dir.path().join("iw.db").display()),
-        "",
-    )
-    .unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
     let probes = format!(
         "[collectors.icmp]\ninterval_ms = 1000\ndeadline_ms = 950\n\
          probes = [ {{ target = \"{}\", count = 20, spacing_ms = 20, timeout_ms = 400 }} ]\n",

@@ -53,13 +53,7 @@ async fn dns_and_tcp_outcomes_become_distinct_health_reasons() {
     super::init();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-p"]).unwrap();
-    let agg = Aggregator::start(
-        dir.path(),
-        &pki,
-        &format!("sqlite://{}", dir.path().join("iw.db").display()),
-        "",
-    )
-    .unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
 
     let dns_port = free_port();
     let _dnsmasq = Process::spawn(
