@@ -154,18 +154,9 @@ impl Default for HealthConfig {
         Self {
             stale_after_missed_intervals: 3,
             evaluation_window_ms: 60_000,
-            cpu: Thresholds {
-                degraded: 0.90,
-                unhealthy: 0.98,
-            },
-            memory: Thresholds {
-                degraded: 0.90,
-                unhealthy: 0.97,
-            },
-            swap: Thresholds {
-                degraded: 0.50,
-                unhealthy: 0.90,
-            },
+            cpu: limits(0.90, 0.98),
+            memory: limits(0.90, 0.97),
+            swap: limits(0.50, 0.90),
             cpu_steal: limits(0.10, 0.30),
             cpu_iowait: limits(0.30, 0.60),
             cpu_pressure: limits(0.25, 0.50),

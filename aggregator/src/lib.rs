@@ -103,11 +103,7 @@ pub async fn run(
     );
     let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
 
-    let limits = Limits {
-        max_future_skew_ms: config.ingest.max_future_skew_ms,
-        max_sample_age_ms: config.ingest.max_sample_age_ms,
-        ..Limits::default()
-    };
+    let limits = Limits::for_ingest(&config.ingest);
     let servers_stop = CancellationToken::new();
     let ingest = server::ingest::IngestService::new(
         state.clone(),

@@ -41,15 +41,22 @@ pub struct Limits {
     pub max_sample_age_ms: i64,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+impl Limits {
+    /// The fixed structural limits, with the time bounds of `ingest`.
+    pub fn for_ingest(ingest: &crate::config::IngestConfig) -> Self {
         Self {
             max_resources: 10_000,
             max_series: 200_000,
             max_samples: 1_000_000,
-            max_future_skew_ms: 10 * 60 * 1000,
-            max_sample_age_ms: 7 * 24 * 3600 * 1000,
+            max_future_skew_ms: ingest.max_future_skew_ms,
+            max_sample_age_ms: ingest.max_sample_age_ms,
         }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::for_ingest(&crate::config::IngestConfig::default())
     }
 }
 
