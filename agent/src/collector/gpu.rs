@@ -52,8 +52,9 @@ pub struct GpuReading {
     pub pcie_tx: Option<f64>,
     /// PCIe receive, bytes/s.
     pub pcie_rx: Option<f64>,
-    /// Active throttle reasons, snake_case, sorted (empty when not throttled).
-    pub throttle_reasons: Vec<String>,
+    /// Active throttle reasons, snake_case, sorted (empty when not throttled;
+    /// `None` when the GPU or driver cannot say, e.g. NotSupported).
+    pub throttle_reasons: Option<Vec<String>>,
     /// (pid, GPU memory bytes) of compute processes.
     pub processes: Vec<(u32, u64)>,
 }
@@ -111,10 +112,8 @@ impl GpuSource for NvmlSource {
             let Ok(uuid) = d.uuid() else { continue };
             let util = d.utilization_rates().ok();
             let mem = d.memory_info().ok();
-            let throttle = d
-                .current_throttle_reasons()
-                .ok()
-                .unwrap_or(ThrottleReasons::NONE);
+            // A failed call is "unknown", not "not throttled".
+            let throttle = d.current_throttle_reasons().ok();
             let named = [
                 (ThrottleReasons::SW_POWER_CAP, "sw_power_cap"),
                 (ThrottleReasons::HW_SLOWDOWN, "hw_slowdown"),
@@ -134,12 +133,15 @@ impl GpuSource for NvmlSource {
                     "display_clock_setting",
                 ),
             ];
-            let mut throttle_reasons: Vec<String> = named
-                .iter()
-                .filter(|(flag, _)| throttle.contains(*flag))
-                .map(|(_, n)| n.to_string())
-                .collect();
-            throttle_reasons.sort();
+            let throttle_reasons = throttle.map(|t| {
+                let mut r: Vec<String> = named
+                    .iter()
+                    .filter(|(flag, _)| t.contains(*flag))
+                    .map(|(_, n)| n.to_string())
+                    .collect();
+                r.sort();
+                r
+            });
             out.push(GpuReading {
                 name: d.name().unwrap_or_default(),
                 index: d.index().unwrap_or(i),
@@ -226,14 +228,16 @@ impl GpuCollector {
             attributes.insert("gpu.uuid".to_string(), g.uuid.clone());
             attributes.insert("gpu.name".to_string(), g.name.clone());
             attributes.insert("gpu.index".to_string(), g.index.to_string());
-            attributes.insert(
-                "gpu.throttle_reasons".to_string(),
-                if g.throttle_reasons.is_empty() {
-                    "none".into()
-                } else {
-                    g.throttle_reasons.join(",")
-                },
-            );
+            if let Some(reasons) = &g.throttle_reasons {
+                attributes.insert(
+                    "gpu.throttle_reasons".to_string(),
+                    if reasons.is_empty() {
+                        "none".into()
+                    } else {
+                        reasons.join(",")
+                    },
+                );
+            }
             out.resources.push(ObservedResource {
                 id: id.clone(),
                 kind: "gpu",
@@ -280,11 +284,9 @@ impl GpuCollector {
             put(
                 "gpu.throttled",
                 &[],
-                Some(if g.throttle_reasons.is_empty() {
-                    0.0
-                } else {
-                    1.0
-                }),
+                g.throttle_reasons
+                    .as_ref()
+                    .map(|r| if r.is_empty() { 0.0 } else { 1.0 }),
             );
             for (pid, bytes) in &g.processes {
                 let pid = pid.to_string();
@@ -377,7 +379,7 @@ mod tests {
             ecc_uncorrected: Some(0),
             pcie_tx: Some(1_048_576.0),
             pcie_rx: Some(2_097_152.0),
-            throttle_reasons: vec!["sw_power_cap".into()],
+            throttle_reasons: Some(vec!["sw_power_cap".into()]),
             processes: vec![(4242, 73_000_000_000)],
         }
     }
@@ -438,6 +440,28 @@ mod tests {
             "unsupported fields are left out"
         );
         assert_eq!(value(&out, "gpu.throttled", None), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn unknown_throttle_state_is_left_out_not_reported_as_unthrottled() {
+        let reading = GpuReading {
+            throttle_reasons: None,
+            ..recorded()
+        };
+        let mut c = GpuCollector::new(
+            "host/m1".into(),
+            1000,
+            Some(Box::new(Recorded(Ok(vec![reading])))),
+        );
+        let mut out = Collection::default();
+        c.collect(&mut out).await.unwrap();
+        assert!(
+            !out.resources[0]
+                .attributes
+                .contains_key("gpu.throttle_reasons")
+        );
+        assert_eq!(value(&out, "gpu.throttled", None), None);
+        assert_eq!(value(&out, "gpu.utilization", None), Some(0.97));
     }
 
     #[tokio::test]
