@@ -29,6 +29,8 @@ pub struct AggregatorConfig {
     pub health: HealthConfig,
     /// Ingest pipeline limits.
     pub ingest: IngestConfig,
+    /// Event outbox, sinks and retention.
+    pub events: EventsConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -40,6 +42,7 @@ impl Default for AggregatorConfig {
             storage: StorageConfig::default(),
             health: HealthConfig::default(),
             ingest: IngestConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -208,6 +211,41 @@ impl Default for IngestConfig {
     }
 }
 
+/// The event outbox and where events go (`[events]`). A sink is enabled by
+/// giving its section (`[events.nats]`, `[events.pulsar]`); several may be.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Every event stays in the outbox at least this long (ms), so clients can
+    /// resume live streams from a position.
+    pub retention_ms: u64,
+    /// Durable subscriptions hold events back at most this long (ms); sinks hold
+    /// them until published, however long that takes.
+    pub max_retention_ms: u64,
+    /// Newest events kept in memory for live consumers.
+    pub memory_events: usize,
+    /// A publisher readiness check fails when its oldest unpublished event is older
+    /// than this (ms); 0 never fails it (the lag is still reported).
+    pub max_ready_lag_ms: u64,
+    /// NATS JetStream sink.
+    pub nats: Option<crate::events::sink::nats::NatsConfig>,
+    /// Apache Pulsar sink.
+    pub pulsar: Option<crate::events::sink::pulsar::PulsarConfig>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_ms: 24 * 3600 * 1000,
+            max_retention_ms: 7 * 24 * 3600 * 1000,
+            memory_events: 65_536,
+            max_ready_lag_ms: 0,
+            nats: None,
+            pulsar: None,
+        }
+    }
+}
+
 /// The kind of database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -319,6 +357,25 @@ impl AggregatorConfig {
             "ingest.max_sample_age_ms",
             || "must be at least 60000".into(),
         );
+        let e = &self.events;
+        p.check(e.memory_events >= 1, "events.memory_events", || {
+            "must be at least 1".into()
+        });
+        p.check(
+            e.max_retention_ms >= e.retention_ms,
+            "events.max_retention_ms",
+            || format!("must be at least events.retention_ms ({})", e.retention_ms),
+        );
+        if let Some(nats) = &e.nats {
+            for (field, message) in nats.problems() {
+                p.push(format!("events.nats.{field}"), message);
+            }
+        }
+        if let Some(pulsar) = &e.pulsar {
+            for (field, message) in pulsar.problems() {
+                p.push(format!("events.pulsar.{field}"), message);
+            }
+        }
         p.check(
             h.evaluation_window_ms >= 1_000,
             "health.evaluation_window_ms",

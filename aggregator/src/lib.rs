@@ -6,7 +6,8 @@
 //! ```text
 //! agent stream ─► server::ingest ─► ingest::decode ─► ingest::writer ─► store (one transaction)
 //!                                                         │                 then
-//!                                                         └──────────► state (in memory) ─► Ack
+//!                                                         ├──────────► state (in memory) ─► Ack
+//!                                                         └──────────► events::log ─► publishers, WatchEvents
 //! queries: server::query (gRPC) and server::rest (REST) ─► query ─► state, store (rollups)
 //! ```
 //!
@@ -14,6 +15,8 @@
 //! - [`model`], [`series`], [`state`]: resources, recent samples and the shared model.
 //! - [`health`]: threshold and staleness rules.
 //! - [`ingest`]: batch checks and the single writer (group commit, effectively-once).
+//! - [`events`]: status events: outbox, validation, publishers (NATS, Pulsar),
+//!   live streams and durable subscriptions.
 //! - [`store`]: PostgreSQL and SQLite through sqlx.
 //! - [`query`], [`selector`]: the query operations.
 //! - [`server`]: gRPC (mTLS) and REST front ends.
@@ -22,6 +25,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod health;
 pub mod ingest;
 pub mod model;
@@ -43,6 +47,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AggregatorConfig;
+use crate::events::log::EventLog;
+use crate::events::publisher::{Publisher, SinkStatus};
+use crate::events::sink::Sink;
+use crate::events::sink::nats::NatsSink;
+use crate::events::sink::pulsar::PulsarSink;
+use crate::events::subscriptions::Subscriptions;
 use crate::ingest::decode::Limits;
 use crate::ingest::writer::{Writer, WriterConfig};
 use crate::server::ServeError;
@@ -51,6 +61,9 @@ use crate::store::{Store, StoreError};
 
 /// How long start-up waits for the database before giving up.
 pub const DATABASE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for publishers to send the last events.
+pub const PUBLISH_DRAIN: Duration = Duration::from_secs(2);
 
 /// Why the aggregator could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +92,11 @@ pub async fn run(
     migrate_when_ready(&store, &shutdown).await?;
     let state = Arc::new(State::new(config.ingest.hot_window_ms));
     restore(&store, &state).await?;
+    let event_log = Arc::new(EventLog::new(
+        store.clone(),
+        store.event_head().await?,
+        config.events.memory_events,
+    ));
 
     let grpc_listener = server::bind(config.grpc.listen).await?;
     let rest_listener = server::bind(config.rest.listen).await?;
@@ -98,13 +116,40 @@ pub async fn run(
             health: config.health.clone(),
             group_commit_batches: config.ingest.group_commit_batches,
             sweep_interval: Duration::from_secs(1),
+            max_future_skew_ms: config.ingest.max_future_skew_ms,
         },
         writer_rx,
+        event_log.clone(),
     );
     let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
 
+    let events_stop = CancellationToken::new();
+    let publishers = start_publishers(&config.events, &event_log, &store, &events_stop);
+    let retention = events::retention::Retention {
+        min_ms: config.events.retention_ms,
+        max_ms: config.events.max_retention_ms,
+        sinks: publishers.iter().map(|(name, _, _)| name.clone()).collect(),
+    };
+    let sink_status: Vec<_> = publishers
+        .iter()
+        .map(|(_, status, _)| status.clone())
+        .collect();
+    let mut event_tasks: Vec<_> = publishers.into_iter().map(|(_, _, task)| task).collect();
+    event_tasks.push(tokio::spawn(events::retention::run(
+        store.clone(),
+        retention,
+        event_log.clone(),
+        Duration::from_secs(60),
+        events_stop.clone(),
+    )));
+
     let limits = Limits::for_ingest(&config.ingest);
     let servers_stop = CancellationToken::new();
+    let event_api = server::events::EventApi::new(
+        event_log.clone(),
+        Subscriptions::new(store.clone()),
+        servers_stop.clone(),
+    );
     let ingest = server::ingest::IngestService::new(
         state.clone(),
         writer_tx,
@@ -118,12 +163,24 @@ pub async fn run(
         store: store.clone(),
         metrics,
         tokens: Arc::new(config.rest.tokens.clone()),
+        events: event_api.clone(),
+        sinks: Arc::new(sink_status.clone()),
+        max_ready_lag_ms: config.events.max_ready_lag_ms,
     };
     let grpc_config = config.grpc.clone();
     let grpc = tokio::spawn({
         let stop = servers_stop.clone();
         async move {
-            server::serve_grpc(grpc_listener, &grpc_config, &tls, ingest, query_api, stop).await
+            server::serve_grpc(
+                grpc_listener,
+                &grpc_config,
+                &tls,
+                ingest,
+                query_api,
+                event_api,
+                stop,
+            )
+            .await
         }
     });
     let rest = tokio::spawn(server::serve_rest(
@@ -150,9 +207,52 @@ pub async fn run(
     }
     writer_stop.cancel();
     let _ = writer_task.await;
+    // Give the publishers a moment to send what the last writes emitted; whatever
+    // is left stays in the outbox for the next start.
+    let drain_until = tokio::time::Instant::now() + PUBLISH_DRAIN;
+    while tokio::time::Instant::now() < drain_until
+        && sink_status
+            .iter()
+            .any(|s| s.lag_events.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    events_stop.cancel();
+    for task in event_tasks {
+        let _ = task.await;
+    }
     store.close().await;
     tracing::info!("Aggregator stopped.");
     result.map_err(AggregatorError::from)
+}
+
+/// A running publisher: its cursor name, status and task.
+type RunningPublisher = (String, Arc<SinkStatus>, tokio::task::JoinHandle<()>);
+
+/// Starts one publisher per configured sink.
+fn start_publishers(
+    config: &config::EventsConfig,
+    log: &Arc<EventLog>,
+    store: &Store,
+    stop: &CancellationToken,
+) -> Vec<RunningPublisher> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(nats) = &config.nats {
+        sinks.push(Box::new(NatsSink::new(nats.clone())));
+    }
+    if let Some(pulsar) = &config.pulsar {
+        sinks.push(Box::new(PulsarSink::new(pulsar.clone())));
+    }
+    sinks
+        .into_iter()
+        .map(|sink| {
+            let publisher = Publisher::new(sink, log.clone(), store.clone());
+            let name = publisher.cursor_name();
+            let status = publisher.status();
+            let task = tokio::spawn(publisher.run(stop.clone()));
+            (name, status, task)
+        })
+        .collect()
 }
 
 fn flatten(r: Result<Result<(), ServeError>, tokio::task::JoinError>) -> Result<(), ServeError> {

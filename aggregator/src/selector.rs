@@ -49,12 +49,22 @@ impl Selector {
 
     /// True when every requirement holds for `labels`.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_lookup(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// True when every requirement holds for the labels `get` looks up.
+    pub fn matches_lookup<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| match r {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::NotExists(k) => !labels.contains_key(k),
+            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
         })
+    }
+
+    /// True when it has no requirement (matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -22,12 +22,17 @@ use tokio_util::sync::CancellationToken;
 use super::IngestError;
 use super::decode::DecodedBatch;
 use crate::config::HealthConfig;
+use crate::events::log::EventLog;
+use crate::events::validate::{Bounds, validate};
+use crate::events::{StoredEvent, build, metric as event_metric};
 use crate::health;
 use crate::model::{Health, ResourceRecord, changed_fields};
 use crate::series::{SeriesKey, Stats};
 use crate::state::{Model, State};
+use crate::store::DeadLetter;
 use crate::store::{Commit, HistoryEntry, RollupDelta, Store, StoreError};
 use crate::telemetry;
+use infrawatch_proto::v1 as pb;
 
 /// Width of a stored rollup bucket.
 pub const ROLLUP_BUCKET_MS: i64 = 60_000;
@@ -73,6 +78,8 @@ pub struct WriterConfig {
     pub group_commit_batches: usize,
     /// How often to look for stale resources.
     pub sweep_interval: Duration,
+    /// How far ahead of this clock an observation may lie (event validation).
+    pub max_future_skew_ms: i64,
 }
 
 /// Changes planned for one transaction.
@@ -93,6 +100,8 @@ struct Plan {
     window: HashMap<SeriesKey, Stats>,
     /// Resources with fresh data (their last-seen time moves to now).
     seen: HashSet<String>,
+    /// One event per new version, with the version it follows.
+    events: Vec<(pb::InfrastructureStatusUpdatedEvent, u64)>,
 }
 
 impl Plan {
@@ -127,10 +136,15 @@ impl Plan {
         {
             self.relations_changed.insert(next.id.clone());
         }
+        let previous_health = before.as_ref().map_or(Health::Unknown, |b| b.health);
+        self.events.push((
+            build::event_for(&next, previous_health, &changed, &next.source, now_ms),
+            before.as_ref().map_or(0, |b| b.version),
+        ));
         self.history.push(HistoryEntry {
             resource_id: next.id.clone(),
             resource_version: next.version,
-            previous_health: before.as_ref().map_or(Health::Unknown, |b| b.health),
+            previous_health,
             health: next.health,
             reasons: next.reasons.clone(),
             changed: changed.iter().map(|s| s.to_string()).collect(),
@@ -163,7 +177,33 @@ impl Plan {
         self.samples.push((key.clone(), ts, value));
     }
 
-    fn into_commit(self) -> (Commit, Applied) {
+    /// The transaction for this plan: events that pass validation get positions
+    /// from `first_position` on, the others become dead letters.
+    fn into_commit(self, first_position: u64, bounds: Bounds) -> (Commit, Applied) {
+        let mut events = Vec::with_capacity(self.events.len());
+        let mut dead_letters = Vec::new();
+        for (event, previous_version) in self.events {
+            match validate(&event, previous_version, bounds) {
+                Ok(()) => {
+                    let position = first_position + events.len() as u64;
+                    events.push(StoredEvent::new(position, event, None));
+                }
+                Err(invalid) => {
+                    tracing::error!(
+                        resource = %event.resource_id,
+                        version = event.resource_version,
+                        reason = %invalid,
+                        "Event failed validation; kept as a dead letter."
+                    );
+                    metrics::counter!(event_metric::INVALID, "reason" => invalid.code).increment(1);
+                    dead_letters.push(DeadLetter {
+                        event,
+                        reason: invalid.to_string(),
+                        recorded_at_ms: bounds.now_ms,
+                    });
+                }
+            }
+        }
         let resources: Vec<ResourceRecord> = self
             .changed
             .iter()
@@ -180,6 +220,8 @@ impl Plan {
                 .map(|(a, s)| (a.clone(), *s))
                 .collect(),
             rollups: self.rollups.into_values().collect(),
+            events,
+            dead_letters,
         };
         let applied = Applied {
             records: self.records,
@@ -216,6 +258,8 @@ pub struct Writer {
     store: Store,
     config: WriterConfig,
     requests: mpsc::Receiver<WriteRequest>,
+    /// Where committed events go.
+    events: Arc<EventLog>,
     /// Per cursor key, the lowest seq whose write failed for good; later batches of
     /// that agent wait until it is resent or the agent opens a new stream.
     held: HashMap<String, u64>,
@@ -228,12 +272,14 @@ impl Writer {
         store: Store,
         config: WriterConfig,
         requests: mpsc::Receiver<WriteRequest>,
+        events: Arc<EventLog>,
     ) -> Self {
         Self {
             state,
             store,
             config,
             requests,
+            events,
             held: HashMap::new(),
         }
     }
@@ -325,7 +371,7 @@ impl Writer {
                 answers.push(answer);
             }
         }
-        let (commit, applied) = plan.into_commit();
+        let (mut commit, applied) = plan.into_commit(self.events.head() + 1, self.bounds(now));
         if let Err(e) = self.commit_with_retries(&commit, stop).await {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
@@ -347,6 +393,7 @@ impl Writer {
             return;
         }
         self.apply(applied, now);
+        self.publish(&mut commit);
         for (reply, result, samples) in answers {
             if matches!(
                 result,
@@ -360,6 +407,24 @@ impl Writer {
             count_result(&result);
             let _ = reply.send(result);
         }
+    }
+
+    fn bounds(&self, now_ms: i64) -> Bounds {
+        Bounds {
+            now_ms,
+            max_future_skew_ms: self.config.max_future_skew_ms,
+        }
+    }
+
+    /// Hands the committed events to the log (publishers and live streams).
+    fn publish(&self, commit: &mut Commit) {
+        let committed_at = Instant::now();
+        let events = std::mem::take(&mut commit.events);
+        metrics::counter!(event_metric::EMITTED).increment(events.len() as u64);
+        self.events.append(events.into_iter().map(|mut e| {
+            e.committed_at = Some(committed_at);
+            e
+        }));
     }
 
     /// Writes `commit`, retrying connection-type failures with backoff until they
@@ -592,12 +657,17 @@ impl Writer {
             h.source = STALENESS_SOURCE.to_string();
             h.observed_at_ms = now;
         }
-        let (commit, applied) = plan.into_commit();
+        for (e, _) in &mut plan.events {
+            e.source = STALENESS_SOURCE.to_string();
+            e.observed_at_unix_ms = now;
+        }
+        let (mut commit, applied) = plan.into_commit(self.events.head() + 1, self.bounds(now));
         let started = Instant::now();
         match self.store.commit(&commit).await {
             Ok(()) => {
                 tracing::info!(resources = stale, elapsed = ?started.elapsed(), "Resources without fresh data marked unknown.");
                 self.apply(applied, now);
+                self.publish(&mut commit);
                 self.state.write().series.evict(now);
             }
             Err(e) => {

@@ -1,14 +1,17 @@
 //! The network front of the aggregator: the mTLS gRPC server (agent stream, query
 //! service, standard health service, reflection) and the REST server.
 
+pub mod events;
 pub mod ingest;
 pub mod query;
 pub mod rest;
+pub mod rest_events;
 
 use std::net::SocketAddr;
 
 use infrawatch_common::tls::TlsMaterial;
 use infrawatch_proto::v1::agent_service_server::AgentServiceServer;
+use infrawatch_proto::v1::event_service_server::EventServiceServer;
 use infrawatch_proto::v1::query_service_server::QueryServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -54,6 +57,7 @@ pub async fn serve_grpc(
     tls: &TlsMaterial,
     ingest: ingest::IngestService,
     query: query::QueryApi,
+    events: events::EventApi,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -62,6 +66,9 @@ pub async fn serve_grpc(
         .await;
     health
         .set_serving::<QueryServiceServer<query::QueryApi>>()
+        .await;
+    health
+        .set_serving::<EventServiceServer<events::EventApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(infrawatch_proto::FILE_DESCRIPTOR_SET)
@@ -84,6 +91,11 @@ pub async fn serve_grpc(
             QueryServiceServer::new(query)
                 .max_decoding_message_size(64 * 1024)
                 .max_encoding_message_size(max * 4),
+        )
+        .add_service(
+            EventServiceServer::new(events)
+                .max_decoding_message_size(64 * 1024)
+                .max_encoding_message_size(max),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;

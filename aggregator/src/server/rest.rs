@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, Request, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use infrawatch_common::resource::{health_name, parse_health};
 use infrawatch_common::time::now_unix_ms;
@@ -22,6 +22,7 @@ use infrawatch_proto::v1 as pb;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
+use super::rest_events;
 use crate::model::Health;
 use crate::query::{self, ListParams, MetricParams, QueryError};
 use crate::state::State;
@@ -38,6 +39,12 @@ pub struct RestState {
     pub metrics: Option<PrometheusHandle>,
     /// Accepted bearer tokens; empty means no authentication (loopback only).
     pub tokens: Arc<Vec<String>>,
+    /// Event streams and subscriptions.
+    pub events: super::events::EventApi,
+    /// Progress of each event publisher.
+    pub sinks: Arc<Vec<Arc<crate::events::publisher::SinkStatus>>>,
+    /// Readiness fails when a publisher lags more than this (ms); 0 never.
+    pub max_ready_lag_ms: u64,
 }
 
 /// The router.
@@ -46,6 +53,24 @@ pub fn router(shared: RestState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/resources", get(list_resources))
         .route("/api/v1/resources/{*path}", get(resource_or_metrics))
+        .route("/api/v1/events", get(rest_events::page))
+        .route("/api/v1/events/stream", get(rest_events::stream))
+        .route(
+            "/api/v1/events/dead-letters",
+            get(rest_events::dead_letters),
+        )
+        .route(
+            "/api/v1/subscriptions",
+            get(rest_events::list_subscriptions).post(rest_events::create_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{name}",
+            get(rest_events::get_subscription).delete(rest_events::delete_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{name}/ack",
+            post(rest_events::ack_subscription),
+        )
         .route("/metrics", get(prometheus))
         .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
@@ -57,13 +82,14 @@ pub fn router(shared: RestState) -> Router {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "only GET is supported",
+                "this method is not supported here",
             )
         })
         .with_state(shared)
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+/// A JSON error response.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),
@@ -117,7 +143,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn ready(AxumState(shared): AxumState<RestState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Ok(Ok(())) => {
+            let sinks: Vec<Value> = shared.sinks.iter().map(|s| s.to_json()).collect();
+            let limit = shared.max_ready_lag_ms;
+            let lagging = shared.sinks.iter().find(|s| {
+                limit > 0
+                    && u64::try_from(s.lag_ms.load(std::sync::atomic::Ordering::Relaxed))
+                        .unwrap_or(0)
+                        > limit
+            });
+            let body = json!({"status": if lagging.is_some() { "lagging" } else { "ready" }, "event_sinks": sinks});
+            let code = if lagging.is_some() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            (code, Json(body)).into_response()
+        }
         Ok(Err(e)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row};
 
 use crate::config::{Backend, StorageConfig};
+use crate::events::StoredEvent;
 use crate::model::{Health, Reason, ResourceRecord};
 use crate::series::{SeriesKey, Stats};
 use crate::telemetry;
@@ -124,6 +125,11 @@ pub struct Commit {
     pub cursor_resets: Vec<(String, u64)>,
     /// Rollup increments, unique by (series, bucket).
     pub rollups: Vec<RollupDelta>,
+    /// Outbox events, one per new resource version that passed validation, with
+    /// consecutive positions.
+    pub events: Vec<StoredEvent>,
+    /// Events that failed validation.
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 impl Commit {
@@ -134,6 +140,8 @@ impl Commit {
             && self.cursors.is_empty()
             && self.cursor_resets.is_empty()
             && self.rollups.is_empty()
+            && self.events.is_empty()
+            && self.dead_letters.is_empty()
     }
 }
 
@@ -175,6 +183,10 @@ macro_rules! on_pool {
         }
     };
 }
+
+mod events;
+
+pub use events::{CursorKind, CursorRow, DeadLetter};
 
 /// Rows per multi-row INSERT (SQLite allows 32766 parameters; 10 per row).
 const ROLLUP_CHUNK: usize = 1000;
@@ -325,6 +337,26 @@ impl Store {
                 });
                 qb.push(rows::ROLLUP_CONFLICT);
                 qb.build().execute(&mut *tx).await?;
+            }
+            for e in &c.events {
+                sqlx::query(events::INSERT_EVENT)
+                    .bind(rows::seq_to_db(e.position)).bind(&e.event.event_id)
+                    .bind(&e.event.resource_id).bind(&e.event.resource_kind)
+                    .bind(rows::seq_to_db(e.event.resource_version)).bind(e.payload.as_ref())
+                    .bind(now)
+                    .execute(&mut *tx).await?;
+            }
+            if let Some(last) = c.events.last() {
+                sqlx::query(events::SET_HEAD)
+                    .bind(events::HEAD).bind(rows::seq_to_db(last.position))
+                    .execute(&mut *tx).await?;
+            }
+            for d in &c.dead_letters {
+                sqlx::query(events::INSERT_DEAD_LETTER)
+                    .bind(&d.event.event_id).bind(&d.event.resource_id)
+                    .bind(rows::seq_to_db(d.event.resource_version)).bind(&d.reason)
+                    .bind(prost::Message::encode_to_vec(&d.event)).bind(d.recorded_at_ms)
+                    .execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())

@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 use infrawatch_aggregator::config::StorageConfig;
 use infrawatch_aggregator::model::{Health, Reason, Relation, ResourceRecord};
 use infrawatch_aggregator::series::{SeriesKey, Stats};
-use infrawatch_aggregator::store::{Commit, HistoryEntry, RollupDelta, Store};
+use infrawatch_aggregator::events::StoredEvent;
+use infrawatch_aggregator::store::{
+    Commit, CursorKind, DeadLetter, HistoryEntry, RollupDelta, Store,
+};
+use infrawatch_proto::v1 as pb;
 use sqlx::Connection;
 
 /// A database that exists for one test.
@@ -161,6 +165,7 @@ async fn state_round_trips(db: TestDb) {
         cursors: vec![("agent-a".into(), 7)],
         cursor_resets: vec![],
         rollups: vec![],
+        ..Commit::default()
     })
     .await
     .unwrap();
@@ -172,6 +177,7 @@ async fn state_round_trips(db: TestDb) {
         cursors: vec![("agent-a".into(), 9)],
         cursor_resets: vec![],
         rollups: vec![],
+        ..Commit::default()
     })
     .await
     .unwrap();
@@ -285,6 +291,74 @@ async fn failed_commit_is_atomic_on_postgres() {
     drop_postgres(db.pg_name.clone()).await;
 }
 
+fn event(position: u64, resource: &str, version: u64) -> StoredEvent {
+    StoredEvent::new(
+        position,
+        pb::InfrastructureStatusUpdatedEvent {
+            event_id: format!("0190b1c2-0000-7000-8000-{position:012}"),
+            resource_id: resource.into(),
+            resource_kind: "host".into(),
+            resource_version: version,
+            health: Health::Healthy as i32,
+            previous_health: Health::Unknown as i32,
+            changed: vec!["created".into()],
+            ..Default::default()
+        },
+        None,
+    )
+}
+
+/// Events commit with the state, read back in position order; the head survives
+/// pruning; cursors only move forward; dead letters keep the event and the reason.
+async fn outbox_round_trips(db: TestDb) {
+    let s = &db.store;
+    assert_eq!(s.event_head().await.unwrap(), 0);
+    let bad = event(0, "host/x", 9).event;
+    s.commit(&Commit {
+        resources: vec![record("host/a", 1, Health::Healthy)],
+        events: vec![event(1, "host/a", 1), event(2, "host/b", 1)],
+        dead_letters: vec![DeadLetter {
+            event: bad.clone(),
+            reason: "resource_version: 9 does not follow 0".into(),
+            recorded_at_ms: 5,
+        }],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    s.commit(&Commit {
+        events: vec![event(3, "host/a", 2)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.event_head().await.unwrap(), 3);
+    let read = s.events_after(1, 10).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.position).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(read[1].event, event(3, "host/a", 2).event);
+    assert_eq!(s.events_after(0, 1).await.unwrap().len(), 1);
+
+    assert!(s.create_cursor("sink:nats", CursorKind::Sink, "{}", 1).await.unwrap());
+    assert!(!s.create_cursor("sink:nats", CursorKind::Sink, "{}", 0).await.unwrap());
+    let moved = s.advance_cursor("sink:nats", 3).await.unwrap().unwrap();
+    assert_eq!(moved.position, 3);
+    let kept = s.advance_cursor("sink:nats", 2).await.unwrap().unwrap();
+    assert_eq!(kept.position, 3, "a cursor never moves back");
+    assert!(s.advance_cursor("nobody", 2).await.unwrap().is_none());
+    assert!(!s.delete_cursor("sink:nats", CursorKind::Subscription).await.unwrap());
+
+    assert_eq!(s.prune_events(2, i64::MAX).await.unwrap(), 2);
+    assert_eq!(s.oldest_event_position().await.unwrap(), Some(3));
+    assert_eq!(s.prune_events(3, i64::MAX).await.unwrap(), 1);
+    assert_eq!(s.oldest_event_position().await.unwrap(), None);
+    assert_eq!(s.event_head().await.unwrap(), 3, "the head survives pruning");
+
+    let letters = s.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event, bad);
+    assert!(letters[0].reason.contains("does not follow"));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -314,4 +388,5 @@ suite!(
     cursors_never_move_back,
     rollups_accumulate,
     closed_database_is_a_retryable_failure,
+    outbox_round_trips,
 );

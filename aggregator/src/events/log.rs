@@ -1,0 +1,186 @@
+//! The event log as consumers see it: the newest events in memory (so live
+//! consumers never touch the database), the rest read back from the outbox, and
+//! the head position that wakes consumers when new events commit.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::StoredEvent;
+use crate::store::{Store, StoreError};
+
+/// Why events could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The events after the requested position were pruned.
+    #[error(
+        "events after position {after} are no longer kept; the oldest kept is {oldest} (resume from {} or later)",
+        oldest.saturating_sub(1)
+    )]
+    Pruned {
+        /// The requested position.
+        after: u64,
+        /// The oldest position still kept.
+        oldest: u64,
+    },
+    /// The position lies beyond the newest event.
+    #[error("position {after} is beyond the newest event {head}")]
+    Ahead {
+        /// The requested position.
+        after: u64,
+        /// The newest position.
+        head: u64,
+    },
+    /// The outbox could not be read.
+    #[error("cannot read the outbox")]
+    Store(#[from] StoreError),
+}
+
+/// Recent events and the head position.
+#[derive(Debug)]
+pub struct EventLog {
+    recent: Mutex<VecDeque<Arc<StoredEvent>>>,
+    capacity: usize,
+    head: watch::Sender<u64>,
+    store: Store,
+}
+
+impl EventLog {
+    /// A log whose newest stored event is `head`, keeping `capacity` events in memory.
+    pub fn new(store: Store, head: u64, capacity: usize) -> Self {
+        metrics::gauge!(super::metric::HEAD).set(head as f64);
+        Self {
+            recent: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            capacity: capacity.max(1),
+            head: watch::Sender::new(head),
+            store,
+        }
+    }
+
+    /// The newest committed position.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes whenever new events commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Adds events that just committed (consecutive positions after the head).
+    pub fn append(&self, events: impl IntoIterator<Item = StoredEvent>) {
+        let mut last = None;
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            for e in events {
+                last = Some(e.position);
+                if recent.len() == self.capacity {
+                    recent.pop_front();
+                }
+                recent.push_back(Arc::new(e));
+            }
+        }
+        if let Some(p) = last {
+            metrics::gauge!(super::metric::HEAD).set(p as f64);
+            self.head.send_replace(p);
+        }
+    }
+
+    /// Up to `limit` events after `after`, oldest first; empty when `after` is the
+    /// head.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        let head = self.head();
+        if after > head {
+            return Err(LogError::Ahead { after, head });
+        }
+        if after == head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(first) = recent.front().map(|e| e.position)
+                && after + 1 >= first
+            {
+                let skip = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
+                return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+            }
+        }
+        let limit32 = u32::try_from(limit).unwrap_or(u32::MAX);
+        let events = self.store.events_after(after, limit32).await?;
+        match events.first() {
+            Some(first) if first.position == after + 1 => {
+                Ok(events.into_iter().map(Arc::new).collect())
+            }
+            Some(first) => Err(LogError::Pruned {
+                after,
+                oldest: first.position,
+            }),
+            None => Err(LogError::Pruned {
+                after,
+                oldest: head + 1,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StorageConfig;
+    use infrawatch_proto::v1 as pb;
+
+    fn event(position: u64) -> StoredEvent {
+        StoredEvent::new(
+            position,
+            pb::InfrastructureStatusUpdatedEvent {
+                resource_id: format!("host/{position}"),
+                ..Default::default()
+            },
+            None,
+        )
+    }
+
+    fn log(capacity: usize) -> EventLog {
+        let store = Store::open(&StorageConfig {
+            url: "sqlite::memory:".into(),
+            ..StorageConfig::default()
+        })
+        .unwrap();
+        EventLog::new(store, 10, capacity)
+    }
+
+    #[tokio::test]
+    async fn reads_recent_events_from_memory_in_order() {
+        let log = log(4);
+        let mut rx = log.subscribe();
+        log.append((11..=16).map(event));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 16);
+        let got: Vec<u64> = log
+            .read_after(13, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(got, vec![14, 15, 16]);
+        let got: Vec<u64> = log
+            .read_after(12, 2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(got, vec![13, 14]);
+        assert!(log.read_after(16, 10).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read_after(17, 10).await,
+            Err(LogError::Ahead { .. })
+        ));
+    }
+}
