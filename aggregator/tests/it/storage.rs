@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use infrawatch_aggregator::config::StorageConfig;
+use infrawatch_aggregator::events::StoredEvent;
 use infrawatch_aggregator::model::{Health, Reason, Relation, ResourceRecord};
 use infrawatch_aggregator::series::{SeriesKey, Stats};
-use infrawatch_aggregator::events::StoredEvent;
 use infrawatch_aggregator::store::{
     Commit, CursorKind, DeadLetter, HistoryEntry, RollupDelta, Store,
 };
@@ -334,24 +334,43 @@ async fn outbox_round_trips(db: TestDb) {
     .unwrap();
     assert_eq!(s.event_head().await.unwrap(), 3);
     let read = s.events_after(1, 10).await.unwrap();
-    assert_eq!(read.iter().map(|e| e.position).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        read.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     assert_eq!(read[1].event, event(3, "host/a", 2).event);
     assert_eq!(s.events_after(0, 1).await.unwrap().len(), 1);
 
-    assert!(s.create_cursor("sink:nats", CursorKind::Sink, "{}", 1).await.unwrap());
-    assert!(!s.create_cursor("sink:nats", CursorKind::Sink, "{}", 0).await.unwrap());
+    assert!(
+        s.create_cursor("sink:nats", CursorKind::Sink, "{}", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.create_cursor("sink:nats", CursorKind::Sink, "{}", 0)
+            .await
+            .unwrap()
+    );
     let moved = s.advance_cursor("sink:nats", 3).await.unwrap().unwrap();
     assert_eq!(moved.position, 3);
     let kept = s.advance_cursor("sink:nats", 2).await.unwrap().unwrap();
     assert_eq!(kept.position, 3, "a cursor never moves back");
     assert!(s.advance_cursor("nobody", 2).await.unwrap().is_none());
-    assert!(!s.delete_cursor("sink:nats", CursorKind::Subscription).await.unwrap());
+    assert!(
+        !s.delete_cursor("sink:nats", CursorKind::Subscription)
+            .await
+            .unwrap()
+    );
 
     assert_eq!(s.prune_events(2, i64::MAX).await.unwrap(), 2);
     assert_eq!(s.oldest_event_position().await.unwrap(), Some(3));
     assert_eq!(s.prune_events(3, i64::MAX).await.unwrap(), 1);
     assert_eq!(s.oldest_event_position().await.unwrap(), None);
-    assert_eq!(s.event_head().await.unwrap(), 3, "the head survives pruning");
+    assert_eq!(
+        s.event_head().await.unwrap(),
+        3,
+        "the head survives pruning"
+    );
 
     let letters = s.dead_letters(10).await.unwrap();
     assert_eq!(letters.len(), 1);

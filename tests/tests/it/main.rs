@@ -6,6 +6,7 @@
 mod auth;
 mod bad_input;
 mod collectors;
+mod events;
 mod health;
 mod icmp;
 mod outage;

@@ -1,0 +1,213 @@
+//! Helpers for the event tests: batches that change resources, consumers of the
+//! published events, and the checks every delivery must pass (per resource: each
+//! version once, in order, none missing).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use infrawatch_proto::v1::{Batch, ResourceObservation};
+
+/// Resource ids `service/<prefix>-<i>` for `i` in `0..n`.
+pub fn resource_ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("service/{prefix}-{i}")).collect()
+}
+
+/// A batch that changes every resource in `ids`: the attribute `generation`
+/// becomes `generation`, so each resource gets a new version (and one event).
+pub fn change_batch(seq: u64, ids: &[String], generation: u64) -> Batch {
+    Batch {
+        seq,
+        base_time_unix_ms: infrawatch_common::time::now_unix_ms(),
+        resources: ids
+            .iter()
+            .map(|id| ResourceObservation {
+                id: id.clone(),
+                kind: "service".into(),
+                interval_ms: 0,
+                attributes: [("generation".to_string(), generation.to_string())].into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// What a consumer received, checked per resource.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Events received in total (duplicates included).
+    pub received: usize,
+    /// Events received again (same resource and version).
+    pub duplicates: usize,
+    /// Per resource, the versions in the order they arrived (duplicates dropped).
+    pub versions: BTreeMap<String, Vec<u64>>,
+}
+
+impl Delivery {
+    /// Checks a stream of (resource id, version) in arrival order.
+    pub fn check(items: impl IntoIterator<Item = (String, u64)>) -> Self {
+        let mut d = Self::default();
+        let mut seen: HashMap<String, std::collections::HashSet<u64>> = HashMap::new();
+        for (id, v) in items {
+            d.received += 1;
+            if !seen.entry(id.clone()).or_default().insert(v) {
+                d.duplicates += 1;
+                continue;
+            }
+            d.versions.entry(id).or_default().push(v);
+        }
+        d
+    }
+
+    /// Panics unless every resource in `ids` got exactly versions `1..=versions`,
+    /// in order.
+    pub fn assert_complete(&self, ids: &[String], versions: u64) {
+        let expected: Vec<u64> = (1..=versions).collect();
+        for id in ids {
+            let got = self.versions.get(id).cloned().unwrap_or_default();
+            assert_eq!(
+                got, expected,
+                "{id}: versions must arrive once each, in order, without gaps"
+            );
+        }
+        assert_eq!(
+            self.versions.len(),
+            ids.len(),
+            "events for unexpected resources: {:?}",
+            self.versions
+                .keys()
+                .filter(|k| !ids.contains(k))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Reads every message of a JetStream stream (an ordered consumer from the
+/// start), until `expected` arrived or `timeout` passed; returns (resource,
+/// version) in stream order, from the payloads.
+pub async fn read_jetstream(
+    url: &str,
+    stream: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, u64)>> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures::StreamExt;
+    use prost::Message;
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    // The stream appears when the publisher first connects.
+    let deadline = Instant::now() + timeout;
+    let stream = loop {
+        match js.get_stream(stream).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("stream {stream}: {e}"),
+        }
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut out = Vec::new();
+    while out.len() < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                let e = infrawatch_proto::v1::InfrastructureStatusUpdatedEvent::decode(
+                    m.payload.as_ref(),
+                )?;
+                let header = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.as_str().to_string());
+                anyhow::ensure!(
+                    header.as_deref() == Some(e.event_id.as_str()),
+                    "Nats-Msg-Id {header:?} is not the event id {}",
+                    e.event_id
+                );
+                out.push((e.resource_id, e.resource_version));
+            }
+            Ok(Some(Err(e))) => anyhow::bail!("reading the stream: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Nothing beyond what was expected may arrive either.
+    if out.len() == expected
+        && let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+    {
+        anyhow::bail!("unexpected extra message on {}", m.subject);
+    }
+    Ok(out)
+}
+
+/// Server-sent events of a REST stream: (id, data) pairs of `status` events, until
+/// `n` arrived or `timeout` passed.
+pub fn read_sse(
+    addr: SocketAddr,
+    path: &str,
+    last_event_id: Option<u64>,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(u64, serde_json::Value)>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let resume = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}Connection: close\r\n\r\n"
+    )?;
+    let mut reader = BufReader::new(s);
+    let mut out = Vec::new();
+    let (mut id, mut data, mut kind) = (None, String::new(), String::new());
+    let deadline = Instant::now() + timeout;
+    let mut line = String::new();
+    while out.len() < n && Instant::now() < deadline {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Chunked transfer encoding puts size lines between the events; they never
+        // start with a field name, so they are skipped below.
+        let l = line.trim_end_matches(['\r', '\n']);
+        if let Some(v) = l.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        } else if let Some(v) = l.strip_prefix("event:") {
+            kind = v.trim().to_string();
+        } else if l.is_empty() && !data.is_empty() {
+            anyhow::ensure!(kind == "status", "stream sent {kind}: {data}");
+            let position = id
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("event without id"))?;
+            out.push((position, serde_json::from_str(&data)?));
+            data.clear();
+        }
+    }
+    Ok(out)
+}
