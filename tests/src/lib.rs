@@ -30,11 +30,14 @@ pub mod events;
 /// Path of a workspace binary next to this test binary.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test-binary>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<tool> for the
+    // benchmark binaries of this crate.
+    let parent = exe.parent().expect("target profile directory");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target profile directory")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.is_file(),
