@@ -55,12 +55,21 @@ pub struct Nats {
     pub port: u16,
     dir: PathBuf,
     starts: u32,
+    extra: Vec<String>,
 }
 
 impl Nats {
     /// Starts a server storing under `dir/nats`.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        Self::on_port(dir, free_port())
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts a server with extra command-line options (TLS, authentication).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut n = Self::stopped(dir);
+        n.extra = extra.iter().map(|s| s.to_string()).collect();
+        n.resume()?;
+        Ok(n)
     }
 
     /// A server that is not started yet, for tests where the broker begins down.
@@ -70,18 +79,8 @@ impl Nats {
             port: free_port(),
             dir: dir.to_path_buf(),
             starts: 0,
+            extra: Vec::new(),
         }
-    }
-
-    fn on_port(dir: &Path, port: u16) -> anyhow::Result<Self> {
-        let mut n = Self {
-            process: None,
-            port,
-            dir: dir.to_path_buf(),
-            starts: 0,
-        };
-        n.resume()?;
-        Ok(n)
     }
 
     /// The client URL.
@@ -97,12 +96,10 @@ impl Nats {
         let log = self.dir.join(format!("nats-{}.log", self.starts));
         let port = self.port.to_string();
         let store = store.display().to_string();
-        let mut p = Process::spawn(
-            &tool("nats-server"),
-            &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
-            log,
-        )
-        .context("starting nats-server (installed by .ci/ensure-deps)")?;
+        let mut args = vec!["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store];
+        args.extend(self.extra.iter().map(String::as_str));
+        let mut p = Process::spawn(&tool("nats-server"), &args, log)
+            .context("starting nats-server (installed by .ci/ensure-deps)")?;
         wait_for_port(self.port, "nats-server", &mut p)?;
         self.process = Some(p);
         Ok(())

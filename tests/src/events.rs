@@ -93,10 +93,28 @@ pub async fn read_jetstream(
     expected: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<(String, u64)>> {
+    read_jetstream_with(
+        async_nats::ConnectOptions::new(),
+        url,
+        stream,
+        expected,
+        timeout,
+    )
+    .await
+}
+
+/// [`read_jetstream`] with connection options (TLS, credentials).
+pub async fn read_jetstream_with(
+    options: async_nats::ConnectOptions,
+    url: &str,
+    stream: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, u64)>> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     use futures::StreamExt;
     use prost::Message;
-    let client = async_nats::connect(url).await?;
+    let client = options.connect(url).await?;
     let js = async_nats::jetstream::new(client);
     // The stream appears when the publisher first connects.
     let deadline = Instant::now() + timeout;

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use infrawatch_e2e::brokers::{Nats, PulsarLite, python};
-use infrawatch_e2e::events::{Delivery, change_batch, read_jetstream, read_sse, resource_ids};
+use infrawatch_e2e::events::{
+    Delivery, change_batch, read_jetstream, read_jetstream_with, read_sse, resource_ids,
+};
 use infrawatch_e2e::{Aggregator, Pki, RawStream, TestDatabase, eventually, http_request};
 use infrawatch_proto::v1 as pb;
 use infrawatch_proto::v1::event_service_client::EventServiceClient;
@@ -72,6 +74,78 @@ async fn nats_receives_every_change_in_order_across_a_broker_restart() {
         ) == Some(0.0))
         .then_some(())
     });
+}
+
+/// The NATS sink over TLS with token authentication: a wrong token is reported
+/// (and nothing is lost), the right one delivers.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_sink_uses_tls_and_a_token() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-t"]).unwrap();
+    let cert = pki.trusted.cert("server").display().to_string();
+    let key = pki.trusted.key("server").display().to_string();
+    let nats = Nats::start_with(
+        dir.path(),
+        &[
+            "--auth",
+            "s3cret-nats-token",
+            "--tls",
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+        ],
+    )
+    .unwrap();
+    let ca = pki.trusted.ca_cert();
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let sink = |token: &str| {
+        format!(
+            "[events.nats]\nurl = {url:?}\nstream = \"IW_TLS\"\ntoken = {token:?}\nca = {:?}\n",
+            ca.display().to_string()
+        )
+    };
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, &sink("wrong-token")).unwrap();
+    let ids = resource_ids("tls", 5);
+    let files = pki.client("agent-t");
+    let mut stream = RawStream::open(&agg.endpoint(), &files, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    send_changes(&mut stream, &ids, 1..=2).await;
+    eventually(Duration::from_secs(20), "the refusal reported", || {
+        let (_, ready) = agg.get("/readyz");
+        let error = ready["event_sinks"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        (error.contains("authoriz") && ready["event_sinks"][0]["lag_events"] == 10).then_some(())
+    });
+    drop(stream);
+
+    // Fixed configuration, same database: the waiting events go out.
+    let config = agg.config.clone();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("wrong-token", "s3cret-nats-token"),
+    )
+    .unwrap();
+    let agg = agg.restart(dir.path()).unwrap();
+    let mut stream = RawStream::open(&agg.endpoint(), &files, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    send_changes(&mut stream, &ids, 3..=4).await;
+    let options = async_nats::ConnectOptions::with_token("s3cret-nats-token".into())
+        .add_root_certificates(ca.clone())
+        .require_tls(true);
+    let got = read_jetstream_with(options, &url, "IW_TLS", 20, Duration::from_secs(30))
+        .await
+        .unwrap();
+    Delivery::check(got).assert_complete(&ids, 4);
 }
 
 /// The outbox on PostgreSQL: the broker is down while 1,000 state changes happen
@@ -173,16 +247,24 @@ async fn pulsar_receives_every_change_in_order() {
         std::process::id(),
         infrawatch_common::time::now_unix_ms()
     );
+    // pulsar-lite ignores credentials; sending a token from a file still runs the
+    // sink's token path. A real broker gets PULSAR_TOKEN.
     let token = std::env::var("PULSAR_TOKEN").ok();
-    let token_line = token
-        .as_ref()
-        .map(|t| format!("token = {t:?}\n"))
-        .unwrap_or_default();
+    let token_file = dir.path().join("pulsar-token");
+    std::fs::write(
+        &token_file,
+        token.as_deref().unwrap_or("eyJhbGciOiJIUzI1NiJ9.e2e.sig"),
+    )
+    .unwrap();
+    let token_line = format!("token_file = {:?}\n", token_file.display().to_string());
+    // A second sink at the same time: NATS gets the same events.
+    let nats = Nats::start(dir.path()).unwrap();
     let agg = Aggregator::start_sqlite(
         dir.path(),
         &pki,
         &format!(
-            "[events.pulsar]\nurl = {url:?}\ntopic = {topic:?}\nbatch_size = 20\ncompression = \"lz4\"\n{token_line}"
+            "[events.pulsar]\nurl = {url:?}\ntopic = {topic:?}\nbatch_size = 20\ncompression = \"lz4\"\n{token_line}{}",
+            nats_sink(&nats.url(), "IW_BOTH")
         ),
     )
     .unwrap();
@@ -282,6 +364,10 @@ async fn pulsar_receives_every_change_in_order() {
         "{} duplicates",
         delivery.duplicates
     );
+    let both = read_jetstream(&nats.url(), "IW_BOTH", 600, Duration::from_secs(30))
+        .await
+        .unwrap();
+    Delivery::check(both).assert_complete(&ids, 30);
     if real.is_none() {
         eprintln!(
             "pulsar-lite: {} received, {} duplicates, {batched} in batches",
