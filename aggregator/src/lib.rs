@@ -120,6 +120,7 @@ pub async fn run(
         },
         writer_rx,
         event_log.clone(),
+        store.meta(store::COMMIT_SEQ).await?,
     );
     let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
 

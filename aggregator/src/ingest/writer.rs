@@ -29,7 +29,7 @@ use crate::health;
 use crate::model::{Health, ResourceRecord, changed_fields};
 use crate::series::{SeriesKey, Stats};
 use crate::state::{Model, State};
-use crate::store::DeadLetter;
+use crate::store::{COMMIT_SEQ, DeadLetter};
 use crate::store::{Commit, HistoryEntry, RollupDelta, Store, StoreError};
 use crate::telemetry;
 use infrawatch_proto::v1 as pb;
@@ -222,6 +222,7 @@ impl Plan {
             rollups: self.rollups.into_values().collect(),
             events,
             dead_letters,
+            commit_seq: 0,
         };
         let applied = Applied {
             records: self.records,
@@ -260,6 +261,8 @@ pub struct Writer {
     requests: mpsc::Receiver<WriteRequest>,
     /// Where committed events go.
     events: Arc<EventLog>,
+    /// Number of the last commit (stored with each commit).
+    commit_seq: u64,
     /// Per cursor key, the lowest seq whose write failed for good; later batches of
     /// that agent wait until it is resent or the agent opens a new stream.
     held: HashMap<String, u64>,
@@ -273,6 +276,7 @@ impl Writer {
         config: WriterConfig,
         requests: mpsc::Receiver<WriteRequest>,
         events: Arc<EventLog>,
+        commit_seq: u64,
     ) -> Self {
         Self {
             state,
@@ -280,6 +284,7 @@ impl Writer {
             config,
             requests,
             events,
+            commit_seq,
             held: HashMap::new(),
         }
     }
@@ -372,6 +377,7 @@ impl Writer {
             }
         }
         let (mut commit, applied) = plan.into_commit(self.events.head() + 1, self.bounds(now));
+        commit.commit_seq = self.commit_seq + 1;
         if let Err(e) = self.commit_with_retries(&commit, stop).await {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
@@ -392,6 +398,7 @@ impl Writer {
             }
             return;
         }
+        self.commit_seq = commit.commit_seq;
         self.apply(applied, now);
         self.publish(&mut commit);
         for (reply, result, samples) in answers {
@@ -446,6 +453,7 @@ impl Writer {
                     }
                     return Ok(());
                 }
+                Err(e) if self.committed_despite(commit, &e).await => return Ok(()),
                 Err(e) if e.is_retryable() && !stop.is_cancelled() => {
                     if attempts == 0 {
                         tracing::warn!(
@@ -462,6 +470,25 @@ impl Writer {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// After a failed commit, whether it committed all the same: the connection can
+    /// break after the database committed and before it said so. Every commit
+    /// records its number, so the answer is in the database. Without this check
+    /// the model would miss a committed change, and the next commit would reuse
+    /// its event positions.
+    async fn committed_despite(&self, commit: &Commit, error: &StoreError) -> bool {
+        match self.store.meta(COMMIT_SEQ).await {
+            Ok(stored) if stored >= commit.commit_seq => {
+                tracing::warn!(
+                    error = error as &dyn std::error::Error,
+                    commit = commit.commit_seq,
+                    "The database reported a failure, but the commit is there; going on."
+                );
+                true
+            }
+            _ => false,
         }
     }
 
@@ -627,7 +654,7 @@ impl Writer {
     }
 
     /// Marks resources without fresh data UNKNOWN, and forgets old samples.
-    async fn sweep(&self) {
+    async fn sweep(&mut self) {
         let now = now_unix_ms();
         let missed = self.config.health.stale_after_missed_intervals;
         let mut plan = Plan::default();
@@ -662,9 +689,15 @@ impl Writer {
             e.observed_at_unix_ms = now;
         }
         let (mut commit, applied) = plan.into_commit(self.events.head() + 1, self.bounds(now));
+        commit.commit_seq = self.commit_seq + 1;
         let started = Instant::now();
-        match self.store.commit(&commit).await {
+        let result = match self.store.commit(&commit).await {
+            Err(e) if self.committed_despite(&commit, &e).await => Ok(()),
+            other => other,
+        };
+        match result {
             Ok(()) => {
+                self.commit_seq = commit.commit_seq;
                 tracing::info!(resources = stale, elapsed = ?started.elapsed(), "Resources without fresh data marked unknown.");
                 self.apply(applied, now);
                 self.publish(&mut commit);

@@ -125,14 +125,7 @@ fn event_from_row(position: i64, payload: &[u8]) -> Result<StoredEvent, StoreErr
 impl Store {
     /// The newest event position (0 before the first event).
     pub async fn event_head(&self) -> Result<u64, StoreError> {
-        on_pool!(self, pool => {
-            let row = sqlx::query("SELECT value FROM aggregator_meta WHERE name = $1")
-                .bind(HEAD).fetch_optional(pool).await?;
-            match row {
-                Some(r) => Ok(u64::try_from(r.try_get::<i64, _>("value")?).unwrap_or(0)),
-                None => Ok(0),
-            }
-        })
+        self.meta(HEAD).await
     }
 
     /// Up to `limit` events after `after`, oldest first.
@@ -276,5 +269,5 @@ pub(super) const INSERT_DEAD_LETTER: &str = "INSERT INTO event_dead_letters \
     (event_id, resource_id, resource_version, reason, payload, recorded_at_ms) \
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING";
 
-pub(super) const SET_HEAD: &str = "INSERT INTO aggregator_meta (name, value) VALUES ($1, $2) \
+pub(super) const SET_META: &str = "INSERT INTO aggregator_meta (name, value) VALUES ($1, $2) \
     ON CONFLICT (name) DO UPDATE SET value = excluded.value";

@@ -130,6 +130,9 @@ pub struct Commit {
     pub events: Vec<StoredEvent>,
     /// Events that failed validation.
     pub dead_letters: Vec<DeadLetter>,
+    /// Number of this commit (one more than the last), stored with it so that a
+    /// commit whose outcome was lost can be recognised; 0 records nothing.
+    pub commit_seq: u64,
 }
 
 impl Commit {
@@ -187,6 +190,9 @@ macro_rules! on_pool {
 mod events;
 
 pub use events::{CursorKind, CursorRow, DeadLetter};
+
+/// Name of the meta counter holding the number of the last commit.
+pub const COMMIT_SEQ: &str = "commit_seq";
 
 /// Rows per multi-row INSERT (SQLite allows 32766 parameters; 10 per row).
 const ROLLUP_CHUNK: usize = 1000;
@@ -347,7 +353,7 @@ impl Store {
                     .execute(&mut *tx).await?;
             }
             if let Some(last) = c.events.last() {
-                sqlx::query(events::SET_HEAD)
+                sqlx::query(events::SET_META)
                     .bind(events::HEAD).bind(rows::seq_to_db(last.position))
                     .execute(&mut *tx).await?;
             }
@@ -358,8 +364,25 @@ impl Store {
                     .bind(prost::Message::encode_to_vec(&d.event)).bind(d.recorded_at_ms)
                     .execute(&mut *tx).await?;
             }
+            if c.commit_seq > 0 {
+                sqlx::query(events::SET_META)
+                    .bind(COMMIT_SEQ).bind(rows::seq_to_db(c.commit_seq))
+                    .execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    /// A counter from `aggregator_meta` (0 if absent).
+    pub async fn meta(&self, name: &str) -> Result<u64, StoreError> {
+        on_pool!(self, pool => {
+            let row = sqlx::query("SELECT value FROM aggregator_meta WHERE name = $1")
+                .bind(name).fetch_optional(pool).await?;
+            match row {
+                Some(r) => Ok(u64::try_from(r.try_get::<i64, _>("value")?).unwrap_or(0)),
+                None => Ok(0),
+            }
         })
     }
 

@@ -328,10 +328,18 @@ async fn outbox_round_trips(db: TestDb) {
     .unwrap();
     s.commit(&Commit {
         events: vec![event(3, "host/a", 2)],
+        commit_seq: 7,
         ..Commit::default()
     })
     .await
     .unwrap();
+    assert_eq!(
+        s.meta(infrawatch_aggregator::store::COMMIT_SEQ)
+            .await
+            .unwrap(),
+        7,
+        "the commit number is stored with the commit"
+    );
     assert_eq!(s.event_head().await.unwrap(), 3);
     let read = s.events_after(1, 10).await.unwrap();
     assert_eq!(
