@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test deps services build lint bench clean
+.PHONY: run test deps services build lint bench bench-events clean
 
 run: deps
 	$(CARGO) build --release --workspace --bins
@@ -33,6 +33,10 @@ lint:
 bench: deps
 	$(CARGO) bench --workspace
 	tests/bench/agent-cost.sh 60
+
+bench-events: deps
+	$(CARGO) build --release --workspace --bins
+	./target/release/event-bench
 
 clean:
 	$(CARGO) clean

@@ -246,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
     }
     for q in [0.5, 0.99, 0.999] {
         println!(
-            "  commit -> consumer     p{:<5} {:.0} ms (1 ms resolution)",
+            "  change -> consumer     p{:<5} {:.0} ms (1 ms resolution; includes the database commit)",
             q * 100.0,
             percentile(&consumer_lat, q)
         );
