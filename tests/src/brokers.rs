@@ -96,7 +96,18 @@ impl Nats {
         let log = self.dir.join(format!("nats-{}.log", self.starts));
         let port = self.port.to_string();
         let store = store.display().to_string();
-        let mut args = vec!["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store];
+        // Every message is fsynced before JetStream acknowledges it, so a server
+        // killed with SIGKILL loses nothing it acknowledged (the default syncs
+        // every two minutes and can lose the newest acknowledged messages).
+        let config = self.dir.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n"
+            ),
+        )?;
+        let config = config.display().to_string();
+        let mut args = vec!["-c", config.as_str()];
         args.extend(self.extra.iter().map(String::as_str));
         let mut p = Process::spawn(&tool("nats-server"), &args, log)
             .context("starting nats-server (installed by .ci/ensure-deps)")?;

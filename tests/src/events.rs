@@ -84,9 +84,10 @@ impl Delivery {
     }
 }
 
-/// Reads every message of a JetStream stream (an ordered consumer from the
-/// start), until `expected` arrived or `timeout` passed; returns (resource,
-/// version) in stream order, from the payloads.
+/// Reads every message of a JetStream stream, by sequence, once it holds
+/// `expected` messages (waiting up to `timeout`); returns (resource, version) in
+/// stream order, from the payloads, after checking that `Nats-Msg-Id` is the event
+/// id. More messages than expected is an error too.
 pub async fn read_jetstream(
     url: &str,
     stream: &str,
@@ -111,62 +112,47 @@ pub async fn read_jetstream_with(
     expected: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<(String, u64)>> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    use futures::StreamExt;
     use prost::Message;
     let client = options.connect(url).await?;
     let js = async_nats::jetstream::new(client);
-    // The stream appears when the publisher first connects.
     let deadline = Instant::now() + timeout;
-    let stream = loop {
-        match js.get_stream(stream).await {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stream appears when the publisher first connects, and fills as it sends.
+    let (handle, state) = loop {
+        let last = match js.get_stream(stream).await {
+            Ok(s) => {
+                let info = s.get_info().await?;
+                if info.state.messages as usize >= expected {
+                    // Nothing beyond what was expected may arrive either.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let info = s.get_info().await?;
+                    break (s, info.state);
+                }
+                format!("{} of {expected} messages", info.state.messages)
             }
-            Err(e) => anyhow::bail!("stream {stream}: {e}"),
-        }
+            Err(e) => format!("no stream: {e}"),
+        };
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "stream {stream}: {last} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let mut out = Vec::new();
-    while out.len() < expected {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match tokio::time::timeout(left, messages.next()).await {
-            Ok(Some(Ok(m))) => {
-                let e = infrawatch_proto::v1::InfrastructureStatusUpdatedEvent::decode(
-                    m.payload.as_ref(),
-                )?;
-                let header = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.as_str().to_string());
-                anyhow::ensure!(
-                    header.as_deref() == Some(e.event_id.as_str()),
-                    "Nats-Msg-Id {header:?} is not the event id {}",
-                    e.event_id
-                );
-                out.push((e.resource_id, e.resource_version));
-            }
-            Ok(Some(Err(e))) => anyhow::bail!("reading the stream: {e}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    // Nothing beyond what was expected may arrive either.
-    if out.len() == expected
-        && let Ok(Some(Ok(m))) =
-            tokio::time::timeout(Duration::from_millis(500), messages.next()).await
-    {
-        anyhow::bail!("unexpected extra message on {}", m.subject);
+    anyhow::ensure!(
+        state.messages as usize == expected,
+        "stream {stream} holds {} messages, expected {expected}",
+        state.messages
+    );
+    let mut out = Vec::with_capacity(expected);
+    for seq in state.first_sequence..=state.last_sequence {
+        let m = handle.get_raw_message(seq).await?;
+        let e = infrawatch_proto::v1::InfrastructureStatusUpdatedEvent::decode(m.payload.as_ref())?;
+        let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
+        anyhow::ensure!(
+            id.as_deref() == Some(e.event_id.as_str()),
+            "Nats-Msg-Id {id:?} is not the event id {}",
+            e.event_id
+        );
+        out.push((e.resource_id, e.resource_version));
     }
     Ok(out)
 }

@@ -60,9 +60,10 @@ async fn nats_receives_every_change_in_order_across_a_broker_restart() {
     nats.resume().unwrap();
     send_changes(&mut stream, &ids, 31..=40).await;
 
-    let got = read_jetstream(&nats.url(), "IW_BURST", 1000, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let got = match read_jetstream(&nats.url(), "IW_BURST", 1000, Duration::from_secs(60)).await {
+        Ok(got) => got,
+        Err(e) => panic!("{e:#}\naggregator log:\n{}", agg.process.log_text()),
+    };
     let delivery = Delivery::check(got);
     assert_eq!(delivery.duplicates, 0, "JetStream drops re-sent event ids");
     delivery.assert_complete(&ids, 40);
@@ -204,9 +205,10 @@ async fn outbox_keeps_events_while_the_broker_is_down() {
     assert_eq!(kept, 1000);
 
     nats.resume().unwrap();
-    let got = read_jetstream(&nats.url(), "IW_OUTBOX", 1000, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let got = match read_jetstream(&nats.url(), "IW_OUTBOX", 1000, Duration::from_secs(60)).await {
+        Ok(got) => got,
+        Err(e) => panic!("{e:#}\naggregator log:\n{}", agg.process.log_text()),
+    };
     let delivery = Delivery::check(got);
     assert_eq!(delivery.received, 1000, "each event published once");
     delivery.assert_complete(&ids, 20);

@@ -34,7 +34,13 @@ async fn thresholds_and_silence_change_health_with_reasons() {
     let pki = Pki::new(dir.path(), &["agent-h"]).unwrap();
     let db = format!("sqlite://{}", dir.path().join("iw.db").display());
     // Any host uses more than 0.1 % of its memory: the host must turn UNHEALTHY.
-    let rules = "[health]\nstale_after_missed_intervals = 2\nmemory = { degraded = 0.0005, unhealthy = 0.001 }\n";
+    // Only the memory rule can fire: the CPU, swap and contention rules (pressure,
+    // steal, iowait) are switched off, since a loaded test machine would trip them.
+    let rules = "[health]\nstale_after_missed_intervals = 2\nmemory = { degraded = 0.0005, unhealthy = 0.001 }\n\
+                 cpu_pressure = { degraded = 1.0, unhealthy = 1.0 }\nmemory_pressure = { degraded = 1.0, unhealthy = 1.0 }\n\
+                 io_pressure = { degraded = 1.0, unhealthy = 1.0 }\ncpu_steal = { degraded = 1.0, unhealthy = 1.0 }\n\
+                 cpu_iowait = { degraded = 1.0, unhealthy = 1.0 }\ncpu = { degraded = 1.0, unhealthy = 1.0 }\n\
+                 swap = { degraded = 1.0, unhealthy = 1.0 }\n";
     let agg = Aggregator::start(dir.path(), &pki, &db, rules).unwrap();
     // The first endpoint is dead: the agent must move on to the live one.
     let dead = format!("https://127.0.0.1:{}", free_port());

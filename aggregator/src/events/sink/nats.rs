@@ -234,8 +234,10 @@ impl Sink for NatsSink {
 
     async fn reset(&mut self) {
         if let Some(js) = self.js.take() {
+            // Dropping the last handle closes the connection; draining first lets
+            // it flush, but never holds the publisher up for long.
             let client = js.client();
-            let _ = client.drain().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.drain()).await;
         }
     }
 }
