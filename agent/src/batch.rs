@@ -225,7 +225,12 @@ impl BatchBuilder {
     pub fn finish(&mut self, seq: u64) -> Batch {
         let mut this = std::mem::take(self);
         self.seed(this.base.clone());
-        let base = this.timestamps.iter().copied().min().unwrap_or(0);
+        let base = this
+            .timestamps
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or_else(infrawatch_common::time::now_unix_ms);
         this.columns.time_offset_ms = this.timestamps.iter().map(|t| t - base).collect();
         Batch {
             seq,
@@ -234,6 +239,7 @@ impl BatchBuilder {
             strings: this.strings,
             series: this.series,
             samples: Some(this.columns),
+            gaps: Vec::new(),
         }
     }
 }

@@ -29,8 +29,10 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     /// Where and how to reach the aggregators.
     pub aggregator: AggregatorConfig,
-    /// Batching and the queue of unacknowledged batches.
+    /// Batching.
     pub batch: BatchConfig,
+    /// The disk buffer of unacknowledged batches.
+    pub buffer: crate::buffer::BufferConfig,
     /// Per-collector settings.
     pub collectors: CollectorsConfig,
     /// Roots of the host's filesystems, for an agent running in a container.
@@ -47,6 +49,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             aggregator: AggregatorConfig::default(),
             batch: BatchConfig::default(),
+            buffer: crate::buffer::BufferConfig::default(),
             collectors: CollectorsConfig::default(),
             host: HostPaths::default(),
         }
@@ -99,8 +102,6 @@ pub struct BatchConfig {
     pub flush_interval_ms: u64,
     /// A batch is closed when it holds this many samples.
     pub max_samples: usize,
-    /// Unacknowledged batches kept in memory; past this the oldest is dropped and counted.
-    pub max_queued_batches: usize,
 }
 
 impl Default for BatchConfig {
@@ -108,7 +109,6 @@ impl Default for BatchConfig {
         Self {
             flush_interval_ms: 1_000,
             max_samples: 10_000,
-            max_queued_batches: 3_600,
         }
     }
 }
@@ -361,11 +361,9 @@ impl AgentConfig {
         p.check(self.batch.max_samples >= 1, "batch.max_samples", || {
             "must be at least 1".into()
         });
-        p.check(
-            self.batch.max_queued_batches >= 1,
-            "batch.max_queued_batches",
-            || "must be at least 1".into(),
-        );
+        for (field, message) in self.buffer.problems() {
+            p.push(format!("buffer.{field}"), message);
+        }
         p.check(
             self.metrics_listen.is_empty()
                 || self.metrics_listen.parse::<std::net::SocketAddr>().is_ok(),

@@ -3,22 +3,22 @@
 //! # Layout
 //!
 //! ```text
-//! collectors ──► scheduler ──► batcher (seq) ──► pending batches ──► transport (mTLS gRPC)
-//!  collector/    scheduler.rs   batch.rs, seq.rs    pending.rs         transport.rs
+//! collectors ──► scheduler ──► batcher (seq) ──► disk buffer (WAL) ──► transport (mTLS gRPC)
+//!  collector/    scheduler.rs   batch.rs, seq.rs    buffer/             transport.rs
 //! ```
 //!
 //! - [`config`]: the agent's settings and their validation.
 //! - [`collector`]: the `Collector` trait and one module per collector.
 //! - [`scheduler`]: one task per collector, with interval and deadline.
 //! - [`batch`] and [`seq`]: compact batches with a sequence number that survives restarts.
-//! - [`pending`]: batches waiting for acknowledgement.
+//! - [`buffer`]: the write-ahead log of batches waiting for acknowledgement.
 //! - [`transport`]: the stream to the aggregator with reconnect and fail-over.
 
 pub mod batch;
+pub mod buffer;
 pub mod collector;
 pub mod config;
 pub mod local_metrics;
-pub mod pending;
 pub mod scheduler;
 pub mod self_health;
 pub mod seq;
@@ -35,9 +35,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchBuilder;
+use crate::buffer::{BufferError, DiskBuffer};
 use crate::collector::{CollectError, Collection, host::HostIdentity};
 use crate::config::AgentConfig;
-use crate::pending::PendingBatches;
 use crate::self_health::SelfHealth;
 use crate::seq::{SeqAllocator, SeqError};
 use crate::transport::Transport;
@@ -66,6 +66,9 @@ pub enum AgentError {
     /// A collector could not start.
     #[error("collector set-up failed")]
     Collector(#[from] CollectError),
+    /// The disk buffer could not be opened.
+    #[error("disk buffer failed")]
+    Buffer(#[from] BufferError),
 }
 
 /// Runs the agent until `shutdown` is cancelled, then flushes and waits up to
@@ -87,7 +90,12 @@ pub async fn run(
         &config.node_name,
     );
     let mut collectors = collector::build_collectors(&config, &host_resource.id)?;
-    let pending = PendingBatches::new(config.batch.max_queued_batches);
+    let pending = DiskBuffer::open(&config.state_dir.join("buffer"), config.buffer.clone())?;
+    let flusher = tokio::spawn(flush_buffer(
+        pending.clone(),
+        Duration::from_millis(config.buffer.fsync_interval_ms),
+        shutdown.clone(),
+    ));
     let health = SelfHealth::default();
     if config.collectors.agent.enabled {
         collectors.push(collector::ScheduledCollector {
@@ -166,11 +174,24 @@ pub async fn run(
     }
     transport_stop.cancel();
     let _ = transport_task.await;
+    let _ = flusher.await;
+    // What is still unacknowledged stays on disk for the next start.
+    let synced = tokio::task::spawn_blocking({
+        let pending = pending.clone();
+        move || pending.sync()
+    })
+    .await;
+    if let Ok(Err(e)) = synced {
+        tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "Cannot sync the disk buffer."
+        );
+    }
     let dropped = pending.dropped();
     tracing::info!(
         unacknowledged_batches = pending.len(),
-        overflow_dropped_batches = dropped.overflow_batches,
-        overflow_dropped_samples = dropped.overflow_samples,
+        dropped_batches = dropped.batches,
+        dropped_samples = dropped.samples,
         rejected_batches = dropped.rejected_batches,
         "Agent stopped."
     );
@@ -184,7 +205,7 @@ async fn run_batcher(
     mut builder: BatchBuilder,
     mut collected: mpsc::Receiver<Collection>,
     seq: &mut SeqAllocator,
-    pending: &Arc<PendingBatches>,
+    pending: &Arc<DiskBuffer>,
     config: &AgentConfig,
 ) -> Result<(), AgentError> {
     let mut flush = tokio::time::interval(Duration::from_millis(config.batch.flush_interval_ms));
@@ -212,15 +233,38 @@ async fn run_batcher(
 fn queue(
     builder: &mut BatchBuilder,
     seq: &mut SeqAllocator,
-    pending: &PendingBatches,
+    pending: &DiskBuffer,
 ) -> Result<(), AgentError> {
     let batch = builder.finish(seq.next_seq()?);
     let samples = batch.samples.as_ref().map_or(0, |s| s.values.len());
-    if let Some(dropped) = pending.push(batch) {
-        metrics::counter!("infrawatch_agent_buffer_batches_dropped_total", "reason" => "queue_full")
-            .increment(1);
-        tracing::error!(seq = dropped, "Pending queue full; oldest batch dropped.");
-    }
+    pending.push(batch);
     tracing::debug!(samples, "Batch queued.");
     Ok(())
+}
+
+/// Makes the disk buffer durable every `every` until `shutdown`.
+async fn flush_buffer(buffer: Arc<DiskBuffer>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let b = buffer.clone();
+        match tokio::task::spawn_blocking(move || b.sync()).await {
+            Ok(Ok(())) => failing = false,
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "Cannot sync the disk buffer; retrying."
+                    );
+                }
+                failing = true;
+            }
+            Err(_) => return,
+        }
+    }
 }

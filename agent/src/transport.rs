@@ -2,7 +2,7 @@
 //! acknowledgements back, reconnect with exponential backoff and full jitter, and
 //! fail-over across the configured endpoints.
 //!
-//! Every batch stays in [`PendingBatches`] until acknowledged, so a broken stream
+//! Every batch stays in the [`DiskBuffer`] until acknowledged, so a broken stream
 //! only means resending from the oldest unacknowledged batch on the next one.
 
 use std::sync::Arc;
@@ -19,8 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::buffer::DiskBuffer;
 use crate::config::AggregatorConfig;
-use crate::pending::PendingBatches;
 
 /// Largest message the agent accepts from the aggregator.
 const MAX_INBOUND_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -101,7 +101,7 @@ pub struct Transport {
     config: AggregatorConfig,
     tls: TlsMaterial,
     hello: Hello,
-    pending: Arc<PendingBatches>,
+    pending: Arc<DiskBuffer>,
 }
 
 impl Transport {
@@ -110,7 +110,7 @@ impl Transport {
         config: AggregatorConfig,
         tls: TlsMaterial,
         hello: Hello,
-        pending: Arc<PendingBatches>,
+        pending: Arc<DiskBuffer>,
     ) -> Self {
         Self {
             config,

@@ -21,6 +21,8 @@ pub const DB_ERRORS: &str = "infrawatch_aggregator_store_errors_total";
 pub const STATE_CHANGES: &str = "infrawatch_aggregator_state_changes_total";
 /// Gauge: resources in the model.
 pub const RESOURCES: &str = "infrawatch_aggregator_resources";
+/// Counter by `cause`: samples agents reported lost (data gaps).
+pub const GAP_SAMPLES: &str = "infrawatch_aggregator_agent_lost_samples_total";
 /// Gauge: series in the hot sample store.
 pub const HOT_SERIES: &str = "infrawatch_aggregator_hot_series";
 

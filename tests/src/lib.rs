@@ -543,6 +543,7 @@ pub fn batch(
             time_offset_ms: vec![0],
             values: vec![value],
         }),
+        gaps: Vec::new(),
     }
 }
 

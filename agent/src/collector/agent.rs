@@ -12,7 +12,7 @@ use std::time::Instant;
 use infrawatch_common::time::now_unix_ms;
 
 use super::{CollectError, Collection, Collector, ObservedResource};
-use crate::pending::PendingBatches;
+use crate::buffer::DiskBuffer;
 use crate::self_health::{SelfHealth, process_usage};
 
 /// The self-health collector.
@@ -22,7 +22,7 @@ pub struct AgentCollector {
     interval_ms: u32,
     name: String,
     health: SelfHealth,
-    pending: Arc<PendingBatches>,
+    buffer: Arc<DiskBuffer>,
     proc_self: PathBuf,
     previous_cpu: Option<(f64, Instant)>,
 }
@@ -34,7 +34,7 @@ impl AgentCollector {
         interval_ms: u32,
         name: String,
         health: SelfHealth,
-        pending: Arc<PendingBatches>,
+        buffer: Arc<DiskBuffer>,
     ) -> Self {
         Self {
             resource_id: format!("agent/{}", host_id.trim_start_matches("host/")),
@@ -42,7 +42,7 @@ impl AgentCollector {
             interval_ms,
             name,
             health,
-            pending,
+            buffer,
             proc_self: PathBuf::from("/proc/self"),
             previous_cpu: None,
         }
@@ -124,27 +124,34 @@ impl Collector for AgentCollector {
             }
             self.previous_cpu = Some((cpu, now));
         }
-        let dropped = self.pending.dropped();
+        let dropped = self.buffer.dropped();
         out.sample(
             &id,
-            "infrawatch.agent.buffer.dropped",
-            &[("reason", "queue_full")],
+            "infrawatch.agent.buffer.dropped_samples",
+            &[],
             ts,
-            dropped.overflow_batches as f64,
+            dropped.samples as f64,
         );
         out.sample(
             &id,
-            "infrawatch.agent.buffer.dropped",
-            &[("reason", "rejected")],
+            "infrawatch.agent.buffer.dropped_batches",
+            &[],
             ts,
-            dropped.rejected_batches as f64,
+            dropped.batches as f64,
         );
         out.sample(
             &id,
             "infrawatch.agent.buffer.queued",
             &[],
             ts,
-            self.pending.len() as f64,
+            self.buffer.len() as f64,
+        );
+        out.sample(
+            &id,
+            "infrawatch.agent.buffer.usage",
+            &[],
+            ts,
+            self.buffer.bytes() as f64,
         );
         Ok(())
     }

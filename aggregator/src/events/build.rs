@@ -44,6 +44,7 @@ pub fn event_for(
         observed_at_unix_ms: record.observed_at_ms,
         emitted_at_unix_ms: now_ms,
         source: source.to_string(),
+        gap: None,
     }
 }
 

@@ -56,6 +56,21 @@ pub fn event_json(e: &pb::InfrastructureStatusUpdatedEvent) -> Value {
         "observedAtUnixMs": e.observed_at_unix_ms.to_string(),
         "emittedAtUnixMs": e.emitted_at_unix_ms.to_string(),
         "source": e.source,
+        "gap": e.gap.as_ref().map(gap_json),
+    })
+}
+
+/// `DataGap` as protobuf JSON.
+pub fn gap_json(g: &pb::DataGap) -> Value {
+    json!({
+        "firstSeq": g.first_seq.to_string(),
+        "lastSeq": g.last_seq.to_string(),
+        "fromUnixMs": g.from_unix_ms.to_string(),
+        "toUnixMs": g.to_unix_ms.to_string(),
+        "samplesLost": g.samples_lost.to_string(),
+        "batchesLost": g.batches_lost.to_string(),
+        "cause": g.cause,
+        "exact": g.exact,
     })
 }
 
@@ -92,6 +107,7 @@ mod tests {
             observed_at_unix_ms: 1_790_000_000_000,
             emitted_at_unix_ms: 1_790_000_000_100,
             source: "agent-a".into(),
+            gap: None,
         };
         let v = envelope_json(&StoredEvent::new(12, e, None));
         assert_eq!(v["position"], "12");

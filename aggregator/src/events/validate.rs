@@ -137,6 +137,7 @@ mod tests {
             observed_at_unix_ms: NOW - 1000,
             emitted_at_unix_ms: NOW,
             source: "agent-a".into(),
+            gap: None,
         }
     }
 

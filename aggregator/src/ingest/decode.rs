@@ -11,7 +11,7 @@ use infrawatch_common::resource::{
     MAX_LABELS_PER_RESOURCE, canonical_attributes, validate_label, validate_metric_name,
     validate_resource_id,
 };
-use infrawatch_proto::v1::Batch;
+use infrawatch_proto::v1::{Batch, DataGap};
 
 use crate::model::Relation;
 use crate::series::SeriesKey;
@@ -101,6 +101,39 @@ pub struct DecodedBatch {
     pub dropped_non_finite: usize,
     /// Samples dropped because their time was too far in the future or past.
     pub dropped_out_of_range: usize,
+    /// Data the agent reports lost.
+    pub gaps: Vec<DataGap>,
+}
+
+/// Gaps per batch at most.
+pub const MAX_GAPS: usize = 1000;
+
+/// Checks the gaps a batch reports.
+fn check_gaps(gaps: Vec<DataGap>) -> Result<Vec<DataGap>, String> {
+    if gaps.len() > MAX_GAPS {
+        return Err(format!("{} gaps, the limit is {MAX_GAPS}", gaps.len()));
+    }
+    for (i, g) in gaps.iter().enumerate() {
+        let cause_ok = !g.cause.is_empty()
+            && g.cause.len() <= 64
+            && g.cause.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        if !cause_ok {
+            return Err(format!(
+                "gap {i}: cause {:?} must be 1-64 characters of a-z and '_'",
+                g.cause
+            ));
+        }
+        if g.first_seq > g.last_seq || g.from_unix_ms > g.to_unix_ms {
+            return Err(format!(
+                "gap {i}: seq {}..{} or time {}..{} runs backwards",
+                g.first_seq, g.last_seq, g.from_unix_ms, g.to_unix_ms
+            ));
+        }
+        if g.batches_lost == 0 {
+            return Err(format!("gap {i}: batches_lost is 0"));
+        }
+    }
+    Ok(gaps)
 }
 
 /// Why a batch was rejected; the text is sent to the agent.
@@ -114,9 +147,10 @@ pub struct DecodeError {
 }
 
 /// Checks `batch` against `limits` at time `now_ms`.
-pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch, DecodeError> {
+pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch, DecodeError> {
     let seq = batch.seq;
     let fail = |problem: String| DecodeError { seq, problem };
+    let gaps = check_gaps(std::mem::take(&mut batch.gaps)).map_err(fail)?;
     if seq == 0 {
         return Err(fail("seq must be at least 1".into()));
     }
@@ -269,6 +303,7 @@ pub fn decode(batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch
         sample_count: 0,
         dropped_non_finite: 0,
         dropped_out_of_range: 0,
+        gaps,
     };
     for j in 0..n {
         let idx = cols.series[j] as usize;
@@ -331,6 +366,40 @@ mod tests {
                 time_offset_ms: vec![0, 0, 1000],
                 values: vec![0.5, 0.25, f64::NAN],
             }),
+            gaps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn gaps_are_checked() {
+        let gap = DataGap {
+            first_seq: 3,
+            last_seq: 5,
+            from_unix_ms: 10,
+            to_unix_ms: 20,
+            samples_lost: 30,
+            batches_lost: 3,
+            cause: "buffer_full".into(),
+            exact: true,
+        };
+        let mut b = batch();
+        b.gaps.push(gap.clone());
+        assert_eq!(
+            decode(b, 1_000_000, &Limits::default()).unwrap().gaps,
+            vec![gap.clone()]
+        );
+        for spoil in [
+            (|g: &mut DataGap| g.cause = "Buffer Full".into()) as fn(&mut DataGap),
+            |g| g.last_seq = 1,
+            |g| g.to_unix_ms = 0,
+            |g| g.batches_lost = 0,
+        ] {
+            let mut bad = gap.clone();
+            spoil(&mut bad);
+            let mut b = batch();
+            b.gaps.push(bad);
+            let err = decode(b, 1_000_000, &Limits::default()).unwrap_err();
+            assert!(err.problem.starts_with("gap 0"), "{err}");
         }
     }
 

@@ -29,7 +29,7 @@ use crate::health;
 use crate::model::{Health, ResourceRecord, changed_fields};
 use crate::series::{SeriesKey, Stats};
 use crate::state::{Model, State};
-use crate::store::{COMMIT_SEQ, DeadLetter};
+use crate::store::{COMMIT_SEQ, DeadLetter, GapRow};
 use crate::store::{Commit, HistoryEntry, RollupDelta, Store, StoreError};
 use crate::telemetry;
 use infrawatch_proto::v1 as pb;
@@ -102,6 +102,8 @@ struct Plan {
     seen: HashSet<String>,
     /// One event per new version, with the version it follows.
     events: Vec<(pb::InfrastructureStatusUpdatedEvent, u64)>,
+    /// Data gaps agents reported.
+    gaps: Vec<GapRow>,
 }
 
 impl Plan {
@@ -148,6 +150,33 @@ impl Plan {
             health: next.health,
             reasons: next.reasons.clone(),
             changed: changed.iter().map(|s| s.to_string()).collect(),
+            observed_at_ms: next.observed_at_ms,
+            recorded_at_ms: now_ms,
+            source: next.source.clone(),
+        });
+        self.changed.insert(next.id.clone());
+        self.records.insert(next.id.clone(), next);
+    }
+
+    /// Records that the agent on host `id` lost data: a new version of the host
+    /// whose event carries the gap (`changed` = `data_gap`).
+    fn data_gap(&mut self, model: &Model, id: &str, gap: &pb::DataGap, now_ms: i64) {
+        let Some(before) = self.record(model, id).cloned() else {
+            return;
+        };
+        let mut next = before.clone();
+        next.version += 1;
+        let changed = ["data_gap"];
+        let mut event = build::event_for(&next, before.health, &changed, &next.source, now_ms);
+        event.gap = Some(gap.clone());
+        self.events.push((event, before.version));
+        self.history.push(HistoryEntry {
+            resource_id: next.id.clone(),
+            resource_version: next.version,
+            previous_health: before.health,
+            health: next.health,
+            reasons: next.reasons.clone(),
+            changed: changed.iter().map(|c| c.to_string()).collect(),
             observed_at_ms: next.observed_at_ms,
             recorded_at_ms: now_ms,
             source: next.source.clone(),
@@ -222,6 +251,7 @@ impl Plan {
             rollups: self.rollups.into_values().collect(),
             events,
             dead_letters,
+            gaps: self.gaps,
             commit_seq: 0,
         };
         let applied = Applied {
@@ -585,6 +615,42 @@ impl Writer {
             }
             plan.seen.insert(next.id.clone());
             plan.update(model, next, now);
+        }
+        if !batch.gaps.is_empty() {
+            let host = batch
+                .resources
+                .iter()
+                .find(|o| o.kind == kind::HOST)
+                .map(|o| o.id.clone())
+                .unwrap_or_default();
+            for g in &batch.gaps {
+                tracing::warn!(
+                    agent = cursor_key,
+                    first_seq = g.first_seq,
+                    last_seq = g.last_seq,
+                    samples = g.samples_lost,
+                    cause = %g.cause,
+                    "Agent reports lost data."
+                );
+                metrics::counter!(telemetry::GAP_SAMPLES, "cause" => g.cause.clone())
+                    .increment(g.samples_lost);
+                plan.gaps.push(GapRow {
+                    agent_id: cursor_key.to_string(),
+                    host_id: host.clone(),
+                    first_seq: g.first_seq,
+                    last_seq: g.last_seq,
+                    from_ms: g.from_unix_ms,
+                    to_ms: g.to_unix_ms,
+                    samples_lost: g.samples_lost,
+                    batches_lost: g.batches_lost,
+                    cause: g.cause.clone(),
+                    exact: g.exact,
+                    recorded_at_ms: now,
+                });
+                if !host.is_empty() {
+                    plan.data_gap(model, &host, g, now);
+                }
+            }
         }
         plan.cursors.insert(cursor_key.to_string(), batch.seq);
         Ok(false)

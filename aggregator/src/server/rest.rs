@@ -51,6 +51,7 @@ pub struct RestState {
 pub fn router(shared: RestState) -> Router {
     let protected = Router::new()
         .route("/api/v1/status", get(status))
+        .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/resources", get(list_resources))
         .route("/api/v1/resources/{*path}", get(resource_or_metrics))
         .route("/api/v1/events", get(rest_events::page))
@@ -260,6 +261,43 @@ async fn list_resources(
     Ok(Json(json!({
         "resources": page.iter().map(resource_json).collect::<Vec<_>>(),
         "next_cursor": next,
+    })))
+}
+
+/// `GET /api/v1/gaps?agent=&from=&to=&limit=`: data agents reported lost, newest
+/// first; `agent` is an agent identity or a host resource id.
+async fn gaps(
+    AxumState(shared): AxumState<RestState>,
+    Query(params): Params,
+) -> Result<Json<Value>, QueryError> {
+    reject_unknown(&params, &["agent", "from", "to", "limit"])?;
+    let from = number::<i64>(&params, "from", "a time in Unix ms")?.unwrap_or(0);
+    let to = number::<i64>(&params, "to", "a time in Unix ms")?.unwrap_or(i64::MAX);
+    let limit = number::<u32>(&params, "limit", "a number")?.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(QueryError::InvalidArgument(format!(
+            "limit {limit} must be between 1 and 1000"
+        )));
+    }
+    let rows = shared
+        .store
+        .gaps(param(&params, "agent"), from, to, limit)
+        .await
+        .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({
+        "gaps": rows.iter().map(|g| json!({
+            "agent": g.agent_id,
+            "hostId": g.host_id,
+            "firstSeq": g.first_seq.to_string(),
+            "lastSeq": g.last_seq.to_string(),
+            "fromUnixMs": g.from_ms.to_string(),
+            "toUnixMs": g.to_ms.to_string(),
+            "samplesLost": g.samples_lost.to_string(),
+            "batchesLost": g.batches_lost.to_string(),
+            "cause": g.cause,
+            "exact": g.exact,
+            "recordedAtUnixMs": g.recorded_at_ms.to_string(),
+        })).collect::<Vec<_>>()
     })))
 }
 

@@ -130,6 +130,8 @@ pub struct Commit {
     pub events: Vec<StoredEvent>,
     /// Events that failed validation.
     pub dead_letters: Vec<DeadLetter>,
+    /// Data gaps reported by agents.
+    pub gaps: Vec<GapRow>,
     /// Number of this commit (one more than the last), stored with it so that a
     /// commit whose outcome was lost can be recognised; 0 records nothing.
     pub commit_seq: u64,
@@ -145,6 +147,7 @@ impl Commit {
             && self.rollups.is_empty()
             && self.events.is_empty()
             && self.dead_letters.is_empty()
+            && self.gaps.is_empty()
     }
 }
 
@@ -188,8 +191,10 @@ macro_rules! on_pool {
 }
 
 mod events;
+mod gaps;
 
 pub use events::{CursorKind, CursorRow, DeadLetter};
+pub use gaps::GapRow;
 
 /// Name of the meta counter holding the number of the last commit.
 pub const COMMIT_SEQ: &str = "commit_seq";
@@ -362,6 +367,15 @@ impl Store {
                     .bind(&d.event.event_id).bind(&d.event.resource_id)
                     .bind(rows::seq_to_db(d.event.resource_version)).bind(&d.reason)
                     .bind(prost::Message::encode_to_vec(&d.event)).bind(d.recorded_at_ms)
+                    .execute(&mut *tx).await?;
+            }
+            for g in &c.gaps {
+                sqlx::query(gaps::INSERT_GAP)
+                    .bind(&g.agent_id).bind(&g.host_id)
+                    .bind(rows::seq_to_db(g.first_seq)).bind(rows::seq_to_db(g.last_seq))
+                    .bind(g.from_ms).bind(g.to_ms)
+                    .bind(rows::seq_to_db(g.samples_lost)).bind(rows::seq_to_db(g.batches_lost))
+                    .bind(&g.cause).bind(g.exact).bind(g.recorded_at_ms)
                     .execute(&mut *tx).await?;
             }
             if c.commit_seq > 0 {

@@ -1,0 +1,242 @@
+use super::*;
+use infrawatch_proto::v1::SampleColumns;
+
+fn batch(seq: u64, samples: usize) -> Batch {
+    let now = infrawatch_common::time::now_unix_ms();
+    Batch {
+        seq,
+        base_time_unix_ms: now,
+        strings: vec!["x".repeat(200)],
+        samples: Some(SampleColumns {
+            series: vec![0; samples],
+            time_offset_ms: (0..samples as i64).collect(),
+            values: vec![1.5; samples],
+        }),
+        ..Default::default()
+    }
+}
+
+fn small() -> BufferConfig {
+    BufferConfig {
+        max_bytes: 256 * 1024,
+        max_age_ms: 3_600_000,
+        segment_bytes: 64 * 1024,
+        fsync_interval_ms: 250,
+        memory_bytes: 8 * 1024,
+    }
+}
+
+fn seqs(buf: &DiskBuffer) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    while let Some(b) = buf.next_after(after) {
+        out.push(b.seq);
+        after = b.seq;
+    }
+    out
+}
+
+#[test]
+fn batches_survive_a_restart_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    for seq in 1..=50 {
+        buf.push(batch(seq, 20));
+    }
+    buf.ack(10);
+    buf.sync().unwrap();
+    assert_eq!(seqs(&buf), (11..=50).collect::<Vec<_>>());
+    drop(buf);
+
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        seqs(&buf),
+        (11..=50).collect::<Vec<_>>(),
+        "replayed oldest first"
+    );
+    let b = buf.next_after(20).unwrap();
+    assert_eq!(
+        b.samples.as_ref().unwrap().values.len(),
+        20,
+        "read back intact"
+    );
+    buf.push(batch(51, 20));
+    assert_eq!(
+        seqs(&buf).last(),
+        Some(&51),
+        "new batches follow the replay"
+    );
+    buf.ack(51);
+    assert!(buf.is_empty());
+    assert_eq!(buf.dropped(), Dropped::default());
+}
+
+#[test]
+fn acknowledged_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    for seq in 1..=600 {
+        buf.push(batch(seq, 20));
+    }
+    let files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    };
+    assert!(files() > 2, "several segments");
+    buf.ack(600);
+    assert_eq!(files(), 1, "only the active segment stays");
+    assert!(buf.bytes() <= small().segment_bytes);
+}
+
+#[test]
+fn the_cap_holds_and_the_loss_is_reported_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    for seq in 1..=2000 {
+        buf.push(batch(seq, 20));
+        assert!(buf.bytes() <= small().max_bytes, "cap exceeded at {seq}");
+    }
+    let d = buf.dropped();
+    assert!(d.batches > 0);
+    assert_eq!(d.samples, d.batches * 20);
+    let kept = seqs(&buf);
+    assert_eq!(
+        kept.len() as u64 + d.batches,
+        2000,
+        "every batch kept or counted"
+    );
+    // The gaps ride in the kept batches; together they name every lost batch once.
+    let mut lost: Vec<u64> = Vec::new();
+    let mut samples = 0;
+    let mut after = 0;
+    while let Some(b) = buf.next_after(after) {
+        for g in &b.gaps {
+            assert_eq!(g.cause, cause::BUFFER_FULL);
+            assert!(g.exact);
+            lost.extend(g.first_seq..=g.last_seq);
+            samples += g.samples_lost;
+        }
+        after = b.seq;
+    }
+    lost.extend(
+        buf.pending_gaps()
+            .iter()
+            .flat_map(|g| g.first_seq..=g.last_seq),
+    );
+    samples += buf
+        .pending_gaps()
+        .iter()
+        .map(|g| g.samples_lost)
+        .sum::<u64>();
+    lost.sort_unstable();
+    let expected: Vec<u64> = (1..=2000).filter(|s| !kept.contains(s)).collect();
+    assert_eq!(lost, expected);
+    assert_eq!(samples, d.samples);
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    for seq in 1..=5 {
+        buf.push(batch(seq, 10));
+    }
+    buf.sync().unwrap();
+    drop(buf);
+    // A crash in the middle of writing batch 5's payload.
+    let seg = segment_path(dir.path(), 1);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 30).unwrap();
+
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert_eq!(seqs(&buf), vec![1, 2, 3, 4]);
+    let gaps = buf.pending_gaps();
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(
+        (gaps[0].first_seq, gaps[0].samples_lost, gaps[0].exact),
+        (5, 10, true)
+    );
+    assert_eq!(gaps[0].cause, cause::CORRUPT);
+    // New batches append after the cut and carry the gap.
+    buf.push(batch(6, 10));
+    assert_eq!(seqs(&buf), vec![1, 2, 3, 4, 6]);
+    assert_eq!(buf.next_after(5).unwrap().gaps.len(), 1);
+    drop(buf);
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        seqs(&buf),
+        vec![1, 2, 3, 4, 6],
+        "the log is clean after the cut"
+    );
+}
+
+#[test]
+fn a_damaged_header_is_cut_and_reported_as_inexact() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    for seq in 1..=3 {
+        buf.push(batch(seq, 10));
+    }
+    buf.sync().unwrap();
+    drop(buf);
+    let seg = segment_path(dir.path(), 1);
+    let mut data = std::fs::read(&seg).unwrap();
+    let second = data.len() / 3;
+    data[second + 2] ^= 0xff;
+    std::fs::write(&seg, &data).unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert_eq!(seqs(&buf), vec![1]);
+    let gaps = buf.pending_gaps();
+    assert_eq!(gaps.len(), 1);
+    assert!(!gaps[0].exact);
+    assert_eq!(gaps[0].first_seq, 2);
+}
+
+#[test]
+fn rejected_batches_become_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    buf.push(batch(1, 7));
+    buf.push(batch(2, 7));
+    assert_eq!(buf.reject_oldest(), Some(1));
+    buf.push(batch(3, 7));
+    let b = buf.next_after(2).unwrap();
+    assert_eq!(b.gaps.len(), 1);
+    assert_eq!(b.gaps[0].cause, cause::REJECTED);
+    assert_eq!((b.gaps[0].first_seq, b.gaps[0].samples_lost), (1, 7));
+    assert_eq!(buf.dropped().rejected_batches, 1);
+}
+
+#[test]
+fn old_data_is_dropped_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    let mut old = batch(1, 5);
+    old.base_time_unix_ms -= 2 * 3_600_000;
+    buf.push(old);
+    buf.push(batch(2, 5));
+    assert_eq!(seqs(&buf), vec![2]);
+    let b = buf.next_after(1).unwrap();
+    assert_eq!(b.gaps[0].cause, cause::BUFFER_AGE);
+}
+
+#[test]
+fn settings_are_checked() {
+    assert!(BufferConfig::default().problems().is_empty());
+    let bad = BufferConfig {
+        max_bytes: 1000,
+        fsync_interval_ms: 0,
+        ..BufferConfig::default()
+    };
+    let fields: Vec<_> = bad.problems().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, vec!["max_bytes", "fsync_interval_ms"]);
+}
