@@ -42,7 +42,8 @@ use crate::self_health::SelfHealth;
 use crate::seq::{SeqAllocator, SeqError};
 use crate::transport::Transport;
 
-/// How long a stopping agent waits for the aggregator to acknowledge what it holds.
+/// How long a stopping agent waits for a connected aggregator to acknowledge what
+/// it holds (the rest stays in the disk buffer).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the agent could not start or run.
@@ -160,16 +161,21 @@ pub async fn run(
 
     let transport_stop = CancellationToken::new();
     let transport = Transport::new(config.aggregator.clone(), tls, hello, pending.clone());
+    let connected = transport.connected();
     let transport_task = tokio::spawn(transport.run(transport_stop.clone()));
 
     // Ends once shutdown has stopped every collector and their last output is queued.
     let builder = BatchBuilder::new(vec![host_resource]);
     let batcher = run_batcher(builder, collected_rx, &mut seq, &pending, &config).await;
 
-    // Shutdown: give the transport a moment to deliver what is queued.
+    // Shutdown: give the transport a moment to deliver what is queued, if it can;
+    // whatever is left stays in the disk buffer for the next start.
     while collector_tasks.join_next().await.is_some() {}
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+    while !pending.is_empty()
+        && connected.load(std::sync::atomic::Ordering::Relaxed)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     transport_stop.cancel();

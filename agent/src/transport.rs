@@ -6,6 +6,7 @@
 //! only means resending from the oldest unacknowledged batch on the next one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use infrawatch_common::tls::TlsMaterial;
@@ -102,6 +103,7 @@ pub struct Transport {
     tls: TlsMaterial,
     hello: Hello,
     pending: Arc<DiskBuffer>,
+    connected: Arc<AtomicBool>,
 }
 
 impl Transport {
@@ -117,7 +119,13 @@ impl Transport {
             tls,
             hello,
             pending,
+            connected: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// True while a stream to an aggregator is open.
+    pub fn connected(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -213,6 +221,8 @@ impl Transport {
             .map_err(StreamError::from_status)?
             .into_inner();
         tracing::info!(endpoint, "Connected to aggregator.");
+        self.connected.store(true, Ordering::Relaxed);
+        let _connected = ConnectedFlag(self.connected.clone());
         let mut newest = self.pending.subscribe();
         let mut last_sent = 0u64;
         let mut last_acked = 0u64;
@@ -254,6 +264,15 @@ impl Transport {
                 },
             }
         }
+    }
+}
+
+/// Clears the connected flag when the stream ends, however it ends.
+struct ConnectedFlag(Arc<AtomicBool>);
+
+impl Drop for ConnectedFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

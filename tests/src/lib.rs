@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod brokers;
 pub mod events;
+pub mod proxy;
 
 /// Path of a workspace binary next to this test binary.
 pub fn binary(name: &str) -> PathBuf {

@@ -5,6 +5,7 @@
 
 mod auth;
 mod bad_input;
+mod buffer;
 mod collectors;
 mod events;
 mod health;
