@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod brokers;
 pub mod events;
+pub mod postgres;
 pub mod proxy;
 
 /// Path of a workspace binary next to this test binary.
@@ -174,6 +175,11 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// True while the process runs.

@@ -8,6 +8,7 @@ mod bad_input;
 mod buffer;
 mod collectors;
 mod events;
+mod faults;
 mod health;
 mod icmp;
 mod outage;
