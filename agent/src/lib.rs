@@ -27,7 +27,8 @@ pub mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use infrawatch_common::tls::{TlsError, TlsMaterial};
+use infrawatch_common::tls::TlsError;
+use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::{Hello, HostIdentity as WireHostIdentity};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
@@ -79,7 +80,7 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let tls = TlsMaterial::load(&config.aggregator.tls)?;
+    let tls = Arc::new(ReloadingTls::load(&config.aggregator.tls)?);
     std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
         path: config.state_dir.clone(),
         source,
@@ -136,7 +137,7 @@ pub async fn run(
     };
     tracing::info!(
         agent = %name,
-        identity = tls.own_identity().unwrap_or_default(),
+        identity = tls.current().0.own_identity().unwrap_or_default(),
         endpoints = ?config.aggregator.endpoints,
         collectors = ?hello.capabilities,
         "Agent starting."

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use infrawatch_common::tls::TlsMaterial;
+use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
 use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
 use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
@@ -100,7 +100,7 @@ impl Backoff {
 /// Keeps a stream to some aggregator open until `shutdown`, sending every pending batch.
 pub struct Transport {
     config: AggregatorConfig,
-    tls: TlsMaterial,
+    tls: Arc<ReloadingTls>,
     hello: Hello,
     pending: Arc<DiskBuffer>,
     connected: Arc<AtomicBool>,
@@ -110,7 +110,7 @@ impl Transport {
     /// A transport that announces itself with `hello`.
     pub fn new(
         config: AggregatorConfig,
-        tls: TlsMaterial,
+        tls: Arc<ReloadingTls>,
         hello: Hello,
         pending: Arc<DiskBuffer>,
     ) -> Self {
@@ -183,7 +183,9 @@ impl Transport {
         };
         Endpoint::from_shared(endpoint.to_string())
             .map_err(err)?
-            .tls_config(self.tls.client_config(&self.config.server_name))
+            // Read the files again if they changed: rotated certificates are used
+            // from the next connection on.
+            .tls_config(self.tls.current().0.client_config(&self.config.server_name))
             .map_err(err)?
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .tcp_nodelay(true)

@@ -41,7 +41,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infrawatch_common::time::now_unix_ms;
-use infrawatch_common::tls::{TlsError, TlsMaterial};
+use infrawatch_common::tls::TlsError;
+use infrawatch_common::tls_reload::ReloadingTls;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -87,7 +88,8 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), AggregatorError> {
-    let tls = TlsMaterial::load(&config.grpc.tls)?;
+    let tls = Arc::new(ReloadingTls::load(&config.grpc.tls)?);
+    tls.current().0.rustls_server_config()?;
     let store = Store::open(&config.storage)?;
     migrate_when_ready(&store, &shutdown).await?;
     let state = Arc::new(State::new(config.ingest.hot_window_ms));
@@ -175,7 +177,7 @@ pub async fn run(
             server::serve_grpc(
                 grpc_listener,
                 &grpc_config,
-                &tls,
+                tls,
                 ingest,
                 query_api,
                 event_api,

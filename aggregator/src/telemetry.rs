@@ -23,6 +23,8 @@ pub const STATE_CHANGES: &str = "infrawatch_aggregator_state_changes_total";
 pub const RESOURCES: &str = "infrawatch_aggregator_resources";
 /// Counter by `cause`: samples agents reported lost (data gaps).
 pub const GAP_SAMPLES: &str = "infrawatch_aggregator_agent_lost_samples_total";
+/// Counter by `reason`: connections refused during the TLS handshake.
+pub const TLS_REFUSED: &str = "infrawatch_aggregator_tls_refused_total";
 /// Gauge: series in the hot sample store.
 pub const HOT_SERIES: &str = "infrawatch_aggregator_hot_series";
 

@@ -22,6 +22,7 @@ pub mod resource;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod tls_reload;
 
 /// Installs ring as the process-wide rustls crypto provider.
 ///

@@ -6,6 +6,7 @@
 //! DNS subject alternative name of that certificate, never a field it sends.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -36,6 +37,14 @@ pub enum TlsError {
     /// The certificate has no name usable as an identity.
     #[error("certificate has no URI or DNS subject alternative name")]
     NoIdentity,
+    /// The key does not belong to the certificate, or rustls refused the material.
+    #[error("{path}: {reason}")]
+    Mismatch {
+        /// The certificate file.
+        path: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
 }
 
 /// Paths to the PEM files of one TLS endpoint.
@@ -66,20 +75,66 @@ impl TlsMaterial {
         let key_pem = read(&files.key)?;
         require_certificate(&files.ca, &ca_pem)?;
         require_certificate(&files.cert, &cert_pem)?;
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        let Some(key) = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .ok()
-            .flatten();
-        if key.is_none() {
+            .flatten()
+        else {
             return Err(TlsError::Empty {
                 path: files.key.clone(),
                 what: "private key",
             });
-        }
+        };
+        // The key must belong to the certificate: while a rotation writes one file
+        // and then the other, the pair is inconsistent for a moment.
+        let chain = certs(&cert_pem);
+        rustls::sign::CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+            TlsError::Mismatch {
+                path: files.cert.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(Self {
             ca_pem,
             cert_pem,
             key_pem,
         })
+    }
+
+    /// The certificate chain, PEM.
+    pub fn cert_pem(&self) -> &[u8] {
+        &self.cert_pem
+    }
+
+    /// A rustls server configuration: our certificate, a client certificate
+    /// signed by the CA required, HTTP/2 by ALPN.
+    pub fn rustls_server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let bad = |reason: String| TlsError::Mismatch {
+            path: PathBuf::from("<server TLS material>"),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs(&self.ca_pem) {
+            roots.add(ca).map_err(|e| bad(e.to_string()))?;
+        }
+        let provider = Arc::new(provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_slice())
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no private key".into()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&self.cert_pem), key)
+            .map_err(|e| bad(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
     }
 
     /// Server side: present our certificate and require a client certificate
@@ -108,6 +163,16 @@ impl TlsMaterial {
             .ok_or(TlsError::NoIdentity)?;
         identity_from_der(der.as_ref())
     }
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+fn certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut &pem[..])
+        .filter_map(Result::ok)
+        .collect()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

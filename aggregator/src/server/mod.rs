@@ -8,13 +8,15 @@ pub mod rest;
 pub mod rest_events;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use infrawatch_common::tls::TlsMaterial;
+use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::agent_service_server::AgentServiceServer;
 use infrawatch_proto::v1::event_service_server::EventServiceServer;
 use infrawatch_proto::v1::query_service_server::QueryServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -54,7 +56,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 pub async fn serve_grpc(
     listener: TcpListener,
     config: &GrpcConfig,
-    tls: &TlsMaterial,
+    tls: Arc<ReloadingTls>,
     ingest: ingest::IngestService,
     query: query::QueryApi,
     events: events::EventApi,
@@ -75,8 +77,9 @@ pub async fn serve_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max = config.max_message_bytes;
+    let (connections_tx, connections) = mpsc::channel(64);
+    let acceptor = tokio::spawn(accept_tls(listener, tls, connections_tx, shutdown.clone()));
     Server::builder()
-        .tls_config(tls.server_config())?
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
@@ -97,9 +100,89 @@ pub async fn serve_grpc(
                 .max_decoding_message_size(64 * 1024)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(ReceiverStream::new(connections), shutdown.cancelled_owned())
         .await?;
+    acceptor.abort();
     Ok(())
+}
+
+/// How long a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type TlsConnection = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>;
+
+/// Accepts TCP connections and completes their TLS handshakes with the material
+/// current at that moment (so rotated certificates and CAs apply to every new
+/// connection while established ones keep theirs), handing finished connections
+/// to the gRPC server. A failed handshake (unknown CA, expired certificate, no
+/// certificate) closes only that connection.
+async fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    connections: mpsc::Sender<TlsConnection>,
+    shutdown: CancellationToken,
+) {
+    let mut cached: Option<(u64, tokio_rustls::TlsAcceptor)> = None;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "Cannot accept a connection.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (material, version) = tls.current();
+        let acceptor = match &cached {
+            Some((v, a)) if *v == version => a.clone(),
+            _ => match material.rustls_server_config() {
+                Ok(config) => {
+                    let a = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                    cached = Some((version, a.clone()));
+                    a
+                }
+                Err(e) => match &cached {
+                    Some((_, a)) => {
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "New TLS material unusable; keeping the previous."
+                        );
+                        a.clone()
+                    }
+                    None => {
+                        tracing::error!(
+                            error = &e as &dyn std::error::Error,
+                            "No usable TLS material; refusing connections."
+                        );
+                        continue;
+                    }
+                },
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = connections.send(Ok(stream)).await;
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!(crate::telemetry::TLS_REFUSED, "reason" => "handshake")
+                        .increment(1);
+                    tracing::info!(%peer, error = %e, "TLS handshake refused.");
+                }
+                Err(_) => {
+                    metrics::counter!(crate::telemetry::TLS_REFUSED, "reason" => "timeout")
+                        .increment(1);
+                    tracing::info!(%peer, "TLS handshake timed out.");
+                }
+            }
+        });
+    }
 }
 
 /// Serves REST on `listener` until `shutdown`.

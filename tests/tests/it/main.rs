@@ -15,6 +15,7 @@ mod outage;
 mod pipeline;
 mod probes;
 mod restart;
+mod rotation;
 mod up;
 
 /// Every test installs the ring provider first (idempotent).
