@@ -425,4 +425,54 @@ mod tests {
         s.url = "sqlite::memory:".into();
         assert_eq!(s.sqlite_path(), None);
     }
+
+    mod fuzz {
+        //! Property tests of the configuration parser: any file text and any
+        //! `--set` override either loads or yields errors naming fields; nothing
+        //! panics, and validation of whatever loads does not panic either.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn toml_like() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                "[a-z_.]{1,30} = [0-9]{1,12}",
+                "[a-z_.]{1,30} = \"[ -~]{0,20}\"",
+                "\\[[a-z_.]{1,20}\\]",
+                "[a-z_]{1,12} = \\[[0-9, \"a-z]{0,20}\\]",
+                ".{0,30}",
+                Just("[storage]\\nurl = \"sqlite::memory:\"".to_string()),
+            ];
+            prop::collection::vec(line, 0..8).prop_map(|l| l.join("\n"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            #[test]
+            fn any_file_and_override_loads_or_names_the_problem(
+                text in toml_like(),
+                key in "[a-z_.]{0,30}",
+                value in ".{0,20}",
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("c.toml");
+                std::fs::write(&path, &text).unwrap();
+                let overrides = vec![format!("{key}={value}")];
+                let loaded: Result<AggregatorConfig, _> = load(ConfigSources {
+                    file: Some(&path),
+                    env_prefix: "INFRAWATCH_FUZZ_UNSET_",
+                    overrides: &overrides,
+                });
+                match loaded {
+                    Ok(c) => {
+                        if let Err(e) = c.validate() {
+                            prop_assert!(e.0.iter().all(|p| !p.field.is_empty()));
+                        }
+                    }
+                    Err(e) => prop_assert!(!e.0.is_empty()),
+                }
+            }
+        }
+    }
 }

@@ -448,4 +448,113 @@ mod tests {
         assert_eq!(d.sample_count, 0);
         assert_eq!(d.dropped_out_of_range, 2);
     }
+
+    mod fuzz {
+        //! Property tests: any batch, however malformed, is either decoded into
+        //! something consistent or refused with a message; nothing panics. Raw bytes
+        //! go through the protobuf decoder first, as they do on the wire.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_string() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z./_-]{0,12}",
+                ".{0,40}",
+                Just("host/a".to_string()),
+                Just("system.cpu.utilization".to_string()),
+            ]
+        }
+
+        fn any_batch() -> impl Strategy<Value = Batch> {
+            (
+                any::<u64>(),
+                any::<i64>(),
+                prop::collection::vec((any_string(), any_string()), 0..4),
+                prop::collection::vec(any_string(), 0..6),
+                prop::collection::vec(
+                    (0u32..8, 0u32..8, prop::collection::vec(0u32..8, 0..4)),
+                    0..6,
+                ),
+                prop::collection::vec((0u32..8, any::<i64>(), any::<f64>()), 0..20),
+                prop::collection::vec(
+                    (
+                        any::<u64>(),
+                        any::<u64>(),
+                        any::<i64>(),
+                        any::<i64>(),
+                        any::<u64>(),
+                        any_string(),
+                    ),
+                    0..3,
+                ),
+            )
+                .prop_map(|(seq, base, resources, strings, series, samples, gaps)| {
+                    Batch {
+                        seq,
+                        base_time_unix_ms: base,
+                        resources: resources
+                            .into_iter()
+                            .map(|(id, kind)| ResourceObservation {
+                                id,
+                                kind,
+                                ..Default::default()
+                            })
+                            .collect(),
+                        strings,
+                        series: series
+                            .into_iter()
+                            .map(|(resource, metric, attributes)| SeriesDef {
+                                resource,
+                                metric,
+                                attributes,
+                            })
+                            .collect(),
+                        samples: Some(SampleColumns {
+                            series: samples.iter().map(|s| s.0).collect(),
+                            time_offset_ms: samples.iter().map(|s| s.1).collect(),
+                            values: samples.iter().map(|s| s.2).collect(),
+                        }),
+                        gaps: gaps
+                            .into_iter()
+                            .map(|(a, b, from, to, lost, cause)| DataGap {
+                                first_seq: a,
+                                last_seq: b,
+                                from_unix_ms: from,
+                                to_unix_ms: to,
+                                samples_lost: lost,
+                                batches_lost: lost % 3,
+                                cause,
+                                exact: true,
+                            })
+                            .collect(),
+                    }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_batch_is_decoded_consistently_or_refused(batch in any_batch(), now in any::<i64>()) {
+                let input_samples = batch.samples.as_ref().map_or(0, |s| s.values.len());
+                if let Ok(d) = decode(batch, now, &Limits::default()) {
+                    let kept: usize = d.series.iter().map(|s| s.points.len()).sum();
+                    prop_assert_eq!(kept, d.sample_count);
+                    prop_assert_eq!(
+                        d.sample_count + d.dropped_non_finite + d.dropped_out_of_range,
+                        input_samples
+                    );
+                    prop_assert!(d.series.iter().flat_map(|s| &s.points).all(|(_, v)| v.is_finite()));
+                }
+            }
+
+            #[test]
+            fn any_bytes_are_decoded_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                if let Ok(batch) = <Batch as prost::Message>::decode(bytes.as_slice()) {
+                    let _ = decode(batch, 1_790_000_000_000, &Limits::default());
+                }
+            }
+        }
+    }
 }

@@ -151,4 +151,7 @@ async fn certificates_rotate_without_restarts() {
         "the refusal is logged"
     );
     assert!(agent.process.stop().unwrap().success());
+    eprintln!(
+        "RELIABILITY certificate-rotation: stream_errors_during_renewal=0 agent_restarts=0 old_ca_client_refused=true"
+    );
 }
