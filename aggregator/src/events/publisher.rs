@@ -64,14 +64,25 @@ pub async fn send_round(
         acked: &mut [bool],
         error: &mut Option<SinkError>,
     ) {
-        if let Err(e) = sink.flush().await {
-            error.get_or_insert(e);
+        let limit = sink.timeout();
+        let name = sink.name();
+        match tokio::time::timeout(limit, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            Err(_) => {
+                error.get_or_insert(timed_out(name, "flushing", limit));
+            }
         }
         if let Some((i, ack)) = in_flight.pop_front() {
-            match ack.await {
-                Ok(()) => acked[i] = true,
-                Err(e) => {
+            match tokio::time::timeout(limit, ack).await {
+                Ok(Ok(())) => acked[i] = true,
+                Ok(Err(e)) => {
                     error.get_or_insert(e);
+                }
+                Err(_) => {
+                    error.get_or_insert(timed_out(name, "waiting for the acknowledgement", limit));
                 }
             }
             busy.remove(events[i].event.resource_id.as_str());
@@ -84,7 +95,10 @@ pub async fn send_round(
             continue;
         }
         let resource = e.event.resource_id.as_str();
-        while !in_flight.is_empty() && (busy.contains(resource) || in_flight.len() >= max) {
+        while error.is_none()
+            && !in_flight.is_empty()
+            && (busy.contains(resource) || in_flight.len() >= max)
+        {
             settle_front(
                 sink,
                 &mut in_flight,
@@ -98,18 +112,23 @@ pub async fn send_round(
         if error.is_some() {
             break;
         }
-        match sink.send(e).await {
-            Ok(ack) => {
+        let limit = sink.timeout();
+        match tokio::time::timeout(limit, sink.send(e)).await {
+            Ok(Ok(ack)) => {
                 busy.insert(resource);
                 in_flight.push_back((i, ack));
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 error = Some(err);
+                break;
+            }
+            Err(_) => {
+                error = Some(timed_out(sink.name(), "sending", limit));
                 break;
             }
         }
     }
-    while !in_flight.is_empty() {
+    while error.is_none() && !in_flight.is_empty() {
         settle_front(
             sink,
             &mut in_flight,
@@ -119,6 +138,30 @@ pub async fn send_round(
             &mut error,
         )
         .await;
+    }
+    // After a failure the rest usually fails too (a lost connection): wait for all
+    // of them at once, so the round ends within one timeout instead of one per
+    // event, and keep whichever the broker did acknowledge.
+    if !in_flight.is_empty() {
+        let limit = sink.timeout();
+        let name = sink.name();
+        let settled = futures::future::join_all(
+            in_flight
+                .drain(..)
+                .map(|(i, ack)| async move { (i, tokio::time::timeout(limit, ack).await) }),
+        )
+        .await;
+        for (i, result) in settled {
+            match result {
+                Ok(Ok(())) => acked[i] = true,
+                Ok(Err(e)) => {
+                    error.get_or_insert(e);
+                }
+                Err(_) => {
+                    error.get_or_insert(timed_out(name, "waiting for the acknowledgement", limit));
+                }
+            }
+        }
     }
     Round { acked, error }
 }
@@ -149,6 +192,13 @@ impl SinkStatus {
 
     fn set_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+}
+
+fn timed_out(sink: &'static str, what: &str, limit: Duration) -> SinkError {
+    SinkError {
+        sink,
+        message: format!("no answer within {limit:?} while {what}"),
     }
 }
 
@@ -376,6 +426,9 @@ mod tests {
         fn max_in_flight(&self) -> usize {
             8
         }
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(5)
+        }
         async fn send(&mut self, e: &StoredEvent) -> Result<Ack, SinkError> {
             let id = e.event.resource_id.clone();
             if !self.in_flight.lock().unwrap().insert(id.clone()) {
@@ -453,5 +506,41 @@ mod tests {
         assert!(resent.iter().all(|p| !already.contains(p)), "{resent:?}");
         assert!(resent.contains(&3));
         assert_eq!(*violations.lock().unwrap(), 0);
+    }
+
+    /// A sink whose connection died: sends are taken, acknowledgements never come.
+    struct Silent;
+
+    #[async_trait::async_trait]
+    impl Sink for Silent {
+        fn name(&self) -> &'static str {
+            "silent"
+        }
+        fn max_in_flight(&self) -> usize {
+            64
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+        async fn send(&mut self, _e: &StoredEvent) -> Result<Ack, SinkError> {
+            Ok(futures::future::pending().boxed())
+        }
+        async fn reset(&mut self) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_connection_costs_one_timeout_not_one_per_event() {
+        let names: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let evs = events(&refs);
+        let started = tokio::time::Instant::now();
+        let round = send_round(&mut Silent, &evs, &BTreeSet::new()).await;
+        assert!(round.error.is_some());
+        assert!(round.acked.iter().all(|a| !a));
+        assert!(
+            started.elapsed() <= Duration::from_secs(11),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -62,7 +62,16 @@ async fn nats_receives_every_change_in_order_across_a_broker_restart() {
 
     let got = match read_jetstream(&nats.url(), "IW_BURST", 1000, Duration::from_secs(60)).await {
         Ok(got) => got,
-        Err(e) => panic!("{e:#}\naggregator log:\n{}", agg.process.log_text()),
+        Err(e) => panic!(
+            "{e:#}\naggregator log:\n{}\nevent metrics:\n{}",
+            agg.process.log_text(),
+            agg.get_text("/metrics")
+                .1
+                .lines()
+                .filter(|l| l.contains("events_") && !l.contains("bucket"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
     };
     let delivery = Delivery::check(got);
     assert_eq!(delivery.duplicates, 0, "JetStream drops re-sent event ids");

@@ -42,6 +42,10 @@ pub trait Sink: Send {
     /// Most events waiting for an acknowledgement at once.
     fn max_in_flight(&self) -> usize;
 
+    /// Longest a send or an acknowledgement may take before it counts as failed
+    /// (the publisher enforces it, whatever the client library does).
+    fn timeout(&self) -> std::time::Duration;
+
     /// Starts publishing `event`, connecting first if needed. The message key is the
     /// resource id.
     async fn send(&mut self, event: &StoredEvent) -> Result<Ack, SinkError>;

@@ -210,6 +210,11 @@ impl Sink for NatsSink {
         self.config.max_in_flight
     }
 
+    fn timeout(&self) -> Duration {
+        // The client's own timeout, plus a margin for it to report first.
+        Duration::from_millis(self.config.timeout_ms) + Duration::from_secs(1)
+    }
+
     async fn send(&mut self, event: &StoredEvent) -> Result<Ack, SinkError> {
         if self.js.is_none() {
             self.js = Some(self.connect().await?);

@@ -268,6 +268,11 @@ impl Sink for PulsarSink {
         self.config.max_in_flight
     }
 
+    fn timeout(&self) -> Duration {
+        // The client's own timeout, plus a margin for it to report first.
+        Duration::from_millis(self.config.timeout_ms) + Duration::from_secs(1)
+    }
+
     async fn send(&mut self, event: &StoredEvent) -> Result<Ack, SinkError> {
         if self.producer.is_none() {
             self.producer = Some(self.connect().await?);
