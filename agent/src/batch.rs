@@ -240,6 +240,7 @@ impl BatchBuilder {
             series: this.series,
             samples: Some(this.columns),
             gaps: Vec::new(),
+            sent_at_unix_ms: 0,
         }
     }
 }

@@ -235,8 +235,10 @@ impl Transport {
                     break;
                 };
                 last_sent = batch.seq;
+                let mut wire = (*batch).clone();
+                wire.sent_at_unix_ms = infrawatch_common::time::now_unix_ms();
                 let msg = AgentMessage {
-                    body: Some(AgentBody::Batch((*batch).clone())),
+                    body: Some(AgentBody::Batch(wire)),
                 };
                 if tx.send(msg).await.is_err() {
                     break;

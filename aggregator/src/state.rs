@@ -3,6 +3,7 @@
 //! and only after the database has committed the same change.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -29,11 +30,36 @@ pub struct Model {
     pub cursors: HashMap<String, u64>,
 }
 
+/// What the aggregator knows about one agent (by cursor key: identity and
+/// machine id), for operators: `GET /api/v1/agents`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Identity from the client certificate.
+    pub identity: String,
+    /// Name the agent announced.
+    pub name: String,
+    /// Version the agent announced.
+    pub version: String,
+    /// Open streams.
+    pub streams: u32,
+    /// When its last batch arrived (this process's clock, Unix ms).
+    pub last_batch_ms: i64,
+    /// Its last batch's sequence number.
+    pub last_seq: u64,
+    /// Its clock minus ours when it sent its last batch (ms; network delay
+    /// included), if it said when it sent it.
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// Clock skew beyond which an agent is reported in the log.
+pub const CLOCK_SKEW_WARNING_MS: i64 = 5_000;
+
 /// Shared state. Locks are held only for in-memory work, never across an await.
 #[derive(Debug)]
 pub struct State {
     model: RwLock<Model>,
     connected_agents: AtomicU64,
+    agents: Mutex<BTreeMap<String, AgentStatus>>,
 }
 
 impl State {
@@ -46,7 +72,55 @@ impl State {
                 cursors: HashMap::new(),
             }),
             connected_agents: AtomicU64::new(0),
+            agents: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn agents_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AgentStatus>> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a stream opening (`opened`) or closing for agent `key`.
+    pub fn agent_stream(&self, key: &str, identity: &str, name: &str, version: &str, opened: bool) {
+        let mut agents = self.agents_lock();
+        let a = agents.entry(key.to_string()).or_default();
+        a.identity = identity.to_string();
+        if opened {
+            a.name = name.to_string();
+            a.version = version.to_string();
+            a.streams += 1;
+        } else {
+            a.streams = a.streams.saturating_sub(1);
+        }
+    }
+
+    /// Records a batch of agent `key` sent at `sent_at_ms` (its clock; 0 when it
+    /// did not say) and received at `now_ms`. Returns the skew when it crossed
+    /// [`CLOCK_SKEW_WARNING_MS`] (either way), so the caller can log it once.
+    pub fn agent_batch(&self, key: &str, seq: u64, sent_at_ms: i64, now_ms: i64) -> Option<i64> {
+        let mut agents = self.agents_lock();
+        let a = agents.entry(key.to_string()).or_default();
+        a.last_batch_ms = now_ms;
+        a.last_seq = seq;
+        if sent_at_ms == 0 {
+            return None;
+        }
+        let skew = sent_at_ms.saturating_sub(now_ms);
+        let was_off = a
+            .clock_skew_ms
+            .is_some_and(|s| s.abs() > CLOCK_SKEW_WARNING_MS);
+        a.clock_skew_ms = Some(skew);
+        metrics::gauge!(crate::telemetry::CLOCK_SKEW, "agent" => key.to_string())
+            .set(skew as f64 / 1000.0);
+        (was_off != (skew.abs() > CLOCK_SKEW_WARNING_MS)).then_some(skew)
+    }
+
+    /// Every agent seen since this process started, by key.
+    pub fn agents(&self) -> Vec<(String, AgentStatus)> {
+        self.agents_lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Read access.

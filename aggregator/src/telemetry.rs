@@ -25,6 +25,8 @@ pub const RESOURCES: &str = "infrawatch_aggregator_resources";
 pub const GAP_SAMPLES: &str = "infrawatch_aggregator_agent_lost_samples_total";
 /// Counter by `reason`: connections refused during the TLS handshake.
 pub const TLS_REFUSED: &str = "infrawatch_aggregator_tls_refused_total";
+/// Gauge by `agent`: the agent's clock minus the aggregator's, in seconds.
+pub const CLOCK_SKEW: &str = "infrawatch_aggregator_agent_clock_skew_seconds";
 /// Gauge: series in the hot sample store.
 pub const HOT_SERIES: &str = "infrawatch_aggregator_hot_series";
 

@@ -551,6 +551,7 @@ pub fn batch(
             values: vec![value],
         }),
         gaps: Vec::new(),
+        sent_at_unix_ms: 0,
     }
 }
 

@@ -367,6 +367,7 @@ mod tests {
                 values: vec![0.5, 0.25, f64::NAN],
             }),
             gaps: Vec::new(),
+            sent_at_unix_ms: 0,
         }
     }
 
@@ -528,6 +529,7 @@ mod tests {
                                 exact: true,
                             })
                             .collect(),
+                        sent_at_unix_ms: base,
                     }
                 })
         }

@@ -151,6 +151,13 @@ impl IngestService {
             let _ = tx.send(Err(e.into())).await;
             return "hello not recorded";
         }
+        self.state.agent_stream(
+            &cursor_key,
+            identity,
+            &hello.agent_name,
+            &hello.agent_version,
+            true,
+        );
 
         let (order_tx, order_rx) = mpsc::channel::<Pending>(self.per_stream_in_flight);
         let forwarder = tokio::spawn(forward_acks(order_rx, tx));
@@ -167,7 +174,19 @@ impl IngestService {
                     body: Some(AgentBody::Batch(batch)),
                 })) => {
                     let received = Instant::now();
-                    let decoded = match decode(batch, now_unix_ms(), &self.limits) {
+                    let now = now_unix_ms();
+                    if let Some(skew) =
+                        self.state
+                            .agent_batch(&cursor_key, batch.seq, batch.sent_at_unix_ms, now)
+                    {
+                        tracing::warn!(
+                            agent = %cursor_key,
+                            skew_ms = skew,
+                            "Agent clock skew changed past {} s (ordering follows sequence numbers; sample times are the agent's).",
+                            crate::state::CLOCK_SKEW_WARNING_MS / 1000
+                        );
+                    }
+                    let decoded = match decode(batch, now, &self.limits) {
                         Ok(d) => d,
                         Err(e) => {
                             tracing::warn!(agent = identity, error = %e, "Rejected a batch.");
@@ -232,6 +251,8 @@ impl IngestService {
         };
         drop(order_tx);
         let _ = forwarder.await;
+        self.state
+            .agent_stream(&cursor_key, identity, "", "", false);
         reason
     }
 }

@@ -52,6 +52,7 @@ pub fn router(shared: RestState) -> Router {
     let protected = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/gaps", get(gaps))
+        .route("/api/v1/agents", get(agents))
         .route("/api/v1/resources", get(list_resources))
         .route("/api/v1/resources/{*path}", get(resource_or_metrics))
         .route("/api/v1/events", get(rest_events::page))
@@ -262,6 +263,23 @@ async fn list_resources(
         "resources": page.iter().map(resource_json).collect::<Vec<_>>(),
         "next_cursor": next,
     })))
+}
+
+/// `GET /api/v1/agents`: every agent seen since this aggregator started, with
+/// its open streams, last batch and clock skew.
+async fn agents(AxumState(shared): AxumState<RestState>) -> Json<Value> {
+    Json(json!({
+        "agents": shared.state.agents().into_iter().map(|(key, a)| json!({
+            "agent": key,
+            "identity": a.identity,
+            "name": a.name,
+            "version": a.version,
+            "streams": a.streams,
+            "lastBatchUnixMs": a.last_batch_ms.to_string(),
+            "lastSeq": a.last_seq.to_string(),
+            "clockSkewMs": a.clock_skew_ms.map(|s| s.to_string()),
+        })).collect::<Vec<_>>()
+    }))
 }
 
 /// `GET /api/v1/gaps?agent=&from=&to=&limit=`: data agents reported lost, newest

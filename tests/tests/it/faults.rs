@@ -41,6 +41,7 @@ fn batch(seq: u64, base_ms: i64) -> Batch {
             values: (0..n).map(|i| (seq * 1000 + i as u64) as f64).collect(),
         }),
         gaps: Vec::new(),
+        sent_at_unix_ms: 0,
     }
 }
 
@@ -258,5 +259,76 @@ async fn database_outage_under_load_loses_nothing() {
         "RELIABILITY postgres-stopped-60s: sent={want_count} stored={count} lost=0 duplicated=0 \
          all_acknowledged_after={delivered:?} recovery_after_database_returned={:?}",
         delivered.saturating_sub(Duration::from_secs(60))
+    );
+}
+
+/// Scenario 9: the agent's clock 10 minutes ahead, then stepped back 30 s in the
+/// middle of the run. Batches are applied in sequence order whatever their
+/// times, nothing is refused or applied twice, every sample is stored, and the
+/// aggregator reports the agent's clock skew (and logs it once, not per batch).
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_clock_ahead_then_stepped_back() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-f"]).unwrap();
+    let db = dir.path().join("iw.db");
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
+    let mut stream = RawStream::open(&agg.endpoint(), &pki.client("agent-f"), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let skew_of = |agg: &Aggregator| -> Option<i64> {
+        let (_, body) = agg.get("/api/v1/agents");
+        body["agents"][0]["clockSkewMs"].as_str()?.parse().ok()
+    };
+    let now = infrawatch_common::time::now_unix_ms;
+    for (seqs, ahead_ms) in [(1..=10u64, 599_000i64), (11..=20, 569_000)] {
+        for seq in seqs {
+            let mut b = batch(seq, 0);
+            // This agent's clock: the batch and its samples carry its time.
+            let agent_now = now() + ahead_ms;
+            b.base_time_unix_ms = agent_now - SAMPLES_PER_BATCH as i64;
+            b.sent_at_unix_ms = agent_now;
+            stream.send(b).await.unwrap();
+            let ack = stream.next_ack().await.unwrap();
+            assert_eq!((ack.seq, ack.duplicate), (seq, false));
+        }
+        let skew = skew_of(&agg).unwrap();
+        assert!(
+            (skew - ahead_ms).abs() < 2_000,
+            "reported skew {skew} ms, the agent is {ahead_ms} ms ahead"
+        );
+    }
+    drop(stream);
+    let mut conn =
+        <sqlx::SqliteConnection as Connection>::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+    let (count, sum): (i64, f64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(sample_count), 0), COALESCE(SUM(value_sum), 0) FROM metric_rollups \
+         WHERE resource_id = ? AND metric = ?",
+    )
+    .bind(RESOURCE)
+    .bind(METRIC)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let (want_count, want_sum) = expected(1..=20);
+    assert_eq!((count, sum), (want_count, want_sum), "every sample, once");
+    let (_, metrics) = agg.get_text("/metrics");
+    assert!(
+        metrics.contains("infrawatch_aggregator_agent_clock_skew_seconds{agent=\"agent-f"),
+        "skew exported"
+    );
+    assert_eq!(
+        agg.process
+            .log_text()
+            .matches("Agent clock skew changed")
+            .count(),
+        1,
+        "reported once when it crossed the threshold, not per batch"
+    );
+    eprintln!(
+        "RELIABILITY clock-ahead-10min-then-back-30s: sent={want_count} stored={count} lost=0 duplicated=0 refused=0 skew_reported=true"
     );
 }
