@@ -249,7 +249,7 @@ async fn ten_agents_through_a_two_minute_outage() {
     for (i, name) in names.iter().enumerate() {
         let root = dir.path().join(format!("root-{i}"));
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        let machine_id = format!("{:032x}", 0xf1ee7_0000u64 + i as u64);
+        let machine_id = format!("{:032x}", 0x000f_1ee7_0000_u64 + i as u64);
         std::fs::write(root.join("etc/machine-id"), &machine_id).unwrap();
         std::fs::write(root.join("etc/hostname"), format!("fleet-{i}")).unwrap();
         let extra = format!("[host]\nroot = {:?}\n", root.display().to_string());
