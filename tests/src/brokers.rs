@@ -56,6 +56,9 @@ pub struct Nats {
     dir: PathBuf,
     starts: u32,
     extra: Vec<String>,
+    /// Fsync every message before acknowledging it (the tests' default); off,
+    /// the server syncs on its own schedule, as in a default deployment.
+    pub sync_always: bool,
 }
 
 impl Nats {
@@ -80,6 +83,7 @@ impl Nats {
             dir: dir.to_path_buf(),
             starts: 0,
             extra: Vec::new(),
+            sync_always: true,
         }
     }
 
@@ -103,7 +107,12 @@ impl Nats {
         std::fs::write(
             &config,
             format!(
-                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n"
+                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {store:?}\n{}}}\n",
+                if self.sync_always {
+                    "  sync_interval: always\n"
+                } else {
+                    ""
+                }
             ),
         )?;
         let config = config.display().to_string();

@@ -149,7 +149,11 @@ async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let dir = tempfile::tempdir()?;
     let pki = Pki::new(dir.path(), &["bench-agent"])?;
-    let mut nats = Nats::start(dir.path())?;
+    // JetStream with its default sync schedule, as deployed by default (the
+    // tests make it fsync every message).
+    let mut nats = Nats::stopped(dir.path());
+    nats.sync_always = false;
+    nats.resume()?;
     let sink = format!(
         "[events.nats]\nurl = {:?}\nstream = \"IW_BENCH\"\n",
         nats.url()
