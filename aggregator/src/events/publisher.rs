@@ -76,13 +76,10 @@ pub async fn send_round(
             }
         }
         if let Some((i, ack)) = in_flight.pop_front() {
-            match tokio::time::timeout(limit, ack).await {
-                Ok(Ok(())) => acked[i] = true,
-                Ok(Err(e)) => {
+            match ack_outcome(tokio::time::timeout(limit, ack).await, name, limit) {
+                Ok(()) => acked[i] = true,
+                Err(e) => {
                     error.get_or_insert(e);
-                }
-                Err(_) => {
-                    error.get_or_insert(timed_out(name, "waiting for the acknowledgement", limit));
                 }
             }
             busy.remove(events[i].event.resource_id.as_str());
@@ -152,13 +149,10 @@ pub async fn send_round(
         )
         .await;
         for (i, result) in settled {
-            match result {
-                Ok(Ok(())) => acked[i] = true,
-                Ok(Err(e)) => {
+            match ack_outcome(result, name, limit) {
+                Ok(()) => acked[i] = true,
+                Err(e) => {
                     error.get_or_insert(e);
-                }
-                Err(_) => {
-                    error.get_or_insert(timed_out(name, "waiting for the acknowledgement", limit));
                 }
             }
         }
@@ -193,6 +187,15 @@ impl SinkStatus {
     fn set_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
+}
+
+/// An acknowledgement awaited for at most `limit`: a timeout is a failure too.
+fn ack_outcome(
+    result: Result<Result<(), SinkError>, tokio::time::error::Elapsed>,
+    sink: &'static str,
+    limit: Duration,
+) -> Result<(), SinkError> {
+    result.unwrap_or_else(|_| Err(timed_out(sink, "waiting for the acknowledgement", limit)))
 }
 
 fn timed_out(sink: &'static str, what: &str, limit: Duration) -> SinkError {

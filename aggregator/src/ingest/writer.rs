@@ -138,24 +138,7 @@ impl Plan {
         {
             self.relations_changed.insert(next.id.clone());
         }
-        let previous_health = before.as_ref().map_or(Health::Unknown, |b| b.health);
-        self.events.push((
-            build::event_for(&next, previous_health, &changed, &next.source, now_ms),
-            before.as_ref().map_or(0, |b| b.version),
-        ));
-        self.history.push(HistoryEntry {
-            resource_id: next.id.clone(),
-            resource_version: next.version,
-            previous_health,
-            health: next.health,
-            reasons: next.reasons.clone(),
-            changed: changed.iter().map(|s| s.to_string()).collect(),
-            observed_at_ms: next.observed_at_ms,
-            recorded_at_ms: now_ms,
-            source: next.source.clone(),
-        });
-        self.changed.insert(next.id.clone());
-        self.records.insert(next.id.clone(), next);
+        self.push_version(before.as_ref(), next, &changed, None, now_ms);
     }
 
     /// Records that the agent on host `id` lost data: a new version of the host
@@ -166,17 +149,35 @@ impl Plan {
         };
         let mut next = before.clone();
         next.version += 1;
-        let changed = ["data_gap"];
-        let mut event = build::event_for(&next, before.health, &changed, &next.source, now_ms);
-        event.gap = Some(gap.clone());
-        self.events.push((event, before.version));
+        self.push_version(
+            Some(&before),
+            next,
+            &["data_gap"],
+            Some(gap.clone()),
+            now_ms,
+        );
+    }
+
+    /// Plans `next` (already at its new version) with its event and history row.
+    fn push_version(
+        &mut self,
+        before: Option<&ResourceRecord>,
+        next: ResourceRecord,
+        changed: &[&str],
+        gap: Option<pb::DataGap>,
+        now_ms: i64,
+    ) {
+        let previous_health = before.map_or(Health::Unknown, |b| b.health);
+        let mut event = build::event_for(&next, previous_health, changed, &next.source, now_ms);
+        event.gap = gap;
+        self.events.push((event, before.map_or(0, |b| b.version)));
         self.history.push(HistoryEntry {
             resource_id: next.id.clone(),
             resource_version: next.version,
-            previous_health: before.health,
+            previous_health,
             health: next.health,
             reasons: next.reasons.clone(),
-            changed: changed.iter().map(|c| c.to_string()).collect(),
+            changed: changed.iter().map(|s| s.to_string()).collect(),
             observed_at_ms: next.observed_at_ms,
             recorded_at_ms: now_ms,
             source: next.source.clone(),

@@ -206,7 +206,7 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
     params.get(name).map(String::as_str).unwrap_or_default()
 }
 
-fn number<T: std::str::FromStr>(
+pub(super) fn number<T: std::str::FromStr>(
     params: &HashMap<String, String>,
     name: &str,
     what: &str,
@@ -222,7 +222,10 @@ fn number<T: std::str::FromStr>(
 }
 
 /// A parameter the endpoint does not know is an error, not silently ignored.
-fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), QueryError> {
+pub(super) fn reject_unknown(
+    params: &HashMap<String, String>,
+    known: &[&str],
+) -> Result<(), QueryError> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
         Some(unknown) => Err(QueryError::InvalidArgument(format!(
             "unknown parameter {unknown:?}; expected one of {}",

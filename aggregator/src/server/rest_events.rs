@@ -26,11 +26,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::events::log_status;
-use super::rest::{RestState, error};
+use super::rest::{RestState, error, number, reject_unknown};
 use crate::events::filter::FilterSpec;
 use crate::events::json::envelope_json;
 use crate::events::subscriptions::SubscriptionError;
 use crate::events::watch;
+use crate::query::QueryError;
 
 /// Largest page of events.
 pub const MAX_PAGE: usize = 1000;
@@ -43,16 +44,6 @@ fn bad_request(message: impl AsRef<str>) -> Response {
         "invalid_argument",
         message.as_ref(),
     )
-}
-
-/// A malformed request, answered with 400.
-#[derive(Debug)]
-pub struct BadRequest(String);
-
-impl IntoResponse for BadRequest {
-    fn into_response(self) -> Response {
-        bad_request(self.0)
-    }
 }
 
 fn status_response(s: tonic::Status) -> Response {
@@ -72,22 +63,10 @@ impl IntoResponse for SubscriptionError {
     }
 }
 
-fn check_params(params: &HashMap<String, String>, extra: &[&str]) -> Result<(), BadRequest> {
-    match params
-        .keys()
-        .find(|k| !extra.contains(&k.as_str()) && !FILTER_PARAMS.contains(&k.as_str()))
-    {
-        Some(k) => Err(BadRequest(format!(
-            "unknown parameter {k:?}; expected one of {}",
-            extra
-                .iter()
-                .chain(FILTER_PARAMS)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-        None => Ok(()),
-    }
+/// Rejects parameters other than `extra` and the filter's.
+fn check_params(params: &HashMap<String, String>, extra: &[&str]) -> Result<(), QueryError> {
+    let known: Vec<&str> = extra.iter().chain(FILTER_PARAMS).copied().collect();
+    reject_unknown(params, &known)
 }
 
 fn list(params: &HashMap<String, String>, name: &str) -> Vec<String> {
@@ -112,14 +91,8 @@ fn filter_from(params: &HashMap<String, String>) -> FilterSpec {
     }
 }
 
-fn position(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, BadRequest> {
-    match params.get(name).filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| BadRequest(format!("{name}={v:?} is not an event position"))),
-    }
+fn position(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, QueryError> {
+    number(params, name, "an event position")
 }
 
 /// `GET /api/v1/events`: up to `limit` (default 100, at most 1000) events after
@@ -297,8 +270,9 @@ pub struct AckBody {
     position: Value,
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BadRequest> {
-    serde_json::from_slice(body).map_err(|e| BadRequest(format!("request body: {e}")))
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, QueryError> {
+    serde_json::from_slice(body)
+        .map_err(|e| QueryError::InvalidArgument(format!("request body: {e}")))
 }
 
 /// `GET /api/v1/subscriptions`.
