@@ -112,6 +112,14 @@ fn parse_override(entry: &str) -> Result<(String, figment::value::Value), Config
             format!("`{entry}` has an empty key"),
         ));
     }
+    // figment's unescaping indexes by characters as if they were bytes and panics
+    // on a backslash after non-ASCII text, so such values are refused here.
+    if raw.contains('\\') && !raw.is_ascii() {
+        return Err(ConfigError::new(
+            "--set",
+            format!("`{entry}`: a value with a backslash must be ASCII"),
+        ));
+    }
     let value = raw
         .parse::<figment::value::Value>()
         .unwrap_or_else(|never| match never {});
@@ -196,6 +204,13 @@ mod tests {
             env_prefix: "INFRAWATCH_CONFIG_TEST_UNSET_",
             overrides,
         }
+    }
+
+    #[test]
+    fn a_non_ascii_escaped_override_is_an_error_not_a_panic() {
+        let overrides = vec!["port=\"¡\\\u{e000}\"".to_string()];
+        let err = load::<Sample>(sources(None, &overrides)).unwrap_err();
+        assert_eq!(err.0[0].field, "--set");
     }
 
     #[test]
