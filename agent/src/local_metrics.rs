@@ -39,17 +39,13 @@ pub async fn serve(addr: String, handle: PrometheusHandle, shutdown: Cancellatio
         };
         let handle = handle.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                stream.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let Ok(Ok(Some(head))) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut stream))
+                    .await
+            else {
+                return;
             };
-            let request = String::from_utf8_lossy(&buf[..n]);
+            let request = String::from_utf8_lossy(&head);
             let response = if request.starts_with("GET /metrics ") {
                 let body = handle.render();
                 format!(
@@ -67,4 +63,22 @@ pub async fn serve(addr: String, handle: PrometheusHandle, shutdown: Cancellatio
             .await;
         });
     }
+}
+
+/// Largest request head read.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// Reads the request up to the blank line that ends its head (a request may arrive
+/// in several pieces); `None` when the client closed first or sent too much.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD_BYTES {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(Some(head))
 }

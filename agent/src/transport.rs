@@ -1,6 +1,8 @@
 //! The gRPC stream to the aggregator: mTLS, `Hello` then batches in sequence order,
 //! acknowledgements back, reconnect with exponential backoff and full jitter, and
-//! fail-over across the configured endpoints.
+//! fail-over across the configured endpoints. An aggregator that shuts down says so
+//! (`Drain`) after acknowledging what it read; the agent then moves to the next
+//! endpoint at once instead of backing off.
 //!
 //! Every batch stays in the [`DiskBuffer`] until acknowledged, so a broken stream
 //! only means resending from the oldest unacknowledged batch on the next one.
@@ -13,7 +15,7 @@ use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
 use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
 use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
-use infrawatch_proto::v1::{AgentMessage, Hello};
+use infrawatch_proto::v1::{AgentMessage, Hello, RefusedSamples};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,9 +47,12 @@ pub enum StreamError {
     /// The stream failed in a way that a retry may fix.
     #[error("stream failed")]
     Unavailable(#[source] tonic::Status),
-    /// The aggregator closed the stream without an error (e.g. while draining).
+    /// The aggregator closed the stream without an error.
     #[error("aggregator closed the stream")]
     Closed,
+    /// The aggregator is shutting down and asked the agent to go elsewhere.
+    #[error("aggregator is draining: {0}")]
+    Drained(String),
 }
 
 impl StreamError {
@@ -104,6 +109,8 @@ pub struct Transport {
     hello: Hello,
     pending: Arc<DiskBuffer>,
     connected: Arc<AtomicBool>,
+    /// When refused samples were last logged.
+    refusals_logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Transport {
@@ -120,6 +127,7 @@ impl Transport {
             hello,
             pending,
             connected: Arc::new(AtomicBool::new(false)),
+            refusals_logged: std::sync::Mutex::new(None),
         }
     }
 
@@ -151,6 +159,23 @@ impl Transport {
             }
             match result {
                 Ok(()) => return,
+                Err(StreamError::Drained(reason)) => {
+                    metrics::counter!("infrawatch_agent_export_drained_total").increment(1);
+                    tracing::info!(
+                        endpoint,
+                        reason,
+                        "Aggregator is shutting down; moving to the next endpoint."
+                    );
+                    index = index.wrapping_add(1);
+                    // A short random pause spreads a drained fleet over the other
+                    // replicas and keeps a misbehaving server from causing a hot loop.
+                    let pause = Duration::from_millis(rand::rng().random_range(0..=DRAIN_PAUSE_MS));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    continue;
+                }
                 Err(StreamError::Rejected(status)) => {
                     let seq = self.pending.reject_oldest();
                     metrics::counter!("infrawatch_agent_export_rejected_batches_total")
@@ -229,6 +254,8 @@ impl Transport {
         let mut last_sent = 0u64;
         let mut last_acked = 0u64;
         let mut in_flight = 0usize;
+        // Send times of the batches in flight, for the acknowledgement latency.
+        let mut sent_at = std::collections::VecDeque::with_capacity(window);
         loop {
             while in_flight < window {
                 let Some(batch) = self.pending.next_after(last_sent) else {
@@ -243,6 +270,7 @@ impl Transport {
                 if tx.send(msg).await.is_err() {
                     break;
                 }
+                sent_at.push_back((last_sent, std::time::Instant::now()));
                 in_flight += 1;
             }
             tokio::select! {
@@ -252,6 +280,15 @@ impl Transport {
                     Ok(Some(m)) => match m.body {
                         Some(AggregatorBody::Ack(ack)) if ack.seq > last_acked => {
                             last_acked = ack.seq;
+                            self.note_refused(&ack.refused);
+                            while let Some((seq, at)) = sent_at.front().copied() {
+                                if seq > ack.seq {
+                                    break;
+                                }
+                                sent_at.pop_front();
+                                metrics::histogram!("infrawatch_agent_export_ack_latency_seconds")
+                                    .record(at.elapsed().as_secs_f64());
+                            }
                             self.pending.ack(ack.seq);
                             in_flight = in_flight.saturating_sub(1);
                             *progressed = true;
@@ -261,6 +298,7 @@ impl Transport {
                         Some(AggregatorBody::Config(cfg)) => {
                             tracing::info!(interval_ms = cfg.collection_interval_ms, "Aggregator sent configuration; applying it needs a restart in this version.");
                         }
+                        Some(AggregatorBody::Drain(drain)) => return Err(StreamError::Drained(drain.reason)),
                         None => {}
                     },
                     Ok(None) => return Err(StreamError::Closed),
@@ -270,6 +308,42 @@ impl Transport {
         }
     }
 }
+
+impl Transport {
+    /// Counts samples the aggregator refused from acknowledged batches, and logs
+    /// them at most once per [`REFUSALS_LOG_EVERY`].
+    fn note_refused(&self, refused: &[RefusedSamples]) {
+        if refused.is_empty() {
+            return;
+        }
+        for r in refused {
+            metrics::counter!("infrawatch_agent_samples_refused_total", "reason" => r.reason.clone())
+                .increment(r.samples);
+        }
+        let mut logged = self
+            .refusals_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.is_some_and(|at| at.elapsed() < REFUSALS_LOG_EVERY) {
+            return;
+        }
+        *logged = Some(std::time::Instant::now());
+        for r in refused {
+            tracing::warn!(
+                reason = %r.reason,
+                samples = r.samples,
+                detail = %r.detail,
+                "The aggregator stored a batch without some of its samples (counted in infrawatch_agent_samples_refused_total)."
+            );
+        }
+    }
+}
+
+/// Refused samples are logged at most this often (and always counted).
+const REFUSALS_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Longest pause before moving to the next endpoint after a drain, in ms.
+const DRAIN_PAUSE_MS: u64 = 250;
 
 /// Clears the connected flag when the stream ends, however it ends.
 struct ConnectedFlag(Arc<AtomicBool>);

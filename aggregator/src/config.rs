@@ -59,6 +59,9 @@ pub struct GrpcConfig {
     pub max_message_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Open connections per client identity from one address; connections over
+    /// it are closed right after the handshake (an agent needs one).
+    pub max_connections_per_identity: usize,
 }
 
 impl Default for GrpcConfig {
@@ -72,6 +75,7 @@ impl Default for GrpcConfig {
             },
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 16,
+            max_connections_per_identity: 16,
         }
     }
 }
@@ -196,6 +200,14 @@ pub struct IngestConfig {
     pub max_future_skew_ms: i64,
     /// Samples older than this are dropped and counted.
     pub max_sample_age_ms: i64,
+    /// Series one agent may have active (seen within `series_active_window_ms`);
+    /// samples of further new series are refused and reported in the ack.
+    pub max_active_series_per_agent: usize,
+    /// New series one agent may start per minute (a bucket of this size that
+    /// refills over a minute, so a starting agent can describe itself at once).
+    pub max_new_series_per_minute: u32,
+    /// A series not seen for this long no longer counts as active.
+    pub series_active_window_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -207,6 +219,9 @@ impl Default for IngestConfig {
             hot_window_ms: 15 * 60 * 1000,
             max_future_skew_ms: 10 * 60 * 1000,
             max_sample_age_ms: 7 * 24 * 3600 * 1000,
+            max_active_series_per_agent: 20_000,
+            max_new_series_per_minute: 10_000,
+            series_active_window_ms: 3600 * 1000,
         }
     }
 }
@@ -341,9 +356,26 @@ impl AggregatorConfig {
             ("ingest.queue_batches", i.queue_batches),
             ("ingest.group_commit_batches", i.group_commit_batches),
             ("ingest.per_stream_in_flight", i.per_stream_in_flight),
+            (
+                "ingest.max_active_series_per_agent",
+                i.max_active_series_per_agent,
+            ),
+            (
+                "ingest.max_new_series_per_minute",
+                i.max_new_series_per_minute as usize,
+            ),
+            (
+                "grpc.max_connections_per_identity",
+                self.grpc.max_connections_per_identity,
+            ),
         ] {
             p.check(v >= 1, field, || "must be at least 1".into());
         }
+        p.check(
+            i.series_active_window_ms >= 60_000,
+            "ingest.series_active_window_ms",
+            || "must be at least 60000".into(),
+        );
         p.check(i.hot_window_ms >= 60_000, "ingest.hot_window_ms", || {
             "must be at least 60000 (one rollup bucket)".into()
         });

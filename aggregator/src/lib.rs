@@ -157,6 +157,9 @@ pub async fn run(
         state.clone(),
         writer_tx,
         limits,
+        Arc::new(ingest::cardinality::SeriesBudgets::new(
+            ingest::cardinality::SeriesLimits::for_ingest(&config.ingest),
+        )),
         config.ingest.per_stream_in_flight,
         servers_stop.clone(),
     );

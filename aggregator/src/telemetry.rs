@@ -15,6 +15,13 @@ pub const SAMPLES_DROPPED: &str = "infrawatch_aggregator_ingest_samples_dropped_
 pub const INGEST_TO_ACK: &str = "infrawatch_aggregator_ingest_to_ack_duration_seconds";
 /// Histogram by `operation`: seconds per database operation.
 pub const DB_DURATION: &str = "infrawatch_aggregator_store_duration_seconds";
+/// Counter by `table` (resources, history, cursors, rollups, events): rows written
+/// by committed transactions.
+pub const STORE_ROWS: &str = "infrawatch_aggregator_store_rows_total";
+/// Histogram: seconds the writer spent on one committed group of batches (plan,
+/// commit, apply, answer); against `store_duration_seconds{operation="commit"}`
+/// it gives the share of ingest time spent in the database.
+pub const WRITE_GROUP_DURATION: &str = "infrawatch_aggregator_ingest_group_duration_seconds";
 /// Counter by `operation`: failed database operations.
 pub const DB_ERRORS: &str = "infrawatch_aggregator_store_errors_total";
 /// Counter: resource state changes (new resource versions).
@@ -23,7 +30,8 @@ pub const STATE_CHANGES: &str = "infrawatch_aggregator_state_changes_total";
 pub const RESOURCES: &str = "infrawatch_aggregator_resources";
 /// Counter by `cause`: samples agents reported lost (data gaps).
 pub const GAP_SAMPLES: &str = "infrawatch_aggregator_agent_lost_samples_total";
-/// Counter by `reason`: connections refused during the TLS handshake.
+/// Counter by `reason` (handshake, timeout, connections_per_identity): connections
+/// refused during or right after the TLS handshake.
 pub const TLS_REFUSED: &str = "infrawatch_aggregator_tls_refused_total";
 /// Gauge by `agent`: the agent's clock minus the aggregator's, in seconds.
 pub const CLOCK_SKEW: &str = "infrawatch_aggregator_agent_clock_skew_seconds";

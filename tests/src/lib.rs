@@ -28,6 +28,7 @@ pub mod brokers;
 pub mod events;
 pub mod postgres;
 pub mod proxy;
+pub mod rawgrpc;
 
 /// Path of a workspace binary next to this test binary.
 pub fn binary(name: &str) -> PathBuf {
@@ -215,14 +216,17 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Writes a configuration under `dir` and starts the aggregator on free ports.
+    /// `extra` is TOML appended to the file; a `[grpc]` section in it is merged
+    /// into the one the harness writes.
     pub fn start(dir: &Path, pki: &Pki, storage_url: &str, extra: &str) -> anyhow::Result<Self> {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let rest = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.join(format!("aggregator-{}.toml", grpc.port()));
+        let (grpc_extra, extra) = split_section(extra, "[grpc]");
         std::fs::write(
             &config,
             format!(
-                "[grpc]\nlisten = \"{grpc}\"\n[grpc.tls]\nca = {}\ncert = {}\nkey = {}\n\
+                "[grpc]\nlisten = \"{grpc}\"\n{grpc_extra}[grpc.tls]\nca = {}\ncert = {}\nkey = {}\n\
                  [rest]\nlisten = \"{rest}\"\n[storage]\nurl = {:?}\n{extra}\n",
                 toml_path(&pki.trusted.ca_cert()),
                 toml_path(&pki.trusted.cert("server")),
@@ -302,6 +306,25 @@ impl Aggregator {
     }
 }
 
+/// Splits the body of section `header` (up to the next header) out of `toml`:
+/// (that body, the rest).
+fn split_section(toml: &str, header: &str) -> (String, String) {
+    let (mut body, mut rest) = (String::new(), String::new());
+    let mut inside = false;
+    for line in toml.lines() {
+        if line.trim_start().starts_with('[') {
+            inside = line.trim() == header;
+            if inside {
+                continue;
+            }
+        }
+        let target = if inside { &mut body } else { &mut rest };
+        target.push_str(line);
+        target.push('\n');
+    }
+    (body, rest)
+}
+
 fn unique() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -339,9 +362,31 @@ impl Agent {
         interval_ms: u64,
         extra: &str,
     ) -> anyhow::Result<Self> {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = Self::write_config(dir, pki, name, endpoints, interval_ms, extra, metrics)?;
+        let log = dir.join(format!("agent-{name}-{}.log", unique()));
+        let process = Process::spawn(
+            &binary("infrawatch-agent"),
+            &["--config", &config.display().to_string()],
+            log,
+        )?;
+        Ok(Self { process, metrics })
+    }
+
+    /// Writes the configuration [`Agent::start_with`] starts the agent with, its
+    /// `/metrics` on `metrics`, and returns its path (also used by
+    /// [`netns::Netns::start_agent`]).
+    pub(crate) fn write_config(
+        dir: &Path,
+        pki: &Pki,
+        name: &str,
+        endpoints: &[String],
+        interval_ms: u64,
+        extra: &str,
+        metrics: SocketAddr,
+    ) -> anyhow::Result<PathBuf> {
         let config = dir.join(format!("agent-{name}.toml"));
         let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let schedules: String = ["host", "disk", "filesystem", "network", "pressure", "agent"]
             .iter()
             .map(|c| {
@@ -364,13 +409,7 @@ impl Agent {
                 toml_path(&pki.trusted.key(name)),
             ),
         )?;
-        let log = dir.join(format!("agent-{name}-{}.log", unique()));
-        let process = Process::spawn(
-            &binary("infrawatch-agent"),
-            &["--config", &config.display().to_string()],
-            log,
-        )?;
-        Ok(Self { process, metrics })
+        Ok(config)
     }
 }
 

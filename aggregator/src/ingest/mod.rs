@@ -3,6 +3,7 @@
 //! database in one transaction per group of batches, updates the in-memory model and
 //! only then acknowledges.
 
+pub mod cardinality;
 pub mod decode;
 pub mod writer;
 

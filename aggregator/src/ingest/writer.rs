@@ -267,11 +267,12 @@ impl Plan {
     }
 }
 
-/// A request's reply channel, its planned answer and its sample count.
+/// A request's reply channel, its planned answer and its sample count (`None`
+/// for a `Hello`, which is not a batch).
 type Answer = (
     oneshot::Sender<Result<Ack, IngestError>>,
     Result<Ack, IngestError>,
-    usize,
+    Option<usize>,
 );
 
 /// What goes into the model once the commit succeeded.
@@ -351,6 +352,7 @@ impl Writer {
 
     /// Plans, commits, applies and answers one group of requests.
     async fn apply_group(&mut self, group: Vec<WriteRequest>, stop: &CancellationToken) {
+        let started = Instant::now();
         let now = now_unix_ms();
         let mut plan = Plan::default();
         // Batches this group applies, to hold their agents back if the write fails.
@@ -377,8 +379,12 @@ impl Writer {
                         }
                         (
                             req.reply,
-                            result.map(|duplicate| Ack { seq, duplicate }),
-                            samples,
+                            result.map(|duplicate| Ack {
+                                seq,
+                                duplicate,
+                                refused: Vec::new(),
+                            }),
+                            Some(samples),
                         )
                     }
                     Work::Hello { last_seq } => {
@@ -399,8 +405,10 @@ impl Writer {
                             Ok(Ack {
                                 seq: last_seq,
                                 duplicate: false,
+                                refused: Vec::new(),
                             }),
-                            0,
+                            // Not a batch: not counted as one.
+                            None,
                         )
                     }
                 };
@@ -419,20 +427,27 @@ impl Writer {
                 let entry = self.held.entry(key).or_insert(seq);
                 *entry = (*entry).min(seq);
             }
-            for (reply, result, _) in answers {
+            for (reply, result, samples) in answers {
                 let answer = match result {
                     Ok(_) => Err(IngestError::Unavailable(e.to_string())),
                     Err(rejected) => Err(rejected),
                 };
-                count_result(&answer);
+                if samples.is_some() {
+                    count_result(&answer);
+                }
                 let _ = reply.send(answer);
             }
             return;
         }
         self.commit_seq = commit.commit_seq;
+        count_rows(&commit);
         self.apply(applied, now);
         self.publish(&mut commit);
         for (reply, result, samples) in answers {
+            let Some(samples) = samples else {
+                let _ = reply.send(result);
+                continue;
+            };
             if matches!(
                 result,
                 Ok(Ack {
@@ -445,6 +460,8 @@ impl Writer {
             count_result(&result);
             let _ = reply.send(result);
         }
+        metrics::histogram!(telemetry::WRITE_GROUP_DURATION)
+            .record(started.elapsed().as_secs_f64());
     }
 
     fn bounds(&self, now_ms: i64) -> Bounds {
@@ -765,6 +782,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.commit_seq = commit.commit_seq;
+                count_rows(&commit);
                 tracing::info!(resources = stale, elapsed = ?started.elapsed(), "Resources without fresh data marked unknown.");
                 self.apply(applied, now);
                 self.publish(&mut commit);
@@ -776,6 +794,22 @@ impl Writer {
                     "Could not store stale states; will retry."
                 );
             }
+        }
+    }
+}
+
+/// Counts the rows a committed transaction wrote, by table.
+fn count_rows(commit: &Commit) {
+    let cursors = commit.cursors.len() + commit.cursor_resets.len();
+    for (table, rows) in [
+        ("resources", commit.resources.len()),
+        ("history", commit.history.len()),
+        ("cursors", cursors),
+        ("rollups", commit.rollups.len()),
+        ("events", commit.events.len() + commit.dead_letters.len()),
+    ] {
+        if rows > 0 {
+            metrics::counter!(telemetry::STORE_ROWS, "table" => table).increment(rows as u64);
         }
     }
 }

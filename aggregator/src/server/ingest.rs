@@ -5,7 +5,11 @@
 //! the acknowledgements back strictly in batch order, so an `Ack(seq)` always means
 //! that batch and every one before it on this stream is durable. When a batch is
 //! rejected, the acknowledgements of the batches before it are still delivered, then
-//! the stream ends with the error.
+//! the stream ends with the error. Samples the aggregator drops from an accepted
+//! batch (not finite, implausible time, over the agent's series budget) are named
+//! in that batch's acknowledgement. When the aggregator shuts down, a stream stops
+//! reading, acknowledges what it already read, and ends with a `Drain` message
+//! telling the agent to connect elsewhere at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,14 +19,15 @@ use infrawatch_common::tls::identity_from_der;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
 use infrawatch_proto::v1::agent_service_server::AgentService;
 use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
-use infrawatch_proto::v1::{Ack, AgentMessage, AggregatorMessage, Hello};
+use infrawatch_proto::v1::{Ack, AgentMessage, AggregatorMessage, Drain, Hello, RefusedSamples};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ingest::IngestError;
-use crate::ingest::decode::{Limits, decode};
+use crate::ingest::cardinality::{Refusals, SeriesBudgets};
+use crate::ingest::decode::{DecodedBatch, Limits, decode};
 use crate::ingest::writer::{Work, WriteRequest};
 use crate::state::State;
 use crate::telemetry;
@@ -36,6 +41,7 @@ pub struct IngestService {
     state: Arc<State>,
     writer: mpsc::Sender<WriteRequest>,
     limits: Limits,
+    budgets: Arc<SeriesBudgets>,
     per_stream_in_flight: usize,
     shutdown: CancellationToken,
 }
@@ -46,6 +52,7 @@ impl IngestService {
         state: Arc<State>,
         writer: mpsc::Sender<WriteRequest>,
         limits: Limits,
+        budgets: Arc<SeriesBudgets>,
         per_stream_in_flight: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -53,6 +60,7 @@ impl IngestService {
             state,
             writer,
             limits,
+            budgets,
             per_stream_in_flight: per_stream_in_flight.max(1),
             shutdown,
         }
@@ -77,9 +85,14 @@ enum Pending {
     Written {
         reply: oneshot::Receiver<Result<Ack, IngestError>>,
         received: Instant,
+        /// Samples left out of the batch, reported in its acknowledgement.
+        refused: Vec<RefusedSamples>,
     },
     /// The stream ends here with this status.
     Fail(Status),
+    /// The aggregator is shutting down: the stream ends here, cleanly, with a
+    /// `Drain` message.
+    Drain,
 }
 
 type Outbound = mpsc::Sender<Result<AggregatorMessage, Status>>;
@@ -164,7 +177,7 @@ impl IngestService {
         let reason = loop {
             let message = tokio::select! {
                 _ = self.shutdown.cancelled() => {
-                    let _ = order_tx.send(Pending::Fail(IngestError::ShuttingDown.into())).await;
+                    let _ = order_tx.send(Pending::Drain).await;
                     break "aggregator shutting down";
                 }
                 m = inbound.message() => m,
@@ -186,7 +199,7 @@ impl IngestService {
                             crate::state::CLOCK_SKEW_WARNING_MS / 1000
                         );
                     }
-                    let decoded = match decode(batch, now, &self.limits) {
+                    let mut decoded = match decode(batch, now, &self.limits) {
                         Ok(d) => d,
                         Err(e) => {
                             tracing::warn!(agent = identity, error = %e, "Rejected a batch.");
@@ -198,8 +211,15 @@ impl IngestService {
                             break "invalid batch";
                         }
                     };
-                    count_dropped(decoded.dropped_non_finite, "non_finite");
-                    count_dropped(decoded.dropped_out_of_range, "timestamp_out_of_range");
+                    let over_budget = self.budgets.admit(&cursor_key, &mut decoded, now);
+                    let refused = refusals(&decoded, &over_budget, &self.limits);
+                    for r in &refused {
+                        metrics::counter!(telemetry::SAMPLES_DROPPED, "reason" => r.reason.clone())
+                            .increment(r.samples);
+                    }
+                    if over_budget != Refusals::default() {
+                        tracing::debug!(agent = %cursor_key, ?over_budget, "Refused samples of new series over the agent's budget.");
+                    }
                     let (reply_tx, reply_rx) = oneshot::channel();
                     let request = WriteRequest {
                         agent: identity.to_string(),
@@ -218,6 +238,7 @@ impl IngestService {
                         .send(Pending::Written {
                             reply: reply_rx,
                             received,
+                            refused,
                         })
                         .await
                         .is_err()
@@ -321,23 +342,67 @@ fn log_hello(identity: &str, hello: &Hello) {
     );
 }
 
-fn count_dropped(n: usize, reason: &'static str) {
-    if n > 0 {
-        metrics::counter!(telemetry::SAMPLES_DROPPED, "reason" => reason).increment(n as u64);
-    }
+/// What an accepted batch lost, by reason, for its acknowledgement.
+fn refusals(batch: &DecodedBatch, budget: &Refusals, limits: &Limits) -> Vec<RefusedSamples> {
+    let mut out = Vec::new();
+    let mut add = |reason: &str, samples: usize, detail: String| {
+        if samples > 0 {
+            out.push(RefusedSamples {
+                reason: reason.to_string(),
+                samples: samples as u64,
+                detail,
+            });
+        }
+    };
+    add(
+        "non_finite",
+        batch.dropped_non_finite,
+        "values that are NaN or infinite".into(),
+    );
+    add(
+        "timestamp_out_of_range",
+        batch.dropped_out_of_range,
+        format!(
+            "sample times more than {} s ahead of the aggregator's clock or older than {} s (ingest.max_future_skew_ms, ingest.max_sample_age_ms)",
+            limits.max_future_skew_ms / 1000,
+            limits.max_sample_age_ms / 1000
+        ),
+    );
+    add(
+        "active_series_limit",
+        budget.samples_over_active,
+        format!(
+            "{} new series over this agent's limit of active series (ingest.max_active_series_per_agent)",
+            budget.series_over_active
+        ),
+    );
+    add(
+        "new_series_rate",
+        budget.samples_over_rate,
+        format!(
+            "{} new series over this agent's allowance of new series per minute (ingest.max_new_series_per_minute)",
+            budget.series_over_rate
+        ),
+    );
+    out
 }
 
 /// Sends acknowledgements in batch order; stops at the first failure.
 async fn forward_acks(mut order: mpsc::Receiver<Pending>, tx: Outbound) {
     while let Some(pending) = order.recv().await {
         match pending {
-            Pending::Written { reply, received } => {
+            Pending::Written {
+                reply,
+                received,
+                refused,
+            } => {
                 let result = match reply.await {
                     Ok(r) => r,
                     Err(_) => Err(IngestError::ShuttingDown),
                 };
                 match result {
-                    Ok(ack) => {
+                    Ok(mut ack) => {
+                        ack.refused = refused;
                         metrics::histogram!(telemetry::INGEST_TO_ACK)
                             .record(received.elapsed().as_secs_f64());
                         let msg = AggregatorMessage {
@@ -355,6 +420,15 @@ async fn forward_acks(mut order: mpsc::Receiver<Pending>, tx: Outbound) {
             }
             Pending::Fail(status) => {
                 let _ = tx.send(Err(status)).await;
+                return;
+            }
+            Pending::Drain => {
+                let msg = AggregatorMessage {
+                    body: Some(AggregatorBody::Drain(Drain {
+                        reason: "aggregator shutting down; every batch read on this stream was acknowledged, connect to another replica".into(),
+                    })),
+                };
+                let _ = tx.send(Ok(msg)).await;
                 return;
             }
         }

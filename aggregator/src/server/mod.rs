@@ -1,6 +1,7 @@
 //! The network front of the aggregator: the mTLS gRPC server (agent stream, query
 //! service, standard health service, reflection) and the REST server.
 
+pub mod connections;
 pub mod events;
 pub mod ingest;
 pub mod query;
@@ -10,6 +11,7 @@ pub mod rest_events;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use infrawatch_common::tls::identity_from_der;
 use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::agent_service_server::AgentServiceServer;
 use infrawatch_proto::v1::event_service_server::EventServiceServer;
@@ -78,7 +80,14 @@ pub async fn serve_grpc(
         .build_v1()?;
     let max = config.max_message_bytes;
     let (connections_tx, connections) = mpsc::channel(64);
-    let acceptor = tokio::spawn(accept_tls(listener, tls, connections_tx, shutdown.clone()));
+    let limiter = connections::ConnectionLimiter::new(config.max_connections_per_identity);
+    let acceptor = tokio::spawn(accept_tls(
+        listener,
+        tls,
+        limiter,
+        connections_tx,
+        shutdown.clone(),
+    ));
     Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -109,16 +118,21 @@ pub async fn serve_grpc(
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-type TlsConnection = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>;
+type TlsConnection = Result<
+    connections::Counted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    std::io::Error,
+>;
 
 /// Accepts TCP connections and completes their TLS handshakes with the material
 /// current at that moment (so rotated certificates and CAs apply to every new
 /// connection while established ones keep theirs), handing finished connections
 /// to the gRPC server. A failed handshake (unknown CA, expired certificate, no
-/// certificate) closes only that connection.
+/// certificate) closes only that connection, and so does a connection over the
+/// limit of connections per client identity and address.
 async fn accept_tls(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    limiter: Arc<connections::ConnectionLimiter>,
     connections: mpsc::Sender<TlsConnection>,
     shutdown: CancellationToken,
 ) {
@@ -165,10 +179,36 @@ async fn accept_tls(
         };
         let _ = tcp.set_nodelay(true);
         let connections = connections.clone();
+        let limiter = limiter.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = connections.send(Ok(stream)).await;
+                    let identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|leaf| identity_from_der(leaf.as_ref()).ok())
+                        .unwrap_or_default();
+                    match limiter.admit(&identity, peer.ip()) {
+                        Some(ticket) => {
+                            let _ = connections
+                                .send(Ok(connections::Counted::new(stream, ticket)))
+                                .await;
+                        }
+                        None => {
+                            metrics::counter!(crate::telemetry::TLS_REFUSED, "reason" => "connections_per_identity")
+                                .increment(1);
+                            if limiter.should_warn(infrawatch_common::time::now_unix_ms()) {
+                                tracing::warn!(
+                                    %peer,
+                                    identity,
+                                    limit = limiter.limit(),
+                                    "Connection closed: this identity already has the most connections allowed from its address (grpc.max_connections_per_identity; refusals are counted in infrawatch_aggregator_tls_refused_total and logged at most every 10 s)."
+                                );
+                            }
+                        }
+                    }
                 }
                 Ok(Err(e)) => {
                     metrics::counter!(crate::telemetry::TLS_REFUSED, "reason" => "handshake")

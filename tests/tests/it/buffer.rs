@@ -12,7 +12,7 @@ use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, http_get};
 
 const INTERVAL_MS: u64 = 200;
 
-fn machine_id() -> String {
+pub(crate) fn machine_id() -> String {
     std::fs::read_to_string("/etc/machine-id")
         .unwrap()
         .trim()
@@ -26,7 +26,12 @@ fn uptime_samples(agg: &Aggregator, from: i64, to: i64) -> BTreeMap<i64, u64> {
 }
 
 /// The same for the host with `machine_id`.
-fn uptime_samples_of(agg: &Aggregator, machine_id: &str, from: i64, to: i64) -> BTreeMap<i64, u64> {
+pub(crate) fn uptime_samples_of(
+    agg: &Aggregator,
+    machine_id: &str,
+    from: i64,
+    to: i64,
+) -> BTreeMap<i64, u64> {
     let mut out = BTreeMap::new();
     let mut start = from;
     while start <= to {
@@ -47,7 +52,7 @@ fn uptime_samples_of(agg: &Aggregator, machine_id: &str, from: i64, to: i64) -> 
 }
 
 /// The longest interval without a sample, and where it starts.
-fn longest_silence(samples: &BTreeMap<i64, u64>) -> (i64, i64) {
+pub(crate) fn longest_silence(samples: &BTreeMap<i64, u64>) -> (i64, i64) {
     let ts: Vec<i64> = samples.keys().copied().collect();
     ts.windows(2)
         .map(|w| (w[1] - w[0], w[0]))
@@ -55,13 +60,13 @@ fn longest_silence(samples: &BTreeMap<i64, u64>) -> (i64, i64) {
         .unwrap_or((0, 0))
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     infrawatch_common::time::now_unix_ms()
 }
 
 /// Waits until the aggregator has applied everything the agent's buffer held (its
 /// buffer metric reads 0 batches queued).
-fn wait_drained(agent: &Agent) {
+pub(crate) fn wait_drained(agent: &Agent) {
     eventually(
         Duration::from_secs(30),
         "the agent's buffer drained",

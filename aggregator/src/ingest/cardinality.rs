@@ -1,0 +1,275 @@
+//! Per-agent series budgets: how many series one agent may keep active and how
+//! fast it may start new ones.
+//!
+//! A series is active while it was seen within the active window. Samples of a
+//! series the agent already has always pass; samples of a *new* series pass while
+//! the agent is under its active-series limit and has new-series allowance left (a
+//! bucket of `max_new_series_per_minute` that refills over a minute, so a starting
+//! agent can describe itself at once but a runaway label cannot mint series
+//! forever). Everything else is refused sample by sample and reported back in the
+//! batch's acknowledgement, so one agent's explosion costs neither the aggregator's
+//! memory nor the other agents' data.
+//!
+//! Memory: one entry of 16 bytes (plus the hash table's overhead, about 32 bytes in
+//! all) per active series, so at most about 640 KiB per agent at the default limit
+//! of 20,000 series; an agent silent for a whole window is forgotten.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use crate::config::IngestConfig;
+use crate::ingest::decode::DecodedBatch;
+use crate::series::SeriesKey;
+
+/// The limits, from `[ingest]`.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesLimits {
+    /// Active series per agent.
+    pub max_active: usize,
+    /// New series per minute per agent (and the size of the burst).
+    pub max_new_per_minute: u32,
+    /// How long a series stays active without samples.
+    pub active_window_ms: i64,
+}
+
+impl SeriesLimits {
+    /// The limits configured in `ingest`.
+    pub fn for_ingest(ingest: &IngestConfig) -> Self {
+        Self {
+            max_active: ingest.max_active_series_per_agent,
+            max_new_per_minute: ingest.max_new_series_per_minute,
+            active_window_ms: i64::try_from(ingest.series_active_window_ms).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// What a batch lost to the budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Series refused because the agent is at its active-series limit.
+    pub series_over_active: usize,
+    /// Their samples.
+    pub samples_over_active: usize,
+    /// Series refused because the agent started too many new series this minute.
+    pub series_over_rate: usize,
+    /// Their samples.
+    pub samples_over_rate: usize,
+}
+
+/// The series of one agent.
+#[derive(Debug)]
+struct AgentSeries {
+    /// Series hash -> last time seen (Unix ms).
+    seen: HashMap<u64, i64>,
+    /// New series the agent may still start now.
+    allowance: f64,
+    refilled_at_ms: i64,
+    pruned_at_ms: i64,
+    last_batch_ms: i64,
+}
+
+/// Budgets of every agent, keyed by the agent's stream key.
+#[derive(Debug)]
+pub struct SeriesBudgets {
+    limits: SeriesLimits,
+    hasher: RandomState,
+    agents: Mutex<HashMap<String, Arc<Mutex<AgentSeries>>>>,
+    /// When idle agents were last forgotten.
+    swept_at_ms: Mutex<i64>,
+}
+
+/// How often an agent's expired series (and idle agents) are looked for.
+const PRUNE_EVERY_MS: i64 = 60_000;
+
+impl SeriesBudgets {
+    /// Empty budgets with `limits`.
+    pub fn new(limits: SeriesLimits) -> Self {
+        Self {
+            limits,
+            hasher: RandomState::new(),
+            agents: Mutex::new(HashMap::new()),
+            swept_at_ms: Mutex::new(0),
+        }
+    }
+
+    /// Removes from `batch` the series `agent` may not start now, and says what
+    /// was removed.
+    pub fn admit(&self, agent: &str, batch: &mut DecodedBatch, now_ms: i64) -> Refusals {
+        self.forget_idle_agents(now_ms);
+        let entry = {
+            let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+            agents
+                .entry(agent.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(AgentSeries {
+                        seen: HashMap::new(),
+                        allowance: f64::from(self.limits.max_new_per_minute),
+                        refilled_at_ms: now_ms,
+                        pruned_at_ms: now_ms,
+                        last_batch_ms: now_ms,
+                    }))
+                })
+                .clone()
+        };
+        let mut series = entry.lock().unwrap_or_else(|p| p.into_inner());
+        series.last_batch_ms = now_ms;
+        self.refill(&mut series, now_ms);
+        self.prune(&mut series, now_ms);
+
+        let mut refused = Refusals::default();
+        batch.series.retain(|s| {
+            let hash = self.hash(&s.key);
+            if let Some(seen) = series.seen.get_mut(&hash) {
+                *seen = now_ms;
+                return true;
+            }
+            if series.seen.len() >= self.limits.max_active {
+                refused.series_over_active += 1;
+                refused.samples_over_active += s.points.len();
+                return false;
+            }
+            if series.allowance < 1.0 {
+                refused.series_over_rate += 1;
+                refused.samples_over_rate += s.points.len();
+                return false;
+            }
+            series.allowance -= 1.0;
+            series.seen.insert(hash, now_ms);
+            true
+        });
+        batch.sample_count = batch
+            .sample_count
+            .saturating_sub(refused.samples_over_active + refused.samples_over_rate);
+        refused
+    }
+
+    /// Active series of `agent` now.
+    pub fn active_series(&self, agent: &str) -> usize {
+        let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        agents
+            .get(agent)
+            .map(|a| a.lock().unwrap_or_else(|p| p.into_inner()).seen.len())
+            .unwrap_or(0)
+    }
+
+    fn hash(&self, key: &SeriesKey) -> u64 {
+        self.hasher
+            .hash_one((&key.resource_id, &key.metric, &key.attributes))
+    }
+
+    fn refill(&self, series: &mut AgentSeries, now_ms: i64) {
+        let elapsed = (now_ms - series.refilled_at_ms).max(0) as f64;
+        let per_ms = f64::from(self.limits.max_new_per_minute) / 60_000.0;
+        series.allowance =
+            (series.allowance + elapsed * per_ms).min(f64::from(self.limits.max_new_per_minute));
+        series.refilled_at_ms = now_ms;
+    }
+
+    fn prune(&self, series: &mut AgentSeries, now_ms: i64) {
+        if now_ms - series.pruned_at_ms < PRUNE_EVERY_MS {
+            return;
+        }
+        series.pruned_at_ms = now_ms;
+        let horizon = now_ms.saturating_sub(self.limits.active_window_ms);
+        series.seen.retain(|_, seen| *seen >= horizon);
+    }
+
+    /// Forgets agents that sent nothing for a whole active window (at most once a
+    /// minute), so budgets of agents gone for good do not accumulate.
+    fn forget_idle_agents(&self, now_ms: i64) {
+        {
+            let mut swept = self.swept_at_ms.lock().unwrap_or_else(|p| p.into_inner());
+            if now_ms - *swept < PRUNE_EVERY_MS {
+                return;
+            }
+            *swept = now_ms;
+        }
+        let horizon = now_ms.saturating_sub(self.limits.active_window_ms);
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        agents.retain(|_, a| a.lock().unwrap_or_else(|p| p.into_inner()).last_batch_ms >= horizon);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::SeriesSamples;
+
+    fn batch(series: std::ops::Range<usize>) -> DecodedBatch {
+        let series: Vec<SeriesSamples> = series
+            .map(|i| SeriesSamples {
+                key: SeriesKey {
+                    resource_id: "host/a".into(),
+                    metric: "m".into(),
+                    attributes: format!("i=\"{i}\""),
+                },
+                points: vec![(1, 1.0), (2, 2.0)],
+            })
+            .collect();
+        DecodedBatch {
+            seq: 1,
+            resources: Vec::new(),
+            sample_count: series.len() * 2,
+            series,
+            dropped_non_finite: 0,
+            dropped_out_of_range: 0,
+            gaps: Vec::new(),
+        }
+    }
+
+    fn budgets(max_active: usize, max_new_per_minute: u32) -> SeriesBudgets {
+        SeriesBudgets::new(SeriesLimits {
+            max_active,
+            max_new_per_minute,
+            active_window_ms: 3_600_000,
+        })
+    }
+
+    #[test]
+    fn known_series_always_pass_and_new_ones_stop_at_the_active_limit() {
+        let b = budgets(10, 1000);
+        let mut first = batch(0..8);
+        assert_eq!(b.admit("a", &mut first, 0), Refusals::default());
+        let mut second = batch(0..20);
+        let refused = b.admit("a", &mut second, 1000);
+        assert_eq!(refused.series_over_active, 10);
+        assert_eq!(refused.samples_over_active, 20);
+        assert_eq!(second.series.len(), 10);
+        assert_eq!(second.sample_count, 20);
+        assert_eq!(b.active_series("a"), 10);
+        // Another agent has its own budget.
+        let mut other = batch(0..10);
+        assert_eq!(b.admit("b", &mut other, 1000), Refusals::default());
+    }
+
+    #[test]
+    fn new_series_are_rate_limited_and_the_allowance_refills_over_a_minute() {
+        let b = budgets(100_000, 60);
+        let mut burst = batch(0..100);
+        let refused = b.admit("a", &mut burst, 0);
+        assert_eq!(burst.series.len(), 60);
+        assert_eq!(refused.series_over_rate, 40);
+        // Half a minute later, 30 more.
+        let mut later = batch(0..100);
+        let refused = b.admit("a", &mut later, 30_000);
+        assert_eq!(later.series.len(), 90);
+        assert_eq!(refused.series_over_rate, 10);
+    }
+
+    #[test]
+    fn series_silent_for_the_window_stop_counting() {
+        let b = SeriesBudgets::new(SeriesLimits {
+            max_active: 10,
+            max_new_per_minute: 1000,
+            active_window_ms: 120_000,
+        });
+        let mut old = batch(0..10);
+        b.admit("a", &mut old, 0);
+        let mut fresh = batch(10..20);
+        assert_eq!(b.admit("a", &mut fresh, 60_000).series_over_active, 10);
+        let mut fresh = batch(10..20);
+        assert_eq!(b.admit("a", &mut fresh, 200_000), Refusals::default());
+        assert_eq!(b.active_series("a"), 10);
+    }
+}
