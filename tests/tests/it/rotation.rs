@@ -5,7 +5,6 @@
 //! files were rotated too, reconnects with its new certificate without a restart.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use infrawatch_common::certs::{DevCa, DevPki};
@@ -15,27 +14,9 @@ use infrawatch_e2e::{Agent, Aggregator, Pki, RawStream, batch, eventually};
 /// The certificate the server presents to a new connection (DER).
 async fn served_certificate(addr: std::net::SocketAddr, files: &TlsFiles) -> Vec<u8> {
     use rustls::pki_types::ServerName;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut std::fs::read(&files.ca).unwrap().as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(&files.cert).unwrap().as_slice())
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls_pemfile::private_key(&mut std::fs::read(&files.key).unwrap().as_slice())
-        .unwrap()
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = infrawatch_e2e::rawgrpc::client_config(files).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
