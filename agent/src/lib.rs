@@ -168,6 +168,15 @@ pub async fn run(
     // Ends once shutdown has stopped every collector and their last output is queued.
     let builder = BatchBuilder::new(vec![host_resource]);
     let batcher = run_batcher(builder, collected_rx, &mut seq, &pending, &config).await;
+    if let Err(e) = &batcher {
+        // Without a batcher nothing collected can be kept: stop everything and
+        // exit with the error, so the service manager restarts the agent.
+        tracing::error!(
+            error = e as &dyn std::error::Error,
+            "Cannot queue batches; stopping."
+        );
+        shutdown.cancel();
+    }
 
     // Shutdown: give the transport a moment to deliver what is queued, if it can;
     // whatever is left stays in the disk buffer for the next start.

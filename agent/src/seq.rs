@@ -83,23 +83,44 @@ impl SeqAllocator {
         Ok(seq)
     }
 
+    /// Writes `mark` durably: to a temporary file renamed over the state file or,
+    /// when that cannot be done (a full disk has no room for a new file), over the
+    /// existing file in place, which needs no new space: the number is written at
+    /// a fixed width, well inside one disk sector, so the write is not torn.
     fn persist(&self, mark: u64) -> Result<(), SeqError> {
         let io = |source| SeqError::Io {
             path: self.path.clone(),
             source,
         };
+        let Err(e) = self.replace_file(mark) else {
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
+        self.overwrite_in_place(mark).map_err(|_| io(e))
+    }
+
+    fn replace_file(&self, mark: u64) -> std::io::Result<()> {
         let tmp = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        writeln!(file, "{mark}").map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        let mut file = std::fs::File::create(&tmp)?;
+        writeln!(file, "{mark:020}")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
             // Make the rename itself durable.
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all())?;
         }
         Ok(())
+    }
+
+    fn overwrite_in_place(&self, mark: u64) -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+        let text = format!("{mark:020}\n");
+        if file.metadata()?.len() != text.len() as u64 {
+            // Only a file written by this version has the fixed width.
+            return Err(std::io::Error::other("the state file has another width"));
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
     }
 }
 
@@ -122,6 +143,22 @@ mod tests {
             n > 6,
             "after a restart the sequence continues above 6, got {n}"
         );
+    }
+
+    #[test]
+    fn a_mark_is_written_in_place_when_no_new_file_can_be_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seq");
+        let mut a = SeqAllocator::open(&path, 4).unwrap();
+        assert_eq!(a.next_seq().unwrap(), 1);
+        // A directory where the temporary file would go makes creating it fail,
+        // as a full disk does.
+        std::fs::create_dir(path.with_extension("tmp")).unwrap();
+        let more: Vec<u64> = (0..6).map(|_| a.next_seq().unwrap()).collect();
+        assert_eq!(more, vec![2, 3, 4, 5, 6, 7]);
+        drop(a);
+        let mut b = SeqAllocator::open(&path, 4).unwrap();
+        assert!(b.next_seq().unwrap() > 7);
     }
 
     #[test]

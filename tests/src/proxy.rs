@@ -25,7 +25,13 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Forwards a new loopback port to `target`.
     pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), target).await
+    }
+
+    /// Forwards `listen` (port 0: a free one) to `target`; for a proxy on the
+    /// root-namespace end of a test's veth pair.
+    pub async fn start_on(listen: SocketAddr, target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let mut p = Self {
             addr,

@@ -5,16 +5,20 @@
 //! of [records](record) with a checksum each. Appends go to the newest segment and
 //! are made durable with `fdatasync` at least every `fsync_interval_ms` (250 ms by
 //! default, by [`DiskBuffer::sync`]); a segment whose batches are all acknowledged
-//! is deleted. After a crash [`DiskBuffer::open`] reads the segments back, cuts a
-//! torn or corrupt tail, and the transport sends what was not acknowledged, oldest
-//! first, while new batches keep being appended.
+//! is deleted. The newest (active) segment stays until it reaches `segment_bytes`,
+//! except when the disk refuses a write while all of it is acknowledged: then a
+//! new segment takes its place, so a disk with less room than one segment does
+//! not stay full of acknowledged data. After a crash [`DiskBuffer::open`] reads the
+//! segments back, cuts a torn or corrupt tail, and the transport sends what was not
+//! acknowledged, oldest first, while new batches keep being appended.
 //!
 //! The log is capped in bytes and in age. When a new batch would pass a cap, the
 //! oldest segments are dropped. Whatever is lost (cap, age, a disk error, a corrupt
 //! record, a batch the aggregator refused) becomes a [`DataGap`] (batches, samples,
 //! time range, cause) that rides in the next batch to the aggregator, so the loss
 //! is recorded there instead of being silent. Gaps carried by a batch that is
-//! itself dropped are carried on again.
+//! itself dropped are carried on again; consecutive losses of one cause merge into
+//! one gap, and a batch carries at most [`MAX_GAPS_PER_BATCH`].
 //!
 //! The newest batches also stay in memory (up to `memory_bytes`), so sending them
 //! reads nothing from disk; older ones are read back when their turn comes.
@@ -109,6 +113,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BufferError + '_ {
         source,
     }
 }
+
+/// Most gaps attached to one batch: the aggregator refuses a batch with more than
+/// 1,000, and such a batch would be refused again each time it carried them on.
+pub const MAX_GAPS_PER_BATCH: usize = 500;
 
 /// Totals of what was dropped, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -225,9 +233,12 @@ fn count_loss(cause: &'static str, batches: u64, samples: u64) {
 
 impl Inner {
     fn lose(&mut self, e: &Entry, cause: &'static str, exact: bool) {
-        add_gap(&mut self.gaps, &e.header, cause, exact);
-        // What the lost batch carried must still arrive.
+        // What the lost batch carried must still arrive. It goes first so that this
+        // loss merges with a carried one it continues: a disk that refuses batch
+        // after batch makes one gap, not one per batch (a batch with more than
+        // 1,000 gaps would be refused by the aggregator).
         self.gaps.extend(e.gaps.iter().cloned());
+        add_gap(&mut self.gaps, &e.header, cause, exact);
         self.dropped.batches += 1;
         self.dropped.samples += u64::from(e.header.samples);
         count_loss(cause, 1, u64::from(e.header.samples));
@@ -287,6 +298,31 @@ impl Inner {
                 self.lose(&e, cause::BUFFER_AGE, true);
             }
         }
+    }
+
+    /// Deletes the active segment when it holds no unacknowledged batch, so the
+    /// next append starts a new one; false when it holds one or is empty.
+    ///
+    /// The active segment is otherwise only left when it reaches `segment_bytes`:
+    /// on a disk with less room than that, its acknowledged records would keep the
+    /// disk full, and every later batch lost, for good.
+    fn release_acknowledged_active(&mut self) -> bool {
+        let Some(seg) = self.segments.back() else {
+            return false;
+        };
+        if seg.bytes == 0 || self.entries.iter().any(|e| e.segment == seg.id) {
+            return false;
+        }
+        let Some(seg) = self.segments.pop_back() else {
+            return false;
+        };
+        self.active = None;
+        self.dirty = false;
+        self.bytes = self.bytes.saturating_sub(seg.bytes);
+        if let Err(e) = std::fs::remove_file(&seg.path) {
+            tracing::warn!(path = %seg.path.display(), error = %e, "Cannot delete a buffer segment.");
+        }
+        true
     }
 
     fn start_segment(&mut self, first_seq: u64) -> Result<(), BufferError> {
@@ -382,7 +418,9 @@ impl DiskBuffer {
             while inner.bytes + estimate > self.config.max_bytes
                 && inner.drop_oldest_segment(cause::BUFFER_FULL)
             {}
-            batch.gaps.append(&mut inner.gaps);
+            // The oldest losses first; the rest ride in the next batches.
+            let n = inner.gaps.len().min(MAX_GAPS_PER_BATCH);
+            batch.gaps.extend(inner.gaps.drain(..n));
             let (header, bytes) = encode_record(&batch);
             let carried = batch.gaps.clone();
             if let Err(e) = self.append(&mut inner, &header, &bytes) {
@@ -448,6 +486,13 @@ impl DiskBuffer {
         if let Err(e) = (&*active).write_all(bytes) {
             // Cut whatever part of the record reached the file.
             let _ = active.set_len(before);
+            // The disk may be full of this segment's acknowledged records: free
+            // them and try once more in a new segment (which is empty, so this
+            // does not repeat).
+            if inner.release_acknowledged_active() {
+                tracing::warn!(error = %e, seq = header.seq, "Disk buffer write failed; starting a new segment in place of the acknowledged one.");
+                return self.append(inner, header, bytes);
+            }
             return Err(BufferError::Io { path, source: e });
         }
         if let Some(seg) = inner.segments.back_mut() {

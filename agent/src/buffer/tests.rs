@@ -240,3 +240,110 @@ fn settings_are_checked() {
     let fields: Vec<_> = bad.problems().into_iter().map(|(f, _)| f).collect();
     assert_eq!(fields, vec!["max_bytes", "fsync_interval_ms"]);
 }
+
+/// From now on every write to the active segment fails, as on a full disk.
+fn refuse_writes(buf: &DiskBuffer) {
+    let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+    buf.lock().active = Some(Arc::new(full));
+}
+
+#[test]
+fn a_disk_that_keeps_refusing_writes_makes_one_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    buf.push(batch(1, 10));
+    refuse_writes(&buf);
+    // More failed batches than the aggregator accepts gaps in one batch (1,000).
+    for seq in 2..=1500 {
+        buf.push(batch(seq, 10));
+    }
+    assert_eq!(seqs(&buf), vec![1]);
+    assert_eq!(
+        buf.dropped(),
+        Dropped {
+            batches: 1499,
+            samples: 14_990,
+            rejected_batches: 0
+        }
+    );
+    let gaps = buf.pending_gaps();
+    assert_eq!(gaps.len(), 1, "one gap, not one per batch");
+    let g = &gaps[0];
+    assert_eq!(
+        (g.first_seq, g.last_seq, g.batches_lost, g.samples_lost),
+        (2, 1500, 1499, 14_990)
+    );
+    assert_eq!((g.cause.as_str(), g.exact), (cause::DISK_ERROR, true));
+}
+
+#[test]
+fn acknowledged_records_do_not_keep_a_full_disk_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    for seq in 1..=5 {
+        buf.push(batch(seq, 10));
+    }
+    buf.ack(5);
+    // The disk is full, of the active segment's acknowledged records: that
+    // segment is deleted and the batch goes to a new one, nothing lost.
+    refuse_writes(&buf);
+    buf.push(batch(6, 10));
+    assert_eq!(seqs(&buf), vec![6]);
+    assert_eq!(buf.dropped(), Dropped::default());
+    assert!(!segment_path(dir.path(), 1).exists());
+    assert!(segment_path(dir.path(), 6).exists());
+
+    // A segment with an unacknowledged batch stays: the new batch is lost, and
+    // reported.
+    refuse_writes(&buf);
+    buf.push(batch(7, 10));
+    assert_eq!(seqs(&buf), vec![6]);
+    assert_eq!(buf.dropped().batches, 1);
+    let gaps = buf.pending_gaps();
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(
+        (gaps[0].first_seq, gaps[0].cause.as_str()),
+        (7, cause::DISK_ERROR)
+    );
+    drop(buf);
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert_eq!(seqs(&buf), vec![6], "the log is clean");
+    assert!(buf.pending_gaps().is_empty());
+}
+
+#[test]
+fn a_batch_carries_at_most_max_gaps_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    buf.lock().gaps = (0..1200)
+        .map(|i| DataGap {
+            first_seq: 2 * i + 1,
+            last_seq: 2 * i + 1,
+            batches_lost: 1,
+            cause: cause::CORRUPT.into(),
+            exact: true,
+            ..Default::default()
+        })
+        .collect();
+    for seq in 5000..=5002 {
+        buf.push(batch(seq, 1));
+    }
+    let carried: Vec<Vec<u64>> = [4999, 5000, 5001]
+        .iter()
+        .map(|after| {
+            let b = buf.next_after(*after).unwrap();
+            b.gaps.iter().map(|g| g.first_seq).collect()
+        })
+        .collect();
+    assert_eq!(
+        carried.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![MAX_GAPS_PER_BATCH, MAX_GAPS_PER_BATCH, 200]
+    );
+    let all: Vec<u64> = carried.concat();
+    assert_eq!(
+        all,
+        (0..1200).map(|i| 2 * i + 1).collect::<Vec<_>>(),
+        "oldest first, each once"
+    );
+    assert!(buf.pending_gaps().is_empty());
+}

@@ -14,6 +14,7 @@ mod health;
 mod hostile;
 mod icmp;
 mod outage;
+mod partition;
 mod pipeline;
 mod probes;
 mod restart;
