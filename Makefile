@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test deps services build lint bench bench-events clean
+.PHONY: run test deps services build lint bench bench-events bench-system clean
 
 run: deps
 	$(CARGO) build --release --workspace --bins
@@ -30,9 +30,15 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: deps
+bench: deps services
 	$(CARGO) bench --workspace
 	tests/bench/agent-cost.sh 60
+	tests/bench/system.sh
+
+# The aggregator under infrawatch-loadgen (1,000 and 10,000 agents; SQLite and
+# PostgreSQL); about 12 minutes after the release build.
+bench-system: deps services
+	tests/bench/system.sh
 
 bench-events: deps
 	$(CARGO) build --release --workspace --bins

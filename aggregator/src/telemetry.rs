@@ -18,10 +18,14 @@ pub const DB_DURATION: &str = "infrawatch_aggregator_store_duration_seconds";
 /// Counter by `table` (resources, history, cursors, rollups, events): rows written
 /// by committed transactions.
 pub const STORE_ROWS: &str = "infrawatch_aggregator_store_rows_total";
-/// Histogram: seconds the writer spent on one committed group of batches (plan,
-/// commit, apply, answer); against `store_duration_seconds{operation="commit"}`
-/// it gives the share of ingest time spent in the database.
+/// Histogram by `work` (batches, sweep): seconds the writer spent on one
+/// committed group of batches (plan, commit, apply, answer) or one staleness
+/// sweep that changed something; against
+/// `store_duration_seconds{operation="commit"}` it gives the share of the
+/// writer's time spent in the database.
 pub const WRITE_GROUP_DURATION: &str = "infrawatch_aggregator_ingest_group_duration_seconds";
+/// Counter: resources the staleness sweep marked UNKNOWN.
+pub const MARKED_STALE: &str = "infrawatch_aggregator_resources_marked_stale_total";
 /// Counter by `operation`: failed database operations.
 pub const DB_ERRORS: &str = "infrawatch_aggregator_store_errors_total";
 /// Counter: resource state changes (new resource versions).

@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod brokers;
 pub mod events;
+pub mod loadgen;
 pub mod netns;
 pub mod postgres;
 pub mod proxy;

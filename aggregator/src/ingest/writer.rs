@@ -460,7 +460,7 @@ impl Writer {
             count_result(&result);
             let _ = reply.send(result);
         }
-        metrics::histogram!(telemetry::WRITE_GROUP_DURATION)
+        metrics::histogram!(telemetry::WRITE_GROUP_DURATION, "work" => "batches")
             .record(started.elapsed().as_secs_f64());
     }
 
@@ -787,6 +787,9 @@ impl Writer {
                 self.apply(applied, now);
                 self.publish(&mut commit);
                 self.state.write().series.evict(now);
+                metrics::counter!(telemetry::MARKED_STALE).increment(stale as u64);
+                metrics::histogram!(telemetry::WRITE_GROUP_DURATION, "work" => "sweep")
+                    .record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
                 tracing::warn!(
