@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     }
     infrawatch_common::install_crypto_provider();
     infrawatch_common::telemetry::init_tracing(config.log_format);
-    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+    let metrics = match install_metrics() {
         Ok(h) => Some(h),
         Err(e) => {
             eprintln!("infrawatch-agent: local metrics disabled: {e}");
@@ -100,4 +100,24 @@ fn load_config(cli: &Cli) -> Result<AgentConfig, infrawatch_common::config::Conf
     config.apply_container_env(|k| std::env::var(k).ok());
     config.validate()?;
     Ok(config)
+}
+
+/// Buckets of the acknowledgement latency histogram, in seconds (a histogram, not
+/// a summary, so that it aggregates across agents and over any window).
+const ACK_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the recorder that the local `/metrics` renders.
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                "infrawatch_agent_export_ack_latency_seconds".into(),
+            ),
+            ACK_LATENCY_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
 }

@@ -32,6 +32,11 @@ pub mod postgres;
 pub mod proxy;
 pub mod rawgrpc;
 
+/// Tests that run a fleet of agents or bound a latency take this for their whole
+/// run, so that two of them never share the machine's cores: each is sized for the
+/// whole machine.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Path of a workspace binary next to this test binary.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

@@ -242,6 +242,7 @@ async fn a_full_buffer_drops_the_oldest_and_reports_it_exactly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_agents_through_a_two_minute_outage() {
     super::init();
+    let _heavy = infrawatch_e2e::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..10).map(|i| format!("agent-fleet-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();

