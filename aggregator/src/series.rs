@@ -52,6 +52,14 @@ impl Stats {
         self.max = self.max.max(v);
     }
 
+    /// Adds the values counted in `other`.
+    pub fn merge(&mut self, other: &Stats) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
     /// Mean, if any value was added.
     pub fn mean(&self) -> Option<f64> {
         (self.count > 0).then(|| self.sum / self.count as f64)

@@ -60,6 +60,8 @@ pub struct State {
     model: RwLock<Model>,
     connected_agents: AtomicU64,
     agents: Mutex<BTreeMap<String, AgentStatus>>,
+    /// Batches received and not yet applied, by arrival time (Unix ms).
+    unapplied: Arc<Mutex<BTreeMap<i64, usize>>>,
 }
 
 impl State {
@@ -73,6 +75,7 @@ impl State {
             }),
             connected_agents: AtomicU64::new(0),
             agents: Mutex::new(BTreeMap::new()),
+            unapplied: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -110,9 +113,38 @@ impl State {
             .clock_skew_ms
             .is_some_and(|s| s.abs() > CLOCK_SKEW_WARNING_MS);
         a.clock_skew_ms = Some(skew);
-        metrics::gauge!(crate::telemetry::CLOCK_SKEW, "agent" => key.to_string())
-            .set(skew as f64 / 1000.0);
-        (was_off != (skew.abs() > CLOCK_SKEW_WARNING_MS)).then_some(skew)
+        let is_off = skew.abs() > CLOCK_SKEW_WARNING_MS;
+        // Only agents whose clock is (or was) off get a series, so a large fleet
+        // of agents with good clocks does not make one gauge each.
+        if is_off || was_off {
+            metrics::gauge!(crate::telemetry::CLOCK_SKEW, "agent" => key.to_string())
+                .set(skew as f64 / 1000.0);
+        }
+        (was_off != is_off).then_some(skew)
+    }
+
+    /// Notes a batch that arrived at `received_ms` and waits to be applied; the
+    /// note lasts until the returned guard is dropped (once the batch is applied
+    /// or failed).
+    pub fn batch_received(&self, received_ms: i64) -> Unapplied {
+        let mut unapplied = self.unapplied.lock().unwrap_or_else(|p| p.into_inner());
+        *unapplied.entry(received_ms).or_insert(0) += 1;
+        Unapplied {
+            unapplied: self.unapplied.clone(),
+            received_ms,
+        }
+    }
+
+    /// The time up to which every batch received has been applied: `now_ms`, or
+    /// the arrival time of the oldest batch still waiting. A resource can only be
+    /// judged stale against this time, not against the clock, or a writer that is
+    /// behind would mark live resources stale while their data waits in the queue.
+    pub fn applied_through(&self, now_ms: i64) -> i64 {
+        let unapplied = self.unapplied.lock().unwrap_or_else(|p| p.into_inner());
+        unapplied
+            .keys()
+            .next()
+            .map_or(now_ms, |oldest| (*oldest).min(now_ms))
     }
 
     /// Every agent seen since this process started, by key.
@@ -149,6 +181,25 @@ impl State {
     }
 }
 
+/// A received batch not yet applied; dropping it says it was.
+#[derive(Debug)]
+pub struct Unapplied {
+    unapplied: Arc<Mutex<BTreeMap<i64, usize>>>,
+    received_ms: i64,
+}
+
+impl Drop for Unapplied {
+    fn drop(&mut self) {
+        let mut unapplied = self.unapplied.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = unapplied.get_mut(&self.received_ms) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                unapplied.remove(&self.received_ms);
+            }
+        }
+    }
+}
+
 /// Decrements the connected-agent count when dropped.
 #[derive(Debug)]
 pub struct ConnectedGuard(Arc<State>);
@@ -161,5 +212,26 @@ impl Drop for ConnectedGuard {
             .fetch_sub(1, Ordering::Relaxed)
             .saturating_sub(1);
         metrics::gauge!(crate::telemetry::CONNECTED_AGENTS).set(n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_through_waits_for_the_oldest_unapplied_batch() {
+        let state = State::new(60_000);
+        assert_eq!(state.applied_through(1_000), 1_000);
+        let first = state.batch_received(100);
+        let second = state.batch_received(200);
+        let again = state.batch_received(200);
+        assert_eq!(state.applied_through(1_000), 100);
+        drop(first);
+        assert_eq!(state.applied_through(1_000), 200);
+        drop(second);
+        assert_eq!(state.applied_through(1_000), 200);
+        drop(again);
+        assert_eq!(state.applied_through(1_000), 1_000);
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::IngestError;
-use super::decode::DecodedBatch;
+use super::decode::{DecodedBatch, SeriesSamples};
 use crate::config::HealthConfig;
 use crate::events::log::EventLog;
 use crate::events::validate::{Bounds, validate};
@@ -52,6 +52,9 @@ pub struct WriteRequest {
     pub work: Work,
     /// Receives the acknowledgement once durable, or why not.
     pub reply: oneshot::Sender<Result<Ack, IngestError>>,
+    /// Marks a batch as received and not yet applied, until it is dropped after
+    /// the commit (see [`State::applied_through`]).
+    pub unapplied: Option<crate::state::Unapplied>,
 }
 
 /// What the writer is asked to do.
@@ -94,9 +97,10 @@ struct Plan {
     cursors: HashMap<String, u64>,
     /// Cursors set back because an agent's sequence restarted.
     cursor_resets: HashMap<String, u64>,
-    rollups: HashMap<(SeriesKey, i64), RollupDelta>,
+    /// Rollup increments by series, one per minute bucket touched.
+    rollups: HashMap<SeriesKey, Vec<RollupDelta>>,
     /// Samples to add to the hot store, and their window statistics so far.
-    samples: Vec<(SeriesKey, i64, f64)>,
+    samples: Vec<SeriesSamples>,
     window: HashMap<SeriesKey, Stats>,
     /// Resources with fresh data (their last-seen time moves to now).
     seen: HashSet<String>,
@@ -186,25 +190,47 @@ impl Plan {
         self.records.insert(next.id.clone(), next);
     }
 
-    fn add_sample(&mut self, key: &SeriesKey, ts: i64, value: f64, window_start: i64) {
-        let bucket = ts - ts.rem_euclid(ROLLUP_BUCKET_MS);
-        let delta = self
-            .rollups
-            .entry((key.clone(), bucket))
-            .or_insert_with(|| RollupDelta {
-                key: key.clone(),
-                bucket_start_ms: bucket,
-                stats: Stats::default(),
-                last: (i64::MIN, 0.0),
-            });
-        delta.stats.add(value);
-        if ts >= delta.last.0 {
-            delta.last = (ts, value);
+    /// Adds the samples of one series: its rollup increments, its statistics
+    /// over the evaluation window and the samples for the hot store. The series
+    /// key is copied once per series and minute, never per sample.
+    fn add_series(&mut self, series: SeriesSamples, window_start: i64) {
+        let buckets = match self.rollups.get_mut(&series.key) {
+            Some(b) => b,
+            None => self.rollups.entry(series.key.clone()).or_default(),
+        };
+        let mut window = Stats::default();
+        for &(ts, value) in &series.points {
+            let bucket = ts - ts.rem_euclid(ROLLUP_BUCKET_MS);
+            let at = match buckets.iter().position(|d| d.bucket_start_ms == bucket) {
+                Some(at) => at,
+                None => {
+                    buckets.push(RollupDelta {
+                        key: series.key.clone(),
+                        bucket_start_ms: bucket,
+                        stats: Stats::default(),
+                        last: (i64::MIN, 0.0),
+                    });
+                    buckets.len() - 1
+                }
+            };
+            let delta = &mut buckets[at];
+            delta.stats.add(value);
+            if ts >= delta.last.0 {
+                delta.last = (ts, value);
+            }
+            if ts >= window_start {
+                window.add(value);
+            }
         }
-        if ts >= window_start {
-            self.window.entry(key.clone()).or_default().add(value);
+        if window.count > 0 {
+            match self.window.get_mut(&series.key) {
+                Some(w) => w.merge(&window),
+                None => {
+                    self.window.insert(series.key.clone(), window);
+                }
+            }
         }
-        self.samples.push((key.clone(), ts, value));
+        self.samples.push(series);
     }
 
     /// The transaction for this plan: events that pass validation get positions
@@ -249,7 +275,7 @@ impl Plan {
                 .iter()
                 .map(|(a, s)| (a.clone(), *s))
                 .collect(),
-            rollups: self.rollups.into_values().collect(),
+            rollups: self.rollups.into_values().flatten().collect(),
             events,
             dead_letters,
             gaps: self.gaps,
@@ -281,7 +307,7 @@ struct Applied {
     changes: usize,
     cursor_resets: HashMap<String, u64>,
     cursors: HashMap<String, u64>,
-    samples: Vec<(SeriesKey, i64, f64)>,
+    samples: Vec<SeriesSamples>,
     seen: HashSet<String>,
 }
 
@@ -358,10 +384,13 @@ impl Writer {
         // Batches this group applies, to hold their agents back if the write fails.
         let mut written: Vec<(String, u64)> = Vec::new();
         let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+        // Held to the end: these batches count as unapplied until then.
+        let mut _unapplied = Vec::with_capacity(group.len());
         let state = self.state.clone();
         {
             let model = state.read();
             for req in group {
+                _unapplied.push(req.unapplied);
                 let answer = match req.work {
                     Work::Batch(batch) => {
                         let seq = batch.seq;
@@ -589,13 +618,17 @@ impl Writer {
         }
         let window_start =
             now - i64::try_from(self.config.health.evaluation_window_ms).unwrap_or(i64::MAX);
-        let mut newest: HashMap<&str, i64> = HashMap::new();
-        for s in &batch.series {
-            for &(ts, v) in &s.points {
-                plan.add_sample(&s.key, ts, v, window_start);
-                let e = newest.entry(s.key.resource_id.as_str()).or_insert(ts);
-                *e = (*e).max(ts);
+        let mut newest: HashMap<String, i64> = HashMap::new();
+        for s in batch.series {
+            if let Some(ts) = s.points.iter().map(|p| p.0).max() {
+                match newest.get_mut(&s.key.resource_id) {
+                    Some(e) => *e = (*e).max(ts),
+                    None => {
+                        newest.insert(s.key.resource_id.clone(), ts);
+                    }
+                }
             }
+            plan.add_series(s, window_start);
         }
         for obs in &batch.resources {
             let existing = plan.record(model, &obs.id).cloned();
@@ -729,8 +762,10 @@ impl Writer {
         for (agent, seq) in applied.cursors {
             model.cursors.insert(agent, seq);
         }
-        for (key, ts, v) in &applied.samples {
-            model.series.insert(key, *ts, *v, now);
+        for s in &applied.samples {
+            for &(ts, v) in &s.points {
+                model.series.insert(&s.key, ts, v, now);
+            }
         }
         metrics::counter!(telemetry::STATE_CHANGES).increment(applied.changes as u64);
         metrics::gauge!(telemetry::RESOURCES).set(model.resources.len() as f64);
@@ -740,6 +775,9 @@ impl Writer {
     /// Marks resources without fresh data UNKNOWN, and forgets old samples.
     async fn sweep(&mut self) {
         let now = now_unix_ms();
+        // Judged against the time up to which every received batch is applied, so
+        // that a writer running behind does not take queued data for silence.
+        let horizon = self.state.applied_through(now);
         let missed = self.config.health.stale_after_missed_intervals;
         let mut plan = Plan::default();
         {
@@ -749,7 +787,7 @@ impl Writer {
                     continue;
                 }
                 if let Some(reason) =
-                    health::stale_reason(now, t.last_seen_ms, t.record.interval_ms, missed)
+                    health::stale_reason(horizon, t.last_seen_ms, t.record.interval_ms, missed)
                 {
                     let mut next = t.record.clone();
                     next.health = Health::Unknown;

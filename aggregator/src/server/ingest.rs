@@ -226,6 +226,7 @@ impl IngestService {
                         cursor_key: cursor_key.clone(),
                         work: Work::Batch(decoded),
                         reply: reply_tx,
+                        unapplied: Some(self.state.batch_received(now)),
                     };
                     // Waits while the writer is busy: backpressure reaches the agent.
                     if self.writer.send(request).await.is_err() {
@@ -293,6 +294,7 @@ impl IngestService {
             cursor_key: cursor_key.to_string(),
             work: Work::Hello { last_seq },
             reply,
+            unapplied: None,
         };
         self.writer
             .send(request)
