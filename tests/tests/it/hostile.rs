@@ -19,8 +19,8 @@ use super::buffer::{longest_silence, now, uptime_samples_of, wait_drained};
 
 const REPORT: &str = "/infrawatch.v1.AgentService/Report";
 
-/// Honest agents' p99 acknowledgement latency (send to ack) must stay under this
-/// while the hostile client runs.
+/// Honest agents' p99 acknowledgement latency (send to ack) while the hostile
+/// client runs must be at most this (a histogram bucket bound).
 const HONEST_P99_BOUND_S: f64 = 2.5;
 
 /// A batch describing host `host` with `series` series named by `label` values
