@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::dechunk;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why a request failed.
@@ -65,21 +66,6 @@ fn parse(raw: &[u8]) -> Result<(u16, String), HttpError> {
             body.to_string()
         },
     ))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[cfg(test)]

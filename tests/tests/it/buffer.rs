@@ -80,6 +80,33 @@ pub(crate) fn wait_drained(agent: &Agent) {
     );
 }
 
+/// Starts one agent per name, each on a host of its own: a root directory with its
+/// own machine id (`id_base + i`, 32 hex digits) and hostname (`{prefix}-{i}`), every
+/// collector every `interval_ms`. Returns the agents and their machine ids.
+pub(crate) fn start_fleet(
+    dir: &std::path::Path,
+    pki: &Pki,
+    names: &[String],
+    endpoints: &[String],
+    interval_ms: u64,
+    id_base: u64,
+    prefix: &str,
+) -> (Vec<Agent>, Vec<String>) {
+    let mut agents = Vec::new();
+    let mut hosts = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let root = dir.join(format!("root-{i}"));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let machine_id = format!("{:032x}", id_base + i as u64);
+        std::fs::write(root.join("etc/machine-id"), &machine_id).unwrap();
+        std::fs::write(root.join("etc/hostname"), format!("{prefix}-{i}")).unwrap();
+        let extra = format!("[host]\nroot = {:?}\n", root.display().to_string());
+        agents.push(Agent::start_with(dir, pki, name, endpoints, interval_ms, &extra).unwrap());
+        hosts.push(machine_id);
+    }
+    (agents, hosts)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_killed_over_and_over_repeats_nothing() {
     super::init();
@@ -250,20 +277,15 @@ async fn ten_agents_through_a_two_minute_outage() {
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
     let mut proxy = TcpProxy::start(agg.grpc).await.unwrap();
     let endpoints = [proxy.endpoint()];
-    let mut agents = Vec::new();
-    let mut hosts = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let root = dir.path().join(format!("root-{i}"));
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        let machine_id = format!("{:032x}", 0x000f_1ee7_0000_u64 + i as u64);
-        std::fs::write(root.join("etc/machine-id"), &machine_id).unwrap();
-        std::fs::write(root.join("etc/hostname"), format!("fleet-{i}")).unwrap();
-        let extra = format!("[host]\nroot = {:?}\n", root.display().to_string());
-        agents.push(
-            Agent::start_with(dir.path(), &pki, name, &endpoints, INTERVAL_MS, &extra).unwrap(),
-        );
-        hosts.push(machine_id);
-    }
+    let (agents, hosts) = start_fleet(
+        dir.path(),
+        &pki,
+        &names,
+        &endpoints,
+        INTERVAL_MS,
+        0x000f_1ee7_0000,
+        "fleet",
+    );
     for a in &agents {
         wait_drained(a);
     }

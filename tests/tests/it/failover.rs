@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use infrawatch_e2e::{Agent, Aggregator, Pki, eventually};
 use sqlx::Connection;
 
-use super::buffer::{longest_silence, machine_id, now, uptime_samples_of, wait_drained};
+use super::buffer::{
+    longest_silence, machine_id, now, start_fleet, uptime_samples_of, wait_drained,
+};
 
 /// True when `agg` has an open stream from an agent.
 fn streaming_to(agg: &Aggregator) -> bool {
@@ -192,16 +194,15 @@ async fn ten_agents_through_a_two_minute_aggregator_stop() {
     let pki = Pki::new(dir.path(), &refs).unwrap();
     let mut agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
     let endpoints = [agg.endpoint()];
-    let mut agents = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let root = dir.path().join(format!("root-{i}"));
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        let machine_id = format!("{:032x}", 0x0057_0900_0000_u64 + i as u64);
-        std::fs::write(root.join("etc/machine-id"), &machine_id).unwrap();
-        std::fs::write(root.join("etc/hostname"), format!("stop-{i}")).unwrap();
-        let extra = format!("[host]\nroot = {:?}\n", root.display().to_string());
-        agents.push(Agent::start_with(dir.path(), &pki, name, &endpoints, 200, &extra).unwrap());
-    }
+    let (agents, _) = start_fleet(
+        dir.path(),
+        &pki,
+        &names,
+        &endpoints,
+        200,
+        0x0057_0900_0000,
+        "stop",
+    );
     eventually(
         Duration::from_secs(60),
         "every agent applied a batch",

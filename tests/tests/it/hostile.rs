@@ -15,7 +15,7 @@ use infrawatch_e2e::{Agent, Aggregator, Pki, RawStream, channel, eventually, htt
 use infrawatch_proto::v1::{Batch, ResourceObservation, SampleColumns, SeriesDef};
 use tokio::io::AsyncWriteExt;
 
-use super::buffer::{longest_silence, now, uptime_samples_of, wait_drained};
+use super::buffer::{longest_silence, now, start_fleet, uptime_samples_of, wait_drained};
 
 const REPORT: &str = "/infrawatch.v1.AgentService/Report";
 
@@ -311,18 +311,15 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
     let pki = Pki::new(dir.path(), &refs).unwrap();
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
     let endpoints = [agg.endpoint()];
-    let mut agents = Vec::new();
-    let mut hosts = Vec::new();
-    for (i, name) in names[..10].iter().enumerate() {
-        let root = dir.path().join(format!("root-{i}"));
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        let machine_id = format!("{:032x}", 0x0bad_c0de_0000_u64 + i as u64);
-        std::fs::write(root.join("etc/machine-id"), &machine_id).unwrap();
-        std::fs::write(root.join("etc/hostname"), format!("honest-{i}")).unwrap();
-        let extra = format!("[host]\nroot = {:?}\n", root.display().to_string());
-        agents.push(Agent::start_with(dir.path(), &pki, name, &endpoints, 200, &extra).unwrap());
-        hosts.push(machine_id);
-    }
+    let (agents, hosts) = start_fleet(
+        dir.path(),
+        &pki,
+        &names[..10],
+        &endpoints,
+        200,
+        0x0bad_c0de_0000,
+        "honest",
+    );
     for a in &agents {
         wait_drained(a);
     }
