@@ -343,8 +343,11 @@ fn unique() -> u128 {
 pub struct Agent {
     /// The process.
     pub process: Process,
-    /// Its local `/metrics` address.
+    /// Its local `/metrics` address (in the root namespace).
     pub metrics: SocketAddr,
+    /// For an agent in a network namespace: the proxy that makes its `/metrics`
+    /// reachable at [`Agent::metrics`].
+    pub(crate) _metrics_proxy: Option<proxy::TcpProxy>,
 }
 
 impl Agent {
@@ -377,7 +380,11 @@ impl Agent {
             &["--config", &config.display().to_string()],
             log,
         )?;
-        Ok(Self { process, metrics })
+        Ok(Self {
+            process,
+            metrics,
+            _metrics_proxy: None,
+        })
     }
 
     /// Writes the configuration [`Agent::start_with`] starts the agent with, its

@@ -160,7 +160,7 @@ async fn data_from_an_outage_survives_an_agent_restart() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-b"]).unwrap();
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
-    let mut proxy = TcpProxy::start(agg.grpc).await.unwrap();
+    let mut proxy = TcpProxy::start(agg.grpc).unwrap();
     let endpoints = [proxy.endpoint()];
     let mut agent = Agent::start(dir.path(), &pki, "agent-b", &endpoints, INTERVAL_MS).unwrap();
     wait_drained(&agent);
@@ -174,7 +174,7 @@ async fn data_from_an_outage_survives_an_agent_restart() {
     agent = Agent::start(dir.path(), &pki, "agent-b", &endpoints, INTERVAL_MS).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let back = now();
-    proxy.restore().await.unwrap();
+    proxy.restore().unwrap();
     wait_drained(&agent);
 
     let samples = uptime_samples(&agg, start, back);
@@ -275,7 +275,7 @@ async fn ten_agents_through_a_two_minute_outage() {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let pki = Pki::new(dir.path(), &refs).unwrap();
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
-    let mut proxy = TcpProxy::start(agg.grpc).await.unwrap();
+    let mut proxy = TcpProxy::start(agg.grpc).unwrap();
     let endpoints = [proxy.endpoint()];
     let (agents, hosts) = start_fleet(
         dir.path(),
@@ -294,7 +294,7 @@ async fn ten_agents_through_a_two_minute_outage() {
     let start = now();
     std::thread::sleep(Duration::from_secs(120));
     let back = now();
-    proxy.restore().await.unwrap();
+    proxy.restore().unwrap();
     let reconnected = Instant::now();
     for a in &agents {
         wait_drained(a);

@@ -12,10 +12,9 @@
 //! The uptime queries are copies of `buffer.rs`'s, which keeps its own private.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use infrawatch_e2e::netns::{Netns, Tmpfs, is_root};
+use infrawatch_e2e::netns::{Netns, Side, Tmpfs, is_root};
 use infrawatch_e2e::proxy::TcpProxy;
 use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, http_get};
 use serde_json::Value;
@@ -129,12 +128,13 @@ async fn partition_loss_and_delay_store_every_sample_once() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-part"]).unwrap();
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
-    // The agent dials the root-namespace end of its pair, where a proxy forwards
-    // to the aggregator on loopback (and adds the delay of phase c). The agent
-    // checks the server certificate for `localhost` (its `aggregator.server_name`),
-    // so the address it dials needs no name in the certificate.
-    let proxy = TcpProxy::start_on(SocketAddr::new(ns.host_addr.into(), 0), agg.grpc)
-        .await
+    // The agent dials the peer end of its link, where a proxy forwards to the
+    // aggregator on the root namespace's loopback (and adds the delay of phase
+    // c). The agent checks the server certificate for `localhost` (its
+    // `aggregator.server_name`), so the address it dials needs no name in the
+    // certificate.
+    let proxy = ns
+        .proxy_to_root(Side::Peer, ns.peer_addr.into(), agg.grpc)
         .unwrap();
     let agent = ns
         .start_agent(
@@ -241,7 +241,7 @@ async fn a_full_buffer_disk_loses_only_what_it_reports() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-disk"]).unwrap();
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
-    let mut proxy = TcpProxy::start(agg.grpc).await.unwrap();
+    let mut proxy = TcpProxy::start(agg.grpc).unwrap();
     let disk = Tmpfs::mount(&dir.path().join("agent-disk-state/buffer"), TMPFS_BYTES).unwrap();
     std::fs::write(
         disk.path.join("filler"),
@@ -282,7 +282,7 @@ async fn a_full_buffer_disk_loses_only_what_it_reports() {
         "the failed writes are logged"
     );
 
-    proxy.restore().await.unwrap();
+    proxy.restore().unwrap();
     let restored = Instant::now();
     // What was buffered arrives; acknowledged data frees the disk, writes succeed
     // again and the next batch carries the loss to the aggregator, exactly.
