@@ -134,6 +134,7 @@ pub async fn run(
         collection_interval_ms: u32::try_from(config.collectors.host.interval_ms)
             .unwrap_or(u32::MAX),
         last_seq: seq.last(),
+        features: Vec::new(),
     };
     tracing::info!(
         agent = %name,

@@ -411,7 +411,7 @@ impl Writer {
                             result.map(|duplicate| Ack {
                                 seq,
                                 duplicate,
-                                refused: Vec::new(),
+                                ..Ack::default()
                             }),
                             Some(samples),
                         )
@@ -433,8 +433,7 @@ impl Writer {
                             req.reply,
                             Ok(Ack {
                                 seq: last_seq,
-                                duplicate: false,
-                                refused: Vec::new(),
+                                ..Ack::default()
                             }),
                             // Not a batch: not counted as one.
                             None,

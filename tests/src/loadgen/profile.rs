@@ -848,6 +848,7 @@ impl AgentModel {
                 .collect(),
                 collection_interval_ms: self.interval_ms,
                 last_seq,
+                features: Vec::new(),
             })),
         }
         .encode_to_vec()
