@@ -68,7 +68,8 @@ pub struct AggregatorConfig {
     pub tls: TlsFiles,
     /// Time allowed for a TCP+TLS connection.
     pub connect_timeout_ms: u64,
-    /// Batches sent but not yet acknowledged, at most.
+    /// Batches sent but not yet acknowledged at any level (received or durable),
+    /// at most.
     pub max_in_flight_batches: usize,
     /// First reconnect delay; doubles per failure up to `backoff_max_ms`, with jitter.
     pub backoff_initial_ms: u64,

@@ -11,8 +11,9 @@
 //! - [`collector`]: the `Collector` trait and one module per collector.
 //! - [`scheduler`]: one task per collector, with interval and deadline.
 //! - [`batch`] and [`seq`]: compact batches with a sequence number that survives restarts.
-//! - [`buffer`]: the write-ahead log of batches waiting for acknowledgement.
-//! - [`transport`]: the stream to the aggregator with reconnect and fail-over.
+//! - [`buffer`]: the write-ahead log of batches waiting for a durable acknowledgement.
+//! - [`transport`]: the stream to the aggregator with reconnect and fail-over, and
+//!   its window of batches in flight (freed by received acknowledgements).
 
 pub mod batch;
 pub mod buffer;
@@ -44,7 +45,8 @@ use crate::seq::{SeqAllocator, SeqError};
 use crate::transport::Transport;
 
 /// How long a stopping agent waits for a connected aggregator to acknowledge what
-/// it holds (the rest stays in the disk buffer).
+/// it holds as durable (the rest, received or not, stays in the disk buffer and is
+/// sent again at the next start).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the agent could not start or run.
@@ -134,7 +136,8 @@ pub async fn run(
         collection_interval_ms: u32::try_from(config.collectors.host.interval_ms)
             .unwrap_or(u32::MAX),
         last_seq: seq.last(),
-        features: Vec::new(),
+        // Two-level acknowledgements: see `transport` and `infrawatch_common::ack`.
+        features: infrawatch_common::ack::agent_features(),
     };
     tracing::info!(
         agent = %name,

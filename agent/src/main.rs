@@ -103,9 +103,10 @@ fn load_config(cli: &Cli) -> Result<AgentConfig, infrawatch_common::config::Conf
 }
 
 /// Buckets of the acknowledgement latency histogram, in seconds (a histogram, not
-/// a summary, so that it aggregates across agents and over any window).
+/// a summary, so that it aggregates across agents and over any window). Durable
+/// acks wait for the aggregator's flush, up to a minute.
 const ACK_LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Installs the recorder that the local `/metrics` renders.
@@ -113,7 +114,7 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, St
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(
-                "infrawatch_agent_export_ack_latency_seconds".into(),
+                infrawatch_agent::transport::ACK_LATENCY_METRIC.into(),
             ),
             ACK_LATENCY_BUCKETS,
         )

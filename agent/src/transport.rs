@@ -4,18 +4,26 @@
 //! (`Drain`) after acknowledging what it read; the agent then moves to the next
 //! endpoint at once instead of backing off.
 //!
-//! Every batch stays in the [`DiskBuffer`] until acknowledged, so a broken stream
-//! only means resending from the oldest unacknowledged batch on the next one.
+//! Acknowledgements come at two levels (the agent announces
+//! [`FEATURE_ACK_RECEIVED`](infrawatch_common::ack::FEATURE_ACK_RECEIVED)): a
+//! *received* ack frees slots of the in-flight window (`max_in_flight_batches`
+//! counts batches sent and not yet acknowledged at any level), and only a
+//! *durable* ack frees batches from the [`DiskBuffer`]; an aggregator that sends
+//! only durable acks drives both. [`AckWindow`] keeps these books per stream.
+//! Every batch stays in the buffer until durably acknowledged, so a broken stream
+//! only means resending from the oldest batch not durably acknowledged on the
+//! next one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use infrawatch_common::ack::{self, AckWindow};
 use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
 use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
 use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
-use infrawatch_proto::v1::{AgentMessage, Hello, RefusedSamples};
+use infrawatch_proto::v1::{Ack, AckLevel, AgentMessage, Hello, RefusedSamples};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +35,12 @@ use crate::config::AggregatorConfig;
 
 /// Largest message the agent accepts from the aggregator.
 const MAX_INBOUND_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Histogram of the time from sending a batch to its acknowledgement, by label
+/// `level`: `received` (the batch's first ack of either level, which frees its
+/// window slot; with an aggregator that sends only durable acks, the durable
+/// one) and `durable` (the ack that frees it from the disk buffer).
+pub const ACK_LATENCY_METRIC: &str = "infrawatch_agent_export_ack_latency_seconds";
 
 /// How one stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -146,15 +160,15 @@ impl Transport {
         let mut index = 0usize;
         loop {
             let endpoint = &endpoints[index % endpoints.len()];
-            let mut progressed = false;
+            let mut progress = StreamProgress::default();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.stream_once(endpoint, &mut progressed, &shutdown) => r,
+                r = self.stream_once(endpoint, &mut progress, &shutdown) => r,
             };
             if shutdown.is_cancelled() {
                 return;
             }
-            if progressed {
+            if progress.progressed {
                 backoff.reset();
             }
             match result {
@@ -177,7 +191,9 @@ impl Transport {
                     continue;
                 }
                 Err(StreamError::Rejected(status)) => {
-                    let seq = self.pending.reject_oldest();
+                    // The aggregator checks batches in order and acknowledged (at
+                    // some level) every batch before the one it refused.
+                    let seq = self.pending.reject_after(progress.acked);
                     metrics::counter!("infrawatch_agent_export_rejected_batches_total")
                         .increment(1);
                     tracing::error!(endpoint, seq, code = ?status.code(), message = status.message(), "Aggregator rejected a batch; it is dropped.");
@@ -225,7 +241,7 @@ impl Transport {
     async fn stream_once(
         &self,
         endpoint: &str,
-        progressed: &mut bool,
+        progress: &mut StreamProgress,
         shutdown: &CancellationToken,
     ) -> Result<(), StreamError> {
         let channel = self.connect(endpoint).await?;
@@ -251,17 +267,17 @@ impl Transport {
         self.connected.store(true, Ordering::Relaxed);
         let _connected = ConnectedFlag(self.connected.clone());
         let mut newest = self.pending.subscribe();
+        // A new stream starts over at the oldest batch not durably acknowledged:
+        // `next_after(0)` is the oldest in the buffer.
         let mut last_sent = 0u64;
-        let mut last_acked = 0u64;
-        let mut in_flight = 0usize;
-        // Send times of the batches in flight, for the acknowledgement latency.
-        let mut sent_at = std::collections::VecDeque::with_capacity(window);
+        let mut books = AckWindow::new();
         loop {
-            while in_flight < window {
+            while books.in_flight() < window {
                 let Some(batch) = self.pending.next_after(last_sent) else {
                     break;
                 };
                 last_sent = batch.seq;
+                let samples = batch.samples.as_ref().map_or(0, |s| s.values.len() as u64);
                 let mut wire = (*batch).clone();
                 wire.sent_at_unix_ms = infrawatch_common::time::now_unix_ms();
                 let msg = AgentMessage {
@@ -270,31 +286,18 @@ impl Transport {
                 if tx.send(msg).await.is_err() {
                     break;
                 }
-                sent_at.push_back((last_sent, std::time::Instant::now()));
-                in_flight += 1;
+                books.sent(last_sent, samples, std::time::Instant::now());
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 changed = newest.changed() => if changed.is_err() { return Ok(()) },
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => match m.body {
-                        Some(AggregatorBody::Ack(ack)) if ack.seq > last_acked => {
-                            last_acked = ack.seq;
-                            self.note_refused(&ack.refused);
-                            while let Some((seq, at)) = sent_at.front().copied() {
-                                if seq > ack.seq {
-                                    break;
-                                }
-                                sent_at.pop_front();
-                                metrics::histogram!("infrawatch_agent_export_ack_latency_seconds")
-                                    .record(at.elapsed().as_secs_f64());
-                            }
-                            self.pending.ack(ack.seq);
-                            in_flight = in_flight.saturating_sub(1);
-                            *progressed = true;
-                            metrics::counter!("infrawatch_agent_export_acked_batches_total").increment(1);
+                        Some(AggregatorBody::Ack(a)) => {
+                            self.on_ack(&mut books, &a);
+                            progress.acked = books.acked();
+                            progress.progressed |= books.acked() > 0;
                         }
-                        Some(AggregatorBody::Ack(_)) => {}
                         Some(AggregatorBody::Config(cfg)) => {
                             tracing::info!(interval_ms = cfg.collection_interval_ms, "Aggregator sent configuration; applying it needs a restart in this version.");
                         }
@@ -307,6 +310,63 @@ impl Transport {
             }
         }
     }
+
+    /// Applies one ack: window slots, latency, refused samples, and for a
+    /// durable ack the disk buffer.
+    fn on_ack(&self, books: &mut AckWindow, a: &Ack) {
+        let Some(level) = ack::ack_level(a) else {
+            tracing::warn!(
+                seq = a.seq,
+                level = a.level,
+                "Ignored an acknowledgement of an unknown level."
+            );
+            return;
+        };
+        let outcome = books.on_ack(
+            level,
+            a.seq,
+            refused_total(&a.refused),
+            std::time::Instant::now(),
+        );
+        // Refused samples come with the first ack of a batch, of either level.
+        if outcome.first {
+            self.note_refused(&a.refused);
+        }
+        let received = ack::level_name(AckLevel::Received);
+        for c in &outcome.received {
+            metrics::histogram!(ACK_LATENCY_METRIC, "level" => received)
+                .record(c.latency.as_secs_f64());
+        }
+        metrics::counter!("infrawatch_agent_export_received_batches_total")
+            .increment(outcome.received.len() as u64);
+        let durable = ack::level_name(AckLevel::Durable);
+        for c in &outcome.durable {
+            metrics::histogram!(ACK_LATENCY_METRIC, "level" => durable)
+                .record(c.latency.as_secs_f64());
+        }
+        metrics::counter!("infrawatch_agent_export_acked_batches_total")
+            .increment(outcome.durable.len() as u64);
+        if let Some(seq) = outcome.durable_up_to {
+            self.pending.ack(seq);
+        }
+    }
+}
+
+/// Sum of the samples an ack says were refused.
+fn refused_total(refused: &[RefusedSamples]) -> u64 {
+    refused
+        .iter()
+        .fold(0u64, |n, r| n.saturating_add(r.samples))
+}
+
+/// What one stream achieved, for the caller after it ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct StreamProgress {
+    /// Some batch was acknowledged: the backoff starts over.
+    progressed: bool,
+    /// Highest seq acknowledged at any level on the stream (0 if none): a batch
+    /// the aggregator refuses comes after it.
+    acked: u64,
 }
 
 impl Transport {

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`ack`]: the protocol features an agent announces, and the books of
+//!   two-level acknowledgements (in-flight window, received and durable marks).
 //! - [`config`]: layered configuration loading (defaults, TOML file, `INFRAWATCH_*`
 //!   environment, command-line overrides) with errors that name the field, and the
 //!   `EX_USAGE` exit code for invalid configuration.
@@ -15,6 +17,7 @@
 //! - [`telemetry`]: tracing set-up for the binaries.
 //! - [`time`]: wall-clock helpers in Unix milliseconds.
 
+pub mod ack;
 pub mod certs;
 pub mod config;
 pub mod process;

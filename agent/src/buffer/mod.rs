@@ -1,5 +1,6 @@
 //! The disk buffer: every closed batch is appended to a write-ahead log before it
-//! is sent, and removed only when the aggregator acknowledged it.
+//! is sent, and removed only when the aggregator acknowledged it as durable
+//! (committed; a *received* acknowledgement does not free a batch here).
 //!
 //! The log is a directory of segment files (`<first seq>.wal`, 8 MiB by default)
 //! of [records](record) with a checksum each. Appends go to the newest segment and
@@ -578,17 +579,29 @@ impl DiskBuffer {
         }
     }
 
-    /// Drops the oldest batch because the aggregator refused it; returns its seq.
-    /// The loss travels as a gap with the next batch.
-    pub fn reject_oldest(&self) -> Option<u64> {
+    /// Drops the oldest batch with a seq above `after` because the aggregator
+    /// refused it; returns its seq. `after` is the highest seq the aggregator
+    /// acknowledged on the stream at any level: batches received but not yet
+    /// durable stay. The loss travels as a gap with the next batch.
+    ///
+    /// When older batches remain, the refused record stays in its segment until
+    /// a later batch is durably acknowledged; a restart before that sends it
+    /// once more (and it is refused and reported again).
+    pub fn reject_after(&self, after: u64) -> Option<u64> {
         let mut inner = self.lock();
-        let e = inner.entries.pop_front()?;
+        let i = inner.entries.iter().position(|e| e.header.seq > after)?;
+        let e = inner.entries.remove(i)?;
         if e.batch.is_some() {
             inner.memory = inner.memory.saturating_sub(u64::from(e.header.payload_len));
         }
         inner.dropped.rejected_batches += 1;
         inner.lose(&e, cause::REJECTED, true);
-        inner.acked = inner.acked.max(e.header.seq);
+        if i == 0 {
+            // Nothing older waits: the acknowledged mark may pass it.
+            inner.acked = inner.acked.max(e.header.seq);
+        }
+        drop(inner);
+        self.report();
         Some(e.header.seq)
     }
 

@@ -207,13 +207,36 @@ fn rejected_batches_become_gaps() {
     let buf = DiskBuffer::open(dir.path(), small()).unwrap();
     buf.push(batch(1, 7));
     buf.push(batch(2, 7));
-    assert_eq!(buf.reject_oldest(), Some(1));
+    assert_eq!(buf.reject_after(0), Some(1));
     buf.push(batch(3, 7));
     let b = buf.next_after(2).unwrap();
     assert_eq!(b.gaps.len(), 1);
     assert_eq!(b.gaps[0].cause, cause::REJECTED);
     assert_eq!((b.gaps[0].first_seq, b.gaps[0].samples_lost), (1, 7));
     assert_eq!(buf.dropped().rejected_batches, 1);
+}
+
+#[test]
+fn a_refused_batch_after_received_ones_leaves_them_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    for seq in 1..=4 {
+        buf.push(batch(seq, 3));
+    }
+    // 1 and 2 were received (not durable) when 3 was refused.
+    assert_eq!(buf.reject_after(2), Some(3));
+    assert_eq!(seqs(&buf), vec![1, 2, 4]);
+    assert_eq!(buf.pending_gaps()[0].first_seq, 3);
+    buf.sync().unwrap();
+    drop(buf);
+    // Until a later batch is durable, a restart sends the refused one again.
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert_eq!(seqs(&buf), vec![1, 2, 3, 4]);
+    buf.ack(4);
+    buf.sync().unwrap();
+    drop(buf);
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert!(buf.is_empty());
 }
 
 #[test]

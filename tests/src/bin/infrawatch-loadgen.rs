@@ -1,7 +1,8 @@
 //! `infrawatch-loadgen`: simulates many agents, each with its own client
 //! certificate, streaming to one or more aggregators, and reports acknowledged
-//! samples per second, acknowledgement latency, errors, bytes per sample and
-//! change-to-event latency (see `infrawatch_e2e::loadgen` and `--help`).
+//! samples per second, acknowledgement latency (received and durable, and
+//! whether every batch sent was acknowledged durable), errors, bytes per sample
+//! and change-to-event latency (see `infrawatch_e2e::loadgen` and `--help`).
 //!
 //! Progress goes to stderr; the summary to stdout (JSON with `--json`). Exits 64
 //! on bad arguments, 1 when the run could not be made.

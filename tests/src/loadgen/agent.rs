@@ -1,23 +1,29 @@
 //! One simulated agent: its own mTLS connection and `AgentService.Report` stream,
-//! a batch every interval, acknowledgements timed from send to `Ack`.
+//! a batch every interval, acknowledgements timed from send to `Ack`, at both
+//! levels (received and durable).
 //!
 //! It behaves like the real agent's transport (`agent/src/transport.rs`): Hello
-//! first with the highest sequence assigned so far, batches in sequence order,
-//! a bounded window of unacknowledged batches, reconnection with backoff. Unlike
-//! the real agent it does not buffer and resend: a batch due while the window is
-//! full is skipped and counted, so the offered load stays what the schedule says
-//! and a slow aggregator shows as skipped samples rather than as a growing queue.
+//! first with the highest sequence assigned so far and the features it
+//! understands (two-level acks), batches in sequence order, a bounded window of
+//! batches not yet acknowledged at any level (a received ack frees window slots,
+//! as does a durable one from an aggregator that sends only those; the same
+//! [`AckWindow`] books as the agent), reconnection with backoff. Unlike the real
+//! agent it does not buffer and resend: a batch due while the window is full is
+//! skipped and counted, so the offered load stays what the schedule says and a
+//! slow aggregator shows as skipped samples rather than as a growing queue; the
+//! batches a broken stream leaves without a durable ack are counted as
+//! abandoned.
 //!
 //! Batches go out as pre-encoded bytes through [`RawCodec`], a tonic codec that
 //! writes them as they are (see [`super::profile`]); acknowledgements are decoded
 //! with prost as usual.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
+use infrawatch_common::ack::{AckWindow, ack_level};
 use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
 use infrawatch_proto::v1::{AggregatorMessage, Health};
 use prost::Message;
@@ -109,9 +115,9 @@ pub struct Fleet {
     pub ca_pem: Vec<u8>,
     /// Name the aggregator's certificate is checked against.
     pub server_name: String,
-    /// Unacknowledged batches per agent at most.
+    /// Batches per agent not yet acknowledged at any level, at most.
     pub max_in_flight: usize,
-    /// A batch unacknowledged this long ends the stream.
+    /// A batch without any ack this long ends the stream.
     pub ack_timeout: Duration,
 }
 
@@ -195,7 +201,14 @@ pub async fn run(spec: AgentSpec, fleet: Arc<Fleet>) {
             Ok((tx, inbound)) => {
                 delay = Duration::from_millis(200);
                 let _connected = Connected::new(&fleet, &spec.control);
-                stream(&spec, &fleet, &mut progress, tx, inbound).await
+                let mut books = AckWindow::new();
+                let ended = stream(&spec, &fleet, &mut progress, &mut books, tx, inbound).await;
+                // Nothing is sent again: what this stream did not see durable is
+                // not known to be stored.
+                fleet
+                    .stats
+                    .abandoned(books.not_durable() as u64, books.not_durable_samples());
+                ended
             }
             Err(kind) => Err(kind),
         };
@@ -264,16 +277,15 @@ async fn stream(
     spec: &AgentSpec,
     fleet: &Fleet,
     progress: &mut Progress,
+    books: &mut AckWindow,
     tx: mpsc::Sender<Bytes>,
     mut inbound: Inbound,
 ) -> Result<(), Kind> {
     let mut streaming = fleet.streaming.clone();
     let mut intervals = fleet.interval_ms.clone();
-    let mut in_flight: VecDeque<(u64, Instant, usize)> =
-        VecDeque::with_capacity(fleet.max_in_flight);
     // The first batch goes out at once, as the real agent sends what it has when
     // it connects: it describes the agent's resources to the aggregator.
-    send(spec, fleet, progress, &tx, &mut in_flight, Instant::now())?;
+    send(spec, fleet, progress, &tx, books, Instant::now())?;
     let mut interval = Duration::from_millis((*intervals.borrow_and_update()).max(1));
     // Then a random phase of the interval, so batches spread over it.
     let mut next = Instant::now() + interval.mul_f64(progress.rng.unit());
@@ -286,21 +298,25 @@ async fn stream(
             _ = fleet.stop.cancelled() => return Ok(()),
             m = inbound.message() => match m {
                 Ok(Some(AggregatorMessage { body: Some(AggregatorBody::Ack(ack)) })) => {
-                    let now = Instant::now();
+                    let Some(level) = ack_level(&ack) else {
+                        fleet.stats.error("ack_unknown_level");
+                        continue;
+                    };
+                    let refused = ack.refused.iter().fold(0u64, |n, r| n.saturating_add(r.samples));
+                    let outcome = books.on_ack(level, ack.seq, refused, std::time::Instant::now());
                     // Samples of the acknowledged batch the aggregator did not store
-                    // (cardinality limits and the like) are errors, not throughput.
-                    let mut refused = 0usize;
-                    for r in &ack.refused {
-                        fleet.stats.error_n(format!("refused_{}", r.reason), r.samples);
-                        refused += usize::try_from(r.samples).unwrap_or(usize::MAX);
-                    }
-                    while let Some(&(seq, sent, samples)) = in_flight.front() {
-                        if seq > ack.seq {
-                            break;
+                    // (cardinality limits and the like) are errors, not throughput;
+                    // they come with the batch's first ack.
+                    if outcome.first {
+                        for r in &ack.refused {
+                            fleet.stats.error_n(format!("refused_{}", r.reason), r.samples);
                         }
-                        in_flight.pop_front();
-                        let stored = if seq == ack.seq { samples.saturating_sub(refused) } else { samples };
-                        fleet.stats.ack(now.duration_since(sent), stored);
+                    }
+                    for c in &outcome.received {
+                        fleet.stats.ack(c.latency, c.samples);
+                    }
+                    for c in &outcome.durable {
+                        fleet.stats.durable(c.latency, c.samples);
                     }
                 }
                 Ok(Some(AggregatorMessage { body: Some(AggregatorBody::Drain(_)) })) => {
@@ -333,19 +349,19 @@ async fn stream(
                     next = now + interval;
                 }
                 tick.as_mut().reset(next);
-                if let Some(&(_, sent, _)) = in_flight.front()
-                    && now.duration_since(sent) > fleet.ack_timeout
+                if let Some(sent) = books.oldest_unacked_at()
+                    && now.into_std().saturating_duration_since(sent) > fleet.ack_timeout
                 {
                     return Err("ack_timeout".into());
                 }
-                if in_flight.len() >= fleet.max_in_flight {
+                if books.in_flight() >= fleet.max_in_flight {
                     fleet
                         .stats
                         .samples_skipped
                         .fetch_add(spec.model.series as u64, Ordering::Relaxed);
                     continue;
                 }
-                send(spec, fleet, progress, &tx, &mut in_flight, now)?;
+                send(spec, fleet, progress, &tx, books, now)?;
             }
         }
     }
@@ -357,7 +373,7 @@ fn send(
     fleet: &Fleet,
     progress: &mut Progress,
     tx: &mpsc::Sender<Bytes>,
-    in_flight: &mut VecDeque<(u64, Instant, usize)>,
+    books: &mut AckWindow,
     now: Instant,
 ) -> Result<(), Kind> {
     progress.seq += 1;
@@ -408,7 +424,7 @@ fn send(
         Err(mpsc::error::TrySendError::Closed(_)) => return Err("stream_closed".into()),
     }
     let samples = spec.model.series;
-    in_flight.push_back((seq, now, samples));
+    books.sent(seq, samples as u64, now.into_std());
     let stats = &fleet.stats;
     stats.batches_sent.fetch_add(1, Ordering::Relaxed);
     stats

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use super::profile::DEFAULT_SERIES;
 
 /// Simulates many infrawatch agents against one or more aggregators and reports
-/// acknowledged samples per second, acknowledgement latency, errors, bytes per
+/// acknowledged samples per second, acknowledgement latency (received and
+/// durable), whether every batch sent was acknowledged durable, errors, bytes per
 /// sample and (with --change-every-ms) how long a health change takes to reach
 /// event subscribers and REST queries.
 ///
@@ -99,13 +100,21 @@ pub struct Args {
     /// Seconds to wait for every agent to connect before measuring anyway.
     #[arg(long, default_value_t = 180)]
     pub connect_timeout_s: u64,
-    /// Unacknowledged batches per agent at most; a batch due while the window is
-    /// full is skipped and counted (the aggregator is behind).
+    /// Batches per agent not yet acknowledged at any level (received or
+    /// durable), at most; a batch due while the window is full is skipped and
+    /// counted (the aggregator is behind).
     #[arg(long, default_value_t = 16)]
     pub max_in_flight: usize,
-    /// A batch unacknowledged this long ends the stream (counted as ack_timeout).
+    /// A batch without any acknowledgement this long ends the stream (counted as
+    /// ack_timeout).
     #[arg(long, default_value_t = 30)]
     pub ack_timeout_s: u64,
+    /// After the last stage, seconds to wait at most for the durable
+    /// acknowledgements still due (the aggregator commits received batches at
+    /// its flush interval, up to 60 s); then the summary says whether every batch
+    /// sent was acknowledged durable. 0: do not wait.
+    #[arg(long, default_value_t = 75)]
+    pub durable_wait_s: u64,
     /// Seconds between progress lines on stderr.
     #[arg(long, default_value_t = 5)]
     pub report_s: u64,

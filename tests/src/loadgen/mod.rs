@@ -9,7 +9,8 @@
 //! config   command line and its checks
 //! certs    one client certificate per agent, cached in a directory
 //! profile  the resources and series of one agent; batches encoded to wire bytes
-//! agent    one agent: connect, Hello, a batch per interval, acks timed
+//! agent    one agent: connect, Hello, a batch per interval, acks timed at
+//!          both levels (received, durable)
 //! changes  injected health changes and the observers that time them
 //! stats    shared counters and latency histograms; snapshots and intervals
 //! aggregator  the aggregator seen from outside: /proc and /metrics
@@ -20,7 +21,9 @@
 //! (Hello and one batch describing its resources, so the aggregator's memory per
 //! connected agent can be read and no stage measures resource creation), then
 //! stream through the stages (one interval each, measured after a settling
-//! time), stopping after the first that fails, and print the summary.
+//! time), stopping after the first that fails, stop sending and wait (bounded by
+//! --durable-wait-s) for the durable acknowledgements still due, and print the
+//! summary, which says whether every batch sent was acknowledged durable.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,7 +52,7 @@ use self::agent::{AgentSpec, Fleet};
 use self::changes::{AgentControl, ObserverSettings};
 use self::config::Args;
 use self::profile::AgentModel;
-use self::report::{AggregatorView, StageResult, Summary, progress_line};
+use self::report::{AggregatorView, Durability, StageResult, Summary, progress_line};
 use self::stats::Stats;
 
 /// Identities of every agent of `args`, and of the event watcher.
@@ -102,6 +105,29 @@ async fn measure(stats: &Stats, label: &str, total: Duration, every: Duration) {
         let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         eprintln!("{}", progress_line(label, &now.since(&last), secs));
         last = now;
+    }
+}
+
+/// Waits up to `limit` until every batch sent is acknowledged durable or was left
+/// by a stream that ended (nothing more can come for it), printing progress every
+/// `every`; returns the seconds waited.
+async fn wait_durable(stats: &Stats, limit: Duration, every: Duration) -> f64 {
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let awaiting = stats.snapshot().awaiting_durable();
+        if awaiting == 0 || started.elapsed() >= limit {
+            return started.elapsed().as_secs_f64();
+        }
+        if last_print.elapsed() >= every {
+            eprintln!(
+                "waiting for durable acknowledgements: {awaiting} batches after {:.0} s (at most {} s)",
+                started.elapsed().as_secs_f64(),
+                limit.as_secs()
+            );
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -310,10 +336,11 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         };
         let failure = result.failure();
         eprintln!(
-            "{label}: {:.0} of {:.0} samples/s acknowledged, ack p50/p99/p99.9 {}: {}",
+            "{label}: {:.0} of {:.0} samples/s acknowledged, ack p50/p99/p99.9 {}, durable p50/p95/p99 {}: {}",
             result.acked(),
             result.offered(),
             report::latency_text(&result.interval.ack_latency),
+            report::latency_text_p95(&result.interval.durable_latency),
             failure.clone().unwrap_or_else(|| "passed".into())
         );
         results.push(result);
@@ -325,6 +352,21 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let loadgen_cores = own_cpu_start
         .zip(own_cpu_seconds())
         .map(|(a, b)| (b - a) / stream_started.elapsed().as_secs_f64());
+    // Stop sending, and give the aggregator time to commit what it received.
+    let _ = go.send(false);
+    let waited = wait_durable(
+        &stats,
+        Duration::from_secs(args.durable_wait_s),
+        report_every,
+    )
+    .await;
+    let durability = Durability::new(
+        &stats.snapshot(),
+        &stream_start,
+        waited,
+        args.durable_wait_s,
+    );
+    eprintln!("{}", durability.text());
     let end_view = aggregator_view(&args).await;
     stop.cancel();
     for t in tasks {
@@ -341,6 +383,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
             "settle_seconds": args.settle_s,
             "change_every_ms": args.change_every_ms,
             "max_in_flight": args.max_in_flight,
+            "durable_wait_seconds": args.durable_wait_s,
             "workers": args.workers,
         }),
         connect_seconds,
@@ -351,6 +394,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         aggregator_end: end_view.proc,
         stages: results,
         total: Some(total),
+        durability: Some(durability),
         loadgen_cores,
     })
 }

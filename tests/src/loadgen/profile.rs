@@ -848,7 +848,7 @@ impl AgentModel {
                 .collect(),
                 collection_interval_ms: self.interval_ms,
                 last_seq,
-                features: Vec::new(),
+                features: infrawatch_common::ack::agent_features(),
             })),
         }
         .encode_to_vec()

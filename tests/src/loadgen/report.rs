@@ -1,6 +1,12 @@
 //! Stage results and the run summary: computed from two snapshots (ours and the
 //! aggregator's), printed as progress lines on stderr and as a summary, in text
 //! or JSON, on stdout.
+//!
+//! `ack_latency` and `acked_*` are about a batch's first acknowledgement (level
+//! received, or durable from an aggregator that sends only durable ones): what
+//! flow control sees, and what `--max-ack-p99-ms` judges. `durable_ack_*` are
+//! about the acknowledgement that the batch is committed; [`Durability`] says
+//! whether every batch sent got one.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +30,7 @@ pub fn latency_json(h: &Histogram) -> Value {
     json!({
         "count": h.count(),
         "p50_ms": h.quantile_ms(0.5),
+        "p95_ms": h.quantile_ms(0.95),
         "p99_ms": h.quantile_ms(0.99),
         "p999_ms": h.quantile_ms(0.999),
         "max_ms": (h.count() > 0).then(|| h.max_us() as f64 / 1000.0),
@@ -49,13 +56,25 @@ pub fn latency_text(h: &Histogram) -> String {
     )
 }
 
+/// `p50/p95/p99 ms` of `h`.
+pub fn latency_text_p95(h: &Histogram) -> String {
+    format!(
+        "{}/{}/{} ms",
+        fmt_ms(h.quantile_ms(0.5)),
+        fmt_ms(h.quantile_ms(0.95)),
+        fmt_ms(h.quantile_ms(0.99))
+    )
+}
+
 /// One progress line for the interval `i` of `secs` seconds.
 pub fn progress_line(label: &str, i: &Snapshot, secs: f64) -> String {
     let mut line = format!(
-        "{label}: connected {} | acked {:.0} samples/s | ack p50/p99/p99.9 {} | errors {}",
+        "{label}: connected {} | acked {:.0} samples/s | ack p50/p99/p99.9 {} | durable {:.0} samples/s, p50/p95/p99 {} | errors {}",
         i.connected,
         i.samples_acked as f64 / secs,
         latency_text(&i.ack_latency),
+        i.samples_durable as f64 / secs,
+        latency_text_p95(&i.durable_latency),
         errors_text(i),
     );
     for o in Observer::ALL {
@@ -107,9 +126,14 @@ impl StageResult {
         self.interval.connected as f64 * self.series as f64 * 1000.0 / self.interval_ms as f64
     }
 
-    /// Samples acknowledged per second.
+    /// Samples acknowledged per second (first ack, either level).
     pub fn acked(&self) -> f64 {
         self.interval.samples_acked as f64 / self.seconds
+    }
+
+    /// Samples acknowledged durable per second.
+    pub fn durable(&self) -> f64 {
+        self.interval.samples_durable as f64 / self.seconds
     }
 
     /// Cores the aggregator used, if its process was given.
@@ -203,6 +227,8 @@ impl StageResult {
             "reconnections": i.connections,
             "bytes_per_sample": i.bytes_per_sample(),
             "ack_latency": latency_json(&i.ack_latency),
+            "durable_acked_samples_per_s": self.durable(),
+            "durable_ack_latency": latency_json(&i.durable_latency),
             "changes_injected": i.changes,
             "change_to_observer": changes,
             "aggregator": {
@@ -245,6 +271,8 @@ pub struct Summary {
     pub stages: Vec<StageResult>,
     /// The whole streaming phase.
     pub total: Option<Snapshot>,
+    /// Durable acknowledgements over the whole run, after the wait for the last.
+    pub durability: Option<Durability>,
     /// Cores this load generator used while streaming.
     pub loadgen_cores: Option<f64>,
 }
@@ -293,6 +321,7 @@ impl Summary {
             "loadgen_cores": self.loadgen_cores,
             "stages": self.stages.iter().map(StageResult::json).collect::<Vec<_>>(),
             "best_passing_stage": best,
+            "durable": self.durability.as_ref().map(Durability::json),
         })
     }
 
@@ -331,12 +360,12 @@ impl Summary {
             out.push_str(&format!("load generator used {c:.2} cores\n"));
         }
         out.push_str(
-            "interval  offered/s   acked/s  agg cores  samples/core/s  ack p50/p99/p99.9         grpc watch p50/p99/p99.9  result\n",
+            "interval  offered/s   acked/s  agg cores  samples/core/s  ack p50/p99/p99.9         durable p50/p95/p99       grpc watch p50/p99/p99.9  result\n",
         );
         for s in &self.stages {
             let cores = s.aggregator_cores();
             out.push_str(&format!(
-                "{:>6} ms {:>10.0} {:>9.0} {:>10} {:>15} {:<25} {:<25} {}\n",
+                "{:>6} ms {:>10.0} {:>9.0} {:>10} {:>15} {:<25} {:<25} {:<25} {}\n",
                 s.interval_ms,
                 s.offered(),
                 s.acked(),
@@ -345,6 +374,7 @@ impl Summary {
                     .filter(|c| *c > 0.0)
                     .map_or("-".into(), |c| format!("{:.0}", s.acked() / c)),
                 latency_text(&s.interval.ack_latency),
+                latency_text_p95(&s.interval.durable_latency),
                 latency_text(s.interval.change(Observer::Grpc)),
                 s.failure().unwrap_or_else(|| "passed".into()),
             ));
@@ -357,6 +387,162 @@ impl Summary {
             )),
             None => out.push_str("no stage passed\n"),
         }
+        if let Some(d) = &self.durability {
+            out.push_str(&d.text());
+            out.push('\n');
+        }
         out
+    }
+}
+
+/// Durable acknowledgements over the whole run: whether every batch sent got
+/// one, and how long they took next to the first acknowledgements.
+#[derive(Debug, Clone, Default)]
+pub struct Durability {
+    /// Batches sent in the whole run (connecting included).
+    pub batches_sent: u64,
+    /// Samples in them.
+    pub samples_sent: u64,
+    /// Batches acknowledged durable.
+    pub batches_durable: u64,
+    /// Samples in them, less those refused.
+    pub samples_durable: u64,
+    /// Batches left without a durable ack by a stream that ended (not resent).
+    pub batches_abandoned: u64,
+    /// Samples in them.
+    pub samples_abandoned: u64,
+    /// Send to first ack, from the start of streaming to the end of the wait.
+    pub ack_latency: Histogram,
+    /// Send to durable ack, over the same time.
+    pub durable_latency: Histogram,
+    /// Seconds waited after the last stage for the last durable acks.
+    pub waited_seconds: f64,
+    /// The most that was allowed (`--durable-wait-s`).
+    pub wait_limit_seconds: u64,
+}
+
+impl Durability {
+    /// From the snapshot `end` taken after the wait; latencies since
+    /// `stream_start`.
+    pub fn new(end: &Snapshot, stream_start: &Snapshot, waited: f64, limit: u64) -> Self {
+        let streamed = end.since(stream_start);
+        Self {
+            batches_sent: end.batches_sent,
+            samples_sent: end.samples_sent,
+            batches_durable: end.batches_durable,
+            samples_durable: end.samples_durable,
+            batches_abandoned: end.batches_abandoned,
+            samples_abandoned: end.samples_abandoned,
+            ack_latency: streamed.ack_latency,
+            durable_latency: streamed.durable_latency,
+            waited_seconds: waited,
+            wait_limit_seconds: limit,
+        }
+    }
+
+    /// Every batch sent was acknowledged durable.
+    pub fn all_durable(&self) -> bool {
+        self.batches_durable >= self.batches_sent
+    }
+
+    /// Batches still without a durable ack when the wait ended (their streams
+    /// are open).
+    pub fn still_awaited(&self) -> u64 {
+        self.batches_sent
+            .saturating_sub(self.batches_durable)
+            .saturating_sub(self.batches_abandoned)
+    }
+
+    /// As JSON.
+    pub fn json(&self) -> Value {
+        json!({
+            "all_batches_durable": self.all_durable(),
+            "batches_sent": self.batches_sent,
+            "batches_durable": self.batches_durable,
+            "batches_abandoned": self.batches_abandoned,
+            "batches_still_awaited": self.still_awaited(),
+            "samples_sent": self.samples_sent,
+            "samples_durable": self.samples_durable,
+            "samples_abandoned": self.samples_abandoned,
+            "waited_seconds": self.waited_seconds,
+            "wait_limit_seconds": self.wait_limit_seconds,
+            "ack_latency": latency_json(&self.ack_latency),
+            "durable_ack_latency": latency_json(&self.durable_latency),
+        })
+    }
+
+    /// Two lines: the latencies, and the verdict.
+    pub fn text(&self) -> String {
+        let latency = format!(
+            "acknowledgement latency while streaming, p50/p95/p99: first (received) {}, durable {}",
+            latency_text_p95(&self.ack_latency),
+            latency_text_p95(&self.durable_latency),
+        );
+        let verdict = if self.all_durable() {
+            format!(
+                "durable: every batch sent was acknowledged durable ({} batches, {} samples stored of {} sent; waited {:.1} s)",
+                self.batches_sent, self.samples_durable, self.samples_sent, self.waited_seconds
+            )
+        } else {
+            format!(
+                "durable: NOT every batch sent was acknowledged durable: {} of {} batches missing ({} left by streams that ended, {} samples; {} still unacknowledged after waiting {:.1} s of at most {} s)",
+                self.batches_sent.saturating_sub(self.batches_durable),
+                self.batches_sent,
+                self.batches_abandoned,
+                self.samples_abandoned,
+                self.still_awaited(),
+                self.waited_seconds,
+                self.wait_limit_seconds
+            )
+        };
+        format!("{latency}\n{verdict}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::stats::Stats;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    #[test]
+    fn the_verdict_says_whether_every_batch_sent_is_durable() {
+        let stats = Stats::default();
+        let start = stats.snapshot();
+        stats.batches_sent.fetch_add(3, Ordering::Relaxed);
+        stats.samples_sent.fetch_add(30, Ordering::Relaxed);
+        for _ in 0..3 {
+            stats.ack(Duration::from_millis(2), 10);
+        }
+        stats.durable(Duration::from_millis(800), 10);
+        stats.durable(Duration::from_millis(900), 10);
+        let d = Durability::new(&stats.snapshot(), &start, 75.0, 75);
+        assert!(!d.all_durable());
+        assert_eq!(d.still_awaited(), 1);
+        assert!(d.text().contains("NOT every batch"), "{}", d.text());
+        assert_eq!(d.json()["durable_ack_latency"]["count"], 2);
+        assert_eq!(d.json()["ack_latency"]["count"], 3);
+        stats.durable(Duration::from_millis(950), 10);
+        let d = Durability::new(&stats.snapshot(), &start, 1.5, 75);
+        assert!(d.all_durable());
+        assert_eq!(d.json()["all_batches_durable"], true);
+        assert!(
+            d.text()
+                .contains("every batch sent was acknowledged durable")
+        );
+        assert!(d.json()["durable_ack_latency"]["p95_ms"].as_f64().unwrap() >= 800.0);
+    }
+
+    #[test]
+    fn abandoned_batches_are_not_durable() {
+        let stats = Stats::default();
+        let start = stats.snapshot();
+        stats.batches_sent.fetch_add(2, Ordering::Relaxed);
+        stats.durable(Duration::from_millis(5), 10);
+        stats.abandoned(1, 10);
+        let d = Durability::new(&stats.snapshot(), &start, 0.1, 75);
+        assert!(!d.all_durable());
+        assert_eq!((d.still_awaited(), d.batches_abandoned), (0, 1));
     }
 }
