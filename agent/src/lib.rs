@@ -167,7 +167,8 @@ pub async fn run(
     let transport_stop = CancellationToken::new();
     let transport = Transport::new(config.aggregator.clone(), tls, hello, pending.clone());
     let connected = transport.connected();
-    let transport_task = tokio::spawn(transport.run(transport_stop.clone()));
+    let finishing = CancellationToken::new();
+    let transport_task = tokio::spawn(transport.run(transport_stop.clone(), finishing.clone()));
 
     // Ends once shutdown has stopped every collector and their last output is queued.
     let builder = BatchBuilder::new(vec![host_resource]);
@@ -185,6 +186,7 @@ pub async fn run(
     // Shutdown: give the transport a moment to deliver what is queued, if it can;
     // whatever is left stays in the disk buffer for the next start.
     while collector_tasks.join_next().await.is_some() {}
+    finishing.cancel();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while !pending.is_empty()
         && connected.load(std::sync::atomic::Ordering::Relaxed)

@@ -150,8 +150,11 @@ impl Transport {
         self.connected.clone()
     }
 
-    /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` is cancelled. Once `finishing` is cancelled (the
+    /// agent is stopping and collects nothing more), a stream that has sent every
+    /// pending batch closes its sending side: the aggregator then makes what it
+    /// received durable at once and ends the stream, and the transport returns.
+    pub async fn run(self, shutdown: CancellationToken, finishing: CancellationToken) {
         let mut backoff = Backoff::new(
             Duration::from_millis(self.config.backoff_initial_ms),
             Duration::from_millis(self.config.backoff_max_ms),
@@ -163,7 +166,7 @@ impl Transport {
             let mut progress = StreamProgress::default();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.stream_once(endpoint, &mut progress, &shutdown) => r,
+                r = self.stream_once(endpoint, &mut progress, &shutdown, &finishing) => r,
             };
             if shutdown.is_cancelled() {
                 return;
@@ -243,6 +246,7 @@ impl Transport {
         endpoint: &str,
         progress: &mut StreamProgress,
         shutdown: &CancellationToken,
+        finishing: &CancellationToken,
     ) -> Result<(), StreamError> {
         let channel = self.connect(endpoint).await?;
         let mut client =
@@ -271,8 +275,12 @@ impl Transport {
         // `next_after(0)` is the oldest in the buffer.
         let mut last_sent = 0u64;
         let mut books = AckWindow::new();
+        // Dropped to close the sending side when the agent is finishing.
+        let mut tx = Some(tx);
         loop {
-            while books.in_flight() < window {
+            while let Some(sender) = tx.as_ref()
+                && books.in_flight() < window
+            {
                 let Some(batch) = self.pending.next_after(last_sent) else {
                     break;
                 };
@@ -283,13 +291,21 @@ impl Transport {
                 let msg = AgentMessage {
                     body: Some(AgentBody::Batch(wire)),
                 };
-                if tx.send(msg).await.is_err() {
+                if sender.send(msg).await.is_err() {
                     break;
                 }
                 books.sent(last_sent, samples, std::time::Instant::now());
             }
+            if tx.is_some()
+                && finishing.is_cancelled()
+                && self.pending.next_after(last_sent).is_none()
+            {
+                tracing::debug!("Every batch sent; closing the stream's sending side.");
+                tx = None;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = finishing.cancelled(), if tx.is_some() => {}
                 changed = newest.changed() => if changed.is_err() { return Ok(()) },
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => match m.body {
@@ -304,6 +320,7 @@ impl Transport {
                         Some(AggregatorBody::Drain(drain)) => return Err(StreamError::Drained(drain.reason)),
                         None => {}
                     },
+                    Ok(None) if tx.is_none() => return Ok(()),
                     Ok(None) => return Err(StreamError::Closed),
                     Err(status) => return Err(StreamError::from_status(status)),
                 },

@@ -182,7 +182,7 @@ async fn received_acks_move_the_window_and_durable_acks_free_the_buffer() {
         pending.clone(),
     );
     let stop = CancellationToken::new();
-    let task = tokio::spawn(transport.run(stop.clone()));
+    let task = tokio::spawn(transport.run(stop.clone(), CancellationToken::new()));
 
     // Stream 1, an aggregator with two-level acks.
     let mut s = streams.recv().await.unwrap();

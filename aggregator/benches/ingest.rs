@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use infrawatch_aggregator::ingest::decode::{Limits, decode};
+use infrawatch_aggregator::sources::agent::decode::{Limits, decode};
 use infrawatch_proto::v1::{Batch, ResourceObservation, SampleColumns, SeriesDef};
 
 /// A batch of `hosts` hosts × `series` series × `points` samples.

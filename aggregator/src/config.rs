@@ -187,13 +187,20 @@ pub struct Thresholds {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Batches waiting for the writer, across all streams; when full, streams wait
-    /// (and so agents buffer) instead of memory growing.
+    /// Reports with state changes waiting for the planner, across all sources;
+    /// when full, sources wait (and so agents buffer) instead of memory growing.
     pub queue_batches: usize,
-    /// Batches written in one database transaction at most (group commit).
+    /// Reports written in one state transaction at most (group commit).
     pub group_commit_batches: usize,
-    /// Batches of one stream being written and not yet acknowledged, at most.
+    /// Batches of one stream applied and not yet acknowledged, at most.
     pub per_stream_in_flight: usize,
+    /// How often the sample path writes its rollups and the agents' cursors
+    /// (then acknowledges their batches as durable), in ms; at most 60000.
+    pub flush_interval_ms: u64,
+    /// A stream stops reading while its agent's samples have waited this long
+    /// for a flush (the database is down or slow), in ms; agents keep their
+    /// batches meanwhile. At least twice `flush_interval_ms`.
+    pub max_unflushed_ms: u64,
     /// Recent raw samples kept in memory per series, by age.
     pub hot_window_ms: u64,
     /// Samples whose time is further than this in the future are dropped and counted.
@@ -216,6 +223,8 @@ impl Default for IngestConfig {
             queue_batches: 1024,
             group_commit_batches: 64,
             per_stream_in_flight: 64,
+            flush_interval_ms: 60_000,
+            max_unflushed_ms: 300_000,
             hot_window_ms: 15 * 60 * 1000,
             max_future_skew_ms: 10 * 60 * 1000,
             max_sample_age_ms: 7 * 24 * 3600 * 1000,
@@ -375,6 +384,21 @@ impl AggregatorConfig {
             i.series_active_window_ms >= 60_000,
             "ingest.series_active_window_ms",
             || "must be at least 60000".into(),
+        );
+        p.check(
+            (100..=60_000).contains(&i.flush_interval_ms),
+            "ingest.flush_interval_ms",
+            || "must be between 100 and 60000".into(),
+        );
+        p.check(
+            i.max_unflushed_ms >= i.flush_interval_ms.saturating_mul(2),
+            "ingest.max_unflushed_ms",
+            || {
+                format!(
+                    "must be at least twice ingest.flush_interval_ms ({})",
+                    i.flush_interval_ms
+                )
+            },
         );
         p.check(i.hot_window_ms >= 60_000, "ingest.hot_window_ms", || {
             "must be at least 60000 (one rollup bucket)".into()

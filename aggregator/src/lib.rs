@@ -4,17 +4,22 @@
 //! # Layout
 //!
 //! ```text
-//! agent stream ─► server::ingest ─► ingest::decode ─► ingest::writer ─► store (one transaction)
-//!                                                         │                 then
-//!                                                         ├──────────► state (in memory) ─► Ack
-//!                                                         └──────────► events::log ─► publishers, WatchEvents
-//! queries: server::query (gRPC) and server::rest (REST) ─► query ─► state, store (rollups)
+//! agent stream (sources::agent) ─► decode, budgets
+//!   ├─ samples ─► samples::ledger (memory: hot window, open rollups) ─► received Ack
+//!   │             samples::flush, every interval: rollups + agent cursors, one transaction ─► durable Ack
+//!   └─ resources, health, gaps ─► Report ─► planner (plan, one transaction with the outbox)
+//!                                              ├─► state (in memory)
+//!                                              └─► events::log ─► publishers, WatchEvents
+//! sources::staleness ─► Report ─► planner (the same path)
+//! queries: server::query (gRPC) and server::rest (REST) ─► query ─► state, samples, store (rollups)
 //! ```
 //!
 //! - [`config`]: settings and validation.
-//! - [`model`], [`series`], [`state`]: resources, recent samples and the shared model.
+//! - [`model`], [`state`]: resources and the shared model.
+//! - [`samples`]: the sample path: ledgers, hot window, rollups, flush.
+//! - [`sources`]: what reports resources: agents, the staleness check.
+//! - [`planner`]: the state path every source feeds: plan, commit, apply.
 //! - [`health`]: threshold and staleness rules.
-//! - [`ingest`]: batch checks and the single writer (group commit, effectively-once).
 //! - [`events`]: status events: outbox, validation, publishers (NATS, Pulsar),
 //!   live streams and durable subscriptions.
 //! - [`store`]: PostgreSQL and SQLite through sqlx.
@@ -27,12 +32,13 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod health;
-pub mod ingest;
 pub mod model;
+pub mod planner;
 pub mod query;
+pub mod samples;
 pub mod selector;
-pub mod series;
 pub mod server;
+pub mod sources;
 pub mod state;
 pub mod store;
 pub mod telemetry;
@@ -54,9 +60,14 @@ use crate::events::sink::Sink;
 use crate::events::sink::nats::NatsSink;
 use crate::events::sink::pulsar::PulsarSink;
 use crate::events::subscriptions::Subscriptions;
-use crate::ingest::decode::Limits;
-use crate::ingest::writer::{Writer, WriterConfig};
+use crate::planner::PlannerHandle;
+use crate::planner::writer::{Writer, WriterConfig};
+use crate::samples::flush::Flusher;
 use crate::server::ServeError;
+use crate::sources::agent::budgets::{SeriesBudgets, SeriesLimits};
+use crate::sources::agent::decode::Limits;
+use crate::sources::agent::stream::{AgentSource, StreamSettings};
+use crate::sources::staleness::Staleness;
 use crate::state::{State, Tracked};
 use crate::store::{Store, StoreError};
 
@@ -109,22 +120,40 @@ pub async fn run(
         "Aggregator listening."
     );
 
-    let (writer_tx, writer_rx) = mpsc::channel(config.ingest.queue_batches);
+    let (planner_tx, planner_rx) = mpsc::channel(config.ingest.queue_batches);
+    let planner = PlannerHandle::new(planner_tx);
     let writer_stop = CancellationToken::new();
     let writer = Writer::new(
         state.clone(),
         store.clone(),
         WriterConfig {
             health: config.health.clone(),
-            group_commit_batches: config.ingest.group_commit_batches,
-            sweep_interval: Duration::from_secs(1),
+            group_commit_reports: config.ingest.group_commit_batches,
             max_future_skew_ms: config.ingest.max_future_skew_ms,
         },
-        writer_rx,
+        planner_rx,
         event_log.clone(),
         store.meta(store::COMMIT_SEQ).await?,
     );
     let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
+    let flusher_stop = CancellationToken::new();
+    let flusher_task = tokio::spawn(
+        Flusher::new(
+            state.samples.clone(),
+            store.clone(),
+            Duration::from_millis(config.ingest.flush_interval_ms),
+        )
+        .run(flusher_stop.clone()),
+    );
+    let staleness_stop = CancellationToken::new();
+    let staleness_task = tokio::spawn(
+        Staleness::new(
+            state.clone(),
+            planner.clone(),
+            config.health.stale_after_missed_intervals,
+        )
+        .run(staleness_stop.clone()),
+    );
 
     let events_stop = CancellationToken::new();
     let publishers = start_publishers(&config.events, &event_log, &store, &events_stop);
@@ -153,14 +182,17 @@ pub async fn run(
         Subscriptions::new(store.clone()),
         servers_stop.clone(),
     );
-    let ingest = server::ingest::IngestService::new(
+    let ingest = AgentSource::new(
         state.clone(),
-        writer_tx,
+        store.clone(),
+        planner,
+        config.health.clone(),
         limits,
-        Arc::new(ingest::cardinality::SeriesBudgets::new(
-            ingest::cardinality::SeriesLimits::for_ingest(&config.ingest),
-        )),
-        config.ingest.per_stream_in_flight,
+        Arc::new(SeriesBudgets::new(SeriesLimits::for_ingest(&config.ingest))),
+        StreamSettings {
+            per_stream_in_flight: config.ingest.per_stream_in_flight,
+            max_unflushed: Duration::from_millis(config.ingest.max_unflushed_ms),
+        },
         servers_stop.clone(),
     );
     let query_api = server::query::QueryApi::new(state.clone(), store.clone());
@@ -211,8 +243,14 @@ pub async fn run(
     if !rest.is_finished() {
         result = result.and(flatten(rest.await));
     }
+    staleness_stop.cancel();
+    let _ = staleness_task.await;
     writer_stop.cancel();
     let _ = writer_task.await;
+    // Streams made their batches durable while they drained where they could;
+    // the flusher writes what is left, once more, then stops.
+    flusher_stop.cancel();
+    let _ = flusher_task.await;
     // Give the publishers a moment to send what the last writes emitted; whatever
     // is left stays in the outbox for the next start.
     let drain_until = tokio::time::Instant::now() + PUBLISH_DRAIN;
@@ -309,19 +347,10 @@ async fn restore(store: &Store, state: &State) -> Result<(), StoreError> {
     let mut model = state.write();
     let n = loaded.resources.len();
     for record in loaded.resources {
-        model.resources.insert(
-            record.id.clone(),
-            Tracked {
-                record,
-                last_seen_ms: now,
-            },
-        );
+        model
+            .resources
+            .insert(record.id.clone(), Tracked::new(record, now));
     }
-    model.cursors.extend(loaded.cursors);
-    tracing::info!(
-        resources = n,
-        agents = model.cursors.len(),
-        "State restored from the database."
-    );
+    tracing::info!(resources = n, "State restored from the database.");
     Ok(())
 }

@@ -11,10 +11,10 @@ use infrawatch_common::resource::health_name;
 use infrawatch_common::time::now_unix_ms;
 use infrawatch_proto::v1 as pb;
 
-use crate::ingest::writer::ROLLUP_BUCKET_MS;
 use crate::model::Health;
+use crate::samples::series::ROLLUP_BUCKET_MS;
+use crate::samples::{Point, SampleStore, SeriesKey, Stats};
 use crate::selector::Selector;
-use crate::series::{Point, SeriesKey, Stats};
 use crate::state::{Model, State};
 use crate::store::Store;
 
@@ -147,20 +147,21 @@ fn encode_cursor(id: &str) -> String {
 }
 
 /// The wire form of a resource with its latest values.
-pub fn resource_view(model: &Model, id: &str) -> Option<pb::Resource> {
+pub fn resource_view(model: &Model, samples: &SampleStore, id: &str) -> Option<pb::Resource> {
     let tracked = model.resources.get(id)?;
-    let latest = model
-        .series
+    let latest = samples
         .latest_of(id)
         .into_iter()
         .map(|(k, ts, v)| pb::LatestValue {
-            metric: k.metric.clone(),
-            attributes: k.attributes.clone(),
+            metric: k.metric,
+            attributes: k.attributes,
             value: v,
             timestamp_unix_ms: ts,
         })
         .collect();
-    Some(tracked.record.to_proto(latest))
+    let mut view = tracked.record.to_proto(latest);
+    view.observed_at_unix_ms = tracked.observed_at_ms();
+    Some(view)
 }
 
 /// One page of resources ordered by id, and the cursor of the next page.
@@ -184,7 +185,7 @@ pub fn list(state: &State, p: &ListParams) -> (Vec<pb::Resource>, Option<String>
             more = true;
             break;
         }
-        if let Some(v) = resource_view(&model, id) {
+        if let Some(v) = resource_view(&model, &state.samples, id) {
             page.push(v);
         }
     }
@@ -196,7 +197,7 @@ pub fn list(state: &State, p: &ListParams) -> (Vec<pb::Resource>, Option<String>
 
 /// One resource.
 pub fn get(state: &State, id: &str) -> Result<pb::Resource, QueryError> {
-    resource_view(&state.read(), id)
+    resource_view(&state.read(), &state.samples, id)
         .ok_or_else(|| QueryError::NotFound(format!("resource {id:?} not found")))
 }
 
@@ -286,30 +287,43 @@ pub async fn metric(
                 p.key.resource_id
             )));
         }
-        // Memory answers only when it holds the whole range: not older than its
-        // window, and not from before this process started (after a restart the
-        // older samples exist only as rollups).
-        let horizon = model.series.horizon(now_unix_ms());
-        if p.from_ms >= horizon {
-            let points = model.series.range(&p.key, p.from_ms, p.to_ms, p.step_ms);
-            return Ok(response(p, p.step_ms, points, "memory"));
-        }
+    }
+    // Memory answers only when it holds the whole range: not older than its
+    // window, and not from before this process started (after a restart the
+    // older samples exist only as rollups).
+    let horizon = state.samples.horizon(now_unix_ms());
+    if p.from_ms >= horizon {
+        let points = state.samples.range(&p.key, p.from_ms, p.to_ms, p.step_ms);
+        return Ok(response(p, p.step_ms, points, "memory"));
     }
     // Rollups have one-minute resolution: round the step up to whole minutes.
     let step = (p.step_ms + ROLLUP_BUCKET_MS - 1) / ROLLUP_BUCKET_MS * ROLLUP_BUCKET_MS;
     let from_bucket = p.from_ms - p.from_ms.rem_euclid(ROLLUP_BUCKET_MS);
-    let rows = store
+    let stored = store
         .rollups(&p.key, from_bucket, p.to_ms)
         .await
         .map_err(|e| QueryError::Unavailable(format!("database: {e}")))?;
+    // Minutes not flushed yet are only in memory: they join the stored ones.
+    let mut buckets: Vec<(i64, Stats)> = stored
+        .into_iter()
+        .map(|r| (r.bucket_start_ms, r.stats))
+        .chain(
+            state
+                .samples
+                .open_rollups(&p.key, from_bucket, p.to_ms)
+                .into_iter()
+                .map(|r| (r.bucket_start_ms, r.stats)),
+        )
+        .collect();
+    buckets.sort_by_key(|(b, _)| *b);
     let mut points: Vec<Point> = Vec::new();
-    for row in rows {
-        let bucket = from_bucket + (row.bucket_start_ms - from_bucket) / step * step;
+    for (start, stats) in buckets {
+        let bucket = from_bucket + (start - from_bucket) / step * step;
         match points.last_mut() {
-            Some(p) if p.timestamp_ms == bucket => merge(&mut p.stats, &row.stats),
+            Some(p) if p.timestamp_ms == bucket => merge(&mut p.stats, &stats),
             _ => points.push(Point {
                 timestamp_ms: bucket,
-                stats: row.stats,
+                stats,
             }),
         }
     }
@@ -361,8 +375,8 @@ mod tests {
             for (id, kind, health) in ids {
                 m.resources.insert(
                     id.to_string(),
-                    Tracked {
-                        record: ResourceRecord {
+                    Tracked::new(
+                        ResourceRecord {
                             id: id.to_string(),
                             kind: kind.to_string(),
                             labels: [("env".to_string(), "prod".to_string())].into(),
@@ -375,8 +389,8 @@ mod tests {
                             source: "a".into(),
                             interval_ms: 0,
                         },
-                        last_seen_ms: 0,
-                    },
+                        0,
+                    ),
                 );
             }
         }

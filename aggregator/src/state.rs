@@ -1,22 +1,59 @@
-//! The in-memory model: current resources, recent samples, agent cursors and the
-//! count of connected agents. Queries read it; only the ingest writer changes it,
-//! and only after the database has committed the same change.
+//! The in-memory model: current resources, recent samples (the sample path's
+//! store) and what is known of connected agents. Queries read it; only the
+//! planner changes resources, and only after the database has committed the same
+//! change. Streams note under the read lock, through atomics, when a resource was
+//! last seen.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::model::ResourceRecord;
-use crate::series::SeriesStore;
+use crate::samples::SampleStore;
 
 /// A resource and when data for it last arrived.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Tracked {
-    /// Current state.
+    /// Current state, as stored.
     pub record: ResourceRecord,
-    /// When the last batch mentioning it was applied (Unix ms, this process's clock).
-    pub last_seen_ms: i64,
+    /// When the last report mentioning it was applied (Unix ms, this process's
+    /// clock).
+    last_seen_ms: AtomicI64,
+    /// When it was last observed: newer than `record.observed_at_ms` when later
+    /// observations changed nothing (those are not stored).
+    observed_at_ms: AtomicI64,
+}
+
+impl Tracked {
+    /// `record`, last seen at `seen_ms`.
+    pub fn new(record: ResourceRecord, seen_ms: i64) -> Self {
+        let observed = record.observed_at_ms;
+        Self {
+            record,
+            last_seen_ms: AtomicI64::new(seen_ms),
+            observed_at_ms: AtomicI64::new(observed),
+        }
+    }
+
+    /// When data for it last arrived.
+    pub fn last_seen_ms(&self) -> i64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// When it was last observed.
+    pub fn observed_at_ms(&self) -> i64 {
+        self.observed_at_ms
+            .load(Ordering::Relaxed)
+            .max(self.record.observed_at_ms)
+    }
+
+    /// Notes data that arrived at `now_ms`, observed at `observed_at_ms`.
+    pub fn seen(&self, now_ms: i64, observed_at_ms: i64) {
+        self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.observed_at_ms
+            .fetch_max(observed_at_ms, Ordering::Relaxed);
+    }
 }
 
 /// Everything behind the lock.
@@ -24,10 +61,6 @@ pub struct Tracked {
 pub struct Model {
     /// Resources by id, so listing is ordered and cursor pagination is a range scan.
     pub resources: BTreeMap<String, Tracked>,
-    /// Recent samples.
-    pub series: SeriesStore,
-    /// Highest applied seq per agent identity.
-    pub cursors: HashMap<String, u64>,
 }
 
 /// What the aggregator knows about one agent (by cursor key: identity and
@@ -58,6 +91,8 @@ pub const CLOCK_SKEW_WARNING_MS: i64 = 5_000;
 #[derive(Debug)]
 pub struct State {
     model: RwLock<Model>,
+    /// Recent samples and unflushed rollups (their own locks, not the model's).
+    pub samples: Arc<SampleStore>,
     connected_agents: AtomicU64,
     agents: Mutex<BTreeMap<String, AgentStatus>>,
     /// Batches received and not yet applied, by arrival time (Unix ms).
@@ -70,9 +105,8 @@ impl State {
         Self {
             model: RwLock::new(Model {
                 resources: BTreeMap::new(),
-                series: SeriesStore::new(hot_window_ms),
-                cursors: HashMap::new(),
             }),
+            samples: Arc::new(SampleStore::new(hot_window_ms)),
             connected_agents: AtomicU64::new(0),
             agents: Mutex::new(BTreeMap::new()),
             unapplied: Arc::new(Mutex::new(BTreeMap::new())),

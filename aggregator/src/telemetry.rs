@@ -11,8 +11,18 @@ pub const BATCHES: &str = "infrawatch_aggregator_ingest_batches_total";
 pub const SAMPLES: &str = "infrawatch_aggregator_ingest_samples_total";
 /// Counter by `reason`: samples dropped during validation.
 pub const SAMPLES_DROPPED: &str = "infrawatch_aggregator_ingest_samples_dropped_total";
-/// Histogram: seconds from a batch's arrival to its acknowledgement.
+/// Histogram by `level` (received, durable): seconds from a batch's arrival to
+/// its acknowledgement at that level.
 pub const INGEST_TO_ACK: &str = "infrawatch_aggregator_ingest_to_ack_duration_seconds";
+/// Histogram: seconds one flush of the sample path took (take, write, note).
+pub const FLUSH_DURATION: &str = "infrawatch_aggregator_flush_duration_seconds";
+/// Counter by `result` (ok, failed): flushes of the sample path.
+pub const FLUSHES: &str = "infrawatch_aggregator_flushes_total";
+/// Gauge: seconds since the oldest unflushed sample source was last flushed.
+pub const FLUSH_AGE: &str = "infrawatch_aggregator_flush_age_seconds";
+/// Counter: batches a source sent while its unflushed data was at the bound
+/// (`ingest.max_unflushed_ms`); the stream waited for a flush before reading on.
+pub const FLUSH_WAITS: &str = "infrawatch_aggregator_ingest_flush_waits_total";
 /// Histogram by `operation`: seconds per database operation.
 pub const DB_DURATION: &str = "infrawatch_aggregator_store_duration_seconds";
 /// Counter by `table` (resources, history, cursors, rollups, events): rows written

@@ -209,6 +209,10 @@ impl Drop for Process {
     }
 }
 
+/// How often aggregators under test flush samples (so batches become durable,
+/// and agents' buffers drain, within a fraction of a second).
+pub const TEST_FLUSH_INTERVAL_MS: u64 = 200;
+
 /// An aggregator under test.
 pub struct Aggregator {
     /// The process.
@@ -230,11 +234,16 @@ impl Aggregator {
         let rest = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.join(format!("aggregator-{}.toml", grpc.port()));
         let (grpc_extra, extra) = split_section(extra, "[grpc]");
+        let (mut ingest_extra, extra) = split_section(&extra, "[ingest]");
+        // Tests wait for durable acknowledgements: flush often unless told otherwise.
+        if !ingest_extra.contains("flush_interval_ms") {
+            ingest_extra.push_str(&format!("flush_interval_ms = {TEST_FLUSH_INTERVAL_MS}\n"));
+        }
         std::fs::write(
             &config,
             format!(
                 "[grpc]\nlisten = \"{grpc}\"\n{grpc_extra}[grpc.tls]\nca = {}\ncert = {}\nkey = {}\n\
-                 [rest]\nlisten = \"{rest}\"\n[storage]\nurl = {:?}\n{extra}\n",
+                 [rest]\nlisten = \"{rest}\"\n[storage]\nurl = {:?}\n[ingest]\n{ingest_extra}{extra}\n",
                 toml_path(&pki.trusted.ca_cert()),
                 toml_path(&pki.trusted.cert("server")),
                 toml_path(&pki.trusted.key("server")),

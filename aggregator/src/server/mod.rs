@@ -3,11 +3,11 @@
 
 pub mod connections;
 pub mod events;
-pub mod ingest;
 pub mod query;
 pub mod rest;
 pub mod rest_events;
 
+use crate::sources::agent::stream::AgentSource;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -59,14 +59,14 @@ pub async fn serve_grpc(
     listener: TcpListener,
     config: &GrpcConfig,
     tls: Arc<ReloadingTls>,
-    ingest: ingest::IngestService,
+    ingest: AgentSource,
     query: query::QueryApi,
     events: events::EventApi,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<AgentServiceServer<ingest::IngestService>>()
+        .set_serving::<AgentServiceServer<AgentSource>>()
         .await;
     health
         .set_serving::<QueryServiceServer<query::QueryApi>>()

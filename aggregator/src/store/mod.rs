@@ -1,9 +1,17 @@
 //! Durable storage through sqlx, on PostgreSQL or SQLite with the same statements
 //! (both accept `$N` placeholders and `ON CONFLICT ... DO UPDATE`).
 //!
-//! The writer hands over one [`Commit`] per group of batches: changed resources,
-//! their history rows, agent cursors and rollup increments, all in one transaction,
-//! so an acknowledged batch is applied exactly once.
+//! Two kinds of transaction, one per path:
+//!
+//! - [`Commit`] (the state path, `crate::planner`): changed resources, their
+//!   history rows and outbox events, data gaps, and the state position of the
+//!   agents whose batches they came from.
+//! - [`Flush`] (the sample path, `crate::samples::flush`): rollup increments of
+//!   every series and the cursor of every agent they came from, in bulk (arrays
+//!   on PostgreSQL: one statement whatever the number of rows).
+//!
+//! Each writes a position with its data, so a batch sent again after a crash is
+//! recognised and applied exactly once.
 
 mod rows;
 
@@ -19,7 +27,8 @@ use sqlx::{QueryBuilder, Row};
 use crate::config::{Backend, StorageConfig};
 use crate::events::StoredEvent;
 use crate::model::{Health, Reason, ResourceRecord};
-use crate::series::{SeriesKey, Stats};
+use crate::samples::ledger::Cursor;
+use crate::samples::{SeriesKey, Stats};
 use crate::telemetry;
 
 pub use rows::HistoryEntry;
@@ -110,7 +119,7 @@ pub struct RollupRow {
     pub last: f64,
 }
 
-/// Everything one transaction writes.
+/// Everything one state transaction writes.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Commit {
     /// New versions of resources.
@@ -119,12 +128,9 @@ pub struct Commit {
     pub relations_changed: Vec<String>,
     /// History rows, one per new version.
     pub history: Vec<HistoryEntry>,
-    /// New cursor per agent (a cursor never moves back through this).
-    pub cursors: Vec<(String, u64)>,
-    /// Cursors set back (agents whose sequence restarted), written before `cursors`.
-    pub cursor_resets: Vec<(String, u64)>,
-    /// Rollup increments, unique by (series, bucket).
-    pub rollups: Vec<RollupDelta>,
+    /// New state position per agent: the newest batch whose changes this commit
+    /// holds (a position never moves back through this).
+    pub state_cursors: Vec<(String, u64)>,
     /// Outbox events, one per new resource version that passed validation, with
     /// consecutive positions.
     pub events: Vec<StoredEvent>,
@@ -142,13 +148,20 @@ impl Commit {
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty()
             && self.history.is_empty()
-            && self.cursors.is_empty()
-            && self.cursor_resets.is_empty()
-            && self.rollups.is_empty()
+            && self.state_cursors.is_empty()
             && self.events.is_empty()
             && self.dead_letters.is_empty()
             && self.gaps.is_empty()
     }
+}
+
+/// Everything one sample flush writes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Flush {
+    /// Rollup increments, added to the stored rows of their minute.
+    pub rollups: Vec<RollupDelta>,
+    /// Per agent, the newest batch whose samples are now durable.
+    pub cursors: Vec<(String, u64)>,
 }
 
 /// What a restarted aggregator reloads.
@@ -156,8 +169,6 @@ impl Commit {
 pub struct Loaded {
     /// Every resource with its relations.
     pub resources: Vec<ResourceRecord>,
-    /// Every agent cursor.
-    pub cursors: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,12 +213,6 @@ pub const COMMIT_SEQ: &str = "commit_seq";
 /// Rows per multi-row rollup INSERT on SQLite (it allows 32766 parameters; 10
 /// per row).
 const ROLLUP_ROWS_SQLITE: usize = 1000;
-
-/// Rows per multi-row rollup INSERT on PostgreSQL (it allows 65535 parameters).
-/// Over TCP every large statement costs about 40 ms of waiting for the server's
-/// delayed ACK (sqlx 0.9.0 sets no `TCP_NODELAY`), so fewer, larger statements
-/// commit faster (BENCHMARKS.md).
-const ROLLUP_ROWS_POSTGRES: usize = 6000;
 
 fn observe(operation: &'static str, started: Instant, ok: bool) {
     metrics::histogram!(telemetry::DB_DURATION, "operation" => operation)
@@ -300,10 +305,6 @@ impl Store {
     }
 
     async fn commit_inner(&self, c: &Commit) -> Result<(), StoreError> {
-        let rollup_rows = match self.backend() {
-            Backend::Postgres => ROLLUP_ROWS_POSTGRES,
-            Backend::Sqlite => ROLLUP_ROWS_SQLITE,
-        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for r in &c.resources {
@@ -333,32 +334,10 @@ impl Store {
                     .execute(&mut *tx).await?;
             }
             let now = infrawatch_common::time::now_unix_ms();
-            for (agent, seq) in &c.cursor_resets {
-                sqlx::query(rows::RESET_CURSOR)
+            for (agent, seq) in &c.state_cursors {
+                sqlx::query(rows::UPSERT_STATE_CURSOR)
                     .bind(agent).bind(rows::seq_to_db(*seq)).bind(now)
                     .execute(&mut *tx).await?;
-            }
-            for (agent, seq) in &c.cursors {
-                sqlx::query(rows::UPSERT_CURSOR)
-                    .bind(agent).bind(rows::seq_to_db(*seq)).bind(now)
-                    .execute(&mut *tx).await?;
-            }
-            for chunk in c.rollups.chunks(rollup_rows) {
-                let mut qb: QueryBuilder<Db> = QueryBuilder::new(rows::INSERT_ROLLUP_PREFIX);
-                qb.push_values(chunk, |mut b, d| {
-                    b.push_bind(d.key.resource_id.clone())
-                        .push_bind(d.key.metric.clone())
-                        .push_bind(d.key.attributes.clone())
-                        .push_bind(d.bucket_start_ms)
-                        .push_bind(i64::try_from(d.stats.count).unwrap_or(i64::MAX))
-                        .push_bind(d.stats.sum)
-                        .push_bind(d.stats.min)
-                        .push_bind(d.stats.max)
-                        .push_bind(d.last.1)
-                        .push_bind(d.last.0);
-                });
-                qb.push(rows::ROLLUP_CONFLICT);
-                qb.build().execute(&mut *tx).await?;
             }
             for e in &c.events {
                 sqlx::query(events::INSERT_EVENT)
@@ -411,7 +390,47 @@ impl Store {
         })
     }
 
-    /// Every resource and cursor, for a restarted aggregator.
+    /// Writes `flush` in one transaction: rollup increments, then cursors.
+    pub async fn flush(&self, flush: &Flush) -> Result<(), StoreError> {
+        if flush.rollups.is_empty() && flush.cursors.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = match &self.pool {
+            Pool::Postgres(pool) => flush_postgres(pool, flush).await,
+            Pool::Sqlite(pool) => flush_sqlite(pool, flush).await,
+        };
+        observe("flush", started, result.is_ok());
+        result
+    }
+
+    /// The stored positions of agent `key` (zeros if it has none).
+    pub async fn cursor(&self, key: &str) -> Result<Cursor, StoreError> {
+        on_pool!(self, pool => {
+            let row = sqlx::query("SELECT last_seq, state_seq FROM agent_cursors WHERE agent_id = $1")
+                .bind(key).fetch_optional(pool).await?;
+            match row {
+                Some(r) => Ok(Cursor {
+                    durable_seq: u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
+                    state_seq: u64::try_from(r.try_get::<i64, _>("state_seq")?).unwrap_or(0),
+                }),
+                None => Ok(Cursor::default()),
+            }
+        })
+    }
+
+    /// Sets both positions of agent `key` to `seq` (its sequence restarted).
+    pub async fn reset_cursor(&self, key: &str, seq: u64) -> Result<(), StoreError> {
+        let now = infrawatch_common::time::now_unix_ms();
+        on_pool!(self, pool => {
+            sqlx::query(rows::RESET_CURSOR)
+                .bind(key).bind(rows::seq_to_db(seq)).bind(now)
+                .execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Every resource, for a restarted aggregator.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         let started = Instant::now();
         let result = self.load_inner().await;
@@ -451,12 +470,7 @@ impl Store {
                     r.relations = rels;
                 }
             }
-            let mut cursors = Vec::new();
-            for row in sqlx::query("SELECT agent_id, last_seq FROM agent_cursors").fetch_all(pool).await? {
-                let seq: i64 = row.try_get("last_seq")?;
-                cursors.push((row.try_get("agent_id")?, u64::try_from(seq).unwrap_or(0)));
-            }
-            Ok(Loaded { resources, cursors })
+            Ok(Loaded { resources })
         })
     }
 
@@ -525,18 +539,127 @@ impl Store {
         observe("history", started, result.is_ok());
         result
     }
+}
 
-    /// The stored cursor of one agent (0 if none).
-    pub async fn cursor(&self, agent: &str) -> Result<u64, StoreError> {
-        on_pool!(self, pool => {
-            let row = sqlx::query("SELECT last_seq FROM agent_cursors WHERE agent_id = $1")
-                .bind(agent).fetch_optional(pool).await?;
-            match row {
-                Some(r) => Ok(u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0)),
-                None => Ok(0),
+/// Rollup rows sorted by series and minute, rows of the same series and minute
+/// merged (two agents' ledgers can hold the same series after a takeover; one
+/// statement may not update a row twice, and a stable order keeps concurrent
+/// flushes from deadlocking).
+fn coalesced(rollups: &[RollupDelta]) -> Vec<&RollupDelta> {
+    let mut rows: Vec<&RollupDelta> = rollups.iter().collect();
+    rows.sort_by(|a, b| (&a.key, a.bucket_start_ms).cmp(&(&b.key, b.bucket_start_ms)));
+    rows
+}
+
+/// Merges rows of one series and minute (after [`coalesced`]).
+fn merged(rows: Vec<&RollupDelta>) -> Vec<RollupDelta> {
+    let mut out: Vec<RollupDelta> = Vec::with_capacity(rows.len());
+    for r in rows {
+        match out.last_mut() {
+            Some(last) if last.key == r.key && last.bucket_start_ms == r.bucket_start_ms => {
+                last.stats.merge(&r.stats);
+                if r.last.0 >= last.last.0 {
+                    last.last = r.last;
+                }
             }
-        })
+            _ => out.push(r.clone()),
+        }
     }
+    out
+}
+
+async fn flush_postgres(pool: &PgPool, flush: &Flush) -> Result<(), StoreError> {
+    let rows = merged(coalesced(&flush.rollups));
+    let mut tx = pool.begin().await?;
+    if !rows.is_empty() {
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut metrics = Vec::with_capacity(rows.len());
+        let mut attributes = Vec::with_capacity(rows.len());
+        let mut buckets = Vec::with_capacity(rows.len());
+        let mut counts = Vec::with_capacity(rows.len());
+        let mut sums = Vec::with_capacity(rows.len());
+        let mut mins = Vec::with_capacity(rows.len());
+        let mut maxs = Vec::with_capacity(rows.len());
+        let mut lasts = Vec::with_capacity(rows.len());
+        let mut last_ts = Vec::with_capacity(rows.len());
+        for d in &rows {
+            ids.push(d.key.resource_id.as_str());
+            metrics.push(d.key.metric.as_str());
+            attributes.push(d.key.attributes.as_str());
+            buckets.push(d.bucket_start_ms);
+            counts.push(i64::try_from(d.stats.count).unwrap_or(i64::MAX));
+            sums.push(d.stats.sum);
+            mins.push(d.stats.min);
+            maxs.push(d.stats.max);
+            lasts.push(d.last.1);
+            last_ts.push(d.last.0);
+        }
+        // Both parts are constants of this module.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{}{}",
+            rows::UPSERT_ROLLUPS_PG,
+            rows::ROLLUP_CONFLICT
+        )))
+        .bind(&ids)
+        .bind(&metrics)
+        .bind(&attributes)
+        .bind(&buckets)
+        .bind(&counts)
+        .bind(&sums)
+        .bind(&mins)
+        .bind(&maxs)
+        .bind(&lasts)
+        .bind(&last_ts)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !flush.cursors.is_empty() {
+        let mut cursors: Vec<&(String, u64)> = flush.cursors.iter().collect();
+        cursors.sort();
+        let ids: Vec<&str> = cursors.iter().map(|(k, _)| k.as_str()).collect();
+        let seqs: Vec<i64> = cursors.iter().map(|(_, s)| rows::seq_to_db(*s)).collect();
+        sqlx::query(rows::UPSERT_CURSORS_PG)
+            .bind(&ids)
+            .bind(&seqs)
+            .bind(infrawatch_common::time::now_unix_ms())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn flush_sqlite(pool: &SqlitePool, flush: &Flush) -> Result<(), StoreError> {
+    let rows = merged(coalesced(&flush.rollups));
+    let mut tx = pool.begin().await?;
+    for chunk in rows.chunks(ROLLUP_ROWS_SQLITE) {
+        let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(rows::INSERT_ROLLUP_PREFIX);
+        qb.push_values(chunk, |mut b, d| {
+            b.push_bind(d.key.resource_id.clone())
+                .push_bind(d.key.metric.clone())
+                .push_bind(d.key.attributes.clone())
+                .push_bind(d.bucket_start_ms)
+                .push_bind(i64::try_from(d.stats.count).unwrap_or(i64::MAX))
+                .push_bind(d.stats.sum)
+                .push_bind(d.stats.min)
+                .push_bind(d.stats.max)
+                .push_bind(d.last.1)
+                .push_bind(d.last.0);
+        });
+        qb.push(rows::ROLLUP_CONFLICT);
+        qb.build().execute(&mut *tx).await?;
+    }
+    let now = infrawatch_common::time::now_unix_ms();
+    for (key, seq) in &flush.cursors {
+        sqlx::query(rows::UPSERT_CURSOR)
+            .bind(key)
+            .bind(rows::seq_to_db(*seq))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Parses a stored health name.

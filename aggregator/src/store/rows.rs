@@ -27,15 +27,33 @@ pub(super) const SELECT_HISTORY: &str = "SELECT resource_id, resource_version, p
     reasons, changed, observed_at_ms, recorded_at_ms, source FROM health_history \
     WHERE resource_id = $1 ORDER BY resource_version DESC LIMIT $2";
 
-pub(super) const UPSERT_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, updated_at_ms) \
-    VALUES ($1, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET \
+/// The sample flush moves a cursor forward (never back).
+pub(super) const UPSERT_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
+    VALUES ($1, $2, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET \
     last_seq = CASE WHEN excluded.last_seq > agent_cursors.last_seq THEN excluded.last_seq ELSE agent_cursors.last_seq END, \
+    state_seq = CASE WHEN excluded.last_seq > agent_cursors.state_seq THEN excluded.last_seq ELSE agent_cursors.state_seq END, \
     updated_at_ms = excluded.updated_at_ms";
-
-pub(super) const RESET_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, updated_at_ms) \
-    VALUES ($1, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET last_seq = excluded.last_seq, \
+/// The same for many cursors at once on PostgreSQL (arrays of ids and seqs).
+pub(super) const UPSERT_CURSORS_PG: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
+    SELECT id, seq, seq, $3 FROM UNNEST($1::text[], $2::bigint[]) AS c(id, seq) \
+    ON CONFLICT (agent_id) DO UPDATE SET \
+    last_seq = CASE WHEN excluded.last_seq > agent_cursors.last_seq THEN excluded.last_seq ELSE agent_cursors.last_seq END, \
+    state_seq = CASE WHEN excluded.last_seq > agent_cursors.state_seq THEN excluded.last_seq ELSE agent_cursors.state_seq END, \
     updated_at_ms = excluded.updated_at_ms";
-
+/// A state commit moves the state position forward (never back).
+pub(super) const UPSERT_STATE_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
+    VALUES ($1, 0, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET \
+    state_seq = CASE WHEN excluded.state_seq > agent_cursors.state_seq THEN excluded.state_seq ELSE agent_cursors.state_seq END, \
+    updated_at_ms = excluded.updated_at_ms";
+/// An agent whose sequence restarted: both positions go back.
+pub(super) const RESET_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
+    VALUES ($1, $2, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET last_seq = excluded.last_seq, \
+    state_seq = excluded.state_seq, updated_at_ms = excluded.updated_at_ms";
+/// Rollup increments from arrays on PostgreSQL: one statement however many rows.
+pub(super) const UPSERT_ROLLUPS_PG: &str = "INSERT INTO metric_rollups \
+    (resource_id, metric, attributes, bucket_start_ms, sample_count, value_sum, value_min, value_max, value_last, last_ts_ms) \
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+    $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::bigint[])";
 pub(super) const INSERT_ROLLUP_PREFIX: &str = "INSERT INTO metric_rollups \
     (resource_id, metric, attributes, bucket_start_ms, sample_count, value_sum, value_min, value_max, value_last, last_ts_ms) ";
 

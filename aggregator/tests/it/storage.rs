@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use infrawatch_aggregator::config::StorageConfig;
 use infrawatch_aggregator::events::StoredEvent;
 use infrawatch_aggregator::model::{Health, Reason, Relation, ResourceRecord};
-use infrawatch_aggregator::series::{SeriesKey, Stats};
+use infrawatch_aggregator::samples::ledger::Cursor;
+use infrawatch_aggregator::samples::{SeriesKey, Stats};
 use infrawatch_aggregator::store::{
-    Commit, CursorKind, DeadLetter, HistoryEntry, RollupDelta, Store,
+    Commit, CursorKind, DeadLetter, Flush, HistoryEntry, RollupDelta, Store,
 };
 use infrawatch_proto::v1 as pb;
 use sqlx::Connection;
@@ -162,9 +163,7 @@ async fn state_round_trips(db: TestDb) {
         resources: vec![v1.clone()],
         relations_changed: vec!["host/a".into()],
         history: vec![history(&v1, Health::Unknown)],
-        cursors: vec![("agent-a".into(), 7)],
-        cursor_resets: vec![],
-        rollups: vec![],
+        state_cursors: vec![("agent-a".into(), 7)],
         ..Commit::default()
     })
     .await
@@ -174,9 +173,7 @@ async fn state_round_trips(db: TestDb) {
         resources: vec![v2.clone()],
         relations_changed: vec![],
         history: vec![history(&v2, Health::Healthy)],
-        cursors: vec![("agent-a".into(), 9)],
-        cursor_resets: vec![],
-        rollups: vec![],
+        state_cursors: vec![("agent-a".into(), 9)],
         ..Commit::default()
     })
     .await
@@ -184,7 +181,14 @@ async fn state_round_trips(db: TestDb) {
 
     let loaded = s.load().await.unwrap();
     assert_eq!(loaded.resources, vec![v2.clone()]);
-    assert_eq!(loaded.cursors, vec![("agent-a".to_string(), 9)]);
+    assert_eq!(
+        s.cursor("agent-a").await.unwrap(),
+        Cursor {
+            durable_seq: 0,
+            state_seq: 9
+        },
+        "state commits move the state position only"
+    );
     let h = s.history("host/a", 10).await.unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!(h[0].resource_version, 2);
@@ -196,42 +200,59 @@ async fn state_round_trips(db: TestDb) {
 async fn cursors_never_move_back(db: TestDb) {
     let s = &db.store;
     for seq in [5, 3, 8, 2] {
-        s.commit(&Commit {
+        s.flush(&Flush {
             cursors: vec![("agent-b".into(), seq)],
+            ..Flush::default()
+        })
+        .await
+        .unwrap();
+    }
+    let at = |durable_seq, state_seq| Cursor {
+        durable_seq,
+        state_seq,
+    };
+    assert_eq!(s.cursor("agent-b").await.unwrap(), at(8, 8));
+    // A state commit moves the state position, forward only.
+    for seq in [10, 9] {
+        s.commit(&Commit {
+            state_cursors: vec![("agent-b".into(), seq)],
             ..Commit::default()
         })
         .await
         .unwrap();
     }
-    assert_eq!(s.cursor("agent-b").await.unwrap(), 8);
-    // Only an explicit reset (an agent whose sequence restarted) moves it back,
-    // and a batch in the same commit counts from there.
-    s.commit(&Commit {
-        cursor_resets: vec![("agent-b".into(), 0)],
+    assert_eq!(s.cursor("agent-b").await.unwrap(), at(8, 10));
+    // Only an explicit reset (an agent whose sequence restarted) moves them back,
+    // and flushes count from there.
+    s.reset_cursor("agent-b", 0).await.unwrap();
+    s.flush(&Flush {
         cursors: vec![("agent-b".into(), 1)],
-        ..Commit::default()
+        ..Flush::default()
     })
     .await
     .unwrap();
-    assert_eq!(s.cursor("agent-b").await.unwrap(), 1);
-    assert_eq!(s.cursor("nobody").await.unwrap(), 0);
+    assert_eq!(s.cursor("agent-b").await.unwrap(), at(1, 1));
+    assert_eq!(s.cursor("nobody").await.unwrap(), at(0, 0));
 }
 
 async fn rollups_accumulate(db: TestDb) {
     let s = &db.store;
-    s.commit(&Commit {
+    s.flush(&Flush {
         rollups: vec![
-            delta(60_000, &[0.5, 0.1], 61_000),
+            delta(60_000, &[0.5], 61_000),
             delta(120_000, &[0.3], 121_000),
+            // Two rows of one minute in one flush (two ledgers held the series)
+            // are merged, not refused.
+            delta(60_000, &[0.1], 60_200),
         ],
-        ..Commit::default()
+        cursors: vec![("agent-r".into(), 3)],
     })
     .await
     .unwrap();
-    // A later batch adds to the first bucket, with an older "last" that must not win.
-    s.commit(&Commit {
+    // A later flush adds to the first bucket, with an older "last" that must not win.
+    s.flush(&Flush {
         rollups: vec![delta(60_000, &[0.9], 60_500)],
-        ..Commit::default()
+        ..Flush::default()
     })
     .await
     .unwrap();
@@ -245,8 +266,8 @@ async fn rollups_accumulate(db: TestDb) {
     assert_eq!(first.stats.min, 0.1);
     assert_eq!(first.stats.max, 0.9);
     assert_eq!(
-        first.last, 0.1,
-        "the newest sample (61 s) wins over a later-written older one"
+        first.last, 0.5,
+        "the newest sample (61 s) wins over older ones, merged or written later"
     );
     assert_eq!(s.rollups(&key, 100_000, 200_000).await.unwrap().len(), 1);
 }
@@ -257,7 +278,7 @@ async fn closed_database_is_a_retryable_failure(db: TestDb) {
     let err = s
         .commit(&Commit {
             resources: vec![record("host/z", 1, Health::Healthy)],
-            cursors: vec![("agent-z".into(), 1)],
+            state_cursors: vec![("agent-z".into(), 1)],
             ..Commit::default()
         })
         .await
@@ -268,9 +289,9 @@ async fn closed_database_is_a_retryable_failure(db: TestDb) {
     );
 }
 
-/// A statement failing mid-transaction leaves none of the commit behind. PostgreSQL
-/// refuses two updates of one row in a single INSERT ... ON CONFLICT, which makes a
-/// failure late in the transaction easy to provoke (SQLite accepts it).
+/// A statement failing mid-transaction leaves none of the commit behind: two
+/// outbox events at one position fail on the primary key after the resource and
+/// the cursor were written.
 #[tokio::test]
 async fn failed_commit_is_atomic_on_postgres() {
     let db = postgres("atomic").await;
@@ -278,15 +299,15 @@ async fn failed_commit_is_atomic_on_postgres() {
     let err = s
         .commit(&Commit {
             resources: vec![record("host/z", 1, Health::Healthy)],
-            cursors: vec![("agent-z".into(), 1)],
-            rollups: vec![delta(60_000, &[0.1], 60_000), delta(60_000, &[0.2], 60_001)],
+            state_cursors: vec![("agent-z".into(), 1)],
+            events: vec![event(1, "host/z", 1), event(1, "host/z", 1)],
             ..Commit::default()
         })
         .await;
     assert!(err.is_err());
     let loaded = s.load().await.unwrap();
     assert!(loaded.resources.is_empty());
-    assert!(loaded.cursors.is_empty());
+    assert_eq!(s.cursor("agent-z").await.unwrap(), Cursor::default());
     s.close().await;
     drop_postgres(db.pg_name.clone()).await;
 }

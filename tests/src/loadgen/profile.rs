@@ -932,7 +932,7 @@ impl AgentModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use infrawatch_aggregator::ingest::decode::{Limits, decode};
+    use infrawatch_aggregator::sources::agent::decode::{Limits, decode};
 
     fn batch_of(bytes: &[u8]) -> Batch {
         match AgentMessage::decode(bytes).unwrap().body {

@@ -5,7 +5,7 @@
 //! Individual samples that are not finite or whose time is implausible are dropped
 //! and counted, so one bad reading does not cost the rest of the batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use infrawatch_common::resource::{
     MAX_LABELS_PER_RESOURCE, canonical_attributes, validate_label, validate_metric_name,
@@ -14,7 +14,8 @@ use infrawatch_common::resource::{
 use infrawatch_proto::v1::{Batch, DataGap};
 
 use crate::model::Relation;
-use crate::series::SeriesKey;
+use crate::samples::{SeriesKey, SeriesSamples};
+use crate::sources::Observation;
 
 /// Relation types the model knows.
 pub const RELATION_TYPES: [&str; 6] = [
@@ -58,32 +59,6 @@ impl Default for Limits {
     fn default() -> Self {
         Self::for_ingest(&crate::config::IngestConfig::default())
     }
-}
-
-/// A resource as described by a batch, checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    /// Resource id.
-    pub id: String,
-    /// Kind; empty means the batch only refers to a known resource.
-    pub kind: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Attributes.
-    pub attributes: BTreeMap<String, String>,
-    /// Outgoing relations, sorted and unique.
-    pub relations: Vec<Relation>,
-    /// Reporting interval.
-    pub interval_ms: u32,
-}
-
-/// Samples of one series, in batch order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeriesSamples {
-    /// The series.
-    pub key: SeriesKey,
-    /// (Unix ms, value).
-    pub points: Vec<(i64, f64)>,
 }
 
 /// A checked batch.
@@ -227,6 +202,8 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
             attributes: r.attributes.into_iter().collect(),
             relations,
             interval_ms: r.interval_ms,
+            // Set below from the newest sample of the resource, if any.
+            observed_at_ms: now_ms,
         });
     }
 
@@ -330,6 +307,19 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
         .into_iter()
         .filter(|s| !s.points.is_empty())
         .collect();
+    // A resource was observed when its newest sample was taken.
+    let mut newest: HashMap<&str, i64> = HashMap::new();
+    for s in &decoded.series {
+        if let Some(ts) = s.points.iter().map(|p| p.0).max() {
+            let e = newest.entry(s.key.resource_id.as_str()).or_insert(ts);
+            *e = (*e).max(ts);
+        }
+    }
+    for r in &mut decoded.resources {
+        if let Some(&ts) = newest.get(r.id.as_str()) {
+            r.observed_at_ms = ts;
+        }
+    }
     Ok(decoded)
 }
 

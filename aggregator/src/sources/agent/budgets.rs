@@ -19,8 +19,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use crate::config::IngestConfig;
-use crate::ingest::decode::DecodedBatch;
-use crate::series::SeriesKey;
+use crate::samples::SeriesKey;
+use crate::sources::agent::decode::DecodedBatch;
 
 /// The limits, from `[ingest]`.
 #[derive(Debug, Clone, Copy)]
@@ -194,7 +194,7 @@ impl SeriesBudgets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::decode::SeriesSamples;
+    use crate::samples::SeriesSamples;
 
     fn batch(series: std::ops::Range<usize>) -> DecodedBatch {
         let series: Vec<SeriesSamples> = series

@@ -1,0 +1,579 @@
+//! Planning: what a report changes, computed against the model plus what the
+//! same plan already holds. Pure: no I/O, no locks taken here, so sources use it
+//! to tell whether a report changes anything before they queue it, and the
+//! writer uses it again, authoritatively, for the transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use infrawatch_common::resource::kind;
+use infrawatch_proto::v1 as pb;
+
+use super::{STALENESS_SOURCE, StateError};
+use crate::config::HealthConfig;
+use crate::events::validate::{Bounds, validate};
+use crate::events::{StoredEvent, build, metric as event_metric};
+use crate::health;
+use crate::model::{Health, Reason, ResourceRecord, changed_fields};
+use crate::samples::{SampleStore, SeriesKey};
+use crate::sources::{Change, Observation, Report};
+use crate::state::Model;
+use crate::store::{Commit, DeadLetter, GapRow, HistoryEntry};
+
+/// What planning reads: the model, the samples (for health rules), the rules,
+/// and the time.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// The model (under its read lock).
+    pub model: &'a Model,
+    /// Recent samples.
+    pub samples: &'a SampleStore,
+    /// Health rules.
+    pub health: &'a HealthConfig,
+    /// Now (Unix ms).
+    pub now_ms: i64,
+}
+
+impl Context<'_> {
+    /// Start of the health evaluation window.
+    fn window_start(&self) -> i64 {
+        self.now_ms - i64::try_from(self.health.evaluation_window_ms).unwrap_or(i64::MAX)
+    }
+}
+
+/// Changes planned for one transaction.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Latest planned record of every resource touched.
+    records: HashMap<String, ResourceRecord>,
+    /// Ids whose new version must be stored.
+    changed: HashSet<String>,
+    relations_changed: HashSet<String>,
+    history: Vec<HistoryEntry>,
+    /// Newest state position per source key.
+    state_cursors: HashMap<String, u64>,
+    /// Resources with fresh data: (id, observed at).
+    seen: Vec<(String, i64)>,
+    /// One event per new version, with the version it follows.
+    events: Vec<(pb::InfrastructureStatusUpdatedEvent, u64)>,
+    gaps: Vec<GapRow>,
+}
+
+/// What goes into the model once the commit succeeded.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// New records (changed or not; unchanged ones only refresh the model).
+    pub records: HashMap<String, ResourceRecord>,
+    /// Ids with a new version.
+    pub changed: usize,
+    /// Resources with fresh data: (id, observed at).
+    pub seen: Vec<(String, i64)>,
+}
+
+/// Checks that `source` may report every resource `report` observes: a resource
+/// another source reports may be taken over only once it is UNKNOWN (its reporter
+/// went silent, e.g. after its certificate was replaced). Sources call this
+/// before they apply anything of a report.
+pub fn check_owner(model: &Model, report: &Report) -> Result<(), StateError> {
+    for change in &report.changes {
+        if let Change::Observed(obs) = change {
+            owner_ok(
+                model.resources.get(&obs.id).map(|t| &t.record),
+                &report.source,
+                obs,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn owner_ok(
+    existing: Option<&ResourceRecord>,
+    source: &str,
+    obs: &Observation,
+) -> Result<(), StateError> {
+    match existing {
+        Some(existing) if existing.source != source && existing.health != Health::Unknown => {
+            Err(StateError::Forbidden(format!(
+                "resource {} is reported by {}, not by {source} (two hosts with the same machine id?)",
+                obs.id, existing.source
+            )))
+        }
+        None if obs.kind.is_empty() => Err(StateError::Invalid(format!(
+            "{} refers to unknown resource {} without a kind",
+            source, obs.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl Plan {
+    /// True when the plan writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gaps.is_empty()
+    }
+
+    /// New versions planned so far.
+    pub fn version_count(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Resources the plan saw fresh data for: (id, observed at).
+    pub fn seen(&self) -> &[(String, i64)] {
+        &self.seen
+    }
+
+    fn record<'a>(&'a self, model: &'a Model, id: &str) -> Option<&'a ResourceRecord> {
+        self.records
+            .get(id)
+            .or_else(|| model.resources.get(id).map(|t| &t.record))
+    }
+
+    /// Plans `report` on top of what the plan holds. On error nothing of the
+    /// report is planned.
+    pub fn add(&mut self, ctx: &Context<'_>, report: &Report) -> Result<(), StateError> {
+        for change in &report.changes {
+            if let Change::Observed(obs) = change {
+                owner_ok(self.record(ctx.model, &obs.id), &report.source, obs)?;
+            }
+        }
+        let window_start = ctx.window_start();
+        for change in &report.changes {
+            match change {
+                Change::Observed(obs) => self.observed(ctx, &report.source, obs, window_start),
+                Change::Stale {
+                    id,
+                    last_seen_ms,
+                    reason,
+                } => self.stale(ctx, id, *last_seen_ms, reason),
+                Change::DataGap { row, gap } => {
+                    self.gaps.push(row.clone());
+                    if !row.host_id.is_empty() {
+                        self.data_gap(ctx, &row.host_id, gap);
+                    }
+                }
+            }
+        }
+        if let Some(p) = &report.position {
+            let seq = self.state_cursors.entry(p.key.clone()).or_default();
+            *seq = (*seq).max(p.seq);
+        }
+        Ok(())
+    }
+
+    fn observed(&mut self, ctx: &Context<'_>, source: &str, obs: &Observation, window_start: i64) {
+        let existing = self.record(ctx.model, &obs.id).cloned();
+        let mut next = existing.unwrap_or_else(|| ResourceRecord {
+            id: obs.id.clone(),
+            kind: obs.kind.clone(),
+            labels: Default::default(),
+            attributes: Default::default(),
+            relations: Vec::new(),
+            health: Health::Unknown,
+            reasons: Vec::new(),
+            observed_at_ms: obs.observed_at_ms,
+            version: 0,
+            source: source.to_string(),
+            interval_ms: 0,
+        });
+        if !obs.kind.is_empty() {
+            next.kind = obs.kind.clone();
+            next.labels = obs.labels.clone();
+            next.attributes = obs.attributes.clone();
+            next.relations = obs.relations.clone();
+            next.interval_ms = obs.interval_ms;
+        }
+        next.source = source.to_string();
+        next.observed_at_ms = obs.observed_at_ms;
+        // A replayed backlog holds only samples older than the window: they say
+        // nothing about the present, so the health stays as it is.
+        if obs.observed_at_ms >= window_start || next.version == 0 {
+            let (health, reasons) = evaluate(ctx, &next, window_start);
+            next.health = health;
+            next.reasons = reasons;
+        }
+        self.seen.push((next.id.clone(), obs.observed_at_ms));
+        self.update(ctx, next, None);
+    }
+
+    fn stale(&mut self, ctx: &Context<'_>, id: &str, last_seen_ms: i64, reason: &Reason) {
+        let Some(current) = self.record(ctx.model, id) else {
+            return;
+        };
+        // Data arrived after the check looked: not stale.
+        let seen_since = ctx
+            .model
+            .resources
+            .get(id)
+            .is_some_and(|t| t.last_seen_ms() > last_seen_ms);
+        if current.health == Health::Unknown || seen_since {
+            return;
+        }
+        let mut next = current.clone();
+        next.health = Health::Unknown;
+        next.reasons = vec![reason.clone()];
+        self.update(ctx, next, Some(STALENESS_SOURCE));
+    }
+
+    /// Stores `next` as the new state of its resource, bumping the version and
+    /// writing history when a field that consumers care about changed. Events and
+    /// history name `observer` as their source when it is not the resource's own
+    /// (the staleness check).
+    fn update(&mut self, ctx: &Context<'_>, mut next: ResourceRecord, observer: Option<&str>) {
+        let before = self.record(ctx.model, &next.id).cloned();
+        let changed = changed_fields(before.as_ref(), &next);
+        if changed.is_empty() {
+            self.records.insert(next.id.clone(), next);
+            return;
+        }
+        next.version = before.as_ref().map_or(0, |b| b.version) + 1;
+        if changed.contains(&"relations")
+            || (changed.contains(&"created") && !next.relations.is_empty())
+        {
+            self.relations_changed.insert(next.id.clone());
+        }
+        self.push_version(ctx, before.as_ref(), next, &changed, None, observer);
+    }
+
+    /// Records that the agent on host `id` lost data: a new version of the host
+    /// whose event carries the gap (`changed` = `data_gap`).
+    fn data_gap(&mut self, ctx: &Context<'_>, id: &str, gap: &pb::DataGap) {
+        let Some(before) = self.record(ctx.model, id).cloned() else {
+            return;
+        };
+        let mut next = before.clone();
+        next.version += 1;
+        self.push_version(
+            ctx,
+            Some(&before),
+            next,
+            &["data_gap"],
+            Some(gap.clone()),
+            None,
+        );
+    }
+
+    /// Plans `next` (already at its new version) with its event and history row.
+    fn push_version(
+        &mut self,
+        ctx: &Context<'_>,
+        before: Option<&ResourceRecord>,
+        next: ResourceRecord,
+        changed: &[&str],
+        gap: Option<pb::DataGap>,
+        observer: Option<&str>,
+    ) {
+        let previous_health = before.map_or(Health::Unknown, |b| b.health);
+        let source = observer.unwrap_or(&next.source).to_string();
+        let observed_at_ms = if observer.is_some() {
+            ctx.now_ms
+        } else {
+            next.observed_at_ms
+        };
+        let mut event = build::event_for(&next, previous_health, changed, &source, ctx.now_ms);
+        event.gap = gap;
+        event.observed_at_unix_ms = observed_at_ms;
+        self.events.push((event, before.map_or(0, |b| b.version)));
+        self.history.push(HistoryEntry {
+            resource_id: next.id.clone(),
+            resource_version: next.version,
+            previous_health,
+            health: next.health,
+            reasons: next.reasons.clone(),
+            changed: changed.iter().map(|s| s.to_string()).collect(),
+            observed_at_ms,
+            recorded_at_ms: ctx.now_ms,
+            source,
+        });
+        self.changed.insert(next.id.clone());
+        self.records.insert(next.id.clone(), next);
+    }
+
+    /// The transaction for this plan: events that pass validation get positions
+    /// from `first_position` on, the others become dead letters.
+    pub fn into_commit(self, first_position: u64, bounds: Bounds) -> (Commit, Applied) {
+        let mut events = Vec::with_capacity(self.events.len());
+        let mut dead_letters = Vec::new();
+        for (event, previous_version) in self.events {
+            match validate(&event, previous_version, bounds) {
+                Ok(()) => {
+                    let position = first_position + events.len() as u64;
+                    events.push(StoredEvent::new(position, event, None));
+                }
+                Err(invalid) => {
+                    tracing::error!(
+                        resource = %event.resource_id,
+                        version = event.resource_version,
+                        reason = %invalid,
+                        "Event failed validation; kept as a dead letter."
+                    );
+                    metrics::counter!(event_metric::INVALID, "reason" => invalid.code).increment(1);
+                    dead_letters.push(DeadLetter {
+                        event,
+                        reason: invalid.to_string(),
+                        recorded_at_ms: bounds.now_ms,
+                    });
+                }
+            }
+        }
+        let resources: Vec<ResourceRecord> = self
+            .changed
+            .iter()
+            .filter_map(|id| self.records.get(id).cloned())
+            .collect();
+        let commit = Commit {
+            resources,
+            relations_changed: self.relations_changed.into_iter().collect(),
+            history: self.history,
+            state_cursors: self.state_cursors.into_iter().collect(),
+            events,
+            dead_letters,
+            gaps: self.gaps,
+            commit_seq: 0,
+        };
+        let applied = Applied {
+            records: self.records,
+            changed: self.changed.len(),
+            seen: self.seen,
+        };
+        (commit, applied)
+    }
+}
+
+/// Health of a resource that just reported: its probe verdict, the host rules
+/// over the window's samples, or healthy for kinds without rules.
+fn evaluate(
+    ctx: &Context<'_>,
+    record: &ResourceRecord,
+    window_start: i64,
+) -> (Health, Vec<Reason>) {
+    if let Some(verdict) = health::evaluate_probe(&record.kind, &record.attributes) {
+        return verdict;
+    }
+    if record.kind != kind::HOST {
+        return (Health::Healthy, Vec::new());
+    }
+    let figures: Vec<(health::HostRule, f64)> = health::HOST_RULES
+        .iter()
+        .filter_map(|rule| {
+            let key = SeriesKey {
+                resource_id: record.id.clone(),
+                metric: rule.metric.to_string(),
+                attributes: rule.attributes.to_string(),
+            };
+            let stats = ctx.samples.stats_since(&key, window_start);
+            stats.mean().map(|m| (*rule, m))
+        })
+        .collect();
+    health::evaluate_host(&figures, ctx.health)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::samples::SeriesSamples;
+    use crate::samples::ledger::Cursor;
+    use crate::sources::Position;
+    use crate::state::Tracked;
+
+    /// A time events accept (after 2000).
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn host(id: &str, observed_at_ms: i64) -> Observation {
+        Observation {
+            id: id.into(),
+            kind: kind::HOST.into(),
+            labels: BTreeMap::new(),
+            attributes: BTreeMap::from([("host.name".to_string(), "a".to_string())]),
+            relations: Vec::new(),
+            interval_ms: 1000,
+            observed_at_ms,
+        }
+    }
+
+    fn report(source: &str, seq: u64, changes: Vec<Change>) -> Report {
+        Report {
+            source: source.into(),
+            changes,
+            position: Some(Position {
+                key: source.into(),
+                seq,
+            }),
+        }
+    }
+
+    fn model_with(records: Vec<ResourceRecord>) -> Model {
+        Model {
+            resources: records
+                .into_iter()
+                .map(|r| (r.id.clone(), Tracked::new(r, 0)))
+                .collect(),
+        }
+    }
+
+    fn planned(model: &Model, samples: &SampleStore, r: &Report) -> (Commit, Applied) {
+        let health = HealthConfig::default();
+        let ctx = Context {
+            model,
+            samples,
+            health: &health,
+            now_ms: NOW,
+        };
+        let mut plan = Plan::default();
+        plan.add(&ctx, r).unwrap();
+        plan.into_commit(
+            1,
+            Bounds {
+                now_ms: NOW,
+                max_future_skew_ms: 300_000,
+            },
+        )
+    }
+
+    #[test]
+    fn a_new_resource_is_created_with_an_event_and_the_source_position() {
+        let samples = SampleStore::new(60_000);
+        let model = model_with(Vec::new());
+        let r = report(
+            "agent-a",
+            7,
+            vec![Change::Observed(host("host/x", NOW - 1_000))],
+        );
+        let (commit, applied) = planned(&model, &samples, &r);
+        assert_eq!(commit.resources.len(), 1);
+        assert_eq!(commit.resources[0].version, 1);
+        assert_eq!(commit.resources[0].health, Health::Healthy);
+        assert_eq!(commit.events.len(), 1);
+        assert_eq!(commit.events[0].position, 1);
+        assert_eq!(commit.history[0].changed, vec!["created".to_string()]);
+        assert_eq!(commit.state_cursors, vec![("agent-a".to_string(), 7)]);
+        assert_eq!(applied.changed, 1);
+    }
+
+    #[test]
+    fn an_unchanged_observation_plans_nothing_to_store() {
+        let samples = SampleStore::new(60_000);
+        let model = model_with(Vec::new());
+        let r = report(
+            "agent-a",
+            1,
+            vec![Change::Observed(host("host/x", NOW - 1_000))],
+        );
+        let (commit, _) = planned(&model, &samples, &r);
+        let model = model_with(commit.resources);
+        let health = HealthConfig::default();
+        let ctx = Context {
+            model: &model,
+            samples: &samples,
+            health: &health,
+            now_ms: NOW,
+        };
+        let mut plan = Plan::default();
+        plan.add(
+            &ctx,
+            &report(
+                "agent-a",
+                2,
+                vec![Change::Observed(host("host/x", NOW - 500))],
+            ),
+        )
+        .unwrap();
+        assert!(plan.is_empty());
+        assert_eq!(plan.seen(), &[("host/x".to_string(), NOW - 500)]);
+    }
+
+    #[test]
+    fn host_rules_read_the_window_from_the_sample_store() {
+        let samples = SampleStore::new(600_000);
+        let ledger = samples.open_ledger("agent-a", Cursor::default());
+        let key = SeriesKey {
+            resource_id: "host/x".into(),
+            metric: infrawatch_common::resource::metric::CPU_UTILIZATION.into(),
+            attributes: String::new(),
+        };
+        let (_, new) = ledger.begin(
+            1,
+            &[SeriesSamples {
+                key,
+                points: vec![(NOW - 1_000, 0.99)],
+            }],
+            0,
+        );
+        samples.index(&ledger, new);
+        let model = model_with(Vec::new());
+        let r = report(
+            "agent-a",
+            1,
+            vec![Change::Observed(host("host/x", NOW - 1_000))],
+        );
+        let (commit, _) = planned(&model, &samples, &r);
+        assert_eq!(commit.resources[0].health, Health::Unhealthy);
+        assert_eq!(commit.resources[0].reasons[0].code, "cpu_critical");
+    }
+
+    #[test]
+    fn another_sources_resource_is_forbidden_until_it_is_unknown() {
+        let samples = SampleStore::new(60_000);
+        let (commit, _) = planned(
+            &model_with(Vec::new()),
+            &samples,
+            &report(
+                "agent-a",
+                1,
+                vec![Change::Observed(host("host/x", NOW - 1_000))],
+            ),
+        );
+        let mut model = model_with(commit.resources.clone());
+        let intruder = report(
+            "agent-b",
+            1,
+            vec![Change::Observed(host("host/x", NOW - 1_000))],
+        );
+        assert!(matches!(
+            check_owner(&model, &intruder),
+            Err(StateError::Forbidden(_))
+        ));
+        let mut unknown = commit.resources[0].clone();
+        unknown.health = Health::Unknown;
+        model = model_with(vec![unknown]);
+        assert!(check_owner(&model, &intruder).is_ok());
+    }
+
+    #[test]
+    fn staleness_marks_unknown_unless_data_arrived_since() {
+        let samples = SampleStore::new(60_000);
+        let (commit, _) = planned(
+            &model_with(Vec::new()),
+            &samples,
+            &report(
+                "agent-a",
+                1,
+                vec![Change::Observed(host("host/x", NOW - 1_000))],
+            ),
+        );
+        let model = model_with(commit.resources);
+        let stale = Report {
+            source: STALENESS_SOURCE.into(),
+            changes: vec![Change::Stale {
+                id: "host/x".into(),
+                last_seen_ms: 0,
+                reason: Reason {
+                    code: "stale".into(),
+                    message: "no data".into(),
+                    metric: String::new(),
+                    observed: 10.0,
+                    threshold: 3.0,
+                },
+            }],
+            position: None,
+        };
+        let (commit, _) = planned(&model, &samples, &stale);
+        assert_eq!(commit.resources[0].health, Health::Unknown);
+        assert_eq!(commit.resources[0].source, "agent-a", "the owner stays");
+        assert_eq!(commit.history[0].source, STALENESS_SOURCE);
+        model.resources["host/x"].seen(5, 5);
+        let (commit, _) = planned(&model, &samples, &stale);
+        assert!(commit.resources.is_empty(), "seen after the check looked");
+    }
+}

@@ -1,0 +1,156 @@
+//! The flush: at an interval, every ledger's unflushed rollups and its cursor go
+//! to the database in one transaction; then each ledger's durable seq moves, and
+//! the streams acknowledge their batches as durable.
+//!
+//! A flush writes increments: a minute written partly by one flush and partly by
+//! the next (or by another aggregator after the agent moved) adds up in the
+//! stored row. Because a ledger is only taken between two batches and its cursor
+//! is the newest batch it applied, a flushed cursor covers exactly the batches
+//! whose samples that flush (or an earlier one) wrote: an agent that sends the
+//! batches after it again, to this aggregator after a crash or to another one,
+//! adds each sample once.
+//!
+//! A failed flush puts its rollups back and the next one writes them; streams
+//! keep reading until a source's data waits longer than `ingest.max_unflushed_ms`
+//! (then they stop, and agents keep the batches in their disk buffers).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::SampleStore;
+use super::ledger::{Ledger, Taken};
+use crate::store::{Flush, RollupDelta, Store, StoreError};
+use crate::telemetry;
+
+/// The flush task.
+pub struct Flusher {
+    samples: Arc<SampleStore>,
+    store: Store,
+    interval: Duration,
+}
+
+/// What one successful flush wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Sources whose cursor moved or whose rollups were written.
+    pub sources: usize,
+    /// Rollup rows.
+    pub rollups: usize,
+}
+
+impl Flusher {
+    /// Flushes `samples` to `store` every `interval`.
+    pub fn new(samples: Arc<SampleStore>, store: Store, interval: Duration) -> Self {
+        Self {
+            samples,
+            store,
+            interval,
+        }
+    }
+
+    /// Flushes every interval until `stop`, then once more, so that a graceful
+    /// stop leaves nothing unflushed.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = self.samples.flush_requested() => {}
+            }
+            match self.flush_once().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("Sample flush succeeded again.");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "Sample flush failed; retrying at the next interval while agents keep their batches."
+                        );
+                    }
+                    failing = true;
+                }
+            }
+            let now = infrawatch_common::time::now_unix_ms();
+            let series = self.samples.evict(now);
+            metrics::gauge!(telemetry::HOT_SERIES).set(series as f64);
+        }
+        match self.flush_once().await {
+            Ok(f) => tracing::info!(
+                sources = f.sources,
+                rollups = f.rollups,
+                "Final sample flush done."
+            ),
+            Err(e) => tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "Final sample flush failed; agents send the batches again."
+            ),
+        }
+    }
+
+    /// Takes every ledger's unflushed data and writes it in one transaction.
+    pub async fn flush_once(&self) -> Result<Flushed, StoreError> {
+        let _gate = self.samples.flush_gate().await;
+        let started = Instant::now();
+        let mut taken: Vec<(Arc<Ledger>, Taken)> = Vec::new();
+        let mut oldest = Duration::ZERO;
+        for ledger in self.samples.ledgers() {
+            oldest = oldest.max(ledger.since_flush());
+            if let Some(t) = ledger.take() {
+                taken.push((ledger, t));
+            }
+        }
+        metrics::gauge!(telemetry::FLUSH_AGE).set(oldest.as_secs_f64());
+        if taken.is_empty() {
+            return Ok(Flushed::default());
+        }
+        let mut flush = Flush::default();
+        for (ledger, t) in &taken {
+            flush.cursors.push((ledger.key().to_string(), t.seq));
+            for (key, rollups) in &t.rollups {
+                for r in rollups {
+                    flush.rollups.push(RollupDelta {
+                        key: key.clone(),
+                        bucket_start_ms: r.bucket_start_ms,
+                        stats: r.stats,
+                        last: r.last,
+                    });
+                }
+            }
+        }
+        let outcome = Flushed {
+            sources: taken.len(),
+            rollups: flush.rollups.len(),
+        };
+        match self.store.flush(&flush).await {
+            Ok(()) => {
+                for (ledger, t) in taken {
+                    ledger.flushed(t.seq);
+                }
+                metrics::counter!(telemetry::FLUSHES, "result" => "ok").increment(1);
+                metrics::counter!(telemetry::STORE_ROWS, "table" => "rollups")
+                    .increment(outcome.rollups as u64);
+                metrics::counter!(telemetry::STORE_ROWS, "table" => "cursors")
+                    .increment(outcome.sources as u64);
+                metrics::histogram!(telemetry::FLUSH_DURATION)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(outcome)
+            }
+            Err(e) => {
+                for (ledger, t) in taken {
+                    ledger.flush_failed(t);
+                }
+                metrics::counter!(telemetry::FLUSHES, "result" => "failed").increment(1);
+                Err(e)
+            }
+        }
+    }
+}
