@@ -31,6 +31,8 @@ pub struct AggregatorConfig {
     pub ingest: IngestConfig,
     /// Event outbox, sinks and retention.
     pub events: EventsConfig,
+    /// Replicas on one database: replica id, leader lease, polling.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -43,6 +45,7 @@ impl Default for AggregatorConfig {
             health: HealthConfig::default(),
             ingest: IngestConfig::default(),
             events: EventsConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -306,6 +309,9 @@ impl AggregatorConfig {
     /// Checks values that parse but make no sense. Pure: touches no file or socket.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut p = Problems::default();
+        for (field, problem) in self.cluster.problems() {
+            p.check(false, field, || problem.clone());
+        }
         p.check(self.storage.backend().is_some(), "storage.url", || {
             format!(
                 "{:?} must start with postgres://, postgresql:// or sqlite:",

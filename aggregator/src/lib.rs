@@ -15,6 +15,8 @@
 //! ```
 //!
 //! - [`config`]: settings and validation.
+//! - [`cluster`]: replicas on one database: heartbeats, the leader lease, and
+//!   the work that runs only on the leader.
 //! - [`model`], [`state`]: resources and the shared model.
 //! - [`samples`]: the sample path: ledgers, hot window, rollups, flush.
 //! - [`sources`]: what reports resources: agents, the staleness check.
@@ -29,6 +31,7 @@
 //! - [`telemetry`]: the aggregator's own metrics.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod health;
@@ -50,7 +53,7 @@ use infrawatch_common::time::now_unix_ms;
 use infrawatch_common::tls::TlsError;
 use infrawatch_common::tls_reload::ReloadingTls;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AggregatorConfig;
@@ -69,7 +72,7 @@ use crate::sources::agent::decode::Limits;
 use crate::sources::agent::stream::{AgentSource, StreamSettings};
 use crate::sources::staleness::Staleness;
 use crate::state::{State, Tracked};
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseHold, Store, StoreError};
 
 /// How long start-up waits for the database before giving up.
 pub const DATABASE_WAIT: Duration = Duration::from_secs(30);
@@ -92,8 +95,8 @@ pub enum AggregatorError {
 }
 
 /// Runs the aggregator until `shutdown` is cancelled, then drains: streams are told
-/// to reconnect elsewhere, batches already received are written and acknowledged,
-/// and the database is closed.
+/// to reconnect elsewhere, batches already received are made durable and
+/// acknowledged, the leader lease is given up, and the database is closed.
 pub async fn run(
     config: AggregatorConfig,
     metrics: Option<PrometheusHandle>,
@@ -103,6 +106,7 @@ pub async fn run(
     tls.current().0.rustls_server_config()?;
     let store = Store::open(&config.storage)?;
     migrate_when_ready(&store, &shutdown).await?;
+    let replica_id = config.cluster.resolved_replica_id();
     let state = Arc::new(State::new(config.ingest.hot_window_ms));
     restore(&store, &state).await?;
     let event_log = Arc::new(EventLog::new(
@@ -117,8 +121,51 @@ pub async fn run(
         grpc = %grpc_listener.local_addr().map_err(|source| ServeError::Bind { addr: config.grpc.listen, source })?,
         rest = %rest_listener.local_addr().map_err(|source| ServeError::Bind { addr: config.rest.listen, source })?,
         storage = ?store.backend(),
+        replica = %replica_id,
         "Aggregator listening."
     );
+
+    // Cluster: heartbeat and leader lease; leader-only work runs under it.
+    let poll = Duration::from_millis(config.cluster.poll_interval_ms);
+    let (leader_tx, leader_rx) = watch::channel(None);
+    let lease_stop = CancellationToken::new();
+    let lease_task = tokio::spawn(cluster::lease::run(
+        store.clone(),
+        replica_id.clone(),
+        Duration::from_millis(config.cluster.lease_ttl_ms),
+        leader_tx,
+        lease_stop.clone(),
+    ));
+    let background_stop = CancellationToken::new();
+    let mut background = Vec::new();
+    background.push(tokio::spawn(events::tail::run(
+        store.clone(),
+        event_log.clone(),
+        state.clone(),
+        poll,
+        background_stop.clone(),
+    )));
+    let sink_status: Vec<Arc<SinkStatus>> = build_sinks(&config.events)
+        .iter()
+        .map(|sink| {
+            Arc::new(SinkStatus {
+                name: sink.name(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    background.push(tokio::spawn(cluster::leader::while_leader(
+        leader_rx.clone(),
+        background_stop.clone(),
+        "events",
+        leader_work(
+            config.events.clone(),
+            store.clone(),
+            event_log.clone(),
+            sink_status.clone(),
+            poll,
+        ),
+    )));
 
     let (planner_tx, planner_rx) = mpsc::channel(config.ingest.queue_batches);
     let planner = PlannerHandle::new(planner_tx);
@@ -133,7 +180,6 @@ pub async fn run(
         },
         planner_rx,
         event_log.clone(),
-        store.meta(store::COMMIT_SEQ).await?,
     );
     let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
     let flusher_stop = CancellationToken::new();
@@ -151,29 +197,11 @@ pub async fn run(
             state.clone(),
             planner.clone(),
             config.health.stale_after_missed_intervals,
+            store.clone(),
+            leader_rx.clone(),
         )
         .run(staleness_stop.clone()),
     );
-
-    let events_stop = CancellationToken::new();
-    let publishers = start_publishers(&config.events, &event_log, &store, &events_stop);
-    let retention = events::retention::Retention {
-        min_ms: config.events.retention_ms,
-        max_ms: config.events.max_retention_ms,
-        sinks: publishers.iter().map(|(name, _, _)| name.clone()).collect(),
-    };
-    let sink_status: Vec<_> = publishers
-        .iter()
-        .map(|(_, status, _)| status.clone())
-        .collect();
-    let mut event_tasks: Vec<_> = publishers.into_iter().map(|(_, _, task)| task).collect();
-    event_tasks.push(tokio::spawn(events::retention::run(
-        store.clone(),
-        retention,
-        event_log.clone(),
-        Duration::from_secs(60),
-        events_stop.clone(),
-    )));
 
     let limits = Limits::for_ingest(&config.ingest);
     let servers_stop = CancellationToken::new();
@@ -185,6 +213,7 @@ pub async fn run(
     let ingest = AgentSource::new(
         state.clone(),
         store.clone(),
+        &replica_id,
         planner,
         config.health.clone(),
         limits,
@@ -234,7 +263,7 @@ pub async fn run(
         r = &mut grpc => Some(flatten(r)),
         r = &mut rest => Some(flatten(r)),
     };
-    tracing::info!("Draining: closing streams, writing what was received.");
+    tracing::info!("Draining: closing streams, making what was received durable.");
     servers_stop.cancel();
     let mut result = early.unwrap_or(Ok(()));
     if !grpc.is_finished() {
@@ -251,35 +280,77 @@ pub async fn run(
     // the flusher writes what is left, once more, then stops.
     flusher_stop.cancel();
     let _ = flusher_task.await;
-    // Give the publishers a moment to send what the last writes emitted; whatever
-    // is left stays in the outbox for the next start.
+    // Give the sequencer and publishers a moment to send what the last writes
+    // emitted; whatever is left stays in the outbox for the next leader.
     let drain_until = tokio::time::Instant::now() + PUBLISH_DRAIN;
     while tokio::time::Instant::now() < drain_until
-        && sink_status
-            .iter()
-            .any(|s| s.lag_events.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        && sink_status.iter().any(|s| {
+            s.active.load(std::sync::atomic::Ordering::Relaxed)
+                && s.lag_events.load(std::sync::atomic::Ordering::Relaxed) > 0
+        })
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    events_stop.cancel();
-    for task in event_tasks {
+    background_stop.cancel();
+    for task in background {
         let _ = task.await;
     }
+    lease_stop.cancel();
+    let _ = lease_task.await;
     store.close().await;
     tracing::info!("Aggregator stopped.");
     result.map_err(AggregatorError::from)
 }
 
-/// A running publisher: its cursor name, status and task.
-type RunningPublisher = (String, Arc<SinkStatus>, tokio::task::JoinHandle<()>);
+/// The leader's event work for one term: the sequencer, one publisher per
+/// configured sink, and outbox retention.
+fn leader_work(
+    config: config::EventsConfig,
+    store: Store,
+    log: Arc<EventLog>,
+    statuses: Vec<Arc<SinkStatus>>,
+    poll: Duration,
+) -> impl Fn(
+    LeaseHold,
+    CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    move |lease, stop| {
+        let (config, store, log, statuses) =
+            (config.clone(), store.clone(), log.clone(), statuses.clone());
+        Box::pin(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            tasks.spawn(events::sequencer::run(
+                store.clone(),
+                log.clone(),
+                lease,
+                poll,
+                stop.clone(),
+            ));
+            let mut sinks = Vec::new();
+            for (sink, status) in build_sinks(&config).into_iter().zip(statuses) {
+                let publisher = Publisher::new(sink, log.clone(), store.clone(), status);
+                sinks.push(publisher.cursor_name());
+                tasks.spawn(publisher.run(stop.clone()));
+            }
+            let retention = events::retention::Retention {
+                min_ms: config.retention_ms,
+                max_ms: config.max_retention_ms,
+                sinks,
+            };
+            tasks.spawn(events::retention::run(
+                store,
+                retention,
+                log,
+                Duration::from_secs(60),
+                stop,
+            ));
+            while tasks.join_next().await.is_some() {}
+        })
+    }
+}
 
-/// Starts one publisher per configured sink.
-fn start_publishers(
-    config: &config::EventsConfig,
-    log: &Arc<EventLog>,
-    store: &Store,
-    stop: &CancellationToken,
-) -> Vec<RunningPublisher> {
+/// One sink per configured broker.
+fn build_sinks(config: &config::EventsConfig) -> Vec<Box<dyn Sink>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(nats) = &config.nats {
         sinks.push(Box::new(NatsSink::new(nats.clone())));
@@ -288,15 +359,6 @@ fn start_publishers(
         sinks.push(Box::new(PulsarSink::new(pulsar.clone())));
     }
     sinks
-        .into_iter()
-        .map(|sink| {
-            let publisher = Publisher::new(sink, log.clone(), store.clone());
-            let name = publisher.cursor_name();
-            let status = publisher.status();
-            let task = tokio::spawn(publisher.run(stop.clone()));
-            (name, status, task)
-        })
-        .collect()
 }
 
 fn flatten(r: Result<Result<(), ServeError>, tokio::task::JoinError>) -> Result<(), ServeError> {

@@ -34,6 +34,15 @@ pub const STORE_ROWS: &str = "infrawatch_aggregator_store_rows_total";
 /// `store_duration_seconds{operation="commit"}` it gives the share of the
 /// writer's time spent in the database.
 pub const WRITE_GROUP_DURATION: &str = "infrawatch_aggregator_ingest_group_duration_seconds";
+/// Counter: state commits refused because another replica had written a newer
+/// version of a resource first (the group is planned again).
+pub const STATE_CONFLICTS: &str = "infrawatch_aggregator_state_conflicts_total";
+/// Counter: sources whose flushed data another replica's session fenced off.
+pub const FLUSH_FENCED: &str = "infrawatch_aggregator_flush_fenced_total";
+/// Gauge: 1 while this replica holds the leader lease.
+pub const LEADER: &str = "infrawatch_aggregator_leader";
+/// Counter: events the sequencer gave positions.
+pub const SEQUENCED: &str = "infrawatch_aggregator_events_sequenced_total";
 /// Counter: resources the staleness sweep marked UNKNOWN.
 pub const MARKED_STALE: &str = "infrawatch_aggregator_resources_marked_stale_total";
 /// Counter by `operation`: failed database operations.

@@ -1,11 +1,14 @@
 //! The event log as consumers see it: the newest events in memory (so live
 //! consumers never touch the database), the rest read back from the outbox, and
-//! the head position that wakes consumers when new events commit.
+//! the head position that wakes consumers when new events commit. It also links
+//! this replica's planner to the sequencer and the tail: commits here wake them,
+//! and remember when each event committed (for the publish latency).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::StoredEvent;
 use crate::store::{Store, StoreError};
@@ -37,6 +40,10 @@ pub enum LogError {
     Store(#[from] StoreError),
 }
 
+/// Events committed here whose commit time is remembered, at most (older ones
+/// are forgotten; only their latency figure is lost).
+const COMMIT_TIMES: usize = 100_000;
+
 /// Recent events and the head position.
 #[derive(Debug)]
 pub struct EventLog {
@@ -44,6 +51,12 @@ pub struct EventLog {
     capacity: usize,
     head: watch::Sender<u64>,
     store: Store,
+    /// When events committed by this replica committed, by event id.
+    committed_at: Mutex<HashMap<String, Instant>>,
+    /// Wakes the sequencer: events were staged here.
+    staged: Notify,
+    /// Wakes the tail: the sequencer gave events positions.
+    sequenced: Notify,
 }
 
 impl EventLog {
@@ -55,7 +68,53 @@ impl EventLog {
             capacity: capacity.max(1),
             head: watch::Sender::new(head),
             store,
+            committed_at: Mutex::new(HashMap::new()),
+            staged: Notify::new(),
+            sequenced: Notify::new(),
         }
+    }
+
+    /// Notes events this replica's planner just committed (staged, without
+    /// positions yet) and wakes the sequencer.
+    pub fn committed_here(&self, events: &[StoredEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        metrics::counter!(super::metric::EMITTED).increment(events.len() as u64);
+        let now = Instant::now();
+        {
+            let mut times = self.committed_at.lock().unwrap_or_else(|p| p.into_inner());
+            if times.len() + events.len() > COMMIT_TIMES {
+                times.clear();
+            }
+            for e in events {
+                times.insert(e.event.event_id.clone(), now);
+            }
+        }
+        self.staged.notify_one();
+    }
+
+    /// When event `event_id` committed, if it did here (taken: asked once).
+    pub fn take_commit_time(&self, event_id: &str) -> Option<Instant> {
+        self.committed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(event_id)
+    }
+
+    /// Resolves when this replica staged events.
+    pub async fn staged(&self) {
+        self.staged.notified().await;
+    }
+
+    /// Wakes the tail (the sequencer gave events positions).
+    pub fn wake_tail(&self) {
+        self.sequenced.notify_one();
+    }
+
+    /// Resolves when the sequencer gave events positions here.
+    pub async fn sequenced(&self) {
+        self.sequenced.notified().await;
     }
 
     /// The newest committed position.
@@ -68,7 +127,7 @@ impl EventLog {
         self.head.subscribe()
     }
 
-    /// Adds events that just committed (consecutive positions after the head).
+    /// Adds events that got positions (consecutive positions after the head).
     pub fn append(&self, events: impl IntoIterator<Item = StoredEvent>) {
         let mut last = None;
         {

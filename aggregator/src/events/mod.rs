@@ -2,23 +2,30 @@
 //! checked, kept and delivered.
 //!
 //! ```text
-//! writer: state change ─► build ─► validate ─┬─► outbox row ┐ one transaction with the
-//!                                            └─► dead letter┘ state change itself
-//!         after commit ─► EventLog (recent events in memory, head position)
-//! EventLog / outbox ─► publisher (one per sink: NATS JetStream, Pulsar) ─► broker
-//!                   ─► WatchEvents streams, SSE, durable subscriptions
+//! any replica's planner: state change ─► build ─► validate ─┬─► staged event ┐ one transaction with
+//!                                                           └─► dead letter  ┘ the state change itself
+//! leader: sequencer ─► staged events get positions in the outbox (after commit)
+//! every replica: tail ─► EventLog (recent events in memory, head position, model refresh)
+//! leader: EventLog / outbox ─► publisher (one per sink: NATS JetStream, Pulsar) ─► broker
+//! every replica: EventLog ─► WatchEvents streams, SSE, durable subscriptions
 //! ```
 //!
 //! Every event gets a *position*: one more than the previous event's, across the
-//! whole database, assigned by the single writer. Positions are the cursor of every
+//! whole database, assigned by the leader's sequencer after the event's
+//! transaction committed, so positions become visible in order and a consumer
+//! never sees a gap that is filled later. Positions are the cursor of every
 //! consumer (sinks, subscriptions, live streams), so resuming after a position
-//! yields exactly the events that came later, in order, with no gaps or repeats.
+//! yields exactly the events that came later, in order, with no gaps or repeats,
+//! on whichever replica.
 //!
 //! - [`build`]: events from history entries.
 //! - [`validate`]: the checks an event must pass before it is published.
 //! - [`json`]: the protobuf JSON mapping for people and webhooks.
 //! - [`filter`]: which events a stream or subscription carries.
 //! - [`log`]: recent events in memory and the reader that falls back to the outbox.
+//! - [`sequencer`]: the leader's task that gives staged events their positions.
+//! - [`tail`]: every replica's task that follows the outbox into its event log
+//!   and refreshes its model with other replicas' changes.
 //! - [`publisher`]: drains the outbox into one sink, in order, with retries.
 //! - [`sink`]: the NATS JetStream and Pulsar sinks.
 //! - [`retention`]: deletes delivered events from the outbox.
@@ -31,8 +38,10 @@ pub mod json;
 pub mod log;
 pub mod publisher;
 pub mod retention;
+pub mod sequencer;
 pub mod sink;
 pub mod subscriptions;
+pub mod tail;
 pub mod validate;
 pub mod watch;
 

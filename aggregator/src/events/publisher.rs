@@ -171,6 +171,9 @@ pub struct SinkStatus {
     pub lag_ms: AtomicI64,
     /// The last failure, cleared when publishing succeeds again.
     pub last_error: Mutex<Option<String>>,
+    /// True while this replica publishes to the sink (it leads); the lag of a
+    /// standby replica means nothing.
+    pub active: std::sync::atomic::AtomicBool,
 }
 
 impl SinkStatus {
@@ -178,6 +181,7 @@ impl SinkStatus {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "sink": self.name,
+            "active": self.active.load(Ordering::Relaxed),
             "lag_events": self.lag_events.load(Ordering::Relaxed),
             "lag_seconds": self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -214,12 +218,14 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher feeding `sink` from `log`, keeping its cursor in `store`.
-    pub fn new(sink: Box<dyn Sink>, log: Arc<EventLog>, store: Store) -> Self {
-        let status = Arc::new(SinkStatus {
-            name: sink.name(),
-            ..Default::default()
-        });
+    /// A publisher feeding `sink` from `log`, keeping its cursor in `store`
+    /// and its progress in `status`.
+    pub fn new(
+        sink: Box<dyn Sink>,
+        log: Arc<EventLog>,
+        store: Store,
+        status: Arc<SinkStatus>,
+    ) -> Self {
         Self {
             sink,
             log,
@@ -238,8 +244,17 @@ impl Publisher {
         format!("sink:{}", self.sink.name())
     }
 
-    /// Runs until `stop` is cancelled.
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Runs until `stop` is cancelled; the status says it is active meanwhile.
+    pub async fn run(self, stop: CancellationToken) {
+        let status = self.status.clone();
+        status.active.store(true, Ordering::Relaxed);
+        self.publish(stop).await;
+        status.active.store(false, Ordering::Relaxed);
+        status.lag_events.store(0, Ordering::Relaxed);
+        status.lag_ms.store(0, Ordering::Relaxed);
+    }
+
+    async fn publish(mut self, stop: CancellationToken) {
         let name = self.sink.name();
         let cursor_name = self.cursor_name();
         let mut backoff = MIN_BACKOFF;

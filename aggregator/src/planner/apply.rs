@@ -1,12 +1,9 @@
-//! Applying a committed plan: the model takes the new records, resources seen
-//! note the time, and the committed events go to the event log (publishers and
-//! live streams).
-
-use std::time::Instant;
+//! Applying a committed plan: the model takes the new records and resources seen
+//! note the time. Also: records another replica wrote, read back, refresh the
+//! model the same way.
 
 use super::plan::Applied;
-use crate::events::log::EventLog;
-use crate::events::metric as event_metric;
+use crate::model::ResourceRecord;
 use crate::state::{State, Tracked};
 use crate::store::Commit;
 use crate::telemetry;
@@ -37,15 +34,27 @@ pub fn apply(state: &State, applied: Applied, now_ms: i64) {
     metrics::gauge!(telemetry::RESOURCES).set(model.resources.len() as f64);
 }
 
-/// Hands the committed events of `commit` to the log.
-pub fn publish(events: &EventLog, commit: &mut Commit) {
-    let committed_at = Instant::now();
-    let list = std::mem::take(&mut commit.events);
-    metrics::counter!(event_metric::EMITTED).increment(list.len() as u64);
-    events.append(list.into_iter().map(|mut e| {
-        e.committed_at = Some(committed_at);
-        e
-    }));
+/// Puts records read back from the database (written by another replica) into
+/// the model, keeping when each was last seen here.
+pub fn refresh(state: &State, records: Vec<ResourceRecord>) {
+    let now = infrawatch_common::time::now_unix_ms();
+    let mut model = state.write();
+    for record in records {
+        match model.resources.get_mut(&record.id) {
+            Some(t) if t.record.version >= record.version => {}
+            Some(t) => {
+                let (seen, observed) = (t.last_seen_ms(), t.observed_at_ms());
+                *t = Tracked::new(record, seen);
+                t.seen(seen, observed);
+            }
+            None => {
+                model
+                    .resources
+                    .insert(record.id.clone(), Tracked::new(record, now));
+            }
+        }
+    }
+    metrics::gauge!(telemetry::RESOURCES).set(model.resources.len() as f64);
 }
 
 /// Counts the rows a committed transaction wrote, by table.

@@ -1,14 +1,17 @@
 //! Commit policy of the state path: a transaction is retried with backoff while
 //! the failure is of the kind that passes (connection lost, database restarting,
-//! serialization failure), and a commit whose reply was lost is recognised by
-//! its number. While it retries nothing else is written, so sources wait and
-//! agents keep their batches: a database outage delays data but loses none.
+//! serialization failure). While it retries nothing else is written, so sources
+//! wait and agents keep their batches: a database outage delays data but loses
+//! none. A commit whose reply was lost but that did commit is harmless to send
+//! again: every version it writes must follow the stored one, so the second
+//! attempt fails with a conflict, the writer reads the resources again, and the
+//! new plan finds nothing left to change.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{COMMIT_SEQ, Commit, Store, StoreError};
+use crate::store::{Commit, Store, StoreError};
 
 /// Longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -32,7 +35,6 @@ pub async fn commit_with_retries(
                 }
                 return Ok(());
             }
-            Err(e) if committed_despite(store, commit, &e).await => return Ok(()),
             Err(e) if retry && e.is_retryable() && !stop.is_cancelled() => {
                 if attempts == 0 {
                     tracing::warn!(
@@ -49,27 +51,5 @@ pub async fn commit_with_retries(
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// After a failed commit, whether it committed all the same: the connection can
-/// break after the database committed and before it said so. Every commit
-/// records its number, so the answer is in the database. Without this check the
-/// model would miss a committed change, and the next commit would reuse its
-/// event positions.
-async fn committed_despite(store: &Store, commit: &Commit, error: &StoreError) -> bool {
-    if commit.commit_seq == 0 {
-        return false;
-    }
-    match store.meta(COMMIT_SEQ).await {
-        Ok(stored) if stored >= commit.commit_seq => {
-            tracing::warn!(
-                error = error as &dyn std::error::Error,
-                commit = commit.commit_seq,
-                "The database reported a failure, but the commit is there; going on."
-            );
-            true
-        }
-        _ => false,
     }
 }

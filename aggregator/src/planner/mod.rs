@@ -34,6 +34,10 @@ pub enum StateError {
     /// Storage failed; the report can be sent again.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Another stream (here or on another replica) took over the source with
+    /// this key; this stream may not write for it any more.
+    #[error("another stream took over agent {0}; this one ends")]
+    Fenced(String),
     /// The aggregator is shutting down.
     #[error("aggregator is shutting down; reconnect to another replica")]
     ShuttingDown,
@@ -47,6 +51,7 @@ impl From<StateError> for tonic::Status {
             StateError::Unavailable(_) | StateError::ShuttingDown => {
                 tonic::Status::unavailable(e.to_string())
             }
+            StateError::Fenced(_) => tonic::Status::aborted(e.to_string()),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::model::{Health, Reason, ResourceRecord, changed_fields};
 use crate::samples::{SampleStore, SeriesKey};
 use crate::sources::{Change, Observation, Report};
 use crate::state::Model;
-use crate::store::{Commit, DeadLetter, GapRow, HistoryEntry};
+use crate::store::{Commit, DeadLetter, GapRow, HistoryEntry, StatePosition};
 
 /// What planning reads: the model, the samples (for health rules), the rules,
 /// and the time.
@@ -49,8 +49,8 @@ pub struct Plan {
     changed: HashSet<String>,
     relations_changed: HashSet<String>,
     history: Vec<HistoryEntry>,
-    /// Newest state position per source key.
-    state_cursors: HashMap<String, u64>,
+    /// Newest state position per source key: (seq, session epoch).
+    state_cursors: HashMap<String, (u64, u64)>,
     /// Resources with fresh data: (id, observed at).
     seen: Vec<(String, i64)>,
     /// One event per new version, with the version it follows.
@@ -154,8 +154,8 @@ impl Plan {
             }
         }
         if let Some(p) = &report.position {
-            let seq = self.state_cursors.entry(p.key.clone()).or_default();
-            *seq = (*seq).max(p.seq);
+            let at = self.state_cursors.entry(p.key.clone()).or_default();
+            *at = (at.0.max(p.seq), p.epoch);
         }
         Ok(())
     }
@@ -288,17 +288,15 @@ impl Plan {
         self.records.insert(next.id.clone(), next);
     }
 
-    /// The transaction for this plan: events that pass validation get positions
-    /// from `first_position` on, the others become dead letters.
-    pub fn into_commit(self, first_position: u64, bounds: Bounds) -> (Commit, Applied) {
+    /// The transaction for this plan: events that pass validation are staged
+    /// (the sequencer gives them positions after commit), the others become dead
+    /// letters.
+    pub fn into_commit(self, bounds: Bounds) -> (Commit, Applied) {
         let mut events = Vec::with_capacity(self.events.len());
         let mut dead_letters = Vec::new();
         for (event, previous_version) in self.events {
             match validate(&event, previous_version, bounds) {
-                Ok(()) => {
-                    let position = first_position + events.len() as u64;
-                    events.push(StoredEvent::new(position, event, None));
-                }
+                Ok(()) => events.push(StoredEvent::new(0, event, None)),
                 Err(invalid) => {
                     tracing::error!(
                         resource = %event.resource_id,
@@ -324,11 +322,14 @@ impl Plan {
             resources,
             relations_changed: self.relations_changed.into_iter().collect(),
             history: self.history,
-            state_cursors: self.state_cursors.into_iter().collect(),
+            state_cursors: self
+                .state_cursors
+                .into_iter()
+                .map(|(key, (seq, epoch))| StatePosition { key, seq, epoch })
+                .collect(),
             events,
             dead_letters,
             gaps: self.gaps,
-            commit_seq: 0,
         };
         let applied = Applied {
             records: self.records,
@@ -399,6 +400,7 @@ mod tests {
             position: Some(Position {
                 key: source.into(),
                 seq,
+                epoch: 1,
             }),
         }
     }
@@ -422,13 +424,10 @@ mod tests {
         };
         let mut plan = Plan::default();
         plan.add(&ctx, r).unwrap();
-        plan.into_commit(
-            1,
-            Bounds {
-                now_ms: NOW,
-                max_future_skew_ms: 300_000,
-            },
-        )
+        plan.into_commit(Bounds {
+            now_ms: NOW,
+            max_future_skew_ms: 300_000,
+        })
     }
 
     #[test]
@@ -445,9 +444,15 @@ mod tests {
         assert_eq!(commit.resources[0].version, 1);
         assert_eq!(commit.resources[0].health, Health::Healthy);
         assert_eq!(commit.events.len(), 1);
-        assert_eq!(commit.events[0].position, 1);
         assert_eq!(commit.history[0].changed, vec!["created".to_string()]);
-        assert_eq!(commit.state_cursors, vec![("agent-a".to_string(), 7)]);
+        assert_eq!(
+            commit.state_cursors,
+            vec![StatePosition {
+                key: "agent-a".into(),
+                seq: 7,
+                epoch: 1
+            }]
+        );
         assert_eq!(applied.changed, 1);
     }
 
@@ -486,7 +491,7 @@ mod tests {
     #[test]
     fn host_rules_read_the_window_from_the_sample_store() {
         let samples = SampleStore::new(600_000);
-        let ledger = samples.open_ledger("agent-a", Cursor::default());
+        let ledger = samples.open_ledger("agent-a", Cursor::default(), 0, 1);
         let key = SeriesKey {
             resource_id: "host/x".into(),
             metric: infrawatch_common::resource::metric::CPU_UTILIZATION.into(),

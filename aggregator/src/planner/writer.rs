@@ -2,16 +2,21 @@
 //! them together against the model, commits the group in one transaction
 //! ([`super::commit`]), applies it ([`super::apply`]) and answers each report.
 //! Nothing is applied or answered as done unless the transaction committed.
+//!
+//! Other replicas write the same database. When a resource's stored version moved
+//! past the model's (a conflict), the writer reads those resources again and
+//! plans the group again; when an agent's session moved to another stream (it is
+//! fenced), that agent's reports are answered as such and the rest is planned
+//! again.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use infrawatch_common::time::now_unix_ms;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::apply::{apply, count_rows, publish};
+use super::apply::{apply, count_rows, refresh};
 use super::commit::commit_with_retries;
 use super::plan::{Context, Plan};
 use super::{Outcome, StateError, Submission};
@@ -19,8 +24,12 @@ use crate::config::HealthConfig;
 use crate::events::log::EventLog;
 use crate::events::validate::Bounds;
 use crate::state::State;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry;
+
+/// Times a group is planned again after conflicts before its reports are
+/// answered with an error (and sent again by their sources).
+const MAX_REPLANS: usize = 5;
 
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
@@ -38,18 +47,10 @@ pub struct Writer {
     state: Arc<State>,
     store: Store,
     config: WriterConfig,
-    queue: mpsc::Receiver<Submission>,
-    /// Where committed events go.
+    queue: tokio::sync::mpsc::Receiver<Submission>,
+    /// Told about committed events (latency, and the sequencer's wake-up).
     events: Arc<EventLog>,
-    /// Number of the last commit (stored with each commit).
-    commit_seq: u64,
 }
-
-/// A report's reply channel and its planned answer.
-type Answer = (
-    oneshot::Sender<Result<Outcome, StateError>>,
-    Result<Outcome, StateError>,
-);
 
 impl Writer {
     /// A writer fed by `queue`.
@@ -57,9 +58,8 @@ impl Writer {
         state: Arc<State>,
         store: Store,
         config: WriterConfig,
-        queue: mpsc::Receiver<Submission>,
+        queue: tokio::sync::mpsc::Receiver<Submission>,
         events: Arc<EventLog>,
-        commit_seq: u64,
     ) -> Self {
         Self {
             state,
@@ -67,7 +67,6 @@ impl Writer {
             config,
             queue,
             events,
-            commit_seq,
         }
     }
 
@@ -97,16 +96,17 @@ impl Writer {
 
     /// Plans, commits, applies and answers one group of reports.
     async fn commit_group(&mut self, group: Vec<Submission>, stop: &CancellationToken) {
-        let span = tracing::info_span!(
-            "state_commit",
-            reports = group.len(),
-            commit = self.commit_seq + 1
-        );
-        async {
-            let started = Instant::now();
+        let span = tracing::info_span!("state_commit", reports = group.len());
+        self.commit_group_inner(group, stop).instrument(span).await;
+    }
+
+    async fn commit_group_inner(&mut self, mut group: Vec<Submission>, stop: &CancellationToken) {
+        let started = Instant::now();
+        for _ in 0..=MAX_REPLANS {
             let now = now_unix_ms();
+            // Reports that fail planning are answered at once; the rest is one plan.
             let mut plan = Plan::default();
-            let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+            let mut planned: Vec<(Submission, Outcome)> = Vec::with_capacity(group.len());
             {
                 let model = self.state.read();
                 let ctx = Context {
@@ -115,44 +115,85 @@ impl Writer {
                     health: &self.config.health,
                     now_ms: now,
                 };
-                for s in group {
+                for s in group.drain(..) {
                     let before = plan.version_count();
-                    let result = plan.add(&ctx, &s.report).map(|()| Outcome {
-                        changes: plan.version_count() - before,
-                    });
-                    answers.push((s.reply, result));
+                    match plan.add(&ctx, &s.report) {
+                        Ok(()) => {
+                            let changes = plan.version_count() - before;
+                            planned.push((s, Outcome { changes }));
+                        }
+                        Err(e) => {
+                            let _ = s.reply.send(Err(e));
+                        }
+                    }
                 }
             }
             let bounds = Bounds {
                 now_ms: now,
                 max_future_skew_ms: self.config.max_future_skew_ms,
             };
-            let (mut commit, applied) = plan.into_commit(self.events.head() + 1, bounds);
-            commit.commit_seq = self.commit_seq + 1;
-            if let Err(e) = commit_with_retries(&self.store, &commit, stop, true).await {
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    reports = answers.len(),
-                    "Database write failed; the sources send their reports again."
-                );
-                for (reply, result) in answers {
-                    let _ = reply.send(result.and(Err(StateError::Unavailable(e.to_string()))));
+            let (commit, applied) = plan.into_commit(bounds);
+            match commit_with_retries(&self.store, &commit, stop, true).await {
+                Ok(()) => {
+                    count_rows(&commit);
+                    apply(&self.state, applied, now);
+                    self.events.committed_here(&commit.events);
+                    for (s, outcome) in planned {
+                        let _ = s.reply.send(Ok(outcome));
+                    }
+                    metrics::histogram!(telemetry::WRITE_GROUP_DURATION, "work" => "state")
+                        .record(started.elapsed().as_secs_f64());
+                    return;
                 }
+                Err(StoreError::Conflict(ids)) => {
+                    metrics::counter!(telemetry::STATE_CONFLICTS).increment(1);
+                    tracing::debug!(resources = ?ids, "Resources changed on another replica; planning again.");
+                    match self.store.load_resources(&ids).await {
+                        Ok(records) => refresh(&self.state, records),
+                        Err(e) => {
+                            answer_all(planned, &StateError::Unavailable(e.to_string()));
+                            return;
+                        }
+                    }
+                    group = planned.into_iter().map(|(s, _)| s).collect();
+                }
+                Err(StoreError::SessionFenced { key }) => {
+                    for (s, _) in planned {
+                        if s.report.position.as_ref().is_some_and(|p| p.key == key) {
+                            let _ = s.reply.send(Err(StateError::Fenced(key.clone())));
+                        } else {
+                            group.push(s);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        reports = planned.len(),
+                        "Database write failed; the sources send their reports again."
+                    );
+                    answer_all(planned, &StateError::Unavailable(e.to_string()));
+                    return;
+                }
+            }
+            if group.is_empty() {
                 return;
             }
-            if !commit.is_empty() {
-                self.commit_seq = commit.commit_seq;
-            }
-            count_rows(&commit);
-            apply(&self.state, applied, now);
-            publish(&self.events, &mut commit);
-            for (reply, result) in answers {
-                let _ = reply.send(result);
-            }
-            metrics::histogram!(telemetry::WRITE_GROUP_DURATION, "work" => "state")
-                .record(started.elapsed().as_secs_f64());
         }
-        .instrument(span)
-        .await
+        tracing::warn!(
+            reports = group.len(),
+            "Reports kept conflicting with other replicas' writes; the sources send them again."
+        );
+        for s in group {
+            let _ = s.reply.send(Err(StateError::Unavailable(
+                "resources kept changing on other replicas".into(),
+            )));
+        }
+    }
+}
+
+fn answer_all(planned: Vec<(Submission, Outcome)>, error: &StateError) {
+    for (s, _) in planned {
+        let _ = s.reply.send(Err(error.clone()));
     }
 }

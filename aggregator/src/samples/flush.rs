@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SampleStore;
 use super::ledger::{Ledger, Taken};
-use crate::store::{Flush, RollupDelta, Store, StoreError};
+use crate::store::{FlushSource, RollupDelta, Store, StoreError};
 use crate::telemetry;
 
 /// The flush task.
@@ -112,12 +112,18 @@ impl Flusher {
         if taken.is_empty() {
             return Ok(Flushed::default());
         }
-        let mut flush = Flush::default();
+        let mut sources = Vec::with_capacity(taken.len());
+        let mut rollups = 0;
         for (ledger, t) in &taken {
-            flush.cursors.push((ledger.key().to_string(), t.seq));
-            for (key, rollups) in &t.rollups {
-                for r in rollups {
-                    flush.rollups.push(RollupDelta {
+            let mut source = FlushSource {
+                key: ledger.key().to_string(),
+                epoch: t.epoch,
+                seq: t.seq,
+                rollups: Vec::new(),
+            };
+            for (key, minutes) in &t.rollups {
+                for r in minutes {
+                    source.rollups.push(RollupDelta {
                         key: key.clone(),
                         bucket_start_ms: r.bucket_start_ms,
                         stats: r.stats,
@@ -125,16 +131,29 @@ impl Flusher {
                     });
                 }
             }
+            rollups += source.rollups.len();
+            sources.push(source);
         }
-        let outcome = Flushed {
-            sources: taken.len(),
-            rollups: flush.rollups.len(),
-        };
-        match self.store.flush(&flush).await {
-            Ok(()) => {
+        match self.store.flush(&sources).await {
+            Ok(fenced) => {
+                let fenced: std::collections::HashSet<String> = fenced.into_iter().collect();
                 for (ledger, t) in taken {
-                    ledger.flushed(t.seq);
+                    if fenced.contains(ledger.key()) {
+                        tracing::info!(
+                            agent = ledger.key(),
+                            "Another stream holds this agent now; its unflushed samples here are dropped (it sends them there)."
+                        );
+                        ledger.fence();
+                        self.samples.forget(ledger.key());
+                        metrics::counter!(telemetry::FLUSH_FENCED).increment(1);
+                    } else {
+                        ledger.flushed(t.seq);
+                    }
                 }
+                let outcome = Flushed {
+                    sources: sources.len() - fenced.len(),
+                    rollups,
+                };
                 metrics::counter!(telemetry::FLUSHES, "result" => "ok").increment(1);
                 metrics::counter!(telemetry::STORE_ROWS, "table" => "rollups")
                     .increment(outcome.rollups as u64);

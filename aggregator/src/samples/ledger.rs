@@ -54,6 +54,9 @@ pub enum Begun {
 /// Rollups and position taken from a ledger by a flush.
 #[derive(Debug)]
 pub struct Taken {
+    /// The session epoch the ledger holds: the flush writes only while the
+    /// database still has it.
+    pub epoch: u64,
     /// The cursor the flush stores: every batch up to it is in `rollups` or
     /// was flushed before.
     pub seq: u64,
@@ -75,6 +78,8 @@ pub struct Ledger {
 
 #[derive(Debug)]
 struct Inner {
+    /// The session epoch this replica opened the source's session with.
+    epoch: u64,
     applied_seq: u64,
     durable_seq: u64,
     state_seq: u64,
@@ -86,11 +91,12 @@ struct Inner {
 }
 
 impl Ledger {
-    /// A ledger for source `key` at its stored `cursor`.
-    pub fn new(key: &str, cursor: Cursor) -> Self {
+    /// A ledger for source `key` at its stored `cursor`, in session `epoch`.
+    pub fn new(key: &str, cursor: Cursor, epoch: u64) -> Self {
         Self {
             key: key.to_string(),
             inner: Mutex::new(Inner {
+                epoch,
                 applied_seq: cursor.durable_seq,
                 durable_seq: cursor.durable_seq,
                 state_seq: cursor.state_seq.max(cursor.durable_seq),
@@ -121,6 +127,41 @@ impl Ledger {
         session.cancel();
         *session = CancellationToken::new();
         session.clone()
+    }
+
+    /// A new session of this source opened here at `epoch`, after
+    /// `previous_epoch` in the database, which holds `cursor`. When the previous
+    /// session was this ledger's, what it holds is still the source's and stays;
+    /// when another replica held the source in between, what this ledger holds
+    /// is stale: dropped, and the positions go to the stored ones.
+    pub fn reopen(&self, cursor: Cursor, previous_epoch: u64, epoch: u64) {
+        let mut inner = self.lock();
+        if inner.epoch != previous_epoch {
+            drop_unflushed(&mut inner);
+            inner.applied_seq = cursor.durable_seq;
+            inner.durable_seq = cursor.durable_seq;
+            inner.state_seq = cursor.state_seq.max(cursor.durable_seq);
+            self.durable.send_replace(cursor.durable_seq);
+        }
+        inner.epoch = epoch;
+    }
+
+    /// Another replica holds the source now (a flush found its epoch moved):
+    /// this ledger's stream ends and what it holds unflushed is dropped (the
+    /// source sends it to whoever holds it now).
+    pub fn fence(&self) {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
+        let mut inner = self.lock();
+        drop_unflushed(&mut inner);
+        inner.applied_seq = inner.durable_seq;
+    }
+
+    /// The session epoch this ledger writes under.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
     }
 
     /// The source restarted its sequence below what was applied (it lost its
@@ -189,9 +230,7 @@ impl Ledger {
             return;
         }
         inner.applied_seq = inner.durable_seq;
-        for state in inner.series.values_mut() {
-            drop(state.take_open());
-        }
+        drop_unflushed(&mut inner);
     }
 
     /// Takes what a flush must write: `None` when there is nothing new or a
@@ -212,6 +251,7 @@ impl Ledger {
             return None;
         }
         Some(Taken {
+            epoch: inner.epoch,
             seq: inner.applied_seq,
             rollups,
         })
@@ -297,6 +337,13 @@ impl Ledger {
     }
 }
 
+/// Forgets every unflushed rollup (raw samples stay in the hot window).
+fn drop_unflushed(inner: &mut Inner) {
+    for state in inner.series.values_mut() {
+        drop(state.take_open());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,7 +361,7 @@ mod tests {
 
     #[test]
     fn replays_are_recognised_and_flushes_move_the_durable_seq() {
-        let ledger = Ledger::new("a", Cursor::default());
+        let ledger = Ledger::new("a", Cursor::default(), 1);
         let (begun, new) = ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
         assert_eq!(begun, Begun::Applied { state_due: true });
         assert_eq!(new, vec!["host/x".to_string()]);
@@ -330,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_batch_in_progress_is_never_flushed() {
-        let ledger = Ledger::new("a", Cursor::default());
+        let ledger = Ledger::new("a", Cursor::default(), 1);
         ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
         assert!(ledger.take().is_none());
         ledger.finish(1, true);
@@ -339,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_failed_state_commit_drops_what_is_not_durable() {
-        let ledger = Ledger::new("a", Cursor::default());
+        let ledger = Ledger::new("a", Cursor::default(), 1);
         ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
         ledger.finish(1, true);
         let taken = ledger.take().unwrap();
@@ -359,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_failed_flush_keeps_its_rollups_for_the_next() {
-        let ledger = Ledger::new("a", Cursor::default());
+        let ledger = Ledger::new("a", Cursor::default(), 1);
         ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
         ledger.finish(1, true);
         let taken = ledger.take().unwrap();
@@ -379,6 +426,7 @@ mod tests {
                 durable_seq: 5,
                 state_seq: 7,
             },
+            1,
         );
         assert_eq!(ledger.begin(5, &batch("h", &[]), 0).0, Begun::Replay);
         assert_eq!(
@@ -390,5 +438,38 @@ mod tests {
             ledger.begin(8, &batch("h", &[]), 0).0,
             Begun::Applied { state_due: true }
         );
+    }
+
+    #[test]
+    fn a_session_taken_over_elsewhere_makes_the_ledger_start_again() {
+        let ledger = Ledger::new("a", Cursor::default(), 1);
+        ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
+        ledger.finish(1, true);
+        // Reopened here right after its own session: what it holds stays.
+        ledger.reopen(Cursor::default(), 1, 2);
+        assert_eq!(ledger.positions(), (1, 0, 1));
+        assert_eq!(ledger.take().unwrap().epoch, 2);
+        ledger.begin(2, &batch("host/x", &[(2_000, 2.0)]), 0);
+        ledger.finish(2, true);
+        // Another replica held it (epochs 3 and 4) and flushed up to 5.
+        let stored = Cursor {
+            durable_seq: 5,
+            state_seq: 5,
+        };
+        ledger.reopen(stored, 4, 5);
+        assert_eq!(ledger.positions(), (5, 5, 5));
+        assert!(ledger.take().is_none(), "the stale rollups are gone");
+    }
+
+    #[test]
+    fn a_fenced_ledger_drops_what_is_not_durable_and_ends_its_stream() {
+        let ledger = Ledger::new("a", Cursor::default(), 1);
+        let stream = ledger.take_over();
+        ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
+        ledger.finish(1, true);
+        ledger.fence();
+        assert!(stream.is_cancelled());
+        assert_eq!(ledger.positions().0, 0);
+        assert!(ledger.take().is_none());
     }
 }

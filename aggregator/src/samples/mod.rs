@@ -152,16 +152,33 @@ impl SampleStore {
         now_ms.saturating_sub(self.window_ms)
     }
 
-    /// The ledger of source `key`, made at `cursor` if this process has none.
-    pub fn open_ledger(&self, key: &str, cursor: Cursor) -> Arc<Ledger> {
+    /// The ledger of source `key` for a session just opened at `epoch` (after
+    /// `previous_epoch`, with `cursor` stored): this process's ledger reopened,
+    /// or a new one.
+    pub fn open_ledger(
+        &self,
+        key: &str,
+        cursor: Cursor,
+        previous_epoch: u64,
+        epoch: u64,
+    ) -> Arc<Ledger> {
         if let Some(l) = self.ledger(key) {
+            l.reopen(cursor, previous_epoch, epoch);
             return l;
         }
         let mut ledgers = self.ledgers.write().unwrap_or_else(|p| p.into_inner());
         ledgers
             .entry(key.to_string())
-            .or_insert_with(|| Arc::new(Ledger::new(key, cursor)))
+            .or_insert_with(|| Arc::new(Ledger::new(key, cursor, epoch)))
             .clone()
+    }
+
+    /// Forgets the ledger of source `key` (another replica holds the source).
+    pub fn forget(&self, key: &str) {
+        self.ledgers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     /// The ledger of source `key`, if any.

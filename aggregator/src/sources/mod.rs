@@ -79,6 +79,9 @@ pub struct Position {
     pub key: String,
     /// The sequence number of the report.
     pub seq: u64,
+    /// The session the report arrived in: the changes are written only while
+    /// it holds (another replica that took the source over fences this one).
+    pub epoch: u64,
 }
 
 /// What one source reports at one time.

@@ -261,9 +261,9 @@ impl Store {
 }
 
 /// Writes the events and dead letters of a commit inside its transaction.
-pub(super) const INSERT_EVENT: &str = "INSERT INTO event_outbox \
-    (position, event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(super) const STAGE_EVENT: &str = "INSERT INTO event_staging \
+    (event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6)";
 
 pub(super) const INSERT_DEAD_LETTER: &str = "INSERT INTO event_dead_letters \
     (event_id, resource_id, resource_version, reason, payload, recorded_at_ms) \

@@ -54,6 +54,21 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another stream took over agent `key` (its session epoch moved): the
+    /// write did nothing.
+    #[error("the session of agent {key} is now held by another stream")]
+    SessionFenced {
+        /// The agent's cursor key.
+        key: String,
+    },
+    /// The lease this write needs is held by another replica now (or at
+    /// another epoch): the write did nothing.
+    #[error("lease {0} is no longer held")]
+    LeaseLost(String),
+    /// Resources changed since the writer read them (another replica wrote a
+    /// newer version); nothing was written. Read them again and plan again.
+    #[error("resources changed meanwhile: {}", .0.join(", "))]
+    Conflict(Vec<String>),
     /// A stored row could not be interpreted.
     #[error("stored row for {id} is corrupt: {reason}")]
     Corrupt {
@@ -129,18 +144,27 @@ pub struct Commit {
     /// History rows, one per new version.
     pub history: Vec<HistoryEntry>,
     /// New state position per agent: the newest batch whose changes this commit
-    /// holds (a position never moves back through this).
-    pub state_cursors: Vec<(String, u64)>,
-    /// Outbox events, one per new resource version that passed validation, with
-    /// consecutive positions.
+    /// holds (a position never moves back through this), written only while the
+    /// session epoch holds.
+    pub state_cursors: Vec<StatePosition>,
+    /// Events, one per new resource version that passed validation; staged for
+    /// the sequencer, which gives them positions after commit.
     pub events: Vec<StoredEvent>,
     /// Events that failed validation.
     pub dead_letters: Vec<DeadLetter>,
     /// Data gaps reported by agents.
     pub gaps: Vec<GapRow>,
-    /// Number of this commit (one more than the last), stored with it so that a
-    /// commit whose outcome was lost can be recognised; 0 records nothing.
-    pub commit_seq: u64,
+}
+
+/// An agent's state position as a commit writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePosition {
+    /// The agent's cursor key.
+    pub key: String,
+    /// The newest batch whose changes the commit holds.
+    pub seq: u64,
+    /// The session epoch the batch arrived in.
+    pub epoch: u64,
 }
 
 impl Commit {
@@ -155,13 +179,18 @@ impl Commit {
     }
 }
 
-/// Everything one sample flush writes.
+/// What one sample flush writes for one agent: its rollup increments and its
+/// cursor, both only while session `epoch` holds.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Flush {
+pub struct FlushSource {
+    /// The agent's cursor key.
+    pub key: String,
+    /// The session epoch the ledger was opened with.
+    pub epoch: u64,
+    /// The newest batch whose samples are now durable.
+    pub seq: u64,
     /// Rollup increments, added to the stored rows of their minute.
     pub rollups: Vec<RollupDelta>,
-    /// Per agent, the newest batch whose samples are now durable.
-    pub cursors: Vec<(String, u64)>,
 }
 
 /// What a restarted aggregator reloads.
@@ -201,14 +230,14 @@ macro_rules! on_pool {
     };
 }
 
+mod cluster;
 mod events;
 mod gaps;
 
+pub use cluster::{LeaseHold, OpenedSession, Sequenced};
+
 pub use events::{CursorKind, CursorRow, DeadLetter};
 pub use gaps::GapRow;
-
-/// Name of the meta counter holding the number of the last commit.
-pub const COMMIT_SEQ: &str = "commit_seq";
 
 /// Rows per multi-row rollup INSERT on SQLite (it allows 32766 parameters; 10
 /// per row).
@@ -307,13 +336,23 @@ impl Store {
     async fn commit_inner(&self, c: &Commit) -> Result<(), StoreError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // Each version follows the stored one, or nothing is written: the
+            // statement takes the row lock and checks, so two replicas changing
+            // a resource at once cannot both write the same version.
+            let mut conflicts = Vec::new();
             for r in &c.resources {
                 let row = rows::ResourceRow::from_record(r)?;
-                sqlx::query(rows::UPSERT_RESOURCE)
+                let written = sqlx::query(rows::UPSERT_RESOURCE)
                     .bind(&row.id).bind(&row.kind).bind(&row.labels).bind(&row.attributes)
                     .bind(&row.health).bind(&row.reasons).bind(row.observed_at_ms)
                     .bind(row.resource_version).bind(&row.source).bind(row.interval_ms)
-                    .execute(&mut *tx).await?;
+                    .execute(&mut *tx).await?.rows_affected();
+                if written == 0 {
+                    conflicts.push(r.id.clone());
+                }
+            }
+            if !conflicts.is_empty() {
+                return Err(StoreError::Conflict(conflicts));
             }
             for id in &c.relations_changed {
                 sqlx::query("DELETE FROM relations WHERE from_id = $1").bind(id).execute(&mut *tx).await?;
@@ -334,22 +373,20 @@ impl Store {
                     .execute(&mut *tx).await?;
             }
             let now = infrawatch_common::time::now_unix_ms();
-            for (agent, seq) in &c.state_cursors {
-                sqlx::query(rows::UPSERT_STATE_CURSOR)
-                    .bind(agent).bind(rows::seq_to_db(*seq)).bind(now)
-                    .execute(&mut *tx).await?;
+            for p in &c.state_cursors {
+                let written = sqlx::query(rows::ADVANCE_STATE_CURSOR)
+                    .bind(&p.key).bind(rows::seq_to_db(p.seq)).bind(now).bind(rows::seq_to_db(p.epoch))
+                    .execute(&mut *tx).await?.rows_affected();
+                if written == 0 {
+                    return Err(StoreError::SessionFenced { key: p.key.clone() });
+                }
             }
             for e in &c.events {
-                sqlx::query(events::INSERT_EVENT)
-                    .bind(rows::seq_to_db(e.position)).bind(&e.event.event_id)
+                sqlx::query(events::STAGE_EVENT)
+                    .bind(&e.event.event_id)
                     .bind(&e.event.resource_id).bind(&e.event.resource_kind)
                     .bind(rows::seq_to_db(e.event.resource_version)).bind(e.payload.as_ref())
                     .bind(now)
-                    .execute(&mut *tx).await?;
-            }
-            if let Some(last) = c.events.last() {
-                sqlx::query(events::SET_META)
-                    .bind(events::HEAD).bind(rows::seq_to_db(last.position))
                     .execute(&mut *tx).await?;
             }
             for d in &c.dead_letters {
@@ -368,14 +405,50 @@ impl Store {
                     .bind(&g.cause).bind(g.exact).bind(g.recorded_at_ms)
                     .execute(&mut *tx).await?;
             }
-            if c.commit_seq > 0 {
-                sqlx::query(events::SET_META)
-                    .bind(COMMIT_SEQ).bind(rows::seq_to_db(c.commit_seq))
-                    .execute(&mut *tx).await?;
-            }
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    /// Resources `ids` with their relations, as stored now (those that exist).
+    pub async fn load_resources(&self, ids: &[String]) -> Result<Vec<ResourceRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            on_pool!(self, pool => {
+                let mut qb: QueryBuilder<Db> = QueryBuilder::new(rows::SELECT_RESOURCES_WHERE_ID_IN);
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.clone());
+                }
+                qb.push(")");
+                let found = qb.build().fetch_all(pool).await?;
+                let mut records = Vec::with_capacity(found.len());
+                for row in found {
+                    records.push(rows::ResourceRow::read(&row)?.into_record()?);
+                }
+                let mut qb: QueryBuilder<Db> = QueryBuilder::new("SELECT from_id, relation_type, to_id FROM relations WHERE from_id IN (");
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.clone());
+                }
+                qb.push(") ORDER BY from_id, relation_type, to_id");
+                let mut by_id: std::collections::HashMap<String, Vec<crate::model::Relation>> = Default::default();
+                for row in qb.build().fetch_all(pool).await? {
+                    by_id.entry(row.try_get("from_id")?).or_default().push(crate::model::Relation {
+                        relation_type: row.try_get("relation_type")?,
+                        to_id: row.try_get("to_id")?,
+                    });
+                }
+                for mut r in records {
+                    r.relations = by_id.remove(&r.id).unwrap_or_default();
+                    out.push(r);
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// A counter from `aggregator_meta` (0 if absent).
@@ -390,15 +463,18 @@ impl Store {
         })
     }
 
-    /// Writes `flush` in one transaction: rollup increments, then cursors.
-    pub async fn flush(&self, flush: &Flush) -> Result<(), StoreError> {
-        if flush.rollups.is_empty() && flush.cursors.is_empty() {
-            return Ok(());
+    /// Writes a flush in one transaction: each source's cursor moves where its
+    /// session epoch still holds, then the rollups of those sources are added.
+    /// Returns the keys of the sources that were fenced (their data is not
+    /// written; whoever holds the agent now gets it again from the agent).
+    pub async fn flush(&self, sources: &[FlushSource]) -> Result<Vec<String>, StoreError> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
         }
         let started = Instant::now();
         let result = match &self.pool {
-            Pool::Postgres(pool) => flush_postgres(pool, flush).await,
-            Pool::Sqlite(pool) => flush_sqlite(pool, flush).await,
+            Pool::Postgres(pool) => flush_postgres(pool, sources).await,
+            Pool::Sqlite(pool) => flush_sqlite(pool, sources).await,
         };
         observe("flush", started, result.is_ok());
         result
@@ -419,17 +495,6 @@ impl Store {
         })
     }
 
-    /// Sets both positions of agent `key` to `seq` (its sequence restarted).
-    pub async fn reset_cursor(&self, key: &str, seq: u64) -> Result<(), StoreError> {
-        let now = infrawatch_common::time::now_unix_ms();
-        on_pool!(self, pool => {
-            sqlx::query(rows::RESET_CURSOR)
-                .bind(key).bind(rows::seq_to_db(seq)).bind(now)
-                .execute(pool).await?;
-            Ok(())
-        })
-    }
-
     /// Every resource, for a restarted aggregator.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         let started = Instant::now();
@@ -443,18 +508,7 @@ impl Store {
             let mut resources = Vec::new();
             let rows = sqlx::query(rows::SELECT_RESOURCES).fetch_all(pool).await?;
             for row in rows {
-                resources.push(rows::ResourceRow {
-                    id: row.try_get("id")?,
-                    kind: row.try_get("kind")?,
-                    labels: row.try_get("labels")?,
-                    attributes: row.try_get("attributes")?,
-                    health: row.try_get("health")?,
-                    reasons: row.try_get("reasons")?,
-                    observed_at_ms: row.try_get("observed_at_ms")?,
-                    resource_version: row.try_get("resource_version")?,
-                    source: row.try_get("source")?,
-                    interval_ms: row.try_get("interval_ms")?,
-                }.into_record()?);
+                resources.push(rows::ResourceRow::read(&row)?.into_record()?);
             }
             let relations = sqlx::query("SELECT from_id, relation_type, to_id FROM relations ORDER BY from_id, relation_type, to_id")
                 .fetch_all(pool).await?;
@@ -568,9 +622,45 @@ fn merged(rows: Vec<&RollupDelta>) -> Vec<RollupDelta> {
     out
 }
 
-async fn flush_postgres(pool: &PgPool, flush: &Flush) -> Result<(), StoreError> {
-    let rows = merged(coalesced(&flush.rollups));
+/// The rollups of `sources` whose keys are in `kept`, merged and ordered.
+fn kept_rollups(
+    sources: &[FlushSource],
+    kept: &std::collections::HashSet<String>,
+) -> Vec<RollupDelta> {
+    let all: Vec<RollupDelta> = sources
+        .iter()
+        .filter(|s| kept.contains(&s.key))
+        .flat_map(|s| s.rollups.iter().cloned())
+        .collect();
+    merged(coalesced(&all))
+}
+
+fn fenced_keys(sources: &[FlushSource], kept: &std::collections::HashSet<String>) -> Vec<String> {
+    sources
+        .iter()
+        .filter(|s| !kept.contains(&s.key))
+        .map(|s| s.key.clone())
+        .collect()
+}
+
+async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<String>, StoreError> {
+    let mut ordered: Vec<&FlushSource> = sources.iter().collect();
+    ordered.sort_by(|a, b| a.key.cmp(&b.key));
+    let ids: Vec<&str> = ordered.iter().map(|s| s.key.as_str()).collect();
+    let seqs: Vec<i64> = ordered.iter().map(|s| rows::seq_to_db(s.seq)).collect();
+    let epochs: Vec<i64> = ordered.iter().map(|s| rows::seq_to_db(s.epoch)).collect();
     let mut tx = pool.begin().await?;
+    let kept: std::collections::HashSet<String> = sqlx::query(rows::ADVANCE_CURSORS_PG)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&epochs)
+        .bind(infrawatch_common::time::now_unix_ms())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("agent_id"))
+        .collect::<Result<_, _>>()?;
+    let rows = kept_rollups(sources, &kept);
     if !rows.is_empty() {
         let mut ids = Vec::with_capacity(rows.len());
         let mut metrics = Vec::with_capacity(rows.len());
@@ -613,25 +703,31 @@ async fn flush_postgres(pool: &PgPool, flush: &Flush) -> Result<(), StoreError> 
         .execute(&mut *tx)
         .await?;
     }
-    if !flush.cursors.is_empty() {
-        let mut cursors: Vec<&(String, u64)> = flush.cursors.iter().collect();
-        cursors.sort();
-        let ids: Vec<&str> = cursors.iter().map(|(k, _)| k.as_str()).collect();
-        let seqs: Vec<i64> = cursors.iter().map(|(_, s)| rows::seq_to_db(*s)).collect();
-        sqlx::query(rows::UPSERT_CURSORS_PG)
-            .bind(&ids)
-            .bind(&seqs)
-            .bind(infrawatch_common::time::now_unix_ms())
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
-    Ok(())
+    Ok(fenced_keys(sources, &kept))
 }
 
-async fn flush_sqlite(pool: &SqlitePool, flush: &Flush) -> Result<(), StoreError> {
-    let rows = merged(coalesced(&flush.rollups));
+async fn flush_sqlite(
+    pool: &SqlitePool,
+    sources: &[FlushSource],
+) -> Result<Vec<String>, StoreError> {
     let mut tx = pool.begin().await?;
+    let now = infrawatch_common::time::now_unix_ms();
+    let mut kept = std::collections::HashSet::new();
+    for s in sources {
+        let written = sqlx::query(rows::ADVANCE_CURSOR)
+            .bind(&s.key)
+            .bind(rows::seq_to_db(s.seq))
+            .bind(now)
+            .bind(rows::seq_to_db(s.epoch))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if written > 0 {
+            kept.insert(s.key.clone());
+        }
+    }
+    let rows = kept_rollups(sources, &kept);
     for chunk in rows.chunks(ROLLUP_ROWS_SQLITE) {
         let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(rows::INSERT_ROLLUP_PREFIX);
         qb.push_values(chunk, |mut b, d| {
@@ -649,17 +745,8 @@ async fn flush_sqlite(pool: &SqlitePool, flush: &Flush) -> Result<(), StoreError
         qb.push(rows::ROLLUP_CONFLICT);
         qb.build().execute(&mut *tx).await?;
     }
-    let now = infrawatch_common::time::now_unix_ms();
-    for (key, seq) in &flush.cursors {
-        sqlx::query(rows::UPSERT_CURSOR)
-            .bind(key)
-            .bind(rows::seq_to_db(*seq))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
-    Ok(())
+    Ok(fenced_keys(sources, &kept))
 }
 
 /// Parses a stored health name.

@@ -14,7 +14,11 @@ pub(super) const UPSERT_RESOURCE: &str = "INSERT INTO resources \
     ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, labels = excluded.labels, \
     attributes = excluded.attributes, health = excluded.health, reasons = excluded.reasons, \
     observed_at_ms = excluded.observed_at_ms, resource_version = excluded.resource_version, \
-    source = excluded.source, interval_ms = excluded.interval_ms";
+    source = excluded.source, interval_ms = excluded.interval_ms \
+    WHERE resources.resource_version = excluded.resource_version - 1";
+
+pub(super) const SELECT_RESOURCES_WHERE_ID_IN: &str = "SELECT id, kind, labels, attributes, health, reasons, \
+    observed_at_ms, resource_version, source, interval_ms FROM resources WHERE id IN (";
 
 pub(super) const SELECT_RESOURCES: &str = "SELECT id, kind, labels, attributes, health, reasons, \
     observed_at_ms, resource_version, source, interval_ms FROM resources ORDER BY id";
@@ -27,28 +31,25 @@ pub(super) const SELECT_HISTORY: &str = "SELECT resource_id, resource_version, p
     reasons, changed, observed_at_ms, recorded_at_ms, source FROM health_history \
     WHERE resource_id = $1 ORDER BY resource_version DESC LIMIT $2";
 
-/// The sample flush moves a cursor forward (never back).
-pub(super) const UPSERT_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
-    VALUES ($1, $2, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET \
-    last_seq = CASE WHEN excluded.last_seq > agent_cursors.last_seq THEN excluded.last_seq ELSE agent_cursors.last_seq END, \
-    state_seq = CASE WHEN excluded.last_seq > agent_cursors.state_seq THEN excluded.last_seq ELSE agent_cursors.state_seq END, \
-    updated_at_ms = excluded.updated_at_ms";
-/// The same for many cursors at once on PostgreSQL (arrays of ids and seqs).
-pub(super) const UPSERT_CURSORS_PG: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
-    SELECT id, seq, seq, $3 FROM UNNEST($1::text[], $2::bigint[]) AS c(id, seq) \
-    ON CONFLICT (agent_id) DO UPDATE SET \
-    last_seq = CASE WHEN excluded.last_seq > agent_cursors.last_seq THEN excluded.last_seq ELSE agent_cursors.last_seq END, \
-    state_seq = CASE WHEN excluded.last_seq > agent_cursors.state_seq THEN excluded.last_seq ELSE agent_cursors.state_seq END, \
-    updated_at_ms = excluded.updated_at_ms";
-/// A state commit moves the state position forward (never back).
-pub(super) const UPSERT_STATE_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
-    VALUES ($1, 0, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET \
-    state_seq = CASE WHEN excluded.state_seq > agent_cursors.state_seq THEN excluded.state_seq ELSE agent_cursors.state_seq END, \
-    updated_at_ms = excluded.updated_at_ms";
-/// An agent whose sequence restarted: both positions go back.
-pub(super) const RESET_CURSOR: &str = "INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms) \
-    VALUES ($1, $2, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET last_seq = excluded.last_seq, \
-    state_seq = excluded.state_seq, updated_at_ms = excluded.updated_at_ms";
+/// The sample flush moves a cursor forward (never back), while the session
+/// epoch (`$4`) holds.
+pub(super) const ADVANCE_CURSOR: &str = "UPDATE agent_cursors SET \
+    last_seq = CASE WHEN $2 > last_seq THEN $2 ELSE last_seq END, \
+    state_seq = CASE WHEN $2 > state_seq THEN $2 ELSE state_seq END, \
+    updated_at_ms = $3 WHERE agent_id = $1 AND epoch = $4";
+/// The same for many cursors at once on PostgreSQL (arrays of ids, seqs and
+/// epochs); returns the ids whose epoch held.
+pub(super) const ADVANCE_CURSORS_PG: &str = "UPDATE agent_cursors AS c SET \
+    last_seq = CASE WHEN u.seq > c.last_seq THEN u.seq ELSE c.last_seq END, \
+    state_seq = CASE WHEN u.seq > c.state_seq THEN u.seq ELSE c.state_seq END, \
+    updated_at_ms = $4 \
+    FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS u(id, seq, epoch) \
+    WHERE c.agent_id = u.id AND c.epoch = u.epoch RETURNING c.agent_id";
+/// A state commit moves the state position forward (never back), while the
+/// session epoch (`$4`) holds.
+pub(super) const ADVANCE_STATE_CURSOR: &str = "UPDATE agent_cursors SET \
+    state_seq = CASE WHEN $2 > state_seq THEN $2 ELSE state_seq END, \
+    updated_at_ms = $3 WHERE agent_id = $1 AND epoch = $4";
 /// Rollup increments from arrays on PostgreSQL: one statement however many rows.
 pub(super) const UPSERT_ROLLUPS_PG: &str = "INSERT INTO metric_rollups \
     (resource_id, metric, attributes, bucket_start_ms, sample_count, value_sum, value_min, value_max, value_last, last_ts_ms) \
@@ -107,6 +108,29 @@ pub(super) struct ResourceRow {
 }
 
 impl ResourceRow {
+    /// Reads the columns of [`SELECT_RESOURCES`] from a result row of either
+    /// backend.
+    pub(super) fn read<'r, R>(row: &'r R) -> Result<Self, StoreError>
+    where
+        R: sqlx::Row,
+        &'static str: sqlx::ColumnIndex<R>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Self {
+            id: row.try_get("id")?,
+            kind: row.try_get("kind")?,
+            labels: row.try_get("labels")?,
+            attributes: row.try_get("attributes")?,
+            health: row.try_get("health")?,
+            reasons: row.try_get("reasons")?,
+            observed_at_ms: row.try_get("observed_at_ms")?,
+            resource_version: row.try_get("resource_version")?,
+            source: row.try_get("source")?,
+            interval_ms: row.try_get("interval_ms")?,
+        })
+    }
+
     pub(super) fn from_record(r: &ResourceRecord) -> Result<Self, StoreError> {
         Ok(Self {
             id: r.id.clone(),

@@ -12,7 +12,8 @@ use infrawatch_aggregator::model::{Health, Reason, Relation, ResourceRecord};
 use infrawatch_aggregator::samples::ledger::Cursor;
 use infrawatch_aggregator::samples::{SeriesKey, Stats};
 use infrawatch_aggregator::store::{
-    Commit, CursorKind, DeadLetter, Flush, HistoryEntry, RollupDelta, Store,
+    Commit, CursorKind, DeadLetter, FlushSource, HistoryEntry, LeaseHold, RollupDelta,
+    StatePosition, Store, StoreError,
 };
 use infrawatch_proto::v1 as pb;
 use sqlx::Connection;
@@ -156,14 +157,33 @@ fn delta(bucket: i64, values: &[f64], last_ts: i64) -> RollupDelta {
     }
 }
 
+fn at(key: &str, seq: u64, epoch: u64) -> StatePosition {
+    StatePosition {
+        key: key.into(),
+        seq,
+        epoch,
+    }
+}
+
+fn source(key: &str, epoch: u64, seq: u64, rollups: Vec<RollupDelta>) -> FlushSource {
+    FlushSource {
+        key: key.into(),
+        epoch,
+        seq,
+        rollups,
+    }
+}
+
 async fn state_round_trips(db: TestDb) {
     let s = &db.store;
+    let session = s.open_session("agent-a", "replica-1").await.unwrap();
+    assert_eq!((session.previous_epoch, session.epoch), (0, 1));
     let v1 = record("host/a", 1, Health::Healthy);
     s.commit(&Commit {
         resources: vec![v1.clone()],
         relations_changed: vec!["host/a".into()],
         history: vec![history(&v1, Health::Unknown)],
-        state_cursors: vec![("agent-a".into(), 7)],
+        state_cursors: vec![at("agent-a", 7, 1)],
         ..Commit::default()
     })
     .await
@@ -173,7 +193,7 @@ async fn state_round_trips(db: TestDb) {
         resources: vec![v2.clone()],
         relations_changed: vec![],
         history: vec![history(&v2, Health::Healthy)],
-        state_cursors: vec![("agent-a".into(), 9)],
+        state_cursors: vec![at("agent-a", 9, 1)],
         ..Commit::default()
     })
     .await
@@ -181,6 +201,12 @@ async fn state_round_trips(db: TestDb) {
 
     let loaded = s.load().await.unwrap();
     assert_eq!(loaded.resources, vec![v2.clone()]);
+    assert_eq!(
+        s.load_resources(&["host/a".to_string(), "host/none".to_string()])
+            .await
+            .unwrap(),
+        vec![v2.clone()]
+    );
     assert_eq!(
         s.cursor("agent-a").await.unwrap(),
         Cursor {
@@ -197,63 +223,153 @@ async fn state_round_trips(db: TestDb) {
     assert_eq!(h[1].health, Health::Healthy);
 }
 
-async fn cursors_never_move_back(db: TestDb) {
+/// A version must follow the stored one: a writer that planned against an older
+/// version (another replica wrote meanwhile) is refused, and nothing of its
+/// transaction stays.
+async fn versions_follow_the_stored_one(db: TestDb) {
     let s = &db.store;
-    for seq in [5, 3, 8, 2] {
-        s.flush(&Flush {
-            cursors: vec![("agent-b".into(), seq)],
-            ..Flush::default()
+    s.commit(&Commit {
+        resources: vec![record("host/a", 1, Health::Healthy)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let err = s
+        .commit(&Commit {
+            resources: vec![
+                record("host/new", 1, Health::Healthy),
+                record("host/a", 1, Health::Degraded),
+            ],
+            ..Commit::default()
         })
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(ids) if ids == &vec!["host/a".to_string()]),
+        "{err:?}"
+    );
+    let loaded = s.load().await.unwrap();
+    let kept: Vec<(&str, u64, Health)> = loaded
+        .resources
+        .iter()
+        .map(|r| (r.id.as_str(), r.version, r.health))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![("host/a", 1, Health::Healthy)],
+        "host/new is not there"
+    );
+    // A version that skips one is refused too.
+    assert!(matches!(
+        s.commit(&Commit {
+            resources: vec![record("host/a", 3, Health::Healthy)],
+            ..Commit::default()
+        })
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn cursors_never_move_back(db: TestDb) {
+    let s = &db.store;
+    let epoch = s.open_session("agent-b", "replica-1").await.unwrap().epoch;
+    for seq in [5, 3, 8, 2] {
+        let fenced = s
+            .flush(&[source("agent-b", epoch, seq, vec![])])
+            .await
+            .unwrap();
+        assert!(fenced.is_empty());
     }
-    let at = |durable_seq, state_seq| Cursor {
+    let at_seq = |durable_seq, state_seq| Cursor {
         durable_seq,
         state_seq,
     };
-    assert_eq!(s.cursor("agent-b").await.unwrap(), at(8, 8));
+    assert_eq!(s.cursor("agent-b").await.unwrap(), at_seq(8, 8));
     // A state commit moves the state position, forward only.
     for seq in [10, 9] {
         s.commit(&Commit {
-            state_cursors: vec![("agent-b".into(), seq)],
+            state_cursors: vec![at("agent-b", seq, epoch)],
             ..Commit::default()
         })
         .await
         .unwrap();
     }
-    assert_eq!(s.cursor("agent-b").await.unwrap(), at(8, 10));
+    assert_eq!(s.cursor("agent-b").await.unwrap(), at_seq(8, 10));
     // Only an explicit reset (an agent whose sequence restarted) moves them back,
     // and flushes count from there.
-    s.reset_cursor("agent-b", 0).await.unwrap();
-    s.flush(&Flush {
-        cursors: vec![("agent-b".into(), 1)],
-        ..Flush::default()
-    })
-    .await
-    .unwrap();
-    assert_eq!(s.cursor("agent-b").await.unwrap(), at(1, 1));
-    assert_eq!(s.cursor("nobody").await.unwrap(), at(0, 0));
+    s.reset_cursor("agent-b", 0, epoch).await.unwrap();
+    s.flush(&[source("agent-b", epoch, 1, vec![])])
+        .await
+        .unwrap();
+    assert_eq!(s.cursor("agent-b").await.unwrap(), at_seq(1, 1));
+    assert_eq!(s.cursor("nobody").await.unwrap(), at_seq(0, 0));
+}
+
+/// A replica whose session of an agent was taken over writes nothing more for
+/// it: not its samples, not its cursor, not its state position.
+async fn a_taken_over_session_is_fenced(db: TestDb) {
+    let s = &db.store;
+    let old = s.open_session("agent-c", "replica-1").await.unwrap();
+    s.flush(&[source("agent-c", old.epoch, 4, vec![])])
+        .await
+        .unwrap();
+    let new = s.open_session("agent-c", "replica-2").await.unwrap();
+    assert_eq!(new.previous_epoch, old.epoch);
+    assert_eq!(new.cursor.durable_seq, 4);
+    // Replica 1 flushes late: its source is fenced, the other one is written.
+    let other = s.open_session("agent-d", "replica-1").await.unwrap();
+    let fenced = s
+        .flush(&[
+            source("agent-c", old.epoch, 9, vec![delta(60_000, &[1.0], 60_000)]),
+            source("agent-d", other.epoch, 2, vec![]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(fenced, vec!["agent-c".to_string()]);
+    assert_eq!(s.cursor("agent-c").await.unwrap().durable_seq, 4);
+    assert_eq!(s.cursor("agent-d").await.unwrap().durable_seq, 2);
+    let key = delta(0, &[0.0], 0).key;
+    assert!(s.rollups(&key, 0, 200_000).await.unwrap().is_empty());
+    assert!(matches!(
+        s.commit(&Commit {
+            resources: vec![record("host/c", 1, Health::Healthy)],
+            state_cursors: vec![at("agent-c", 9, old.epoch)],
+            ..Commit::default()
+        })
+        .await,
+        Err(StoreError::SessionFenced { key }) if key == "agent-c"
+    ));
+    assert!(s.load().await.unwrap().resources.is_empty());
+    assert!(matches!(
+        s.reset_cursor("agent-c", 0, old.epoch).await,
+        Err(StoreError::SessionFenced { .. })
+    ));
 }
 
 async fn rollups_accumulate(db: TestDb) {
     let s = &db.store;
-    s.flush(&Flush {
-        rollups: vec![
+    let epoch = s.open_session("agent-r", "replica-1").await.unwrap().epoch;
+    s.flush(&[source(
+        "agent-r",
+        epoch,
+        3,
+        vec![
             delta(60_000, &[0.5], 61_000),
             delta(120_000, &[0.3], 121_000),
             // Two rows of one minute in one flush (two ledgers held the series)
             // are merged, not refused.
             delta(60_000, &[0.1], 60_200),
         ],
-        cursors: vec![("agent-r".into(), 3)],
-    })
+    )])
     .await
     .unwrap();
     // A later flush adds to the first bucket, with an older "last" that must not win.
-    s.flush(&Flush {
-        rollups: vec![delta(60_000, &[0.9], 60_500)],
-        ..Flush::default()
-    })
+    s.flush(&[source(
+        "agent-r",
+        epoch,
+        4,
+        vec![delta(60_000, &[0.9], 60_500)],
+    )])
     .await
     .unwrap();
     let key = delta(0, &[0.0], 0).key;
@@ -278,7 +394,7 @@ async fn closed_database_is_a_retryable_failure(db: TestDb) {
     let err = s
         .commit(&Commit {
             resources: vec![record("host/z", 1, Health::Healthy)],
-            state_cursors: vec![("agent-z".into(), 1)],
+            state_cursors: vec![at("agent-z", 1, 1)],
             ..Commit::default()
         })
         .await
@@ -287,29 +403,6 @@ async fn closed_database_is_a_retryable_failure(db: TestDb) {
         err.is_retryable(),
         "a closed pool is a retryable failure: {err:?}"
     );
-}
-
-/// A statement failing mid-transaction leaves none of the commit behind: two
-/// outbox events at one position fail on the primary key after the resource and
-/// the cursor were written.
-#[tokio::test]
-async fn failed_commit_is_atomic_on_postgres() {
-    let db = postgres("atomic").await;
-    let s = &db.store;
-    let err = s
-        .commit(&Commit {
-            resources: vec![record("host/z", 1, Health::Healthy)],
-            state_cursors: vec![("agent-z".into(), 1)],
-            events: vec![event(1, "host/z", 1), event(1, "host/z", 1)],
-            ..Commit::default()
-        })
-        .await;
-    assert!(err.is_err());
-    let loaded = s.load().await.unwrap();
-    assert!(loaded.resources.is_empty());
-    assert_eq!(s.cursor("agent-z").await.unwrap(), Cursor::default());
-    s.close().await;
-    drop_postgres(db.pg_name.clone()).await;
 }
 
 fn event(position: u64, resource: &str, version: u64) -> StoredEvent {
@@ -329,15 +422,16 @@ fn event(position: u64, resource: &str, version: u64) -> StoredEvent {
     )
 }
 
-/// Events commit with the state, read back in position order; the head survives
-/// pruning; cursors only move forward; dead letters keep the event and the reason.
+/// Events are staged with the state and get positions from the leader's
+/// sequencer, in commit order; the head survives pruning; cursors only move
+/// forward; dead letters keep the event and the reason.
 async fn outbox_round_trips(db: TestDb) {
     let s = &db.store;
     assert_eq!(s.event_head().await.unwrap(), 0);
     let bad = event(0, "host/x", 9).event;
     s.commit(&Commit {
         resources: vec![record("host/a", 1, Health::Healthy)],
-        events: vec![event(1, "host/a", 1), event(2, "host/b", 1)],
+        events: vec![event(0, "host/a", 1), event(0, "host/b", 1)],
         dead_letters: vec![DeadLetter {
             event: bad.clone(),
             reason: "resource_version: 9 does not follow 0".into(),
@@ -348,27 +442,63 @@ async fn outbox_round_trips(db: TestDb) {
     .await
     .unwrap();
     s.commit(&Commit {
-        events: vec![event(3, "host/a", 2)],
-        commit_seq: 7,
+        events: vec![event(0, "host/a", 2)],
         ..Commit::default()
     })
     .await
     .unwrap();
     assert_eq!(
-        s.meta(infrawatch_aggregator::store::COMMIT_SEQ)
-            .await
-            .unwrap(),
-        7,
-        "the commit number is stored with the commit"
+        s.event_head().await.unwrap(),
+        0,
+        "staged, not yet sequenced"
     );
+    assert!(s.events_after(0, 10).await.unwrap().is_empty());
+    // Only the lease holder sequences.
+    let epoch = s
+        .take_lease("leader", "replica-1", 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.take_lease("leader", "replica-2", 10_000).await.unwrap(),
+        None
+    );
+    let lost = LeaseHold {
+        name: "leader".into(),
+        holder: "replica-2".into(),
+        epoch,
+    };
+    assert!(matches!(
+        s.sequence_events(&lost, 10).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let hold = LeaseHold {
+        name: "leader".into(),
+        holder: "replica-1".into(),
+        epoch,
+    };
+    let round = s.sequence_events(&hold, 2).await.unwrap();
+    assert_eq!((round.events, round.head), (2, 2));
+    let round = s.sequence_events(&hold, 10).await.unwrap();
+    assert_eq!((round.events, round.head), (1, 3));
+    assert_eq!(s.sequence_events(&hold, 10).await.unwrap().events, 0);
     assert_eq!(s.event_head().await.unwrap(), 3);
     let read = s.events_after(1, 10).await.unwrap();
     assert_eq!(
         read.iter().map(|e| e.position).collect::<Vec<_>>(),
         vec![2, 3]
     );
-    assert_eq!(read[1].event, event(3, "host/a", 2).event);
+    assert_eq!(read[0].event.resource_id, "host/b");
+    assert_eq!(read[1].event, event(0, "host/a", 2).event);
     assert_eq!(s.events_after(0, 1).await.unwrap().len(), 1);
+    // Given up, the lease goes to the next replica with a higher epoch.
+    s.release_lease("leader", "replica-1").await.unwrap();
+    let next = s.take_lease("leader", "replica-2", 10_000).await.unwrap();
+    assert_eq!(next, Some(epoch + 1));
+    assert!(matches!(
+        s.sequence_events(&hold, 10).await,
+        Err(StoreError::LeaseLost(_))
+    ));
 
     assert!(
         s.create_cursor("sink:nats", CursorKind::Sink, "{}", 1)
@@ -407,6 +537,23 @@ async fn outbox_round_trips(db: TestDb) {
     assert!(letters[0].reason.contains("does not follow"));
 }
 
+/// Heartbeats say which replicas are alive; a stopped one is not.
+async fn replicas_are_alive_while_they_beat(db: TestDb) {
+    let s = &db.store;
+    s.heartbeat("replica-1", 10_000).await.unwrap();
+    s.heartbeat("replica-2", 10_000).await.unwrap();
+    s.retire("replica-2").await.unwrap();
+    assert_eq!(
+        s.live_replicas().await.unwrap(),
+        vec!["replica-1".to_string()]
+    );
+    s.open_session("agent-x", "replica-1").await.unwrap();
+    assert_eq!(
+        s.session_owners().await.unwrap(),
+        vec![("agent-x".to_string(), "replica-1".to_string())]
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -433,8 +580,11 @@ macro_rules! suite {
 
 suite!(
     state_round_trips,
+    versions_follow_the_stored_one,
     cursors_never_move_back,
+    a_taken_over_session_is_fenced,
     rollups_accumulate,
     closed_database_is_a_retryable_failure,
     outbox_round_trips,
+    replicas_are_alive_while_they_beat,
 );

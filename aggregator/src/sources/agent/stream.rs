@@ -64,6 +64,8 @@ pub const DRAIN_FLUSH_WAIT: Duration = Duration::from_secs(5);
 pub struct AgentSource {
     state: Arc<State>,
     store: Store,
+    /// This replica, as it owns agent sessions in the database.
+    replica_id: Arc<str>,
     planner: PlannerHandle,
     health: Arc<HealthConfig>,
     limits: Limits,
@@ -88,6 +90,7 @@ impl AgentSource {
     pub fn new(
         state: Arc<State>,
         store: Store,
+        replica_id: &str,
         planner: PlannerHandle,
         health: HealthConfig,
         limits: Limits,
@@ -98,6 +101,7 @@ impl AgentSource {
         Self {
             state,
             store,
+            replica_id: Arc::from(replica_id),
             planner,
             health: Arc::new(health),
             limits,
@@ -174,6 +178,8 @@ impl AgentService for AgentSource {
 struct Session {
     identity: String,
     key: String,
+    /// The session's epoch: its state changes are written only while it holds.
+    epoch: u64,
     ledger: Arc<Ledger>,
     /// Cancelled when another stream of the same agent takes over.
     superseded: CancellationToken,
@@ -264,21 +270,27 @@ impl AgentSource {
         last_seq: u64,
     ) -> Result<Session, StateError> {
         let unavailable = |e: crate::store::StoreError| StateError::Unavailable(e.to_string());
-        let cursor = self.store.cursor(key).await.map_err(unavailable)?;
         let samples = &self.state.samples;
-        let ledger = samples.open_ledger(key, cursor);
+        // No flush may store a cursor of this agent from before the new epoch
+        // while the session opens (see `SampleStore::flush_gate`).
+        let _gate = samples.flush_gate().await;
+        let opened = self
+            .store
+            .open_session(key, &self.replica_id)
+            .await
+            .map_err(unavailable)?;
+        let ledger = samples.open_ledger(key, opened.cursor, opened.previous_epoch, opened.epoch);
         let superseded = ledger.take_over();
         let (applied, _, _) = ledger.positions();
-        if last_seq < applied.max(cursor.durable_seq) {
+        if last_seq < applied {
             tracing::warn!(
                 agent = %key,
                 agent_last_seq = last_seq,
                 applied_seq = applied,
                 "Agent sequence restarted below the applied one (state directory lost?); accepting its new batches."
             );
-            let _gate = samples.flush_gate().await;
             self.store
-                .reset_cursor(key, last_seq)
+                .reset_cursor(key, last_seq, opened.epoch)
                 .await
                 .map_err(unavailable)?;
             ledger.reset(last_seq);
@@ -286,6 +298,7 @@ impl AgentSource {
         Ok(Session {
             identity: identity.to_string(),
             key: key.to_string(),
+            epoch: opened.epoch,
             ledger,
             superseded,
         })
@@ -396,6 +409,7 @@ impl AgentSource {
                 Err(e) => {
                     let label = match e {
                         StateError::Invalid(_) | StateError::Forbidden(_) => "rejected",
+                        StateError::Fenced(_) => "fenced",
                         _ => "failed",
                     };
                     metrics::counter!(telemetry::BATCHES, "result" => label).increment(1);
@@ -565,6 +579,7 @@ fn report_of(session: &Session, batch: &DecodedBatch, now: i64) -> Report {
         position: Some(Position {
             key: session.key.clone(),
             seq: batch.seq,
+            epoch: session.epoch,
         }),
     }
 }

@@ -1,0 +1,68 @@
+//! The sequencer (leader only): gives staged events their positions in the
+//! outbox, oldest first, in transactions that check the leader lease. Woken at
+//! once by this replica's commits, and every poll interval for other replicas'.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::log::EventLog;
+use crate::store::{LeaseHold, Store, StoreError};
+use crate::telemetry;
+
+/// Events one transaction gives positions to, at most.
+const ROUND: u32 = 2_000;
+
+/// Runs while `lease` is held, until `stop`.
+pub async fn run(
+    store: Store,
+    log: Arc<EventLog>,
+    lease: LeaseHold,
+    poll: Duration,
+    stop: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        loop {
+            match store.sequence_events(&lease, ROUND).await {
+                Ok(round) => {
+                    if failing {
+                        tracing::info!("Event sequencing works again.");
+                        failing = false;
+                    }
+                    if round.events == 0 {
+                        break;
+                    }
+                    metrics::counter!(telemetry::SEQUENCED).increment(round.events);
+                    log.wake_tail();
+                    if round.events < u64::from(ROUND) {
+                        break;
+                    }
+                }
+                Err(StoreError::LeaseLost(what)) => {
+                    tracing::warn!(
+                        lease = what,
+                        "The leader lease is lost; the sequencer stops."
+                    );
+                    return;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "Could not give events positions; retrying."
+                        );
+                        failing = true;
+                    }
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = log.staged() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}

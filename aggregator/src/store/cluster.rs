@@ -1,0 +1,308 @@
+//! What replicas on one database coordinate through it: the leader lease,
+//! replica heartbeats, agent sessions (the epoch that fences a replica which lost
+//! an agent's stream) and the event sequencer. Lease and heartbeat times are the
+//! database's clock, so replicas whose clocks differ still agree on expiry.
+//!
+//! No advisory locks and no LISTEN/NOTIFY: a lease is a row, fencing is a
+//! condition in the writing statement, and replicas poll. That is what
+//! PostgreSQL-compatible distributed engines (CockroachDB, YugabyteDB) support.
+
+use sqlx::Row;
+
+use super::rows::seq_to_db;
+use super::{Pool, Store, StoreError, events::HEAD};
+use crate::samples::ledger::Cursor;
+
+/// The database's clock in Unix ms, as SQL, per backend.
+macro_rules! pg_now {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    };
+}
+macro_rules! sqlite_now {
+    () => {
+        "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
+    };
+}
+
+/// Takes or renews lease `$1` for holder `$2` for `$3` ms: a new holder gets the
+/// next epoch; the holder keeps its epoch. No row comes back while another
+/// holder's lease runs.
+macro_rules! take_lease {
+    ($now:expr) => {
+        concat!(
+            "INSERT INTO leases AS l (name, holder, epoch, expires_at_ms) VALUES ($1, $2, 1, ",
+            $now,
+            " + $3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             epoch = CASE WHEN l.holder = excluded.holder THEN l.epoch ELSE l.epoch + 1 END, \
+             expires_at_ms = excluded.expires_at_ms \
+             WHERE l.holder = excluded.holder OR l.expires_at_ms < ",
+            $now,
+            " RETURNING epoch"
+        )
+    };
+}
+
+macro_rules! heartbeat {
+    ($now:expr) => {
+        concat!(
+            "INSERT INTO replicas (id, alive_until_ms, started_at_ms) VALUES ($1, ",
+            $now,
+            " + $2, ",
+            $now,
+            ") ON CONFLICT (id) DO UPDATE SET alive_until_ms = excluded.alive_until_ms"
+        )
+    };
+}
+
+macro_rules! live_replicas {
+    ($now:expr) => {
+        concat!("SELECT id FROM replicas WHERE alive_until_ms >= ", $now)
+    };
+}
+
+/// An agent session just opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The agent's stored positions.
+    pub cursor: Cursor,
+    /// The epoch of the session before this one (0 if none).
+    pub previous_epoch: u64,
+    /// This session's epoch.
+    pub epoch: u64,
+}
+
+/// What one sequencer round moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sequenced {
+    /// Events that got positions.
+    pub events: u64,
+    /// The newest position after the round.
+    pub head: u64,
+}
+
+/// A lease as held: who, and at which epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHold {
+    /// The lease's name.
+    pub name: String,
+    /// The holder (a replica id).
+    pub holder: String,
+    /// The epoch it holds it at.
+    pub epoch: u64,
+}
+
+impl Store {
+    /// Takes or renews lease `name` for `holder` for `ttl_ms`; the epoch when
+    /// held, `None` while another holder's lease runs.
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = match &self.pool {
+            Pool::Postgres(p) => sqlx::query(take_lease!(pg_now!()))
+                .bind(name)
+                .bind(holder)
+                .bind(ttl_ms)
+                .fetch_optional(p)
+                .await?
+                .map(|r| r.try_get::<i64, _>("epoch")),
+            Pool::Sqlite(p) => sqlx::query(take_lease!(sqlite_now!()))
+                .bind(name)
+                .bind(holder)
+                .bind(ttl_ms)
+                .fetch_optional(p)
+                .await?
+                .map(|r| r.try_get::<i64, _>("epoch")),
+        };
+        Ok(row.transpose()?.map(|e| u64::try_from(e).unwrap_or(0)))
+    }
+
+    /// Gives lease `name` up at once if `holder` holds it (a stopping leader),
+    /// so another replica takes over without waiting for it to expire.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE leases SET expires_at_ms = 0 WHERE name = $1 AND holder = $2")
+                .bind(name).bind(holder).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Notes that replica `id` is alive for `ttl_ms` more.
+    pub async fn heartbeat(&self, id: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Postgres(p) => {
+                sqlx::query(heartbeat!(pg_now!()))
+                    .bind(id)
+                    .bind(ttl_ms)
+                    .execute(p)
+                    .await?;
+            }
+            Pool::Sqlite(p) => {
+                sqlx::query(heartbeat!(sqlite_now!()))
+                    .bind(id)
+                    .bind(ttl_ms)
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica `id` stops: no longer counted as alive.
+    pub async fn retire(&self, id: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE replicas SET alive_until_ms = 0 WHERE id = $1")
+                .bind(id).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Replicas whose heartbeat has not run out.
+    pub async fn live_replicas(&self) -> Result<Vec<String>, StoreError> {
+        let rows = match &self.pool {
+            Pool::Postgres(p) => sqlx::query(live_replicas!(pg_now!())).fetch_all(p).await?,
+            Pool::Sqlite(p) => {
+                let rows = sqlx::query(live_replicas!(sqlite_now!()))
+                    .fetch_all(p)
+                    .await?;
+                return rows
+                    .iter()
+                    .map(|r| Ok(r.try_get::<String, _>("id")?))
+                    .collect();
+            }
+        };
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("id")?))
+            .collect()
+    }
+
+    /// Which replica holds each agent's session: (agent key, replica id).
+    pub async fn session_owners(&self) -> Result<Vec<(String, String)>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT agent_id, owner FROM agent_cursors").fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<String, _>("agent_id")?, r.try_get::<String, _>("owner")?)))
+                .collect()
+        })
+    }
+
+    /// Opens a session of agent `key` on replica `owner`: the epoch goes up by
+    /// one, which fences whichever replica held the session before.
+    pub async fn open_session(&self, key: &str, owner: &str) -> Result<OpenedSession, StoreError> {
+        let now = infrawatch_common::time::now_unix_ms();
+        let lock = match self.pool {
+            Pool::Postgres(_) => " FOR UPDATE",
+            Pool::Sqlite(_) => "",
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms, epoch, owner) \
+                VALUES ($1, 0, 0, $2, 0, '') ON CONFLICT (agent_id) DO NOTHING")
+                .bind(key).bind(now).execute(&mut *tx).await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT last_seq, state_seq, epoch FROM agent_cursors WHERE agent_id = $1{lock}"
+            )))
+                .bind(key).fetch_one(&mut *tx).await?;
+            let get = |c: &str| -> Result<u64, StoreError> {
+                Ok(u64::try_from(row.try_get::<i64, _>(c)?).unwrap_or(0))
+            };
+            let cursor = Cursor { durable_seq: get("last_seq")?, state_seq: get("state_seq")? };
+            let previous_epoch = get("epoch")?;
+            let epoch = previous_epoch + 1;
+            sqlx::query("UPDATE agent_cursors SET epoch = $2, owner = $3, updated_at_ms = $4 WHERE agent_id = $1")
+                .bind(key).bind(seq_to_db(epoch)).bind(owner).bind(now)
+                .execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(OpenedSession { cursor, previous_epoch, epoch })
+        })
+    }
+
+    /// Sets both positions of agent `key` to `seq` (its sequence restarted),
+    /// if session `epoch` still holds it.
+    pub async fn reset_cursor(&self, key: &str, seq: u64, epoch: u64) -> Result<(), StoreError> {
+        let now = infrawatch_common::time::now_unix_ms();
+        let updated = on_pool!(self, pool => {
+            sqlx::query("UPDATE agent_cursors SET last_seq = $2, state_seq = $2, updated_at_ms = $3 \
+                WHERE agent_id = $1 AND epoch = $4")
+                .bind(key).bind(seq_to_db(seq)).bind(now).bind(seq_to_db(epoch))
+                .execute(pool).await?.rows_affected()
+        });
+        if updated == 0 {
+            return Err(StoreError::SessionFenced {
+                key: key.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives positions to staged events, oldest first, at most `max`, while
+    /// `lease` is held: one transaction that checks the lease, moves the rows to
+    /// the outbox after the head and moves the head.
+    pub async fn sequence_events(
+        &self,
+        lease: &LeaseHold,
+        max: u32,
+    ) -> Result<Sequenced, StoreError> {
+        let share = match self.pool {
+            Pool::Postgres(_) => " FOR SHARE",
+            Pool::Sqlite(_) => "",
+        };
+        let snapshot = match self.pool {
+            // Every statement of the round sees the same rows: a staged event
+            // that commits meanwhile waits for the next round, whatever its id.
+            Pool::Postgres(_) => "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            Pool::Sqlite(_) => "SELECT 1",
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(snapshot).execute(&mut *tx).await?;
+            let held = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3{share}"
+            )))
+                .bind(&lease.name).bind(&lease.holder).bind(seq_to_db(lease.epoch))
+                .fetch_optional(&mut *tx).await?;
+            if held.is_none() {
+                return Err(StoreError::LeaseLost(format!("{} at epoch {}", lease.name, lease.epoch)));
+            }
+            let head_row = sqlx::query("SELECT value FROM aggregator_meta WHERE name = $1")
+                .bind(HEAD).fetch_optional(&mut *tx).await?;
+            let head = match head_row {
+                Some(r) => u64::try_from(r.try_get::<i64, _>("value")?).unwrap_or(0),
+                None => 0,
+            };
+            let ids: Vec<i64> = sqlx::query("SELECT id FROM event_staging ORDER BY id LIMIT $1")
+                .bind(i64::from(max)).fetch_all(&mut *tx).await?
+                .iter().map(|r| r.try_get::<i64, _>("id")).collect::<Result<_, _>>()?;
+            let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+                return Ok(Sequenced { events: 0, head });
+            };
+            let n = ids.len() as u64;
+            let now = infrawatch_common::time::now_unix_ms();
+            // The transaction reads one snapshot (see above): the rows between
+            // the first and the last id seen are exactly those seen.
+            let moved = sqlx::query(
+                "INSERT INTO event_outbox (position, event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
+                 SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), event_id, resource_id, resource_kind, resource_version, payload, $2 \
+                 FROM event_staging WHERE id >= $3 AND id <= $4")
+                .bind(seq_to_db(head)).bind(now).bind(first).bind(last)
+                .execute(&mut *tx).await?.rows_affected();
+            if moved != n {
+                return Err(StoreError::Corrupt {
+                    id: "event_staging".into(),
+                    reason: format!("moved {moved} events of {n} seen in one snapshot"),
+                });
+            }
+            sqlx::query("DELETE FROM event_staging WHERE id >= $1 AND id <= $2")
+                .bind(first).bind(last)
+                .execute(&mut *tx).await?;
+            sqlx::query(super::events::SET_META)
+                .bind(HEAD).bind(seq_to_db(head + n))
+                .execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Sequenced { events: n, head: head + n })
+        })
+    }
+}
