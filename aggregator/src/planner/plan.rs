@@ -14,7 +14,7 @@ use crate::events::validate::{Bounds, validate};
 use crate::events::{StoredEvent, build, metric as event_metric};
 use crate::health;
 use crate::model::{Health, Reason, ResourceRecord, changed_fields};
-use crate::samples::{SampleStore, SeriesKey};
+use crate::samples::SampleStore;
 use crate::sources::{Change, Observation, Report};
 use crate::state::Model;
 use crate::store::{Commit, DeadLetter, GapRow, HistoryEntry, StatePosition};
@@ -161,6 +161,27 @@ impl Plan {
     }
 
     fn observed(&mut self, ctx: &Context<'_>, source: &str, obs: &Observation, window_start: i64) {
+        // The common case: a resource reported again as it was, its health
+        // unchanged. Nothing to plan but the time it was seen (no clones).
+        if let Some(existing) = self.record(ctx.model, &obs.id)
+            && same_as_reported(existing, source, obs)
+        {
+            let unchanged = if obs.observed_at_ms >= window_start || existing.version == 0 {
+                let (health, reasons) = evaluate(ctx, existing, window_start);
+                health == existing.health
+                    && reasons.len() == existing.reasons.len()
+                    && reasons
+                        .iter()
+                        .zip(&existing.reasons)
+                        .all(|(a, b)| a.code == b.code)
+            } else {
+                true
+            };
+            if unchanged {
+                self.seen.push((obs.id.clone(), obs.observed_at_ms));
+                return;
+            }
+        }
         let existing = self.record(ctx.model, &obs.id).cloned();
         let mut next = existing.unwrap_or_else(|| ResourceRecord {
             id: obs.id.clone(),
@@ -340,6 +361,18 @@ impl Plan {
     }
 }
 
+/// True when `obs` from `source` describes `existing` as it is stored (kind,
+/// labels, attributes, relations, interval and source).
+fn same_as_reported(existing: &ResourceRecord, source: &str, obs: &Observation) -> bool {
+    existing.source == source
+        && (obs.kind.is_empty()
+            || (existing.kind == obs.kind
+                && existing.labels == obs.labels
+                && existing.attributes == obs.attributes
+                && existing.relations == obs.relations
+                && existing.interval_ms == obs.interval_ms))
+}
+
 /// Health of a resource that just reported: its probe verdict, the host rules
 /// over the window's samples, or healthy for kinds without rules.
 fn evaluate(
@@ -353,17 +386,14 @@ fn evaluate(
     if record.kind != kind::HOST {
         return (Health::Healthy, Vec::new());
     }
+    let series: Vec<(&str, &str)> = health::HOST_RULES
+        .iter()
+        .map(|rule| (rule.metric, rule.attributes))
+        .collect();
     let figures: Vec<(health::HostRule, f64)> = health::HOST_RULES
         .iter()
-        .filter_map(|rule| {
-            let key = SeriesKey {
-                resource_id: record.id.clone(),
-                metric: rule.metric.to_string(),
-                attributes: rule.attributes.to_string(),
-            };
-            let stats = ctx.samples.stats_since(&key, window_start);
-            stats.mean().map(|m| (*rule, m))
-        })
+        .zip(ctx.samples.window_stats(&record.id, &series, window_start))
+        .filter_map(|(rule, stats)| stats.mean().map(|m| (*rule, m)))
         .collect();
     health::evaluate_host(&figures, ctx.health)
 }
@@ -373,7 +403,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::samples::SeriesSamples;
+    use crate::samples::{SeriesKey, SeriesSamples};
     use crate::samples::ledger::Cursor;
     use crate::sources::Position;
     use crate::state::Tracked;

@@ -302,6 +302,35 @@ impl Ledger {
             .map_or_else(Stats::default, |s| s.stats_since(since_ms))
     }
 
+    /// Window statistics of several series of `resource_id` (see
+    /// [`super::SampleStore::window_stats`]).
+    pub fn window_stats(
+        &self,
+        resource_id: &str,
+        series: &[(&str, &str)],
+        since_ms: i64,
+    ) -> Vec<Stats> {
+        let inner = self.lock();
+        let mut key = SeriesKey {
+            resource_id: resource_id.to_string(),
+            metric: String::new(),
+            attributes: String::new(),
+        };
+        series
+            .iter()
+            .map(|(metric, attributes)| {
+                key.metric.clear();
+                key.metric.push_str(metric);
+                key.attributes.clear();
+                key.attributes.push_str(attributes);
+                inner
+                    .series
+                    .get(&key)
+                    .map_or_else(Stats::default, |s| s.stats_since(since_ms))
+            })
+            .collect()
+    }
+
     /// The newest sample of every series of `resource_id`.
     pub fn latest_of(&self, resource_id: &str) -> Vec<(SeriesKey, i64, f64)> {
         let inner = self.lock();

@@ -226,6 +226,21 @@ impl SampleStore {
             .map_or_else(Stats::default, |l| l.stats_since(key, since_ms))
     }
 
+    /// Window statistics since `since_ms` of several series of one resource,
+    /// given as (metric, canonical attributes), in that order: one lookup and one
+    /// lock for all of them (the health rules of a host).
+    pub fn window_stats(
+        &self,
+        resource_id: &str,
+        series: &[(&str, &str)],
+        since_ms: i64,
+    ) -> Vec<Stats> {
+        match self.holder(resource_id) {
+            Some(l) => l.window_stats(resource_id, series, since_ms),
+            None => vec![Stats::default(); series.len()],
+        }
+    }
+
     /// The newest sample of every series of `resource_id`.
     pub fn latest_of(&self, resource_id: &str) -> Vec<(SeriesKey, i64, f64)> {
         self.holder(resource_id)
