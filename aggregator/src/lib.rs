@@ -198,6 +198,7 @@ pub async fn run(
             planner.clone(),
             config.health.stale_after_missed_intervals,
             store.clone(),
+            &replica_id,
             leader_rx.clone(),
         )
         .run(staleness_stop.clone()),

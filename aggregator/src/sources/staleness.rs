@@ -5,10 +5,14 @@
 //! which every received batch is applied, not against the clock, so an
 //! aggregator running behind does not take queued data for silence.
 //!
-//! With several replicas, each checks the resources of the agents it serves
-//! (it alone knows when their data last arrived), and the leader also checks
-//! those whose agent no live replica serves (its replica died, or it never
-//! came back after a restart), timing their silence from when it noticed.
+//! With several replicas, each replica checks the resources of the agents whose
+//! session it holds in the database (it alone sees their data arrive; an agent
+//! that disconnected stays its to check until another replica takes it over),
+//! and the leader also checks those whose session no live replica holds (its
+//! replica died, or it never came back after a restart), timing their silence
+//! from when it noticed. Who holds which session is read from the database every
+//! few seconds, and again before anything is reported stale; a ledger whose
+//! agent another replica took over is let go here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,14 +27,34 @@ use crate::health;
 use crate::model::Health;
 use crate::planner::{PlannerHandle, STALENESS_SOURCE};
 use crate::state::State;
-use crate::store::{LeaseHold, Store};
+use crate::store::{LeaseHold, Store, StoreError};
 use crate::telemetry;
 
-/// How often the leader reads which agents live replicas serve.
-const SERVED_REFRESH: Duration = Duration::from_secs(5);
+/// How often the view of who holds which session is read when nothing is
+/// about to be reported stale.
+const OWNERS_REFRESH: Duration = Duration::from_secs(5);
+
+/// How old the view may be when something is about to be reported stale.
+const OWNERS_FRESH: Duration = Duration::from_secs(1);
 
 /// How often the check looks.
 pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Who holds which agent session, as last read from the database.
+#[derive(Debug, Default)]
+struct Owners {
+    /// Agent cursor key → (replica holding its session, epoch).
+    by_key: HashMap<String, (String, u64)>,
+    /// Replicas whose heartbeat runs.
+    live: HashSet<String>,
+    read_at: Option<tokio::time::Instant>,
+}
+
+impl Owners {
+    fn age(&self) -> Duration {
+        self.read_at.map_or(Duration::MAX, |at| at.elapsed())
+    }
+}
 
 /// The staleness check.
 pub struct Staleness {
@@ -38,11 +62,9 @@ pub struct Staleness {
     planner: PlannerHandle,
     missed_intervals: u32,
     store: Store,
+    replica_id: String,
     leader: watch::Receiver<Option<LeaseHold>>,
-    /// Sources some live replica serves (the leader's view, refreshed every
-    /// [`SERVED_REFRESH`]); `None` until read.
-    served_anywhere: Option<HashSet<String>>,
-    served_read_at: Option<tokio::time::Instant>,
+    owners: Owners,
     /// Since when the leader has seen each resource unserved (its silence is
     /// timed from there, or from its last data here, whichever is later).
     orphaned_since: HashMap<String, i64>,
@@ -57,15 +79,25 @@ fn sources_of(key: &str, into: &mut HashSet<String>) {
     }
 }
 
+/// Which sources this replica checks.
+struct Duty {
+    /// Sources of the sessions this replica holds.
+    here: HashSet<String>,
+    /// When leading: sources of the sessions some live replica holds (the rest
+    /// is the leader's to check). `None` when not leading.
+    anywhere: Option<HashSet<String>>,
+}
+
 impl Staleness {
     /// A check of `state` that reports to `planner`; a resource is stale after
-    /// `missed_intervals` of its intervals without data. `leader` says when this
-    /// replica leads (then it also checks resources no replica serves).
+    /// `missed_intervals` of its intervals without data. `replica_id` is this
+    /// replica in the database; `leader` says when it leads.
     pub fn new(
         state: Arc<State>,
         planner: PlannerHandle,
         missed_intervals: u32,
         store: Store,
+        replica_id: &str,
         leader: watch::Receiver<Option<LeaseHold>>,
     ) -> Self {
         Self {
@@ -73,48 +105,11 @@ impl Staleness {
             planner,
             missed_intervals,
             store,
+            replica_id: replica_id.to_string(),
             leader,
-            served_anywhere: None,
-            served_read_at: None,
+            owners: Owners::default(),
             orphaned_since: HashMap::new(),
         }
-    }
-
-    /// The leader's view of which sources live replicas serve, read again when
-    /// older than [`SERVED_REFRESH`]; `None` when not leading (or unreadable).
-    async fn served_anywhere(&mut self) -> Option<&HashSet<String>> {
-        if self.leader.borrow().is_none() {
-            self.served_anywhere = None;
-            self.orphaned_since.clear();
-            return None;
-        }
-        let due = self
-            .served_read_at
-            .is_none_or(|at| at.elapsed() >= SERVED_REFRESH);
-        if due {
-            let read = async {
-                let live: HashSet<String> = self.store.live_replicas().await?.into_iter().collect();
-                let owners = self.store.session_owners().await?;
-                Ok::<_, crate::store::StoreError>((live, owners))
-            };
-            match read.await {
-                Ok((live, owners)) => {
-                    let mut served = HashSet::new();
-                    for (key, owner) in owners {
-                        if live.contains(&owner) {
-                            sources_of(&key, &mut served);
-                        }
-                    }
-                    self.served_anywhere = Some(served);
-                    self.served_read_at = Some(tokio::time::Instant::now());
-                }
-                Err(e) => tracing::debug!(
-                    error = &e as &dyn std::error::Error,
-                    "Could not read which replicas serve which agents."
-                ),
-            }
-        }
-        self.served_anywhere.as_ref()
     }
 
     /// Looks every [`INTERVAL`] until `stop`.
@@ -126,8 +121,16 @@ impl Staleness {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let served_anywhere = self.served_anywhere().await.cloned();
-            let Some(report) = self.look(now_unix_ms(), served_anywhere.as_ref()) else {
+            if self.owners.age() >= OWNERS_REFRESH {
+                self.read_owners().await;
+            }
+            let mut report = self.look(now_unix_ms());
+            if report.is_some() && self.owners.age() >= OWNERS_FRESH {
+                // Check who holds the sessions again before saying anything.
+                self.read_owners().await;
+                report = self.look(now_unix_ms());
+            }
+            let Some(report) = report else {
                 continue;
             };
             let candidates = report.changes.len();
@@ -149,17 +152,85 @@ impl Staleness {
         }
     }
 
-    /// The report of every resource stale at `now_ms` that this replica checks,
-    /// if any: those of the agents it serves, and (when leading: given
-    /// `served_anywhere`) those no live replica serves.
-    fn look(&mut self, now_ms: i64, served_anywhere: Option<&HashSet<String>>) -> Option<Report> {
-        let horizon = self.state.applied_through(now_ms);
-        let mut served_here = HashSet::new();
-        for ledger in self.state.samples.ledgers() {
-            sources_of(ledger.key(), &mut served_here);
+    /// Reads who holds which session; lets go of ledgers whose agent another
+    /// replica holds now.
+    async fn read_owners(&mut self) {
+        let read = async {
+            let live: HashSet<String> = self.store.live_replicas().await?.into_iter().collect();
+            let by_key: HashMap<String, (String, u64)> = self
+                .store
+                .session_owners()
+                .await?
+                .into_iter()
+                .map(|s| (s.key, (s.owner, s.epoch)))
+                .collect();
+            Ok::<_, StoreError>((live, by_key))
+        };
+        match read.await {
+            Ok((live, by_key)) => {
+                for ledger in self.state.samples.ledgers() {
+                    // A newer session elsewhere (a read from before this replica
+                    // reopened the session shows an older epoch, and is ignored).
+                    let taken = by_key.get(ledger.key()).is_some_and(|(owner, epoch)| {
+                        owner != &self.replica_id && *epoch > ledger.epoch()
+                    });
+                    if taken {
+                        tracing::debug!(
+                            agent = ledger.key(),
+                            "Another replica holds this agent now; letting its ledger go."
+                        );
+                        ledger.fence();
+                        self.state.samples.forget(ledger.key());
+                    }
+                }
+                self.owners = Owners {
+                    by_key,
+                    live,
+                    read_at: Some(tokio::time::Instant::now()),
+                };
+            }
+            Err(e) => tracing::debug!(
+                error = &e as &dyn std::error::Error,
+                "Could not read which replicas hold which agents."
+            ),
         }
+    }
+
+    /// The sources this replica checks now.
+    fn duty(&self) -> Duty {
+        let mut here = HashSet::new();
+        for ledger in self.state.samples.ledgers() {
+            let owner = self.owners.by_key.get(ledger.key());
+            // Before the first read (or a read older than the session), a ledger
+            // here is taken to be held here.
+            if owner.is_none_or(|(o, epoch)| o == &self.replica_id || *epoch <= ledger.epoch()) {
+                sources_of(ledger.key(), &mut here);
+            }
+        }
+        let anywhere =
+            (self.leader.borrow().is_some() && self.owners.read_at.is_some()).then(|| {
+                let mut served = HashSet::new();
+                for (key, (owner, _)) in &self.owners.by_key {
+                    if self.owners.live.contains(owner) {
+                        sources_of(key, &mut served);
+                    }
+                }
+                served
+            });
+        Duty { here, anywhere }
+    }
+
+    /// The report of every resource stale at `now_ms` that this replica checks,
+    /// if any.
+    fn look(&mut self, now_ms: i64) -> Option<Report> {
+        let duty = self.duty();
+        if duty.anywhere.is_none() {
+            self.orphaned_since.clear();
+        }
+        let horizon = self.state.applied_through(now_ms);
         let model = self.state.read();
         let orphaned_since = &mut self.orphaned_since;
+        let missed = self.missed_intervals;
         let mut still_orphaned = HashSet::new();
         let changes: Vec<Change> = model
             .resources
@@ -168,8 +239,8 @@ impl Staleness {
             .filter_map(|t| {
                 let source = &t.record.source;
                 let mut last_seen_ms = t.last_seen_ms();
-                if !served_here.contains(source) {
-                    let served = served_anywhere?;
+                if !duty.here.contains(source) {
+                    let served = duty.anywhere.as_ref()?;
                     if served.contains(source) {
                         return None;
                     }
@@ -177,12 +248,8 @@ impl Staleness {
                     still_orphaned.insert(t.record.id.clone());
                     last_seen_ms = last_seen_ms.max(since);
                 }
-                let reason = health::stale_reason(
-                    horizon,
-                    last_seen_ms,
-                    t.record.interval_ms,
-                    self.missed_intervals,
-                )?;
+                let reason =
+                    health::stale_reason(horizon, last_seen_ms, t.record.interval_ms, missed)?;
                 Some(Change::Stale {
                     id: t.record.id.clone(),
                     last_seen_ms,

@@ -72,6 +72,17 @@ pub struct OpenedSession {
     pub epoch: u64,
 }
 
+/// Who holds an agent's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOwner {
+    /// The agent's cursor key.
+    pub key: String,
+    /// The replica holding it.
+    pub owner: String,
+    /// The session's epoch.
+    pub epoch: u64,
+}
+
 /// What one sequencer round moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sequenced {
@@ -179,12 +190,16 @@ impl Store {
             .collect()
     }
 
-    /// Which replica holds each agent's session: (agent key, replica id).
-    pub async fn session_owners(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// Every agent session: who holds it and at which epoch.
+    pub async fn session_owners(&self) -> Result<Vec<SessionOwner>, StoreError> {
         on_pool!(self, pool => {
-            let rows = sqlx::query("SELECT agent_id, owner FROM agent_cursors").fetch_all(pool).await?;
+            let rows = sqlx::query("SELECT agent_id, owner, epoch FROM agent_cursors").fetch_all(pool).await?;
             rows.iter()
-                .map(|r| Ok((r.try_get::<String, _>("agent_id")?, r.try_get::<String, _>("owner")?)))
+                .map(|r| Ok(SessionOwner {
+                    key: r.try_get("agent_id")?,
+                    owner: r.try_get("owner")?,
+                    epoch: u64::try_from(r.try_get::<i64, _>("epoch")?).unwrap_or(0),
+                }))
                 .collect()
         })
     }
