@@ -13,7 +13,7 @@ use infrawatch_aggregator::samples::ledger::Cursor;
 use infrawatch_aggregator::samples::{SeriesKey, Stats};
 use infrawatch_aggregator::store::{
     Commit, CursorKind, DeadLetter, FlushSource, HistoryEntry, LeaseHold, RollupDelta,
-    StatePosition, Store, StoreError,
+    SessionOwner, StatePosition, Store, StoreError,
 };
 use infrawatch_proto::v1 as pb;
 use sqlx::Connection;
@@ -550,7 +550,11 @@ async fn replicas_are_alive_while_they_beat(db: TestDb) {
     s.open_session("agent-x", "replica-1").await.unwrap();
     assert_eq!(
         s.session_owners().await.unwrap(),
-        vec![("agent-x".to_string(), "replica-1".to_string())]
+        vec![SessionOwner {
+            key: "agent-x".into(),
+            owner: "replica-1".into(),
+            epoch: 1
+        }]
     );
 }
 
