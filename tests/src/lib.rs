@@ -532,6 +532,17 @@ impl RawStream {
         files: &TlsFiles,
         last_seq: u64,
     ) -> anyhow::Result<Result<Self, tonic::Status>> {
+        Self::open_as(endpoint, files, last_seq, None).await
+    }
+
+    /// Like [`RawStream::open`], announcing `machine_id` in `Hello` (when set),
+    /// so that agents sharing one certificate keep sequences of their own.
+    pub async fn open_as(
+        endpoint: &str,
+        files: &TlsFiles,
+        last_seq: u64,
+        machine_id: Option<&str>,
+    ) -> anyhow::Result<Result<Self, tonic::Status>> {
         use infrawatch_proto::v1::agent_message::Body;
         use infrawatch_proto::v1::agent_service_client::AgentServiceClient;
         let channel = channel(endpoint, files).await?;
@@ -542,6 +553,10 @@ impl RawStream {
             body: Some(Body::Hello(infrawatch_proto::v1::Hello {
                 agent_name: "raw".into(),
                 last_seq,
+                host: machine_id.map(|m| infrawatch_proto::v1::HostIdentity {
+                    machine_id: m.to_string(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })),
         })
@@ -564,6 +579,15 @@ impl RawStream {
             })
             .await
             .map_err(|_| anyhow::anyhow!("stream closed"))
+    }
+
+    /// The next message of the aggregator (an ack, a `Drain`), `Ok(None)` when
+    /// the stream ended, or the status that ended it. Waits as long as it takes:
+    /// callers bound it with their own timeout.
+    pub async fn next_message(
+        &mut self,
+    ) -> Result<Option<infrawatch_proto::v1::AggregatorMessage>, tonic::Status> {
+        self.inbound.message().await
     }
 
     /// The next acknowledgement, or the status that ended the stream.

@@ -340,7 +340,7 @@ impl Store {
             // statement takes the row lock and checks, so two replicas changing
             // a resource at once cannot both write the same version.
             let mut conflicts = Vec::new();
-            for r in &c.resources {
+            for r in in_lock_order(&c.resources, |r| &r.id) {
                 let row = rows::ResourceRow::from_record(r)?;
                 let written = sqlx::query(rows::UPSERT_RESOURCE)
                     .bind(&row.id).bind(&row.kind).bind(&row.labels).bind(&row.attributes)
@@ -354,7 +354,7 @@ impl Store {
             if !conflicts.is_empty() {
                 return Err(StoreError::Conflict(conflicts));
             }
-            for id in &c.relations_changed {
+            for id in in_lock_order(&c.relations_changed, |id| id) {
                 sqlx::query("DELETE FROM relations WHERE from_id = $1").bind(id).execute(&mut *tx).await?;
                 if let Some(r) = c.resources.iter().find(|r| &r.id == id) {
                     for rel in &r.relations {
@@ -373,7 +373,7 @@ impl Store {
                     .execute(&mut *tx).await?;
             }
             let now = infrawatch_common::time::now_unix_ms();
-            for p in &c.state_cursors {
+            for p in in_lock_order(&c.state_cursors, |p| &p.key) {
                 let written = sqlx::query(rows::ADVANCE_STATE_CURSOR)
                     .bind(&p.key).bind(rows::seq_to_db(p.seq)).bind(now).bind(rows::seq_to_db(p.epoch))
                     .execute(&mut *tx).await?.rows_affected();
@@ -641,6 +641,17 @@ fn fenced_keys(sources: &[FlushSource], kept: &std::collections::HashSet<String>
         .filter(|s| !kept.contains(&s.key))
         .map(|s| s.key.clone())
         .collect()
+}
+
+/// `items` sorted by `key`: the order a transaction writes, and so locks, rows
+/// in. Every writer taking row locks in one order, two replicas committing the
+/// same resources (or agent cursors) at once wait for each other instead of
+/// deadlocking, which PostgreSQL resolves only after its `deadlock_timeout` by
+/// failing one of the transactions (and the batches in it).
+fn in_lock_order<'a, T>(items: &'a [T], key: impl Fn(&'a T) -> &'a str) -> Vec<&'a T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by(|a, b| key(a).cmp(key(b)));
+    sorted
 }
 
 async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<String>, StoreError> {

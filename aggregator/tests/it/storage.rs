@@ -558,6 +558,98 @@ async fn replicas_are_alive_while_they_beat(db: TestDb) {
     );
 }
 
+/// A commit writes (and so locks) its rows in id order, whatever the order of
+/// its plan: replicas committing the same resources at once wait for one
+/// another instead of deadlocking (PostgreSQL would fail one of the commits
+/// after its deadlock timeout, and the agent's stream with it).
+async fn commits_lock_rows_in_one_order(db: TestDb) {
+    let s = &db.store;
+    let ids: Vec<String> = (0..20).map(|i| format!("host/lock-{i:02}")).collect();
+    s.commit(&Commit {
+        resources: ids
+            .iter()
+            .map(|id| record(id, 1, Health::Healthy))
+            .collect(),
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    // Every row conflicts: the ids come back in the order they were written.
+    let err = s
+        .commit(&Commit {
+            resources: ids
+                .iter()
+                .rev()
+                .map(|id| record(id, 1, Health::Degraded))
+                .collect(),
+            ..Commit::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(got) if got == &ids),
+        "{err:?}"
+    );
+    if s.backend() != infrawatch_aggregator::config::Backend::Postgres {
+        return;
+    }
+    // Two writers (two pooled connections, as two replicas), one planning the
+    // resources in ascending order, the other in descending order: conflicts,
+    // never a deadlock.
+    let ids = &ids;
+    let writer = move |descending: bool| async move {
+        let mut conflicts = 0;
+        for _ in 0..30 {
+            let stored: BTreeMap<String, u64> = s
+                .load()
+                .await
+                .unwrap()
+                .resources
+                .into_iter()
+                .map(|r| (r.id, r.version))
+                .collect();
+            let mut resources: Vec<ResourceRecord> = ids
+                .iter()
+                .map(|id| record(id, stored[id] + 1, Health::Healthy))
+                .collect();
+            if descending {
+                resources.reverse();
+            }
+            match s
+                .commit(&Commit {
+                    resources,
+                    ..Commit::default()
+                })
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => conflicts += 1,
+                Err(e) => panic!("a commit failed: {e:?}"),
+            }
+        }
+        conflicts
+    };
+    let (up, down) = tokio::join!(writer(false), writer(true));
+    let versions: Vec<u64> = s
+        .load()
+        .await
+        .unwrap()
+        .resources
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions.len(), ids.len());
+    assert!(
+        versions.iter().all(|v| *v == versions[0]),
+        "every commit wrote all of its rows or none: {versions:?}"
+    );
+    assert_eq!(
+        versions[0],
+        1 + 60 - up - down,
+        "one version per commit that went through"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -591,4 +683,5 @@ suite!(
     closed_database_is_a_retryable_failure,
     outbox_round_trips,
     replicas_are_alive_while_they_beat,
+    commits_lock_rows_in_one_order,
 );

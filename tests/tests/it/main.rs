@@ -17,6 +17,7 @@ mod outage;
 mod partition;
 mod pipeline;
 mod probes;
+mod replicas;
 mod restart;
 mod rotation;
 mod up;
