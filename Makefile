@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test deps services build lint bench bench-events bench-system clean
+.PHONY: run test coverage deps services build lint bench bench-events bench-system clean
 
 run: deps
 	$(CARGO) build --release --workspace --bins
@@ -16,6 +16,12 @@ test: deps services
 	$(CARGO) build --workspace --bins
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+
+# Line coverage per crate of every test `make test` runs, end-to-end tests included
+# (instrumented binaries, in target/llvm-cov-target); reports in target/coverage/.
+# Not part of `make test` or CI: about 15 minutes on two cores, building included.
+coverage:
+	.ci/coverage
 
 deps:
 	@.ci/ensure-deps
