@@ -20,8 +20,11 @@ use infrawatch_aggregator::sources::{Change, Report};
 use infrawatch_aggregator::state::State;
 use infrawatch_proto::v1::{Batch, ResourceObservation, SampleColumns, SeriesDef};
 
-/// Series of one agent: (resource index, metric, attribute pairs).
-fn agent_series() -> Vec<(u32, &'static str, Vec<(&'static str, String)>)> {
+/// One series of an agent: (resource index, metric, attribute pairs).
+type SeriesSpec = (u32, &'static str, Vec<(&'static str, String)>);
+
+/// Series of one agent.
+fn agent_series() -> Vec<SeriesSpec> {
     let mut s = Vec::new();
     for cpu in 0..8 {
         for state in ["user", "system", "idle", "iowait", "steal"] {

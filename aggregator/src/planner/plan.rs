@@ -403,8 +403,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::samples::{SeriesKey, SeriesSamples};
     use crate::samples::ledger::Cursor;
+    use crate::samples::{SeriesKey, SeriesSamples};
     use crate::sources::Position;
     use crate::state::Tracked;
 

@@ -10,7 +10,9 @@
 //! batches after it again, to this aggregator after a crash or to another one,
 //! adds each sample once.
 //!
-//! A failed flush puts its rollups back and the next one writes them; streams
+//! A failed flush keeps what it took, unit by unit with its cursor, and the next
+//! one writes each unit only if the stored cursor is still below it (a flush that
+//! committed although its reply was lost is not written twice); streams
 //! keep reading until a source's data waits longer than `ingest.max_unflushed_ms`
 //! (then they stop, and agents keep the batches in their disk buffers).
 
@@ -100,12 +102,13 @@ impl Flusher {
     pub async fn flush_once(&self) -> Result<Flushed, StoreError> {
         let _gate = self.samples.flush_gate().await;
         let started = Instant::now();
-        let mut taken: Vec<(Arc<Ledger>, Taken)> = Vec::new();
+        let mut taken: Vec<(Arc<Ledger>, Vec<Taken>)> = Vec::new();
         let mut oldest = Duration::ZERO;
         for ledger in self.samples.ledgers() {
             oldest = oldest.max(ledger.since_flush());
-            if let Some(t) = ledger.take() {
-                taken.push((ledger, t));
+            let units = ledger.take();
+            if !units.is_empty() {
+                taken.push((ledger, units));
             }
         }
         metrics::gauge!(telemetry::FLUSH_AGE).set(oldest.as_secs_f64());
@@ -114,30 +117,33 @@ impl Flusher {
         }
         let mut sources = Vec::with_capacity(taken.len());
         let mut rollups = 0;
-        for (ledger, t) in &taken {
-            let mut source = FlushSource {
-                key: ledger.key().to_string(),
-                epoch: t.epoch,
-                seq: t.seq,
-                rollups: Vec::new(),
-            };
-            for (key, minutes) in &t.rollups {
-                for r in minutes {
-                    source.rollups.push(RollupDelta {
-                        key: key.clone(),
-                        bucket_start_ms: r.bucket_start_ms,
-                        stats: r.stats,
-                        last: r.last,
-                    });
+        for (ledger, units) in &taken {
+            for t in units {
+                let mut source = FlushSource {
+                    key: ledger.key().to_string(),
+                    epoch: t.epoch,
+                    seq: t.seq,
+                    rollups: Vec::new(),
+                };
+                for (key, minutes) in &t.rollups {
+                    for r in minutes {
+                        source.rollups.push(RollupDelta {
+                            key: key.clone(),
+                            bucket_start_ms: r.bucket_start_ms,
+                            stats: r.stats,
+                            last: r.last,
+                        });
+                    }
                 }
+                rollups += source.rollups.len();
+                sources.push(source);
             }
-            rollups += source.rollups.len();
-            sources.push(source);
         }
         match self.store.flush(&sources).await {
             Ok(fenced) => {
                 let fenced: std::collections::HashSet<String> = fenced.into_iter().collect();
-                for (ledger, t) in taken {
+                let agents = taken.len();
+                for (ledger, units) in taken {
                     if fenced.contains(ledger.key()) {
                         tracing::info!(
                             agent = ledger.key(),
@@ -146,12 +152,12 @@ impl Flusher {
                         ledger.fence();
                         self.samples.forget(ledger.key());
                         metrics::counter!(telemetry::FLUSH_FENCED).increment(1);
-                    } else {
-                        ledger.flushed(t.seq);
+                    } else if let Some(seq) = units.iter().map(|u| u.seq).max() {
+                        ledger.flushed(seq);
                     }
                 }
                 let outcome = Flushed {
-                    sources: sources.len() - fenced.len(),
+                    sources: agents - fenced.len(),
                     rollups,
                 };
                 metrics::counter!(telemetry::FLUSHES, "result" => "ok").increment(1);
@@ -164,8 +170,8 @@ impl Flusher {
                 Ok(outcome)
             }
             Err(e) => {
-                for (ledger, t) in taken {
-                    ledger.flush_failed(t);
+                for (ledger, units) in taken {
+                    ledger.flush_failed(units);
                 }
                 metrics::counter!(telemetry::FLUSHES, "result" => "failed").increment(1);
                 Err(e)

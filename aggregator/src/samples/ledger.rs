@@ -17,6 +17,11 @@
 //! ledger with a batch between the two, so a flushed cursor never covers a batch
 //! whose state changes are not committed, and samples it flushed are always
 //! those of batches at or below that cursor (replays after a crash are exact).
+//!
+//! What a flush took stays one unit with its cursor: when the flush fails, the
+//! unit waits (apart from what arrives later) for the next flush, which writes
+//! it only if the stored cursor is still below the unit's. A flush that
+//! committed although its reply was lost is so never written twice.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -86,6 +91,8 @@ struct Inner {
     /// A batch is between `begin` and `finish`.
     in_progress: bool,
     series: BTreeMap<SeriesKey, SeriesState>,
+    /// What failed flushes took, oldest first, each with its cursor.
+    pending: Vec<Taken>,
     /// When rollups were last flushed (or the ledger was opened).
     flushed_at: Instant,
 }
@@ -102,6 +109,7 @@ impl Ledger {
                 state_seq: cursor.state_seq.max(cursor.durable_seq),
                 in_progress: false,
                 series: BTreeMap::new(),
+                pending: Vec::new(),
                 flushed_at: Instant::now(),
             }),
             durable: watch::channel(cursor.durable_seq).0,
@@ -144,6 +152,11 @@ impl Ledger {
             self.durable.send_replace(cursor.durable_seq);
         }
         inner.epoch = epoch;
+        // Units a failed flush left are this ledger's too: they go out under
+        // the new session.
+        for unit in &mut inner.pending {
+            unit.epoch = epoch;
+        }
     }
 
     /// Another replica holds the source now (a flush found its epoch moved):
@@ -233,13 +246,15 @@ impl Ledger {
         drop_unflushed(&mut inner);
     }
 
-    /// Takes what a flush must write: `None` when there is nothing new or a
-    /// batch is between `begin` and `finish` (the next flush takes it).
-    pub fn take(&self) -> Option<Taken> {
+    /// Takes what a flush must write, oldest first: units a failed flush left,
+    /// then what arrived since. Empty when there is nothing new or a batch is
+    /// between `begin` and `finish` (the next flush takes it).
+    pub fn take(&self) -> Vec<Taken> {
         let mut inner = self.lock();
         if inner.in_progress {
-            return None;
+            return Vec::new();
         }
+        let mut units = std::mem::take(&mut inner.pending);
         let mut rollups = Vec::new();
         for (key, state) in inner.series.iter_mut() {
             let open = state.take_open();
@@ -247,14 +262,15 @@ impl Ledger {
                 rollups.push((key.clone(), open));
             }
         }
-        if rollups.is_empty() && inner.applied_seq == inner.durable_seq {
-            return None;
+        let newest = units.last().map_or(inner.durable_seq, |u| u.seq);
+        if !rollups.is_empty() || inner.applied_seq > newest {
+            units.push(Taken {
+                epoch: inner.epoch,
+                seq: inner.applied_seq,
+                rollups,
+            });
         }
-        Some(Taken {
-            epoch: inner.epoch,
-            seq: inner.applied_seq,
-            rollups,
-        })
+        units
     }
 
     /// The flush of `taken` committed.
@@ -271,12 +287,12 @@ impl Ledger {
         });
     }
 
-    /// The flush of `taken` failed: its rollups go back, to be written next time.
-    pub fn flush_failed(&self, taken: Taken) {
+    /// The flush of `units` failed: they wait, as they are, for the next one.
+    pub fn flush_failed(&self, units: Vec<Taken>) {
         let mut inner = self.lock();
-        for (key, rollups) in taken.rollups {
-            inner.series.entry(key).or_default().restore_open(rollups);
-        }
+        let newer = std::mem::take(&mut inner.pending);
+        inner.pending = units;
+        inner.pending.extend(newer);
     }
 
     /// How long ago rollups of this source were last flushed.
@@ -358,16 +374,30 @@ impl Ledger {
 
     /// Unflushed rollups of `key` with buckets in `[from_ms, to_ms]`.
     pub fn open_rollups(&self, key: &SeriesKey, from_ms: i64, to_ms: i64) -> Vec<MinuteRollup> {
-        self.lock()
+        let inner = self.lock();
+        let mut out: Vec<MinuteRollup> = inner
             .series
             .get(key)
             .map(|s| s.open_between(from_ms, to_ms).copied().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for unit in &inner.pending {
+            for (k, minutes) in &unit.rollups {
+                if k == key {
+                    out.extend(
+                        minutes
+                            .iter()
+                            .filter(|r| r.bucket_start_ms >= from_ms && r.bucket_start_ms <= to_ms),
+                    );
+                }
+            }
+        }
+        out
     }
 }
 
 /// Forgets every unflushed rollup (raw samples stay in the hot window).
 fn drop_unflushed(inner: &mut Inner) {
+    inner.pending.clear();
     for state in inner.series.values_mut() {
         drop(state.take_open());
     }
@@ -396,21 +426,22 @@ mod tests {
         assert_eq!(new, vec!["host/x".to_string()]);
         ledger.finish(1, true);
         assert_eq!(ledger.begin(1, &batch("host/x", &[]), 0).0, Begun::Replay);
-        let taken = ledger.take().unwrap();
-        assert_eq!(taken.seq, 1);
-        assert_eq!(taken.rollups.len(), 1);
-        ledger.flushed(taken.seq);
+        let taken = ledger.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].seq, 1);
+        assert_eq!(taken[0].rollups.len(), 1);
+        ledger.flushed(taken[0].seq);
         assert_eq!(*ledger.subscribe_durable().borrow(), 1);
-        assert!(ledger.take().is_none(), "nothing new to flush");
+        assert!(ledger.take().is_empty(), "nothing new to flush");
     }
 
     #[test]
     fn a_batch_in_progress_is_never_flushed() {
         let ledger = Ledger::new("a", Cursor::default(), 1);
         ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
-        assert!(ledger.take().is_none());
+        assert!(ledger.take().is_empty());
         ledger.finish(1, true);
-        assert_eq!(ledger.take().unwrap().seq, 1);
+        assert_eq!(ledger.take()[0].seq, 1);
     }
 
     #[test]
@@ -418,15 +449,15 @@ mod tests {
         let ledger = Ledger::new("a", Cursor::default(), 1);
         ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
         ledger.finish(1, true);
-        let taken = ledger.take().unwrap();
-        ledger.flushed(taken.seq);
+        let taken = ledger.take();
+        ledger.flushed(taken[0].seq);
         ledger.begin(2, &batch("host/x", &[(2_000, 2.0)]), 0);
         ledger.finish(2, true);
         ledger.begin(3, &batch("host/x", &[(3_000, 3.0)]), 0);
         ledger.finish(3, false);
         assert_eq!(ledger.positions(), (1, 1, 2));
         // Batches 2 and 3 are sent again and applied again.
-        assert!(ledger.take().is_none());
+        assert!(ledger.take().is_empty());
         assert_eq!(
             ledger.begin(2, &batch("host/x", &[(2_000, 2.0)]), 0).0,
             Begun::Applied { state_due: false }
@@ -434,17 +465,28 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_flush_keeps_its_rollups_for_the_next() {
+    fn a_failed_flush_keeps_its_unit_apart_for_the_next() {
         let ledger = Ledger::new("a", Cursor::default(), 1);
         ledger.begin(1, &batch("host/x", &[(1_000, 1.0)]), 0);
         ledger.finish(1, true);
-        let taken = ledger.take().unwrap();
+        let taken = ledger.take();
         ledger.begin(2, &batch("host/x", &[(2_000, 2.0)]), 0);
         ledger.finish(2, true);
         ledger.flush_failed(taken);
-        let again = ledger.take().unwrap();
-        assert_eq!(again.seq, 2);
-        assert_eq!(again.rollups[0].1[0].stats.count, 2);
+        // Queries still see the failed unit's minute.
+        let key = batch("host/x", &[])[0].key.clone();
+        let open: u64 = ledger
+            .open_rollups(&key, 0, 60_000)
+            .iter()
+            .map(|r| r.stats.count)
+            .sum();
+        assert_eq!(open, 2);
+        let again = ledger.take();
+        let units: Vec<(u64, u64)> = again
+            .iter()
+            .map(|u| (u.seq, u.rollups[0].1[0].stats.count))
+            .collect();
+        assert_eq!(units, vec![(1, 1), (2, 1)], "the failed unit stays apart");
     }
 
     #[test]
@@ -477,7 +519,7 @@ mod tests {
         // Reopened here right after its own session: what it holds stays.
         ledger.reopen(Cursor::default(), 1, 2);
         assert_eq!(ledger.positions(), (1, 0, 1));
-        assert_eq!(ledger.take().unwrap().epoch, 2);
+        assert_eq!(ledger.take()[0].epoch, 2);
         ledger.begin(2, &batch("host/x", &[(2_000, 2.0)]), 0);
         ledger.finish(2, true);
         // Another replica held it (epochs 3 and 4) and flushed up to 5.
@@ -487,7 +529,7 @@ mod tests {
         };
         ledger.reopen(stored, 4, 5);
         assert_eq!(ledger.positions(), (5, 5, 5));
-        assert!(ledger.take().is_none(), "the stale rollups are gone");
+        assert!(ledger.take().is_empty(), "the stale rollups are gone");
     }
 
     #[test]
@@ -499,6 +541,6 @@ mod tests {
         ledger.fence();
         assert!(stream.is_cancelled());
         assert_eq!(ledger.positions().0, 0);
-        assert!(ledger.take().is_none());
+        assert!(ledger.take().is_empty());
     }
 }

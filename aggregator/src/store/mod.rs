@@ -595,17 +595,10 @@ impl Store {
     }
 }
 
-/// Rollup rows sorted by series and minute, rows of the same series and minute
-/// merged (two agents' ledgers can hold the same series after a takeover; one
-/// statement may not update a row twice, and a stable order keeps concurrent
-/// flushes from deadlocking).
-fn coalesced(rollups: &[RollupDelta]) -> Vec<&RollupDelta> {
-    let mut rows: Vec<&RollupDelta> = rollups.iter().collect();
-    rows.sort_by(|a, b| (&a.key, a.bucket_start_ms).cmp(&(&b.key, b.bucket_start_ms)));
-    rows
-}
-
-/// Merges rows of one series and minute (after [`coalesced`]).
+/// Merges rows of one series and minute (given sorted by series and minute:
+/// two agents' ledgers can hold the same series after a takeover, one statement
+/// may not update a row twice, and a stable order keeps concurrent flushes from
+/// deadlocking).
 fn merged(rows: Vec<&RollupDelta>) -> Vec<RollupDelta> {
     let mut out: Vec<RollupDelta> = Vec::with_capacity(rows.len());
     for r in rows {
@@ -622,27 +615,6 @@ fn merged(rows: Vec<&RollupDelta>) -> Vec<RollupDelta> {
     out
 }
 
-/// The rollups of `sources` whose keys are in `kept`, merged and ordered.
-fn kept_rollups(
-    sources: &[FlushSource],
-    kept: &std::collections::HashSet<String>,
-) -> Vec<RollupDelta> {
-    let all: Vec<RollupDelta> = sources
-        .iter()
-        .filter(|s| kept.contains(&s.key))
-        .flat_map(|s| s.rollups.iter().cloned())
-        .collect();
-    merged(coalesced(&all))
-}
-
-fn fenced_keys(sources: &[FlushSource], kept: &std::collections::HashSet<String>) -> Vec<String> {
-    sources
-        .iter()
-        .filter(|s| !kept.contains(&s.key))
-        .map(|s| s.key.clone())
-        .collect()
-}
-
 /// `items` sorted by `key`: the order a transaction writes, and so locks, rows
 /// in. Every writer taking row locks in one order, two replicas committing the
 /// same resources (or agent cursors) at once wait for each other instead of
@@ -654,24 +626,109 @@ fn in_lock_order<'a, T>(items: &'a [T], key: impl Fn(&'a T) -> &'a str) -> Vec<&
     sorted
 }
 
+/// What a flush writes, decided against the stored cursors (read and locked in
+/// the same transaction): per agent, the newest seq now durable and the rollups
+/// to add; and the agents whose session moved (fenced).
+#[derive(Debug, Default)]
+struct FlushPlan {
+    /// (key, epoch, seq) of every agent whose cursor moves.
+    cursors: Vec<(String, u64, u64)>,
+    rollups: Vec<RollupDelta>,
+    fenced: Vec<String>,
+}
+
+/// Plans a flush of `sources` (several units per agent possible) given the
+/// stored (epoch, cursor) of each agent: a unit is written only while its
+/// session holds and the stored cursor is below its seq, so a unit that a flush
+/// committed although its reply was lost is not added again.
+fn plan_flush(
+    sources: &[FlushSource],
+    stored: &std::collections::HashMap<String, (u64, u64)>,
+) -> FlushPlan {
+    let mut units: Vec<&FlushSource> = sources.iter().collect();
+    units.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+    let mut plan = FlushPlan::default();
+    let mut accepted: Vec<&RollupDelta> = Vec::new();
+    for group in units.chunk_by(|a, b| a.key == b.key) {
+        let key = &group[0].key;
+        let fenced = match stored.get(key) {
+            Some(&(epoch, _)) => group.iter().any(|u| u.epoch != epoch),
+            None => true,
+        };
+        if fenced {
+            plan.fenced.push(key.clone());
+            continue;
+        }
+        let Some(&(epoch, before)) = stored.get(key) else {
+            continue;
+        };
+        let mut at = before;
+        for u in group {
+            if u.seq > at {
+                at = u.seq;
+                accepted.extend(u.rollups.iter());
+            }
+        }
+        if at > before {
+            plan.cursors.push((key.clone(), epoch, at));
+        }
+    }
+    accepted.sort_by(|a, b| (&a.key, a.bucket_start_ms).cmp(&(&b.key, b.bucket_start_ms)));
+    plan.rollups = merged(accepted);
+    plan
+}
+
+/// The distinct agent keys of `sources`, in lock order.
+fn flush_keys(sources: &[FlushSource]) -> Vec<String> {
+    let mut keys: Vec<String> = sources.iter().map(|s| s.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<String>, StoreError> {
-    let mut ordered: Vec<&FlushSource> = sources.iter().collect();
-    ordered.sort_by(|a, b| a.key.cmp(&b.key));
-    let ids: Vec<&str> = ordered.iter().map(|s| s.key.as_str()).collect();
-    let seqs: Vec<i64> = ordered.iter().map(|s| rows::seq_to_db(s.seq)).collect();
-    let epochs: Vec<i64> = ordered.iter().map(|s| rows::seq_to_db(s.epoch)).collect();
+    let keys = flush_keys(sources);
     let mut tx = pool.begin().await?;
-    let kept: std::collections::HashSet<String> = sqlx::query(rows::ADVANCE_CURSORS_PG)
-        .bind(&ids)
-        .bind(&seqs)
-        .bind(&epochs)
-        .bind(infrawatch_common::time::now_unix_ms())
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("agent_id"))
-        .collect::<Result<_, _>>()?;
-    let rows = kept_rollups(sources, &kept);
+    let stored: std::collections::HashMap<String, (u64, u64)> = sqlx::query(
+        "SELECT agent_id, epoch, last_seq FROM agent_cursors WHERE agent_id = ANY($1) \
+         ORDER BY agent_id FOR UPDATE",
+    )
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get::<String, _>("agent_id")?,
+            (
+                u64::try_from(r.try_get::<i64, _>("epoch")?).unwrap_or(0),
+                u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
+            ),
+        ))
+    })
+    .collect::<Result<_, StoreError>>()?;
+    let plan = plan_flush(sources, &stored);
+    if !plan.cursors.is_empty() {
+        let ids: Vec<&str> = plan.cursors.iter().map(|(k, _, _)| k.as_str()).collect();
+        let epochs: Vec<i64> = plan
+            .cursors
+            .iter()
+            .map(|(_, e, _)| rows::seq_to_db(*e))
+            .collect();
+        let seqs: Vec<i64> = plan
+            .cursors
+            .iter()
+            .map(|(_, _, s)| rows::seq_to_db(*s))
+            .collect();
+        sqlx::query(rows::ADVANCE_CURSORS_PG)
+            .bind(&ids)
+            .bind(&seqs)
+            .bind(&epochs)
+            .bind(infrawatch_common::time::now_unix_ms())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let rows = &plan.rollups;
     if !rows.is_empty() {
         let mut ids = Vec::with_capacity(rows.len());
         let mut metrics = Vec::with_capacity(rows.len());
@@ -683,7 +740,7 @@ async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<St
         let mut maxs = Vec::with_capacity(rows.len());
         let mut lasts = Vec::with_capacity(rows.len());
         let mut last_ts = Vec::with_capacity(rows.len());
-        for d in &rows {
+        for d in rows {
             ids.push(d.key.resource_id.as_str());
             metrics.push(d.key.metric.as_str());
             attributes.push(d.key.attributes.as_str());
@@ -715,7 +772,7 @@ async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<St
         .await?;
     }
     tx.commit().await?;
-    Ok(fenced_keys(sources, &kept))
+    Ok(plan.fenced)
 }
 
 async fn flush_sqlite(
@@ -723,23 +780,34 @@ async fn flush_sqlite(
     sources: &[FlushSource],
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = pool.begin().await?;
-    let now = infrawatch_common::time::now_unix_ms();
-    let mut kept = std::collections::HashSet::new();
-    for s in sources {
-        let written = sqlx::query(rows::ADVANCE_CURSOR)
-            .bind(&s.key)
-            .bind(rows::seq_to_db(s.seq))
-            .bind(now)
-            .bind(rows::seq_to_db(s.epoch))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if written > 0 {
-            kept.insert(s.key.clone());
+    let mut stored = std::collections::HashMap::new();
+    for key in flush_keys(sources) {
+        let row = sqlx::query("SELECT epoch, last_seq FROM agent_cursors WHERE agent_id = $1")
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(r) = row {
+            stored.insert(
+                key,
+                (
+                    u64::try_from(r.try_get::<i64, _>("epoch")?).unwrap_or(0),
+                    u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
+                ),
+            );
         }
     }
-    let rows = kept_rollups(sources, &kept);
-    for chunk in rows.chunks(ROLLUP_ROWS_SQLITE) {
+    let plan = plan_flush(sources, &stored);
+    let now = infrawatch_common::time::now_unix_ms();
+    for (key, epoch, seq) in &plan.cursors {
+        sqlx::query(rows::ADVANCE_CURSOR)
+            .bind(key)
+            .bind(rows::seq_to_db(*seq))
+            .bind(now)
+            .bind(rows::seq_to_db(*epoch))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for chunk in plan.rollups.chunks(ROLLUP_ROWS_SQLITE) {
         let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(rows::INSERT_ROLLUP_PREFIX);
         qb.push_values(chunk, |mut b, d| {
             b.push_bind(d.key.resource_id.clone())
@@ -757,7 +825,7 @@ async fn flush_sqlite(
         qb.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(fenced_keys(sources, &kept))
+    Ok(plan.fenced)
 }
 
 /// Parses a stored health name.

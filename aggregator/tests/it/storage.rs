@@ -305,6 +305,28 @@ async fn cursors_never_move_back(db: TestDb) {
     assert_eq!(s.cursor("nobody").await.unwrap(), at_seq(0, 0));
 }
 
+/// A flush that committed although its reply was lost is sent again as it was
+/// (the same unit: cursor and rollups): it adds nothing the second time, and a
+/// newer unit in the same flush is written.
+async fn a_flush_sent_twice_adds_once(db: TestDb) {
+    let s = &db.store;
+    let epoch = s.open_session("agent-t", "replica-1").await.unwrap().epoch;
+    let unit = source(
+        "agent-t",
+        epoch,
+        5,
+        vec![delta(60_000, &[1.0, 2.0], 60_100)],
+    );
+    s.flush(std::slice::from_ref(&unit)).await.unwrap();
+    let newer = source("agent-t", epoch, 7, vec![delta(60_000, &[4.0], 60_200)]);
+    assert!(s.flush(&[unit, newer]).await.unwrap().is_empty());
+    let key = delta(0, &[0.0], 0).key;
+    let rows = s.rollups(&key, 0, 200_000).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].stats.count, rows[0].stats.sum), (3, 7.0));
+    assert_eq!(s.cursor("agent-t").await.unwrap().durable_seq, 7);
+}
+
 /// A replica whose session of an agent was taken over writes nothing more for
 /// it: not its samples, not its cursor, not its state position.
 async fn a_taken_over_session_is_fenced(db: TestDb) {
@@ -679,6 +701,7 @@ suite!(
     versions_follow_the_stored_one,
     cursors_never_move_back,
     a_taken_over_session_is_fenced,
+    a_flush_sent_twice_adds_once,
     rollups_accumulate,
     closed_database_is_a_retryable_failure,
     outbox_round_trips,
