@@ -74,6 +74,16 @@ use crate::sources::staleness::Staleness;
 use crate::state::{State, Tracked};
 use crate::store::{LeaseHold, Store, StoreError};
 
+/// Runs `work`, CPU-bound and long (a flush preparing hundreds of thousands of
+/// rows), telling a multi-threaded runtime to move the other tasks off this
+/// thread meanwhile, so that streams are not held up behind it.
+pub fn cpu_bound<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// How long start-up waits for the database before giving up.
 pub const DATABASE_WAIT: Duration = Duration::from_secs(30);
 

@@ -33,6 +33,14 @@ pub struct Flusher {
     interval: Duration,
 }
 
+/// What one flush took: the units per ledger, the same as flush sources, and
+/// how many rollup rows they hold.
+struct Round {
+    taken: Vec<(Arc<Ledger>, Vec<Taken>)>,
+    sources: Vec<FlushSource>,
+    rollups: usize,
+}
+
 /// What one successful flush wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {
@@ -98,10 +106,9 @@ impl Flusher {
         }
     }
 
-    /// Takes every ledger's unflushed data and writes it in one transaction.
-    pub async fn flush_once(&self) -> Result<Flushed, StoreError> {
-        let _gate = self.samples.flush_gate().await;
-        let started = Instant::now();
+    /// Takes every ledger's unflushed data, as flush sources; `None` when there
+    /// is nothing to write.
+    fn take_all(&self) -> Option<Round> {
         let mut taken: Vec<(Arc<Ledger>, Vec<Taken>)> = Vec::new();
         let mut oldest = Duration::ZERO;
         for ledger in self.samples.ledgers() {
@@ -113,7 +120,7 @@ impl Flusher {
         }
         metrics::gauge!(telemetry::FLUSH_AGE).set(oldest.as_secs_f64());
         if taken.is_empty() {
-            return Ok(Flushed::default());
+            return None;
         }
         let mut sources = Vec::with_capacity(taken.len());
         let mut rollups = 0;
@@ -139,6 +146,25 @@ impl Flusher {
                 sources.push(source);
             }
         }
+        Some(Round {
+            taken,
+            sources,
+            rollups,
+        })
+    }
+
+    /// Takes every ledger's unflushed data and writes it in one transaction.
+    pub async fn flush_once(&self) -> Result<Flushed, StoreError> {
+        let _gate = self.samples.flush_gate().await;
+        let started = Instant::now();
+        let Some(Round {
+            taken,
+            sources,
+            rollups,
+        }) = crate::cpu_bound(|| self.take_all())
+        else {
+            return Ok(Flushed::default());
+        };
         match self.store.flush(&sources).await {
             Ok(fenced) => {
                 let fenced: std::collections::HashSet<String> = fenced.into_iter().collect();

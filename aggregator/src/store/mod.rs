@@ -707,7 +707,7 @@ async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<St
         ))
     })
     .collect::<Result<_, StoreError>>()?;
-    let plan = plan_flush(sources, &stored);
+    let plan = crate::cpu_bound(|| plan_flush(sources, &stored));
     if !plan.cursors.is_empty() {
         let ids: Vec<&str> = plan.cursors.iter().map(|(k, _, _)| k.as_str()).collect();
         let epochs: Vec<i64> = plan
@@ -796,7 +796,7 @@ async fn flush_sqlite(
             );
         }
     }
-    let plan = plan_flush(sources, &stored);
+    let plan = crate::cpu_bound(|| plan_flush(sources, &stored));
     let now = infrawatch_common::time::now_unix_ms();
     for (key, epoch, seq) in &plan.cursors {
         sqlx::query(rows::ADVANCE_CURSOR)

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Where the aggregator's memory goes with many agents connected: a release
+# aggregator (SQLite) under heaptrack, infrawatch-loadgen connecting N agents
+# (default 1,000, 120 series each) and streaming for a while, then the
+# aggregator stopped and heaptrack's peak allocations printed by call site,
+# with RSS per connected agent from the load generator's report.
+#
+#   tests/bench/memory.sh                 # 1,000 agents, 30 s interval, 90 s
+#   MEMORY_BENCH_AGENTS=2000 MEMORY_BENCH_INTERVAL_MS=10000 tests/bench/memory.sh
+#
+# Output in target/bench-memory/<time>/: the loadgen JSON, heaptrack's data file
+# and its printed summary (peak.txt). Everything runs on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+agents=${MEMORY_BENCH_AGENTS:-1000}
+interval=${MEMORY_BENCH_INTERVAL_MS:-30000}
+duration=${MEMORY_BENCH_DURATION_S:-90}
+
+command -v heaptrack >/dev/null || {
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get install -y -qq heaptrack >/dev/null
+}
+cargo build --release --workspace --bins -q
+
+out=target/bench-memory/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+pki=target/loadgen-pki
+loadgen=target/release/infrawatch-loadgen
+work=$(mktemp -d)
+agg=""
+cleanup() {
+  [ -n "$agg" ] && kill "$agg" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+"$loadgen" --certs-only --agents "$agents" --pki-dir "$pki"
+ulimit -n "$(ulimit -Hn)"
+grpc=$(free_port); rest=$(free_port)
+cat > "$work/aggregator.toml" <<TOML
+[grpc]
+listen = "127.0.0.1:$grpc"
+[grpc.tls]
+ca = "$PWD/$pki/ca.pem"
+cert = "$PWD/$pki/server.pem"
+key = "$PWD/$pki/server-key.pem"
+[rest]
+listen = "127.0.0.1:$rest"
+[storage]
+url = "sqlite://$work/iw.db"
+TOML
+RUST_LOG=warn heaptrack -o "$out/heaptrack" target/release/infrawatch-aggregator --config "$work/aggregator.toml" \
+  > "$out/aggregator.log" 2>&1 &
+agg=$!
+for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$rest/readyz" >/dev/null && break; sleep 0.1; done
+pid=$(pgrep -f "infrawatch-aggregator --config $work/aggregator.toml" | grep -v "^$agg$" | head -n1 || echo "$agg")
+"$loadgen" --agents "$agents" --pki-dir "$pki" --endpoint "https://127.0.0.1:$grpc" \
+  --rest "127.0.0.1:$rest" --aggregator-pid "$pid" --interval-ms "$interval" \
+  --duration-s "$duration" --durable-wait-s 0 --json > "$out/loadgen.json" 2> "$out/loadgen.log" || true
+grep -E '^connected ' "$out/loadgen.log" || true
+kill -TERM "$pid" 2>/dev/null || true
+wait "$agg" 2>/dev/null || true
+agg=""
+data=$(ls "$out"/heaptrack*.zst "$out"/heaptrack*.gz 2>/dev/null | head -n1)
+heaptrack_print --print-peaks 1 --print-allocators 0 --print-temporary 0 --print-leaks 0 \
+  --peak-limit 25 --sub-peak-limit 4 "$data" > "$out/peak.txt" 2>/dev/null || true
+python3 - "$out/loadgen.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+m = r.get("aggregator_rss") or {}
+print(json.dumps(m, indent=1))
+PY
+grep -E "^PEAK MEMORY|peak heap memory consumption" -A2 "$out/peak.txt" | head -20
+echo "heaptrack summary: $out/peak.txt"
