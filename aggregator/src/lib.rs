@@ -171,6 +171,7 @@ pub async fn run(
         leader_work(
             config.events.clone(),
             store.clone(),
+            state.clone(),
             event_log.clone(),
             sink_status.clone(),
             poll,
@@ -318,6 +319,7 @@ pub async fn run(
 fn leader_work(
     config: config::EventsConfig,
     store: Store,
+    state: Arc<State>,
     log: Arc<EventLog>,
     statuses: Vec<Arc<SinkStatus>>,
     poll: Duration,
@@ -326,13 +328,19 @@ fn leader_work(
     CancellationToken,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     move |lease, stop| {
-        let (config, store, log, statuses) =
-            (config.clone(), store.clone(), log.clone(), statuses.clone());
+        let (config, store, state, log, statuses) = (
+            config.clone(),
+            store.clone(),
+            state.clone(),
+            log.clone(),
+            statuses.clone(),
+        );
         Box::pin(async move {
             let mut tasks = tokio::task::JoinSet::new();
             tasks.spawn(events::sequencer::run(
                 store.clone(),
                 log.clone(),
+                state,
                 lease,
                 poll,
                 stop.clone(),

@@ -127,23 +127,46 @@ impl EventLog {
         self.head.subscribe()
     }
 
-    /// Adds events that got positions (consecutive positions after the head).
-    pub fn append(&self, events: impl IntoIterator<Item = StoredEvent>) {
+    /// Adds events that got positions, in position order. Events at or below the
+    /// head are skipped (the sequencer and the tail may both hand the same ones
+    /// over); the rest must follow the head without a gap, else nothing more is
+    /// added (the tail reads them again from the outbox). Returns how many were
+    /// added.
+    pub fn append(&self, events: impl IntoIterator<Item = StoredEvent>) -> usize {
+        let mut added = 0;
         let mut last = None;
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut head = self.head();
             for e in events {
+                if e.position <= head {
+                    continue;
+                }
+                if e.position != head + 1 {
+                    tracing::debug!(
+                        head,
+                        position = e.position,
+                        "Event after a gap not added; the tail reads it again."
+                    );
+                    break;
+                }
+                head = e.position;
                 last = Some(e.position);
                 if recent.len() == self.capacity {
                     recent.pop_front();
                 }
                 recent.push_back(Arc::new(e));
+                added += 1;
+            }
+            if let Some(p) = last {
+                // Moved under the lock, so two appenders cannot interleave.
+                self.head.send_replace(p);
             }
         }
         if let Some(p) = last {
             metrics::gauge!(super::metric::HEAD).set(p as f64);
-            self.head.send_replace(p);
         }
+        added
     }
 
     /// Up to `limit` events after `after`, oldest first; empty when `after` is the

@@ -1,6 +1,8 @@
 //! The sequencer (leader only): gives staged events their positions in the
-//! outbox, oldest first, in transactions that check the leader lease. Woken at
-//! once by this replica's commits, and every poll interval for other replicas'.
+//! outbox, oldest first, in transactions that check the leader lease, and hands
+//! them straight to this replica's event log (publishers, live streams). Woken
+//! at once by this replica's commits, and every poll interval for other
+//! replicas'.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::log::EventLog;
+use crate::state::State;
 use crate::store::{LeaseHold, Store, StoreError};
 use crate::telemetry;
 
@@ -18,6 +21,7 @@ const ROUND: u32 = 2_000;
 pub async fn run(
     store: Store,
     log: Arc<EventLog>,
+    state: Arc<State>,
     lease: LeaseHold,
     poll: Duration,
     stop: CancellationToken,
@@ -26,17 +30,20 @@ pub async fn run(
     loop {
         loop {
             match store.sequence_events(&lease, ROUND).await {
-                Ok(round) => {
+                Ok(events) => {
                     if failing {
                         tracing::info!("Event sequencing works again.");
                         failing = false;
                     }
-                    if round.events == 0 {
+                    let n = events.len();
+                    if n == 0 {
                         break;
                     }
-                    metrics::counter!(telemetry::SEQUENCED).increment(round.events);
-                    log.wake_tail();
-                    if round.events < u64::from(ROUND) {
+                    metrics::counter!(telemetry::SEQUENCED).increment(n as u64);
+                    if !super::tail::absorb(&store, &log, &state, events).await {
+                        log.wake_tail();
+                    }
+                    if n < ROUND as usize {
                         break;
                     }
                 }

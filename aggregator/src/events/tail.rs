@@ -1,6 +1,7 @@
 //! The tail (every replica): follows the outbox from the event log's head, so
 //! that live streams on this replica see every replica's events, in position
-//! order. Events of resources this replica's model holds at an older version
+//! order. The leader's sequencer hands the events it positions over directly
+//! ([`absorb`]), so there the tail only catches up after a failure. Events of resources this replica's model holds at an older version
 //! (changed by another replica) make it read those resources again: the model
 //! lags another replica's writes by at most the poll interval plus the
 //! sequencer's round.
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::StoredEvent;
 use super::log::EventLog;
 use crate::planner::apply::refresh;
 use crate::state::State;
@@ -18,6 +20,50 @@ use crate::store::Store;
 
 /// Events read per query, at most.
 const PAGE: u32 = 1_000;
+
+/// Takes events that got positions into this replica: resources they name at a
+/// newer version than the model holds are read again from the database, then
+/// the events join the event log (with when they committed, if they did here).
+/// False when the resources could not be read (the events wait for the next
+/// round).
+pub async fn absorb(
+    store: &Store,
+    log: &EventLog,
+    state: &State,
+    mut events: Vec<StoredEvent>,
+) -> bool {
+    let stale: Vec<String> = {
+        let model = state.read();
+        let mut ids: HashSet<&str> = HashSet::new();
+        for e in &events {
+            let known = model
+                .resources
+                .get(&e.event.resource_id)
+                .map_or(0, |t| t.record.version);
+            if known < e.event.resource_version {
+                ids.insert(e.event.resource_id.as_str());
+            }
+        }
+        ids.into_iter().map(str::to_string).collect()
+    };
+    if !stale.is_empty() {
+        match store.load_resources(&stale).await {
+            Ok(records) => refresh(state, records),
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "Could not read resources another replica changed; retrying."
+                );
+                return false;
+            }
+        }
+    }
+    for e in &mut events {
+        e.committed_at = log.take_commit_time(&e.event.event_id);
+    }
+    log.append(events);
+    true
+}
 
 /// Follows the outbox until `stop`.
 pub async fn run(
@@ -31,7 +77,7 @@ pub async fn run(
     loop {
         loop {
             let after = log.head();
-            let mut events = match store.events_after(after, PAGE).await {
+            let events = match store.events_after(after, PAGE).await {
                 Ok(e) => {
                     failing = false;
                     e
@@ -51,36 +97,9 @@ pub async fn run(
                 break;
             }
             let full = events.len() == PAGE as usize;
-            let stale: Vec<String> = {
-                let model = state.read();
-                let mut ids: HashSet<&str> = HashSet::new();
-                for e in &events {
-                    let known = model
-                        .resources
-                        .get(&e.event.resource_id)
-                        .map_or(0, |t| t.record.version);
-                    if known < e.event.resource_version {
-                        ids.insert(e.event.resource_id.as_str());
-                    }
-                }
-                ids.into_iter().map(str::to_string).collect()
-            };
-            if !stale.is_empty() {
-                match store.load_resources(&stale).await {
-                    Ok(records) => refresh(&state, records),
-                    Err(e) => {
-                        tracing::warn!(
-                            error = &e as &dyn std::error::Error,
-                            "Could not read resources another replica changed; retrying."
-                        );
-                        break;
-                    }
-                }
+            if !absorb(&store, &log, &state, events).await {
+                break;
             }
-            for e in &mut events {
-                e.committed_at = log.take_commit_time(&e.event.event_id);
-            }
-            log.append(events);
             if !full {
                 break;
             }

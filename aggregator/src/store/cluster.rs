@@ -9,8 +9,10 @@
 
 use sqlx::Row;
 
+use super::events::{HEAD, event_from_row};
 use super::rows::seq_to_db;
-use super::{Pool, Store, StoreError, events::HEAD};
+use super::{Pool, Store, StoreError};
+use crate::events::StoredEvent;
 use crate::samples::ledger::Cursor;
 
 /// The database's clock in Unix ms, as SQL, per backend.
@@ -81,15 +83,6 @@ pub struct SessionOwner {
     pub owner: String,
     /// The session's epoch.
     pub epoch: u64,
-}
-
-/// What one sequencer round moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sequenced {
-    /// Events that got positions.
-    pub events: u64,
-    /// The newest position after the round.
-    pub head: u64,
 }
 
 /// A lease as held: who, and at which epoch.
@@ -254,70 +247,146 @@ impl Store {
     }
 
     /// Gives positions to staged events, oldest first, at most `max`, while
-    /// `lease` is held: one transaction that checks the lease, moves the rows to
-    /// the outbox after the head and moves the head.
+    /// `lease` is held, and returns them with their positions (consecutive after
+    /// the head as it was). On PostgreSQL one statement does it all, in one
+    /// snapshot: a staged event that commits meanwhile waits for the next round,
+    /// whatever its id; on SQLite (one writer) one transaction.
     pub async fn sequence_events(
         &self,
         lease: &LeaseHold,
         max: u32,
-    ) -> Result<Sequenced, StoreError> {
-        let share = match self.pool {
-            Pool::Postgres(_) => " FOR SHARE",
-            Pool::Sqlite(_) => "",
-        };
-        let snapshot = match self.pool {
-            // Every statement of the round sees the same rows: a staged event
-            // that commits meanwhile waits for the next round, whatever its id.
-            Pool::Postgres(_) => "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-            Pool::Sqlite(_) => "SELECT 1",
-        };
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(snapshot).execute(&mut *tx).await?;
-            let held = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3{share}"
-            )))
-                .bind(&lease.name).bind(&lease.holder).bind(seq_to_db(lease.epoch))
-                .fetch_optional(&mut *tx).await?;
-            if held.is_none() {
-                return Err(StoreError::LeaseLost(format!("{} at epoch {}", lease.name, lease.epoch)));
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let now = infrawatch_common::time::now_unix_ms();
+        let rows = match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let held = sqlx::query(
+                    "SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
+                )
+                .bind(&lease.name)
+                .bind(&lease.holder)
+                .bind(seq_to_db(lease.epoch))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if held.is_none() {
+                    return Err(StoreError::LeaseLost(format!(
+                        "{} at epoch {}",
+                        lease.name, lease.epoch
+                    )));
+                }
+                let rows = sqlx::query(SEQUENCE_PG)
+                    .bind(i64::from(max))
+                    .bind(now)
+                    .bind(HEAD)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<i64, _>("position")?,
+                            r.try_get::<Vec<u8>, _>("payload")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?
             }
-            let head_row = sqlx::query("SELECT value FROM aggregator_meta WHERE name = $1")
-                .bind(HEAD).fetch_optional(&mut *tx).await?;
-            let head = match head_row {
-                Some(r) => u64::try_from(r.try_get::<i64, _>("value")?).unwrap_or(0),
-                None => 0,
-            };
-            let ids: Vec<i64> = sqlx::query("SELECT id FROM event_staging ORDER BY id LIMIT $1")
-                .bind(i64::from(max)).fetch_all(&mut *tx).await?
-                .iter().map(|r| r.try_get::<i64, _>("id")).collect::<Result<_, _>>()?;
-            let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
-                return Ok(Sequenced { events: 0, head });
-            };
-            let n = ids.len() as u64;
-            let now = infrawatch_common::time::now_unix_ms();
-            // The transaction reads one snapshot (see above): the rows between
-            // the first and the last id seen are exactly those seen.
-            let moved = sqlx::query(
-                "INSERT INTO event_outbox (position, event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
-                 SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), event_id, resource_id, resource_kind, resource_version, payload, $2 \
-                 FROM event_staging WHERE id >= $3 AND id <= $4")
-                .bind(seq_to_db(head)).bind(now).bind(first).bind(last)
-                .execute(&mut *tx).await?.rows_affected();
-            if moved != n {
-                return Err(StoreError::Corrupt {
-                    id: "event_staging".into(),
-                    reason: format!("moved {moved} events of {n} seen in one snapshot"),
-                });
-            }
-            sqlx::query("DELETE FROM event_staging WHERE id >= $1 AND id <= $2")
-                .bind(first).bind(last)
-                .execute(&mut *tx).await?;
-            sqlx::query(super::events::SET_META)
-                .bind(HEAD).bind(seq_to_db(head + n))
-                .execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(Sequenced { events: n, head: head + n })
-        })
+            Pool::Sqlite(pool) => sequence_sqlite(pool, lease, max, now).await?,
+        };
+        rows.iter()
+            .map(|(position, payload)| event_from_row(*position, payload))
+            .collect()
     }
+}
+
+/// One round of the sequencer on PostgreSQL, in one statement: the oldest
+/// staged events (at most `$1`) leave the staging table, enter the outbox with
+/// positions after the head (`$3` in `aggregator_meta`), created at `$2`; the
+/// head moves; the moved events come back in position order. The leader's lease
+/// row is held (FOR SHARE) by the same transaction beforehand.
+const SEQUENCE_PG: &str = "WITH picked AS ( \
+        SELECT id FROM event_staging ORDER BY id LIMIT $1 \
+    ), moved AS ( \
+        DELETE FROM event_staging s USING picked p WHERE s.id = p.id \
+        RETURNING s.id, s.event_id, s.resource_id, s.resource_kind, s.resource_version, s.payload \
+    ), numbered AS ( \
+        SELECT COALESCE((SELECT value FROM aggregator_meta WHERE name = $3), 0) \
+            + ROW_NUMBER() OVER (ORDER BY id) AS position, moved.* FROM moved \
+    ), inserted AS ( \
+        INSERT INTO event_outbox (position, event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
+        SELECT position, event_id, resource_id, resource_kind, resource_version, payload, $2 FROM numbered \
+        RETURNING position, payload \
+    ), head AS ( \
+        INSERT INTO aggregator_meta (name, value) SELECT $3, MAX(position) FROM inserted HAVING COUNT(*) > 0 \
+        ON CONFLICT (name) DO UPDATE SET value = excluded.value \
+    ) \
+    SELECT position, payload FROM inserted ORDER BY position";
+
+/// One round of the sequencer on SQLite (a single writer: the rows between the
+/// first and the last id read are exactly those read).
+async fn sequence_sqlite(
+    pool: &sqlx::SqlitePool,
+    lease: &LeaseHold,
+    max: u32,
+    now: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let held =
+        sqlx::query("SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3")
+            .bind(&lease.name)
+            .bind(&lease.holder)
+            .bind(seq_to_db(lease.epoch))
+            .fetch_optional(&mut *tx)
+            .await?;
+    if held.is_none() {
+        return Err(StoreError::LeaseLost(format!(
+            "{} at epoch {}",
+            lease.name, lease.epoch
+        )));
+    }
+    let head = match sqlx::query("SELECT value FROM aggregator_meta WHERE name = $1")
+        .bind(HEAD)
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        Some(r) => r.try_get::<i64, _>("value")?,
+        None => 0,
+    };
+    let staged = sqlx::query("SELECT id, payload FROM event_staging ORDER BY id LIMIT $1")
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut out = Vec::with_capacity(staged.len());
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    for (i, r) in staged.iter().enumerate() {
+        let id: i64 = r.try_get("id")?;
+        first = first.min(id);
+        last = last.max(id);
+        out.push((head + i as i64 + 1, r.try_get::<Vec<u8>, _>("payload")?));
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    sqlx::query(
+        "INSERT INTO event_outbox (position, event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
+         SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), event_id, resource_id, resource_kind, resource_version, payload, $2 \
+         FROM event_staging WHERE id >= $3 AND id <= $4",
+    )
+    .bind(head)
+    .bind(now)
+    .bind(first)
+    .bind(last)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM event_staging WHERE id >= $1 AND id <= $2")
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(super::events::SET_META)
+        .bind(HEAD)
+        .bind(head + out.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(out)
 }

@@ -109,7 +109,7 @@ fn cursor_row(
     })
 }
 
-fn event_from_row(position: i64, payload: &[u8]) -> Result<StoredEvent, StoreError> {
+pub(super) fn event_from_row(position: i64, payload: &[u8]) -> Result<StoredEvent, StoreError> {
     let event =
         pb::InfrastructureStatusUpdatedEvent::decode(payload).map_err(|e| StoreError::Corrupt {
             id: format!("event position {position}"),

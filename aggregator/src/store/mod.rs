@@ -234,7 +234,7 @@ mod cluster;
 mod events;
 mod gaps;
 
-pub use cluster::{LeaseHold, OpenedSession, Sequenced, SessionOwner};
+pub use cluster::{LeaseHold, OpenedSession, SessionOwner};
 
 pub use events::{CursorKind, CursorRow, DeadLetter};
 pub use gaps::GapRow;

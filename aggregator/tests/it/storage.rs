@@ -499,11 +499,21 @@ async fn outbox_round_trips(db: TestDb) {
         holder: "replica-1".into(),
         epoch,
     };
+    let positions = |round: Vec<StoredEvent>| -> Vec<(u64, String)> {
+        round
+            .into_iter()
+            .map(|e| (e.position, e.event.resource_id))
+            .collect()
+    };
     let round = s.sequence_events(&hold, 2).await.unwrap();
-    assert_eq!((round.events, round.head), (2, 2));
+    assert_eq!(
+        positions(round),
+        vec![(1, "host/a".to_string()), (2, "host/b".to_string())],
+        "in commit order, with the events"
+    );
     let round = s.sequence_events(&hold, 10).await.unwrap();
-    assert_eq!((round.events, round.head), (1, 3));
-    assert_eq!(s.sequence_events(&hold, 10).await.unwrap().events, 0);
+    assert_eq!(positions(round), vec![(3, "host/a".to_string())]);
+    assert!(s.sequence_events(&hold, 10).await.unwrap().is_empty());
     assert_eq!(s.event_head().await.unwrap(), 3);
     let read = s.events_after(1, 10).await.unwrap();
     assert_eq!(
