@@ -248,9 +248,9 @@ impl Store {
 
     /// Gives positions to staged events, oldest first, at most `max`, while
     /// `lease` is held, and returns them with their positions (consecutive after
-    /// the head as it was). On PostgreSQL one statement does it all, in one
-    /// snapshot: a staged event that commits meanwhile waits for the next round,
-    /// whatever its id; on SQLite (one writer) one transaction.
+    /// the head as it was). On PostgreSQL one statement does it all, lease check
+    /// included, in one snapshot: a staged event that commits meanwhile waits for
+    /// the next round, whatever its id; on SQLite (one writer) one transaction.
     pub async fn sequence_events(
         &self,
         lease: &LeaseHold,
@@ -259,35 +259,36 @@ impl Store {
         let now = infrawatch_common::time::now_unix_ms();
         let rows = match &self.pool {
             Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let held = sqlx::query(
-                    "SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
-                )
-                .bind(&lease.name)
-                .bind(&lease.holder)
-                .bind(seq_to_db(lease.epoch))
-                .fetch_optional(&mut *tx)
-                .await?;
-                if held.is_none() {
-                    return Err(StoreError::LeaseLost(format!(
-                        "{} at epoch {}",
-                        lease.name, lease.epoch
-                    )));
-                }
+                // One statement, its own transaction: one round trip and one
+                // WAL flush per round.
                 let rows = sqlx::query(SEQUENCE_PG)
                     .bind(i64::from(max))
                     .bind(now)
                     .bind(HEAD)
-                    .fetch_all(&mut *tx)
+                    .bind(&lease.name)
+                    .bind(&lease.holder)
+                    .bind(seq_to_db(lease.epoch))
+                    .fetch_all(pool)
                     .await?;
-                tx.commit().await?;
+                if rows.is_empty() {
+                    // Nothing staged, or the lease is not held: tell which.
+                    let held = sqlx::query(
+                        "SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3",
+                    )
+                    .bind(&lease.name)
+                    .bind(&lease.holder)
+                    .bind(seq_to_db(lease.epoch))
+                    .fetch_optional(pool)
+                    .await?;
+                    if held.is_none() {
+                        return Err(StoreError::LeaseLost(format!(
+                            "{} at epoch {}",
+                            lease.name, lease.epoch
+                        )));
+                    }
+                }
                 rows.iter()
-                    .map(|r| {
-                        Ok((
-                            r.try_get::<i64, _>("position")?,
-                            r.try_get::<Vec<u8>, _>("payload")?,
-                        ))
-                    })
+                    .map(|r| Ok((r.try_get::<i64, _>("position")?, r.try_get::<Vec<u8>, _>("payload")?)))
                     .collect::<Result<Vec<_>, StoreError>>()?
             }
             Pool::Sqlite(pool) => sequence_sqlite(pool, lease, max, now).await?,
@@ -298,13 +299,16 @@ impl Store {
     }
 }
 
-/// One round of the sequencer on PostgreSQL, in one statement: the oldest
-/// staged events (at most `$1`) leave the staging table, enter the outbox with
-/// positions after the head (`$3` in `aggregator_meta`), created at `$2`; the
-/// head moves; the moved events come back in position order. The leader's lease
-/// row is held (FOR SHARE) by the same transaction beforehand.
-const SEQUENCE_PG: &str = "WITH picked AS ( \
-        SELECT id FROM event_staging ORDER BY id LIMIT $1 \
+/// One round of the sequencer on PostgreSQL, in one statement: while lease `$4`
+/// is held by `$5` at epoch `$6` (its row locked FOR SHARE until commit, so a
+/// new leader cannot take it meanwhile), the oldest staged events (at most
+/// `$1`) leave the staging table and enter the outbox with positions after the
+/// head (`$3` in `aggregator_meta`), created at `$2`; the head moves; the moved
+/// events come back in position order.
+const SEQUENCE_PG: &str = "WITH lease AS ( \
+        SELECT epoch FROM leases WHERE name = $4 AND holder = $5 AND epoch = $6 FOR SHARE \
+    ), picked AS ( \
+        SELECT id FROM event_staging WHERE EXISTS (SELECT 1 FROM lease) ORDER BY id LIMIT $1 \
     ), moved AS ( \
         DELETE FROM event_staging s USING picked p WHERE s.id = p.id \
         RETURNING s.id, s.event_id, s.resource_id, s.resource_kind, s.resource_version, s.payload \
