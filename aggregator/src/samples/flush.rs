@@ -1,6 +1,7 @@
 //! The flush: at an interval, every ledger's unflushed rollups and its cursor go
-//! to the database in one transaction; then each ledger's durable seq moves, and
-//! the streams acknowledge their batches as durable.
+//! to the database (an agent's rollups and cursor always in one transaction,
+//! agents together in transactions of about 20,000 rows); then each ledger's
+//! durable seq moves, and the streams acknowledge their batches as durable.
 //!
 //! A flush writes increments: a minute written partly by one flush and partly by
 //! the next (or by another aggregator after the agent moved) adds up in the
@@ -33,9 +34,15 @@ pub struct Flusher {
     interval: Duration,
 }
 
-/// What one flush took: the units per ledger, the same as flush sources, and
-/// how many rollup rows they hold.
-struct Round {
+/// Rollup rows per flush transaction, about: a flush of many agents is cut into
+/// transactions of whole agents up to this size, so the database's work (and
+/// the CPU it takes from the streams on a small machine) comes in steps rather
+/// than in one burst, and no transaction grows without bound.
+const ROWS_PER_TRANSACTION: usize = 20_000;
+
+/// A part of one flush, written in one transaction: the units of some ledgers,
+/// the same as flush sources, and how many rollup rows they hold.
+struct Part {
     taken: Vec<(Arc<Ledger>, Vec<Taken>)>,
     sources: Vec<FlushSource>,
     rollups: usize,
@@ -106,26 +113,31 @@ impl Flusher {
         }
     }
 
-    /// Takes every ledger's unflushed data, as flush sources; `None` when there
-    /// is nothing to write.
-    fn take_all(&self) -> Option<Round> {
-        let mut taken: Vec<(Arc<Ledger>, Vec<Taken>)> = Vec::new();
+    /// Takes every ledger's unflushed data, as flush sources, in parts of about
+    /// [`ROWS_PER_TRANSACTION`] rows (empty when there is nothing to write).
+    fn take_all(&self) -> Vec<Part> {
+        let mut parts: Vec<Part> = Vec::new();
         let mut oldest = Duration::ZERO;
         for ledger in self.samples.ledgers() {
             oldest = oldest.max(ledger.since_flush());
             let units = ledger.take();
-            if !units.is_empty() {
-                taken.push((ledger, units));
+            if units.is_empty() {
+                continue;
             }
-        }
-        metrics::gauge!(telemetry::FLUSH_AGE).set(oldest.as_secs_f64());
-        if taken.is_empty() {
-            return None;
-        }
-        let mut sources = Vec::with_capacity(taken.len());
-        let mut rollups = 0;
-        for (ledger, units) in &taken {
-            for t in units {
+            if parts
+                .last()
+                .is_none_or(|p| p.rollups >= ROWS_PER_TRANSACTION)
+            {
+                parts.push(Part {
+                    taken: Vec::new(),
+                    sources: Vec::new(),
+                    rollups: 0,
+                });
+            }
+            let Some(part) = parts.last_mut() else {
+                continue;
+            };
+            for t in &units {
                 let mut source = FlushSource {
                     key: ledger.key().to_string(),
                     epoch: t.epoch,
@@ -142,66 +154,72 @@ impl Flusher {
                         });
                     }
                 }
-                rollups += source.rollups.len();
-                sources.push(source);
+                part.rollups += source.rollups.len();
+                part.sources.push(source);
             }
+            part.taken.push((ledger, units));
         }
-        Some(Round {
-            taken,
-            sources,
-            rollups,
-        })
+        metrics::gauge!(telemetry::FLUSH_AGE).set(oldest.as_secs_f64());
+        parts
     }
 
-    /// Takes every ledger's unflushed data and writes it in one transaction.
+    /// Takes every ledger's unflushed data and writes it, one transaction per
+    /// part; a part that fails keeps its units for the next flush (the others
+    /// are written all the same).
     pub async fn flush_once(&self) -> Result<Flushed, StoreError> {
         let _gate = self.samples.flush_gate().await;
         let started = Instant::now();
-        let Some(Round {
-            taken,
-            sources,
-            rollups,
-        }) = crate::cpu_bound(|| self.take_all())
-        else {
+        let parts = crate::cpu_bound(|| self.take_all());
+        if parts.is_empty() {
             return Ok(Flushed::default());
-        };
-        match self.store.flush(&sources).await {
-            Ok(fenced) => {
-                let fenced: std::collections::HashSet<String> = fenced.into_iter().collect();
-                let agents = taken.len();
-                for (ledger, units) in taken {
-                    if fenced.contains(ledger.key()) {
-                        tracing::info!(
-                            agent = ledger.key(),
-                            "Another stream holds this agent now; its unflushed samples here are dropped (it sends them there)."
-                        );
-                        ledger.fence();
-                        self.samples.forget(ledger.key());
-                        metrics::counter!(telemetry::FLUSH_FENCED).increment(1);
-                    } else if let Some(seq) = units.iter().map(|u| u.seq).max() {
-                        ledger.flushed(seq);
-                    }
-                }
-                let outcome = Flushed {
-                    sources: agents - fenced.len(),
-                    rollups,
-                };
-                metrics::counter!(telemetry::FLUSHES, "result" => "ok").increment(1);
-                metrics::counter!(telemetry::STORE_ROWS, "table" => "rollups")
-                    .increment(outcome.rollups as u64);
-                metrics::counter!(telemetry::STORE_ROWS, "table" => "cursors")
-                    .increment(outcome.sources as u64);
-                metrics::histogram!(telemetry::FLUSH_DURATION)
-                    .record(started.elapsed().as_secs_f64());
-                Ok(outcome)
-            }
-            Err(e) => {
-                for (ledger, units) in taken {
+        }
+        let mut outcome = Flushed::default();
+        let mut failure = None;
+        for part in parts {
+            if failure.is_some() {
+                // The database failed: the rest waits for the next flush.
+                for (ledger, units) in part.taken {
                     ledger.flush_failed(units);
                 }
-                metrics::counter!(telemetry::FLUSHES, "result" => "failed").increment(1);
-                Err(e)
+                continue;
+            }
+            match self.store.flush(&part.sources).await {
+                Ok(fenced) => {
+                    let fenced: std::collections::HashSet<String> = fenced.into_iter().collect();
+                    outcome.sources += part.taken.len() - fenced.len();
+                    outcome.rollups += part.rollups;
+                    for (ledger, units) in part.taken {
+                        if fenced.contains(ledger.key()) {
+                            tracing::info!(
+                                agent = ledger.key(),
+                                "Another stream holds this agent now; its unflushed samples here are dropped (it sends them there)."
+                            );
+                            ledger.fence();
+                            self.samples.forget(ledger.key());
+                            metrics::counter!(telemetry::FLUSH_FENCED).increment(1);
+                        } else if let Some(seq) = units.iter().map(|u| u.seq).max() {
+                            ledger.flushed(seq);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (ledger, units) in part.taken {
+                        ledger.flush_failed(units);
+                    }
+                    failure = Some(e);
+                }
             }
         }
+        if let Some(e) = failure {
+            metrics::counter!(telemetry::FLUSHES, "result" => "failed").increment(1);
+            return Err(e);
+        }
+        metrics::counter!(telemetry::FLUSHES, "result" => "ok").increment(1);
+        metrics::counter!(telemetry::STORE_ROWS, "table" => "rollups")
+            .increment(outcome.rollups as u64);
+        metrics::counter!(telemetry::STORE_ROWS, "table" => "cursors")
+            .increment(outcome.sources as u64);
+        metrics::histogram!(telemetry::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(outcome)
     }
 }

@@ -288,7 +288,12 @@ impl Store {
                     }
                 }
                 rows.iter()
-                    .map(|r| Ok((r.try_get::<i64, _>("position")?, r.try_get::<Vec<u8>, _>("payload")?)))
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<i64, _>("position")?,
+                            r.try_get::<Vec<u8>, _>("payload")?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, StoreError>>()?
             }
             Pool::Sqlite(pool) => sequence_sqlite(pool, lease, max, now).await?,
