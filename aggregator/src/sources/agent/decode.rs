@@ -271,6 +271,17 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
             limits.max_samples
         )));
     }
+    // Each series' sample list allocated once, at its size (indexes out of
+    // range are refused below).
+    let mut counts = vec![0usize; series.len()];
+    for &idx in &cols.series {
+        if let Some(c) = counts.get_mut(idx as usize) {
+            *c += 1;
+        }
+    }
+    for (s, n) in series.iter_mut().zip(counts) {
+        s.points.reserve_exact(n);
+    }
     let earliest = now_ms.saturating_sub(limits.max_sample_age_ms);
     let latest = now_ms.saturating_add(limits.max_future_skew_ms);
     let mut decoded = DecodedBatch {
