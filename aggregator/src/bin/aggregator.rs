@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 /// mimalloc instead of the system allocator: the ingest path allocates small
 /// objects at a high rate, and glibc's malloc took about 40 % of the aggregator's
 /// CPU under load (BENCHMARKS.md, profile of the sample path).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

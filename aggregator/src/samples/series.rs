@@ -79,11 +79,18 @@ impl SeriesState {
                 let mut r = MinuteRollup::new(bucket);
                 r.add(ts, value);
                 let at = self.open.partition_point(|o| o.bucket_start_ms < bucket);
+                // Usually one or two minutes are open: grow one at a time (a Vec
+                // would take room for four on its first push).
+                self.open.reserve_exact(1);
                 self.open.insert(at, r);
             }
         }
         if ts < horizon {
             return;
+        }
+        if self.points.is_empty() {
+            // The first sample: room for a few, not VecDeque's default.
+            self.points.reserve_exact(2);
         }
         match self.points.back() {
             Some(&(last, _)) if ts < last => {

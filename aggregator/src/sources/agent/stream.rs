@@ -225,7 +225,9 @@ impl AgentSource {
                 return "bad hello";
             }
         };
-        let session = match self.open_session(identity, &key, hello.last_seq).await {
+        // Boxed: it runs once per stream, and inline its state would make every
+        // stream's task larger for the stream's whole life.
+        let session = match Box::pin(self.open_session(identity, &key, hello.last_seq)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(
@@ -512,7 +514,9 @@ impl AgentSource {
             !plan.is_empty()
         };
         if needs_commit {
-            self.planner.submit(report).await?;
+            // Boxed: rare, and inline its state would make every stream's task
+            // larger for the stream's whole life.
+            Box::pin(self.planner.submit(report)).await?;
         }
         Ok(())
     }
