@@ -639,6 +639,13 @@ impl DiskBuffer {
         let inner = self.lock();
         metrics::gauge!("infrawatch_agent_buffer_bytes").set(inner.bytes as f64);
         metrics::gauge!("infrawatch_agent_buffer_batches").set(inner.entries.len() as f64);
+        // When the oldest unacknowledged sample was taken (0: nothing waits), so
+        // `time() - x` is how far behind the aggregator's durable copy is.
+        let oldest = inner
+            .entries
+            .front()
+            .map_or(0.0, |e| e.header.min_ts as f64 / 1000.0);
+        metrics::gauge!("infrawatch_agent_buffer_oldest_sample_timestamp_seconds").set(oldest);
         metrics::gauge!("infrawatch_agent_buffer_memory_bytes").set(inner.memory as f64);
     }
 }

@@ -64,19 +64,14 @@ pub(crate) fn now() -> i64 {
     infrawatch_common::time::now_unix_ms()
 }
 
-/// Waits until the aggregator has applied everything the agent's buffer held (its
-/// buffer metric reads 0 batches queued).
+/// Waits until the aggregator has made durable everything the agent collected
+/// before the call.
 pub(crate) fn wait_drained(agent: &Agent) {
+    let since = now();
     eventually(
         Duration::from_secs(30),
         "the agent's buffer drained",
-        || {
-            let (_, text) = http_get(agent.metrics, "/metrics").ok()?;
-            text.lines()
-                .find(|l| l.starts_with("infrawatch_agent_buffer_batches "))
-                .filter(|l| l.ends_with(" 0"))
-                .map(|_| ())
-        },
+        || agent.acknowledged_before(since).then_some(()),
     );
 }
 

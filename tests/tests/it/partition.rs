@@ -61,11 +61,6 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
         .sum()
 }
 
-/// True once the agent's buffer holds nothing unacknowledged.
-fn drained(agent: &Agent) -> bool {
-    scrape(agent).is_some_and(|t| t.lines().any(|l| l == "infrawatch_agent_buffer_batches 0"))
-}
-
 /// Samples and batches the agent dropped because the disk refused them.
 fn lost_to_disk(agent: &Agent) -> Option<(u64, u64)> {
     let text = scrape(agent)?;
@@ -88,8 +83,9 @@ fn lost_to_disk(agent: &Agent) -> Option<(u64, u64)> {
 /// aggregator); returns how long that took.
 fn wait_drained(agent: &Agent, timeout: Duration) -> Duration {
     let started = Instant::now();
+    let since = now();
     eventually(timeout, "the agent's buffer drained", || {
-        drained(agent).then_some(())
+        agent.acknowledged_before(since).then_some(())
     });
     started.elapsed()
 }
@@ -291,6 +287,7 @@ async fn a_full_buffer_disk_loses_only_what_it_reports() {
             (s + field(g, "samplesLost"), b + field(g, "batchesLost"))
         })
     };
+    let since = now();
     eventually(
         Duration::from_secs(60),
         "the loss reported and the buffer drained",
@@ -298,7 +295,7 @@ async fn a_full_buffer_disk_loses_only_what_it_reports() {
             let (samples, batches) = lost_to_disk(&agent)?;
             let exact =
                 (i64::try_from(samples).ok()?, i64::try_from(batches).ok()?) == reported(&agg);
-            (exact && drained(&agent)).then_some(())
+            (exact && agent.acknowledged_before(since)).then_some(())
         },
     );
     let recovery = restored.elapsed();
@@ -325,7 +322,7 @@ async fn a_full_buffer_disk_loses_only_what_it_reports() {
             );
             let exact =
                 (i64::try_from(samples).ok()?, i64::try_from(batches).ok()?) == reported(&agg);
-            (exact && drained(&agent)).then(|| {
+            (exact && agent.acknowledged_before(end)).then(|| {
                 (
                     samples,
                     batches,
@@ -398,8 +395,9 @@ async fn a_full_buffer_disk_loses_only_what_it_reports() {
     )
     .unwrap();
     let before = last_seq(&agg);
+    let since = now();
     eventually(Duration::from_secs(30), "new batches applied", || {
-        (last_seq(&agg) > before + 2 && drained(&agent)).then_some(())
+        (last_seq(&agg) > before + 2 && agent.acknowledged_before(since)).then_some(())
     });
     let after = gaps(&agg);
     assert!(

@@ -97,11 +97,14 @@ fn up_runs_everything_and_the_cli_queries_it() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "up exited with {status}");
-    let log = std::fs::read_to_string(home.path().join("logs/agent.log")).unwrap();
+    let agent_log = std::fs::read_to_string(home.path().join("logs/agent.log")).unwrap();
+    let aggregator_log = std::fs::read_to_string(home.path().join("logs/aggregator.log")).unwrap();
     assert!(
-        log.contains("Agent stopped. unacknowledged_batches=0"),
-        "the agent should stop with everything acknowledged:\n{log}"
+        agent_log.contains("Agent stopped. unacknowledged_batches=0"),
+        "the agent should stop with everything acknowledged:\n{agent_log}\n{aggregator_log}"
     );
-    let log = std::fs::read_to_string(home.path().join("logs/aggregator.log")).unwrap();
-    assert!(log.contains("Aggregator stopped."), "{log}");
+    assert!(
+        aggregator_log.contains("Aggregator stopped."),
+        "{aggregator_log}"
+    );
 }
