@@ -153,8 +153,8 @@ pub fn resource_view(model: &Model, samples: &SampleStore, id: &str) -> Option<p
         .latest_of(id)
         .into_iter()
         .map(|(k, ts, v)| pb::LatestValue {
-            metric: k.metric,
-            attributes: k.attributes,
+            metric: k.metric.to_string(),
+            attributes: k.attributes.to_string(),
             value: v,
             timestamp_unix_ms: ts,
         })
@@ -261,10 +261,11 @@ impl MetricParams {
             )));
         }
         Ok(Self {
+            // Not interned: a query's names need not stay.
             key: SeriesKey {
-                resource_id: resource_id.to_string(),
-                metric: metric.to_string(),
-                attributes: attributes.to_string(),
+                resource_id: resource_id.into(),
+                metric: metric.into(),
+                attributes: attributes.into(),
             },
             from_ms: from,
             to_ms: to,
@@ -281,7 +282,7 @@ pub async fn metric(
 ) -> Result<pb::QueryMetricResponse, QueryError> {
     {
         let model = state.read();
-        if !model.resources.contains_key(&p.key.resource_id) {
+        if !model.resources.contains_key(&*p.key.resource_id) {
             return Err(QueryError::NotFound(format!(
                 "resource {:?} not found",
                 p.key.resource_id
@@ -344,9 +345,9 @@ fn response(
     source: &str,
 ) -> pb::QueryMetricResponse {
     pb::QueryMetricResponse {
-        resource_id: p.key.resource_id.clone(),
-        metric: p.key.metric.clone(),
-        attributes: p.key.attributes.clone(),
+        resource_id: p.key.resource_id.to_string(),
+        metric: p.key.metric.to_string(),
+        attributes: p.key.attributes.to_string(),
         step_ms: step,
         points: points
             .into_iter()

@@ -522,11 +522,11 @@ mod tests {
     fn host_rules_read_the_window_from_the_sample_store() {
         let samples = SampleStore::new(600_000);
         let ledger = samples.open_ledger("agent-a", Cursor::default(), 0, 1);
-        let key = SeriesKey {
-            resource_id: "host/x".into(),
-            metric: infrawatch_common::resource::metric::CPU_UTILIZATION.into(),
-            attributes: String::new(),
-        };
+        let key = SeriesKey::new(
+            "host/x",
+            infrawatch_common::resource::metric::CPU_UTILIZATION,
+            "",
+        );
         let (_, new) = ledger.begin(
             1,
             &[SeriesSamples {

@@ -40,6 +40,9 @@ pub struct Flusher {
 /// than in one burst, and no transaction grows without bound.
 const ROWS_PER_TRANSACTION: usize = 20_000;
 
+/// The first retry after a failed flush (later ones double, up to the interval).
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
 /// A part of one flush, written in one transaction: the units of some ledgers,
 /// the same as flush sources, and how many rollup rows they hold.
 struct Part {
@@ -73,32 +76,40 @@ impl Flusher {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        let mut failing = false;
+        // After a failure the flush is tried again sooner than the interval
+        // (from half a second, doubling up to it), so that a short database
+        // hiccup does not hold every agent's acknowledgements for a whole
+        // interval.
+        let mut retry: Option<Duration> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = self.samples.flush_requested() => {}
+                _ = tokio::time::sleep(retry.unwrap_or(Duration::MAX)), if retry.is_some() => {}
             }
             match self.flush_once().await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("Sample flush succeeded again.");
+                Ok(_) => {
+                    if retry.take().is_some() {
+                        tracing::info!("Sample flush succeeded again.");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
-                    if !failing {
+                    let next = retry.map_or(FIRST_RETRY, |r| (r * 2).min(self.interval));
+                    if retry.is_none() {
                         tracing::warn!(
                             error = &e as &dyn std::error::Error,
-                            "Sample flush failed; retrying at the next interval while agents keep their batches."
+                            retry_in_ms = next.as_millis() as u64,
+                            "Sample flush failed; retrying while agents keep their batches."
                         );
                     }
-                    failing = true;
+                    retry = Some(next);
                 }
             }
             let now = infrawatch_common::time::now_unix_ms();
             let series = self.samples.evict(now);
             metrics::gauge!(telemetry::HOT_SERIES).set(series as f64);
+            super::names::forget_unused();
         }
         match self.flush_once().await {
             Ok(f) => tracing::info!(

@@ -213,8 +213,8 @@ impl Ledger {
             let state = match inner.series.get_mut(&s.key) {
                 Some(state) => state,
                 None => {
-                    if new_resources.last() != Some(&s.key.resource_id) {
-                        new_resources.push(s.key.resource_id.clone());
+                    if new_resources.last().map(String::as_str) != Some(&*s.key.resource_id) {
+                        new_resources.push(s.key.resource_id.to_string());
                     }
                     inner.series.entry(s.key.clone()).or_default()
                 }
@@ -327,18 +327,15 @@ impl Ledger {
         since_ms: i64,
     ) -> Vec<Stats> {
         let inner = self.lock();
-        let mut key = SeriesKey {
-            resource_id: resource_id.to_string(),
-            metric: String::new(),
-            attributes: String::new(),
-        };
+        let resource: std::sync::Arc<str> = std::sync::Arc::from(resource_id);
         series
             .iter()
             .map(|(metric, attributes)| {
-                key.metric.clear();
-                key.metric.push_str(metric);
-                key.attributes.clear();
-                key.attributes.push_str(attributes);
+                let key = SeriesKey {
+                    resource_id: resource.clone(),
+                    metric: super::names::intern(metric),
+                    attributes: super::names::intern(attributes),
+                };
                 inner
                     .series
                     .get(&key)
@@ -351,14 +348,14 @@ impl Ledger {
     pub fn latest_of(&self, resource_id: &str) -> Vec<(SeriesKey, i64, f64)> {
         let inner = self.lock();
         let start = SeriesKey {
-            resource_id: resource_id.to_string(),
-            metric: String::new(),
-            attributes: String::new(),
+            resource_id: std::sync::Arc::from(resource_id),
+            metric: std::sync::Arc::from(""),
+            attributes: std::sync::Arc::from(""),
         };
         inner
             .series
             .range((Bound::Included(start), Bound::Unbounded))
-            .take_while(|(k, _)| k.resource_id == resource_id)
+            .take_while(|(k, _)| &*k.resource_id == resource_id)
             .filter_map(|(k, s)| s.latest().map(|(t, v)| (k.clone(), t, v)))
             .collect()
     }
@@ -409,11 +406,7 @@ mod tests {
 
     fn batch(resource: &str, points: &[(i64, f64)]) -> Vec<SeriesSamples> {
         vec![SeriesSamples {
-            key: SeriesKey {
-                resource_id: resource.into(),
-                metric: "m".into(),
-                attributes: String::new(),
-            },
+            key: SeriesKey::new(resource, "m", ""),
             points: points.to_vec(),
         }]
     }

@@ -13,6 +13,7 @@
 
 pub mod flush;
 pub mod ledger;
+pub mod names;
 pub mod series;
 
 use std::collections::HashMap;
@@ -20,15 +21,29 @@ use std::sync::{Arc, RwLock};
 
 use self::ledger::{Cursor, Ledger};
 use self::series::MinuteRollup;
-/// Identifies a series: resource, metric, canonical attributes.
+/// Identifies a series: resource, metric, canonical attributes. The parts are
+/// shared strings: a key is three pointers, a copy costs no allocation, the
+/// series of one resource share its id and names repeat across series and
+/// agents without copies ([`names`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
     /// Resource id.
-    pub resource_id: String,
+    pub resource_id: Arc<str>,
     /// Metric name.
-    pub metric: String,
+    pub metric: Arc<str>,
     /// Canonical attributes (`k="v",...`), "" for none.
-    pub attributes: String,
+    pub attributes: Arc<str>,
+}
+
+impl SeriesKey {
+    /// A key from plain strings (the metric and attributes interned).
+    pub fn new(resource_id: &str, metric: &str, attributes: &str) -> Self {
+        Self {
+            resource_id: Arc::from(resource_id),
+            metric: names::intern(metric),
+            attributes: names::intern(attributes),
+        }
+    }
 }
 
 /// Count, sum, min and max of a set of samples.

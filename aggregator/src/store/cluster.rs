@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use super::events::{HEAD, event_from_row};
 use super::rows::seq_to_db;
-use super::{Pool, Store, StoreError};
+use super::{BeginWrite, Pool, Store, StoreError};
 use crate::events::StoredEvent;
 use crate::samples::ledger::Cursor;
 
@@ -206,7 +206,7 @@ impl Store {
             Pool::Sqlite(_) => "",
         };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("INSERT INTO agent_cursors (agent_id, last_seq, state_seq, updated_at_ms, epoch, owner) \
                 VALUES ($1, 0, 0, $2, 0, '') ON CONFLICT (agent_id) DO NOTHING")
                 .bind(key).bind(now).execute(&mut *tx).await?;
@@ -338,7 +338,7 @@ async fn sequence_sqlite(
     max: u32,
     now: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_write().await?;
     let held =
         sqlx::query("SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3")
             .bind(&lease.name)

@@ -230,6 +230,40 @@ macro_rules! on_pool {
     };
 }
 
+/// Starts a transaction that writes.
+///
+/// On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
+/// transaction that reads first and writes later fails at once with "database is
+/// locked", without waiting out the busy timeout, when another connection wrote
+/// in between; an immediate one waits for the lock like any other writer.
+trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send;
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send {
+        self.begin()
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
 mod cluster;
 mod events;
 mod gaps;
@@ -335,7 +369,7 @@ impl Store {
 
     async fn commit_inner(&self, c: &Commit) -> Result<(), StoreError> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             // Each version follows the stored one, or nothing is written: the
             // statement takes the row lock and checks, so two replicas changing
             // a resource at once cannot both write the same version.
@@ -538,7 +572,7 @@ impl Store {
         let started = Instant::now();
         let result: Result<Vec<RollupRow>, StoreError> = on_pool!(self, pool => {
             let rows = sqlx::query(rows::SELECT_ROLLUPS)
-                .bind(&key.resource_id).bind(&key.metric).bind(&key.attributes)
+                .bind(&*key.resource_id).bind(&*key.metric).bind(&*key.attributes)
                 .bind(from_ms).bind(to_ms)
                 .fetch_all(pool).await;
             match rows {
@@ -688,7 +722,7 @@ fn flush_keys(sources: &[FlushSource]) -> Vec<String> {
 
 async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<String>, StoreError> {
     let keys = flush_keys(sources);
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_write().await?;
     let stored: std::collections::HashMap<String, (u64, u64)> = sqlx::query(
         "SELECT agent_id, epoch, last_seq FROM agent_cursors WHERE agent_id = ANY($1) \
          ORDER BY agent_id FOR UPDATE",
@@ -741,9 +775,9 @@ async fn flush_postgres(pool: &PgPool, sources: &[FlushSource]) -> Result<Vec<St
         let mut lasts = Vec::with_capacity(rows.len());
         let mut last_ts = Vec::with_capacity(rows.len());
         for d in rows {
-            ids.push(d.key.resource_id.as_str());
-            metrics.push(d.key.metric.as_str());
-            attributes.push(d.key.attributes.as_str());
+            ids.push(&*d.key.resource_id);
+            metrics.push(&*d.key.metric);
+            attributes.push(&*d.key.attributes);
             buckets.push(d.bucket_start_ms);
             counts.push(i64::try_from(d.stats.count).unwrap_or(i64::MAX));
             sums.push(d.stats.sum);
@@ -779,7 +813,7 @@ async fn flush_sqlite(
     pool: &SqlitePool,
     sources: &[FlushSource],
 ) -> Result<Vec<String>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_write().await?;
     let mut stored = std::collections::HashMap::new();
     for key in flush_keys(sources) {
         let row = sqlx::query("SELECT epoch, last_seq FROM agent_cursors WHERE agent_id = $1")
@@ -810,9 +844,9 @@ async fn flush_sqlite(
     for chunk in plan.rollups.chunks(ROLLUP_ROWS_SQLITE) {
         let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(rows::INSERT_ROLLUP_PREFIX);
         qb.push_values(chunk, |mut b, d| {
-            b.push_bind(d.key.resource_id.clone())
-                .push_bind(d.key.metric.clone())
-                .push_bind(d.key.attributes.clone())
+            b.push_bind(d.key.resource_id.to_string())
+                .push_bind(d.key.metric.to_string())
+                .push_bind(d.key.attributes.to_string())
                 .push_bind(d.bucket_start_ms)
                 .push_bind(i64::try_from(d.stats.count).unwrap_or(i64::MAX))
                 .push_bind(d.stats.sum)

@@ -989,7 +989,7 @@ mod tests {
             assert!(kinds.contains(k), "{k} missing from {kinds:?}");
         }
         let metrics: std::collections::BTreeSet<&str> =
-            d.series.iter().map(|s| s.key.metric.as_str()).collect();
+            d.series.iter().map(|s| &*s.key.metric).collect();
         for name in [
             metric::CPU_UTILIZATION,
             metric::MEMORY_UTILIZATION,
@@ -1026,7 +1026,9 @@ mod tests {
         let success = d
             .series
             .iter()
-            .find(|s| s.key.resource_id == m.tcp_probe_id && s.key.metric == "tcp.connect.success")
+            .find(|s| {
+                *s.key.resource_id == *m.tcp_probe_id && &*s.key.metric == "tcp.connect.success"
+            })
             .unwrap();
         assert_eq!(success.points[0].1, 0.0);
     }
@@ -1046,7 +1048,7 @@ mod tests {
         let uptime = d
             .series
             .iter()
-            .find(|s| s.key.metric == metric::UPTIME)
+            .find(|s| &*s.key.metric == metric::UPTIME)
             .unwrap();
         assert_eq!(uptime.points[0].1, 2.0);
     }

@@ -199,11 +199,7 @@ mod tests {
     fn batch(series: std::ops::Range<usize>) -> DecodedBatch {
         let series: Vec<SeriesSamples> = series
             .map(|i| SeriesSamples {
-                key: SeriesKey {
-                    resource_id: "host/a".into(),
-                    metric: "m".into(),
-                    attributes: format!("i=\"{i}\""),
-                },
+                key: SeriesKey::new("host/a", "m", &format!("i=\"{i}\"")),
                 points: vec![(1, 1.0), (2, 2.0)],
             })
             .collect();

@@ -14,7 +14,7 @@ use infrawatch_common::resource::{
 use infrawatch_proto::v1::{Batch, DataGap};
 
 use crate::model::Relation;
-use crate::samples::{SeriesKey, SeriesSamples};
+use crate::samples::{SeriesKey, SeriesSamples, names};
 use crate::sources::Observation;
 
 /// Relation types the model knows.
@@ -208,27 +208,35 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
     }
 
     let strings = &batch.strings;
-    let string = |idx: u32, what: &str| -> Result<&str, DecodeError> {
+    // `what` names the reference only when it is wrong (no text per series and
+    // batch otherwise).
+    let string = |idx: u32, what: &dyn Fn() -> String| -> Result<&str, DecodeError> {
         strings
             .get(idx as usize)
             .map(String::as_str)
             .ok_or_else(|| {
                 fail(format!(
-                    "{what} refers to string {idx}, the table has {}",
+                    "{} refers to string {idx}, the table has {}",
+                    what(),
                     strings.len()
                 ))
             })
     };
+    // One shared id per resource for all its series.
+    let resource_ids: Vec<std::sync::Arc<str>> = resources
+        .iter()
+        .map(|r: &Observation| std::sync::Arc::from(r.id.as_str()))
+        .collect();
     let mut series = Vec::with_capacity(batch.series.len());
     for (i, s) in batch.series.iter().enumerate() {
-        let resource = resources.get(s.resource as usize).ok_or_else(|| {
+        let resource_id = resource_ids.get(s.resource as usize).ok_or_else(|| {
             fail(format!(
                 "series[{i}] refers to resource {}, the batch has {}",
                 s.resource,
                 resources.len()
             ))
         })?;
-        let metric = string(s.metric, &format!("series[{i}] metric"))?;
+        let metric = string(s.metric, &|| format!("series[{i}] metric"))?;
         validate_metric_name(metric).map_err(|e| fail(format!("series[{i}]: {e}")))?;
         if s.attributes.len() % 2 != 0 {
             return Err(fail(format!(
@@ -237,8 +245,8 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
         }
         let mut pairs = Vec::with_capacity(s.attributes.len() / 2);
         for kv in s.attributes.chunks_exact(2) {
-            let k = string(kv[0], &format!("series[{i}] attribute key"))?;
-            let v = string(kv[1], &format!("series[{i}] attribute value"))?;
+            let k = string(kv[0], &|| format!("series[{i}] attribute key"))?;
+            let v = string(kv[1], &|| format!("series[{i}] attribute value"))?;
             validate_label(k, v).map_err(|e| fail(format!("series[{i}]: {e}")))?;
             pairs.push((k, v));
         }
@@ -247,9 +255,9 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
         }
         series.push(SeriesSamples {
             key: SeriesKey {
-                resource_id: resource.id.clone(),
-                metric: metric.to_string(),
-                attributes: canonical_attributes(pairs),
+                resource_id: resource_id.clone(),
+                metric: names::intern(metric),
+                attributes: names::intern(&canonical_attributes(pairs)),
             },
             points: Vec::new(),
         });
@@ -322,7 +330,7 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
     let mut newest: HashMap<&str, i64> = HashMap::new();
     for s in &decoded.series {
         if let Some(ts) = s.points.iter().map(|p| p.0).max() {
-            let e = newest.entry(s.key.resource_id.as_str()).or_insert(ts);
+            let e = newest.entry(&*s.key.resource_id).or_insert(ts);
             *e = (*e).max(ts);
         }
     }
@@ -410,7 +418,7 @@ mod tests {
         let d = decode(batch(), 1_000_000, &Limits::default()).unwrap();
         assert_eq!(d.sample_count, 2);
         assert_eq!(d.dropped_non_finite, 1);
-        assert_eq!(d.series[1].key.attributes, "cpu=\"0\"");
+        assert_eq!(&*d.series[1].key.attributes, "cpu=\"0\"");
         assert_eq!(d.series[1].points, vec![(1_000_000, 0.25)]);
     }
 
