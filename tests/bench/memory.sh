@@ -21,10 +21,13 @@ command -v heaptrack >/dev/null || {
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get install -y -qq heaptrack >/dev/null
 }
-cargo build --release --workspace --bins -q
-
 out=target/bench-memory/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
+# heaptrack sees malloc only: the aggregator under it is built with the system
+# allocator (mimalloc, the default feature, would hide every allocation).
+cargo build --release -p infrawatch-aggregator --no-default-features --bin infrawatch-aggregator -q
+cp target/release/infrawatch-aggregator "$out/infrawatch-aggregator-glibc"
+cargo build --release --workspace --bins -q
 pki=target/loadgen-pki
 loadgen=target/release/infrawatch-loadgen
 work=$(mktemp -d)
@@ -52,11 +55,11 @@ listen = "127.0.0.1:$rest"
 [storage]
 url = "sqlite://$work/iw.db"
 TOML
-RUST_LOG=warn heaptrack -o "$out/heaptrack" target/release/infrawatch-aggregator --config "$work/aggregator.toml" \
+RUST_LOG=warn heaptrack -o "$out/heaptrack" "$out/infrawatch-aggregator-glibc" --config "$work/aggregator.toml" \
   > "$out/aggregator.log" 2>&1 &
 agg=$!
 for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$rest/readyz" >/dev/null && break; sleep 0.1; done
-pid=$(pgrep -f "infrawatch-aggregator --config $work/aggregator.toml" | grep -v "^$agg$" | head -n1 || echo "$agg")
+pid=$(pgrep -f "infrawatch-aggregator-glibc --config $work/aggregator.toml" | grep -v "^$agg$" | head -n1 || echo "$agg")
 "$loadgen" --agents "$agents" --pki-dir "$pki" --endpoint "https://127.0.0.1:$grpc" \
   --rest "127.0.0.1:$rest" --aggregator-pid "$pid" --interval-ms "$interval" \
   --duration-s "$duration" --durable-wait-s 0 --json > "$out/loadgen.json" 2> "$out/loadgen.log" || true
