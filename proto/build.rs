@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("infrawatch_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
     Ok(())

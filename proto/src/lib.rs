@@ -2,6 +2,8 @@
 //! query service and the `InfrastructureStatusUpdatedEvent`, generated from the
 //! `.proto` files in `proto/infrawatch/v1/` by `build.rs`.
 
+pub mod codec;
+
 /// Generated messages and services of package `infrawatch.v1`.
 pub mod v1 {
     #![allow(clippy::all, unreachable_pub, missing_docs)]

@@ -361,26 +361,21 @@ pub struct Agent {
 
 impl Agent {
     /// True once every batch the agent collected before `since_ms` (Unix ms) is
-    /// durably acknowledged: its buffer is empty, or its oldest sample was taken
-    /// at `since_ms` or later. (An empty buffer alone is a poor sign of "caught
-    /// up" when batches come about as often as the aggregator flushes: it may
-    /// never be seen empty.)
+    /// durably acknowledged: the newest durable batch holds a sample taken at
+    /// `since_ms` or later, and acknowledgements are cumulative. (An empty
+    /// buffer is a poor sign of "caught up" when batches come about as often as
+    /// the aggregator flushes: it may never be seen empty.)
     pub fn acknowledged_before(&self, since_ms: i64) -> bool {
         let Ok((200, text)) = http_get(self.metrics, "/metrics") else {
             return false;
         };
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        };
-        match (
-            value("infrawatch_agent_buffer_batches"),
-            value("infrawatch_agent_buffer_oldest_sample_timestamp_seconds"),
-        ) {
-            (Some(0.0), _) => true,
-            (_, Some(oldest)) => oldest > 0.0 && (oldest * 1000.0).round() as i64 >= since_ms,
-            _ => false,
-        }
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("infrawatch_agent_buffer_durable_through_timestamp_seconds ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .is_some_and(|s| (s * 1000.0).round() as i64 >= since_ms)
     }
 
     /// Starts an agent with identity `name` streaming to `endpoints`, every

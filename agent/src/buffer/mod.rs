@@ -177,6 +177,9 @@ struct Inner {
     dirty: bool,
     acked: u64,
     acked_written: u64,
+    /// Newest sample time (Unix ms) of the batches acknowledged durable in this
+    /// run (0 before the first).
+    durable_through_ms: i64,
     /// Losses not yet attached to a batch.
     gaps: Vec<DataGap>,
     dropped: Dropped,
@@ -364,6 +367,7 @@ impl DiskBuffer {
             dirty: false,
             acked,
             acked_written: acked,
+            durable_through_ms: 0,
             gaps: Vec::new(),
             dropped: Dropped::default(),
         };
@@ -535,10 +539,11 @@ impl DiskBuffer {
         {
             let mut inner = self.lock();
             while inner.entries.front().is_some_and(|e| e.header.seq <= seq) {
-                if let Some(e) = inner.entries.pop_front()
-                    && e.batch.is_some()
-                {
-                    inner.memory = inner.memory.saturating_sub(u64::from(e.header.payload_len));
+                if let Some(e) = inner.entries.pop_front() {
+                    inner.durable_through_ms = inner.durable_through_ms.max(e.header.max_ts);
+                    if e.batch.is_some() {
+                        inner.memory = inner.memory.saturating_sub(u64::from(e.header.payload_len));
+                    }
                 }
             }
             inner.acked = inner.acked.max(seq);
@@ -639,13 +644,11 @@ impl DiskBuffer {
         let inner = self.lock();
         metrics::gauge!("infrawatch_agent_buffer_bytes").set(inner.bytes as f64);
         metrics::gauge!("infrawatch_agent_buffer_batches").set(inner.entries.len() as f64);
-        // When the oldest unacknowledged sample was taken (0: nothing waits), so
-        // `time() - x` is how far behind the aggregator's durable copy is.
-        let oldest = inner
-            .entries
-            .front()
-            .map_or(0.0, |e| e.header.min_ts as f64 / 1000.0);
-        metrics::gauge!("infrawatch_agent_buffer_oldest_sample_timestamp_seconds").set(oldest);
+        // Acknowledgements are cumulative: every batch closed before the newest
+        // durable one is durable too, so `time() - x` is how far behind the
+        // aggregator's durable copy is.
+        metrics::gauge!("infrawatch_agent_buffer_durable_through_timestamp_seconds")
+            .set(inner.durable_through_ms as f64 / 1000.0);
         metrics::gauge!("infrawatch_agent_buffer_memory_bytes").set(inner.memory as f64);
     }
 }

@@ -95,7 +95,7 @@ impl Flusher {
                     }
                 }
                 Err(e) => {
-                    let next = retry.map_or(FIRST_RETRY, |r| (r * 2).min(self.interval));
+                    let next = retry.map_or(FIRST_RETRY, |r| r * 2).min(self.interval);
                     if retry.is_none() {
                         tracing::warn!(
                             error = &e as &dyn std::error::Error,

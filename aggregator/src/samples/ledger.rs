@@ -23,15 +23,14 @@
 //! it only if the stored cursor is still below the unit's. A flush that
 //! committed although its reply was lost is so never written twice.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::series::{MinuteRollup, SeriesState};
+use super::series::MinuteRollup;
+use super::series_map::SeriesMap;
 use super::{Point, SeriesKey, SeriesSamples, Stats};
 
 /// The stored position of a source (one row of `agent_cursors`).
@@ -90,7 +89,7 @@ struct Inner {
     state_seq: u64,
     /// A batch is between `begin` and `finish`.
     in_progress: bool,
-    series: BTreeMap<SeriesKey, SeriesState>,
+    series: SeriesMap,
     /// What failed flushes took, oldest first, each with its cursor.
     pending: Vec<Taken>,
     /// When rollups were last flushed (or the ledger was opened).
@@ -108,7 +107,7 @@ impl Ledger {
                 durable_seq: cursor.durable_seq,
                 state_seq: cursor.state_seq.max(cursor.durable_seq),
                 in_progress: false,
-                series: BTreeMap::new(),
+                series: SeriesMap::default(),
                 pending: Vec::new(),
                 flushed_at: Instant::now(),
             }),
@@ -208,19 +207,20 @@ impl Ledger {
         if seq <= inner.applied_seq {
             return (Begun::Replay, Vec::new());
         }
-        let mut new_resources: Vec<String> = Vec::new();
-        for s in series {
-            let state = match inner.series.get_mut(&s.key) {
-                Some(state) => state,
-                None => {
-                    if new_resources.last().map(String::as_str) != Some(&*s.key.resource_id) {
-                        new_resources.push(s.key.resource_id.to_string());
-                    }
-                    inner.series.entry(s.key.clone()).or_default()
+        let added = inner.series.apply_each(
+            series.iter().map(|s| &s.key),
+            SeriesKey::interned,
+            |i, state| {
+                for &(ts, v) in &series[i].points {
+                    state.add(ts, v, horizon);
                 }
-            };
-            for &(ts, v) in &s.points {
-                state.add(ts, v, horizon);
+            },
+        );
+        let mut new_resources: Vec<String> = Vec::new();
+        for i in added {
+            let resource = &*series[i].key.resource_id;
+            if new_resources.last().map(String::as_str) != Some(resource) {
+                new_resources.push(resource.to_string());
             }
         }
         inner.applied_seq = seq;
@@ -326,19 +326,23 @@ impl Ledger {
         series: &[(&str, &str)],
         since_ms: i64,
     ) -> Vec<Stats> {
-        let inner = self.lock();
         let resource: std::sync::Arc<str> = std::sync::Arc::from(resource_id);
-        series
+        // Every key held is interned: a name the table lacks has no series.
+        let keys: Vec<Option<SeriesKey>> = series
             .iter()
             .map(|(metric, attributes)| {
-                let key = SeriesKey {
+                Some(SeriesKey {
                     resource_id: resource.clone(),
-                    metric: super::names::intern(metric),
-                    attributes: super::names::intern(attributes),
-                };
-                inner
-                    .series
-                    .get(&key)
+                    metric: super::names::get(metric)?,
+                    attributes: super::names::get(attributes)?,
+                })
+            })
+            .collect();
+        let inner = self.lock();
+        keys.iter()
+            .map(|key| {
+                key.as_ref()
+                    .and_then(|k| inner.series.get(k))
                     .map_or_else(Stats::default, |s| s.stats_since(since_ms))
             })
             .collect()
@@ -347,15 +351,9 @@ impl Ledger {
     /// The newest sample of every series of `resource_id`.
     pub fn latest_of(&self, resource_id: &str) -> Vec<(SeriesKey, i64, f64)> {
         let inner = self.lock();
-        let start = SeriesKey {
-            resource_id: std::sync::Arc::from(resource_id),
-            metric: std::sync::Arc::from(""),
-            attributes: std::sync::Arc::from(""),
-        };
         inner
             .series
-            .range((Bound::Included(start), Bound::Unbounded))
-            .take_while(|(k, _)| &*k.resource_id == resource_id)
+            .of_resource(resource_id)
             .filter_map(|(k, s)| s.latest().map(|(t, v)| (k.clone(), t, v)))
             .collect()
     }

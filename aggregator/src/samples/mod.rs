@@ -3,9 +3,11 @@
 //!
 //! - [`series`]: one series: the hot window of raw samples (real-time queries,
 //!   health rules) and its unflushed one-minute rollups.
+//! - [`series_map`]: a source's series, sorted by key in one vector.
 //! - [`ledger`]: one source's series and its positions (applied, durable, state).
 //! - [`flush`]: the task that writes every ledger's rollups and cursor in one
 //!   transaction at an interval, then lets the streams acknowledge durable.
+//! - [`names`]: metric names and attribute strings, kept once for all series.
 //! - [`SampleStore`]: every ledger, and which ledger holds a resource's series.
 //!
 //! State changes (resources, health, events) take their own path, the planner
@@ -15,6 +17,7 @@ pub mod flush;
 pub mod ledger;
 pub mod names;
 pub mod series;
+pub mod series_map;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -42,6 +45,16 @@ impl SeriesKey {
             resource_id: Arc::from(resource_id),
             metric: names::intern(metric),
             attributes: names::intern(attributes),
+        }
+    }
+
+    /// The same key with its metric and attributes interned, for a key that is
+    /// kept (a decoded key holds copies of its batch's strings).
+    pub fn interned(&self) -> Self {
+        Self {
+            resource_id: self.resource_id.clone(),
+            metric: names::intern(&self.metric),
+            attributes: names::intern(&self.attributes),
         }
     }
 }

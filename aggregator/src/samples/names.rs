@@ -1,7 +1,7 @@
 //! Interned names: metric names and canonical attribute strings repeat across
 //! series and agents (every host has `system.cpu.utilization`, `cpu="0"`), so
 //! each is kept once and shared (`Arc<str>`). A name no series holds any more is
-//! forgotten by [`forget_unused`], which the flusher calls at every interval.
+//! forgotten by [`forget_unused`], which the flusher calls after every flush.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -20,6 +20,15 @@ pub fn intern(name: &str) -> Arc<str> {
     let n: Arc<str> = Arc::from(name);
     names.insert(n.clone());
     n
+}
+
+/// The shared copy of `name` if some series holds it (nothing is added).
+pub fn get(name: &str) -> Option<Arc<str>> {
+    NAMES
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
 }
 
 /// Forgets names nothing else holds; returns how many are kept.

@@ -14,7 +14,7 @@ use infrawatch_common::resource::{
 use infrawatch_proto::v1::{Batch, DataGap};
 
 use crate::model::Relation;
-use crate::samples::{SeriesKey, SeriesSamples, names};
+use crate::samples::{SeriesKey, SeriesSamples};
 use crate::sources::Observation;
 
 /// Relation types the model knows.
@@ -227,6 +227,10 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
         .iter()
         .map(|r: &Observation| std::sync::Arc::from(r.id.as_str()))
         .collect();
+    // One copy per metric name in the batch. Names are interned (shared with
+    // every agent) only when the ledger adds a new series, so a batch of known
+    // series takes no global lock.
+    let mut metrics: Vec<Option<std::sync::Arc<str>>> = vec![None; strings.len()];
     let mut series = Vec::with_capacity(batch.series.len());
     for (i, s) in batch.series.iter().enumerate() {
         let resource_id = resource_ids.get(s.resource as usize).ok_or_else(|| {
@@ -236,8 +240,16 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
                 resources.len()
             ))
         })?;
-        let metric = string(s.metric, &|| format!("series[{i}] metric"))?;
-        validate_metric_name(metric).map_err(|e| fail(format!("series[{i}]: {e}")))?;
+        let metric = match metrics.get(s.metric as usize) {
+            Some(Some(m)) => m.clone(),
+            _ => {
+                let name = string(s.metric, &|| format!("series[{i}] metric"))?;
+                validate_metric_name(name).map_err(|e| fail(format!("series[{i}]: {e}")))?;
+                let m: std::sync::Arc<str> = std::sync::Arc::from(name);
+                metrics[s.metric as usize] = Some(m.clone());
+                m
+            }
+        };
         if s.attributes.len() % 2 != 0 {
             return Err(fail(format!(
                 "series[{i}]: attributes must be key/value pairs"
@@ -256,8 +268,8 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
         series.push(SeriesSamples {
             key: SeriesKey {
                 resource_id: resource_id.clone(),
-                metric: names::intern(metric),
-                attributes: names::intern(&canonical_attributes(pairs)),
+                metric,
+                attributes: std::sync::Arc::from(canonical_attributes(pairs)),
             },
             points: Vec::new(),
         });
