@@ -184,12 +184,10 @@ impl PulsarLite {
     pub fn resume(&mut self) -> anyhow::Result<()> {
         let data = self.dir.join("pulsar-data");
         std::fs::create_dir_all(&data)?;
-        // Its metrics endpoint would bind 0.0.0.0:8080 by default.
+        // Its metrics endpoint would bind 0.0.0.0:8080 by default; the tests
+        // do not read it.
         let config = self.dir.join("pulsar-lite.toml");
-        std::fs::write(
-            &config,
-            format!("[metrics]\naddr = \"127.0.0.1:{}\"\n", free_port()),
-        )?;
+        std::fs::write(&config, "[metrics]\nenabled = false\n")?;
         self.starts += 1;
         let log = self.dir.join(format!("pulsar-{}.log", self.starts));
         let addr = format!("127.0.0.1:{}", self.port);

@@ -57,12 +57,42 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port for a server a test starts, free for TCP and UDP.
+///
+/// Two properties matter, because the port is released before the server binds
+/// it. It is never handed out twice in one test process (the kernel's `bind(0)`
+/// can return the same port to two calls in a row, and two servers of one test
+/// then collide). And it lies below the kernel's ephemeral range, so no outgoing
+/// connection of any process can take it as a source port in between.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (first, end) = test_port_range();
+    let span = u32::from(end - first);
+    // Processes start at different offsets, so that two test processes rarely
+    // probe the same ports.
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + ((offset + n) % span) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {first}..{end}");
+}
+
+/// Ports for test servers: the 12,000 ports below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), or 20000..32768 when that cannot be read.
+fn test_port_range() -> (u16, u16) {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low >= 13_024)
+        .unwrap_or(32_768);
+    (low - 12_000, low)
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
@@ -708,5 +738,19 @@ impl TestDatabase {
         .execute(&mut conn)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let (first, end) = test_port_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+        assert!(ports.iter().all(|p| (first..end).contains(p)));
     }
 }
