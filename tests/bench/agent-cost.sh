@@ -20,8 +20,9 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 pids=()
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-grpc=$(free_port); rest=$(free_port); nodeexp=$(free_port); agent_metrics=$(free_port)
+. tests/bench/free-port.sh
+grpc=$(free_port); rest=$(free_port "$grpc"); nodeexp=$(free_port "$grpc" "$rest")
+agent_metrics=$(free_port "$grpc" "$rest" "$nodeexp")
 target/release/infrawatch certs --dir "$work/tls" --client agent-bench >/dev/null 2>&1
 
 cat > "$work/aggregator.toml" <<TOML

@@ -38,11 +38,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/free-port.sh
 
 "$loadgen" --certs-only --agents "$agents" --pki-dir "$pki"
 ulimit -n "$(ulimit -Hn)"
-grpc=$(free_port); rest=$(free_port)
+grpc=$(free_port); rest=$(free_port "$grpc")
 cat > "$work/aggregator.toml" <<TOML
 [grpc]
 listen = "127.0.0.1:$grpc"

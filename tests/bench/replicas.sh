@@ -37,7 +37,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/free-port.sh
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 
 "$loadgen" --certs-only --agents "$agents" --pki-dir "$pki"
@@ -52,7 +52,7 @@ for n in $counts; do
   url="${pg_admin%/*}/$db"
   endpoints=(); rests=(); aggs=()
   for i in $(seq 1 "$n"); do
-    grpc=$(free_port); rest=$(free_port)
+    grpc=$(free_port); rest=$(free_port "$grpc")
     cat > "$work/agg-$n-$i.toml" <<TOML
 [grpc]
 listen = "127.0.0.1:$grpc"

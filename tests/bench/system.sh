@@ -59,7 +59,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/free-port.sh
 
 # Certificates for every agent, cached across runs.
 "$loadgen" --certs-only --agents "$large" --pki-dir "$pki"
@@ -75,7 +75,7 @@ run_case() { # backend run agents loadgen-arguments...
   local backend=$1 run=$2 agents=$3 name="$1-$2"
   shift 3
   local grpc rest url stream agg db=""
-  grpc=$(free_port); rest=$(free_port)
+  grpc=$(free_port "$nats_port"); rest=$(free_port "$nats_port" "$grpc")
   stream="IW_SYSBENCH_$(echo "$name" | tr 'a-z-' 'A-Z_')"
   if [[ "$backend" == postgres* ]]; then
     db="iw_sysbench_$$_${backend//-/_}_$run"
