@@ -29,7 +29,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::series::MinuteRollup;
+use super::series::{MinuteRollup, OpenRollups};
 use super::series_map::SeriesMap;
 use super::{Point, SeriesKey, SeriesSamples, Stats};
 
@@ -65,7 +65,7 @@ pub struct Taken {
     /// was flushed before.
     pub seq: u64,
     /// Unflushed rollups of every series.
-    pub rollups: Vec<(SeriesKey, Vec<MinuteRollup>)>,
+    pub rollups: Vec<(SeriesKey, OpenRollups)>,
 }
 
 /// One source's samples and positions.
