@@ -124,30 +124,26 @@ impl Flusher {
         }
     }
 
-    /// Takes every ledger's unflushed data, as flush sources, in parts of about
-    /// [`ROWS_PER_TRANSACTION`] rows (empty when there is nothing to write).
-    fn take_all(&self) -> Vec<Part> {
-        let mut parts: Vec<Part> = Vec::new();
-        let mut oldest = Duration::ZERO;
-        for ledger in self.samples.ledgers() {
-            oldest = oldest.max(ledger.since_flush());
+    /// Takes the unflushed data of the next ledgers of `ledgers`, as flush
+    /// sources, until the part holds about [`ROWS_PER_TRANSACTION`] rows or the
+    /// ledgers run out; `None` when no ledger is left with anything to write.
+    /// `oldest` grows to the longest time a ledger went unflushed.
+    fn take_part(
+        ledgers: &mut std::vec::IntoIter<Arc<Ledger>>,
+        oldest: &mut Duration,
+    ) -> Option<Part> {
+        let mut part = Part {
+            taken: Vec::new(),
+            sources: Vec::new(),
+            rollups: 0,
+        };
+        while part.rollups < ROWS_PER_TRANSACTION {
+            let Some(ledger) = ledgers.next() else { break };
+            *oldest = (*oldest).max(ledger.since_flush());
             let units = ledger.take();
             if units.is_empty() {
                 continue;
             }
-            if parts
-                .last()
-                .is_none_or(|p| p.rollups >= ROWS_PER_TRANSACTION)
-            {
-                parts.push(Part {
-                    taken: Vec::new(),
-                    sources: Vec::new(),
-                    rollups: 0,
-                });
-            }
-            let Some(part) = parts.last_mut() else {
-                continue;
-            };
             for t in &units {
                 let mut source = FlushSource {
                     key: ledger.key().to_string(),
@@ -170,30 +166,25 @@ impl Flusher {
             }
             part.taken.push((ledger, units));
         }
-        metrics::gauge!(telemetry::FLUSH_AGE).set(oldest.as_secs_f64());
-        parts
+        (!part.taken.is_empty()).then_some(part)
     }
 
-    /// Takes every ledger's unflushed data and writes it, one transaction per
-    /// part; a part that fails keeps its units for the next flush (the others
-    /// are written all the same).
+    /// Writes every ledger's unflushed data, one transaction per part. A part is
+    /// taken only when the one before it is written, so a flush holds one part's
+    /// copy of the data at a time, not the whole fleet's (at 10,000 agents of 120
+    /// series that was about 270 MB at every flush). When a part fails, its units
+    /// go back to their ledgers and the ledgers after it are left for the next
+    /// flush.
     pub async fn flush_once(&self) -> Result<Flushed, StoreError> {
         let _gate = self.samples.flush_gate().await;
         let started = Instant::now();
-        let parts = crate::cpu_bound(|| self.take_all());
-        if parts.is_empty() {
-            return Ok(Flushed::default());
-        }
+        let mut ledgers = self.samples.ledgers().into_iter();
+        let mut oldest = Duration::ZERO;
         let mut outcome = Flushed::default();
         let mut failure = None;
-        for part in parts {
-            if failure.is_some() {
-                // The database failed: the rest waits for the next flush.
-                for (ledger, units) in part.taken {
-                    ledger.flush_failed(units);
-                }
-                continue;
-            }
+        let mut parts = 0usize;
+        while let Some(part) = crate::cpu_bound(|| Self::take_part(&mut ledgers, &mut oldest)) {
+            parts += 1;
             match self.store.flush(&part.sources).await {
                 Ok(fenced) => {
                     let fenced: std::collections::HashSet<String> = fenced.into_iter().collect();
@@ -218,8 +209,17 @@ impl Flusher {
                         ledger.flush_failed(units);
                     }
                     failure = Some(e);
+                    break;
                 }
             }
+        }
+        // Ledgers not reached (after a failed part) count for the age too.
+        for ledger in ledgers {
+            oldest = oldest.max(ledger.since_flush());
+        }
+        metrics::gauge!(telemetry::FLUSH_AGE).set(oldest.as_secs_f64());
+        if parts == 0 {
+            return Ok(outcome);
         }
         if let Some(e) = failure {
             metrics::counter!(telemetry::FLUSHES, "result" => "failed").increment(1);
