@@ -15,6 +15,8 @@ pub struct ProcFigures {
     pub cpu_seconds: f64,
     /// Resident set size, bytes.
     pub rss_bytes: u64,
+    /// The highest resident set size so far (`VmHWM`), bytes.
+    pub peak_rss_bytes: u64,
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.
@@ -32,7 +34,8 @@ pub fn proc_figures(pid: u32) -> Option<ProcFigures> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     Some(ProcFigures {
         cpu_seconds: cpu_ticks(&stat)? as f64 / ticks_per_second(),
-        rss_bytes: rss_kib(&status)? * 1024,
+        rss_bytes: status_kib(&status, "VmRSS:")? * 1024,
+        peak_rss_bytes: status_kib(&status, "VmHWM:")? * 1024,
     })
 }
 
@@ -47,10 +50,11 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-fn rss_kib(status: &str) -> Option<u64> {
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
@@ -128,9 +132,12 @@ mod tests {
     fn cpu_time_and_memory_of_this_process() {
         let stat = "4242 (a b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 100 200 300";
         assert_eq!(cpu_ticks(stat), Some(300));
-        assert_eq!(rss_kib("Name:\tx\nVmRSS:\t   2048 kB\n"), Some(2048));
+        let status = "Name:\tx\nVmHWM:\t   4096 kB\nVmRSS:\t   2048 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(2048));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(4096));
         let me = proc_figures(std::process::id()).unwrap();
         assert!(me.rss_bytes > 0);
+        assert!(me.peak_rss_bytes >= me.rss_bytes);
     }
 
     #[test]

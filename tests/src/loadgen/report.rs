@@ -315,6 +315,7 @@ impl Summary {
                 "idle_bytes": self.aggregator_idle.map(|p| p.rss_bytes),
                 "connected_bytes": self.aggregator_connected.map(|p| p.rss_bytes),
                 "end_bytes": self.aggregator_end.map(|p| p.rss_bytes),
+                "peak_bytes": self.aggregator_end.map(|p| p.peak_rss_bytes),
                 "per_connected_agent_bytes": self.rss_per_agent(),
             },
             "bytes_per_sample": self.total.as_ref().and_then(Snapshot::bytes_per_sample),
@@ -347,7 +348,11 @@ impl Summary {
                 self.rss_per_agent().unwrap_or(0.0) / 1024.0
             ));
             if let Some(e) = self.aggregator_end {
-                out.push_str(&format!(", at the end {:.0} MiB", mib(e.rss_bytes)));
+                out.push_str(&format!(
+                    ", at the end {:.0} MiB, peak {:.0} MiB",
+                    mib(e.rss_bytes),
+                    mib(e.peak_rss_bytes)
+                ));
             }
             out.push('\n');
         }
