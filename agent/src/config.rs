@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use infrawatch_common::config::{ConfigErrors, Problems};
+use infrawatch_common::preflight;
 use infrawatch_common::telemetry::LogFormat;
 use infrawatch_common::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -320,6 +321,17 @@ impl AgentConfig {
         {
             self.node_name = v;
         }
+    }
+
+    /// Checks what start-up needs from the machine (`validate` and start-up run
+    /// it after [`Self::validate`]): the client certificate, key and CA load, and
+    /// the state directory (sequence numbers, disk buffer) can be written or
+    /// created. Reads files, writes nothing.
+    pub fn preflight(&self) -> Result<(), ConfigErrors> {
+        let mut p = Problems::default();
+        preflight::tls_files(&mut p, "aggregator.tls", &self.aggregator.tls);
+        preflight::writable_dir(&mut p, "state_dir", &self.state_dir);
+        p.finish()
     }
 
     /// Checks values that parse but make no sense. Pure: touches no file or socket.

@@ -98,7 +98,8 @@ fn load_config(cli: &Cli) -> Result<AgentConfig, infrawatch_common::config::Conf
         overrides: &cli.overrides,
     })?;
     config.apply_container_env(|k| std::env::var(k).ok());
-    config.validate()?;
+    // Values first, then the files they name; every problem at once.
+    infrawatch_common::config::all_of([config.validate(), config.preflight()])?;
     Ok(config)
 }
 

@@ -1,11 +1,14 @@
 //! The aggregator's configuration: listeners, TLS, storage, health thresholds and
 //! limits. Loaded by [`infrawatch_common::config::load`] and checked by
-//! [`AggregatorConfig::validate`] before any socket or database is opened.
+//! [`AggregatorConfig::validate`] (values) and [`AggregatorConfig::preflight`]
+//! (the files they name) before any socket or database is opened.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use infrawatch_common::config::{ConfigErrors, Problems};
+use infrawatch_common::preflight;
 use infrawatch_common::telemetry::LogFormat;
 use infrawatch_common::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -294,6 +297,32 @@ impl StorageConfig {
         }
     }
 
+    /// What is wrong with a URL of a known scheme: one that does not parse, or
+    /// an SQLite URL without a file (`sqlite::memory:` is allowed, and loses
+    /// everything at a restart).
+    pub fn url_problem(&self) -> Option<String> {
+        match self.backend()? {
+            Backend::Postgres => sqlx::postgres::PgConnectOptions::from_str(&self.url)
+                .err()
+                .map(|e| format!("{:?} does not parse: {e}", self.url)),
+            Backend::Sqlite => {
+                let memory = self
+                    .url
+                    .trim_start_matches("sqlite:")
+                    .starts_with(":memory:");
+                if self.sqlite_path().is_none() && !memory {
+                    return Some(format!(
+                        "{:?} names no database file; e.g. sqlite:///var/lib/infrawatch/infrawatch.db",
+                        self.url
+                    ));
+                }
+                sqlx::sqlite::SqliteConnectOptions::from_str(&self.url)
+                    .err()
+                    .map(|e| format!("{:?} does not parse: {e}", self.url))
+            }
+        }
+    }
+
     /// For SQLite, the database file, if the URL names one.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         let rest = self
@@ -306,6 +335,39 @@ impl StorageConfig {
 }
 
 impl AggregatorConfig {
+    /// Checks what start-up needs from the machine (`validate` and start-up run
+    /// it after [`Self::validate`]): the gRPC certificate, key and CA load, the
+    /// SQLite database's directory can be written (or created), and the files
+    /// the event sinks read exist. Reads files, writes nothing.
+    pub fn preflight(&self) -> Result<(), ConfigErrors> {
+        let mut p = Problems::default();
+        preflight::tls_files(&mut p, "grpc.tls", &self.grpc.tls);
+        if let Some(db) = self.storage.sqlite_path() {
+            let dir = match db.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            preflight::writable_dir(&mut p, "storage.url", &dir);
+            if db.exists() {
+                let rw = nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK;
+                p.check(nix::unistd::access(&db, rw).is_ok(), "storage.url", || {
+                    format!("{}: cannot read and write the database file", db.display())
+                });
+            }
+        }
+        if let Some(nats) = &self.events.nats {
+            for (field, path) in nats.files() {
+                preflight::file(&mut p, &format!("events.nats.{field}"), path);
+            }
+        }
+        if let Some(pulsar) = &self.events.pulsar {
+            for (field, path) in pulsar.files() {
+                preflight::file(&mut p, &format!("events.pulsar.{field}"), path);
+            }
+        }
+        p.finish()
+    }
+
     /// Checks values that parse but make no sense. Pure: touches no file or socket.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut p = Problems::default();
@@ -318,6 +380,9 @@ impl AggregatorConfig {
                 self.storage.url
             )
         });
+        if let Some(problem) = self.storage.url_problem() {
+            p.push("storage.url", problem);
+        }
         p.check(
             self.storage.max_connections >= 1,
             "storage.max_connections",
@@ -334,9 +399,13 @@ impl AggregatorConfig {
             },
         );
         for (i, t) in self.rest.tokens.iter().enumerate() {
-            p.check(t.len() >= 16, &format!("rest.tokens[{i}]"), || {
-                "must be at least 16 characters".into()
-            });
+            // A token travels in an HTTP header: only visible ASCII can be
+            // presented, so a token of other characters could never be used.
+            p.check(
+                t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()),
+                &format!("rest.tokens[{i}]"),
+                || "must be at least 16 visible ASCII characters (no spaces)".into(),
+            );
         }
         p.check(
             self.grpc.max_message_bytes >= 1024,
@@ -464,6 +533,35 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.storage.backend(), Some(Backend::Postgres));
         assert_eq!(cfg.health.cpu.degraded, 0.9);
+    }
+
+    #[test]
+    fn storage_urls_must_parse_and_sqlite_must_name_a_file() {
+        let problem = |url: &str| {
+            StorageConfig {
+                url: url.into(),
+                ..StorageConfig::default()
+            }
+            .url_problem()
+        };
+        assert_eq!(problem("sqlite:///var/lib/infrawatch/iw.db"), None);
+        assert_eq!(problem("sqlite::memory:"), None);
+        assert_eq!(problem("postgres://iw@db:5432/iw"), None);
+        assert!(
+            problem("sqlite:")
+                .unwrap()
+                .contains("names no database file")
+        );
+        assert!(
+            problem("sqlite://")
+                .unwrap()
+                .contains("names no database file")
+        );
+        assert!(
+            problem("postgres://iw@db:notaport/iw")
+                .unwrap()
+                .contains("does not parse")
+        );
     }
 
     #[test]

@@ -152,6 +152,22 @@ fn from_figment(error: figment::Error) -> ConfigErrors {
     )
 }
 
+/// Every problem of several checks, so that a binary reports all of them at once.
+pub fn all_of(
+    checks: impl IntoIterator<Item = Result<(), ConfigErrors>>,
+) -> Result<(), ConfigErrors> {
+    let problems: Vec<ConfigError> = checks
+        .into_iter()
+        .filter_map(Result::err)
+        .flat_map(|e| e.0)
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
 /// Collects validation problems so a binary can report all of them at once.
 #[derive(Debug, Default)]
 pub struct Problems(Vec<ConfigError>);

@@ -20,6 +20,7 @@
 pub mod ack;
 pub mod certs;
 pub mod config;
+pub mod preflight;
 pub mod process;
 pub mod resource;
 pub mod telemetry;

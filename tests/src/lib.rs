@@ -143,6 +143,15 @@ impl Pki {
         }
     }
 
+    /// The aggregator's certificate and key, with the CA of its clients.
+    pub fn server(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.trusted.ca_cert(),
+            cert: self.trusted.cert("server"),
+            key: self.trusted.key("server"),
+        }
+    }
+
     /// A client certificate from the foreign CA, trusting the real server CA.
     pub fn intruder(&self) -> TlsFiles {
         TlsFiles {
@@ -257,13 +266,14 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Writes a configuration under `dir` and starts the aggregator on free ports.
-    /// `extra` is TOML appended to the file; a `[grpc]` section in it is merged
-    /// into the one the harness writes.
+    /// `extra` is TOML appended to the file; `[grpc]`, `[rest]` and `[ingest]`
+    /// sections in it are merged into the ones the harness writes.
     pub fn start(dir: &Path, pki: &Pki, storage_url: &str, extra: &str) -> anyhow::Result<Self> {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let rest = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.join(format!("aggregator-{}.toml", grpc.port()));
         let (grpc_extra, extra) = split_section(extra, "[grpc]");
+        let (rest_extra, extra) = split_section(&extra, "[rest]");
         let (mut ingest_extra, extra) = split_section(&extra, "[ingest]");
         // Tests wait for durable acknowledgements: flush often unless told otherwise.
         if !ingest_extra.contains("flush_interval_ms") {
@@ -273,7 +283,7 @@ impl Aggregator {
             &config,
             format!(
                 "[grpc]\nlisten = \"{grpc}\"\n{grpc_extra}[grpc.tls]\nca = {}\ncert = {}\nkey = {}\n\
-                 [rest]\nlisten = \"{rest}\"\n[storage]\nurl = {:?}\n[ingest]\n{ingest_extra}{extra}\n",
+                 [rest]\nlisten = \"{rest}\"\n{rest_extra}[storage]\nurl = {:?}\n[ingest]\n{ingest_extra}{extra}\n",
                 toml_path(&pki.trusted.ca_cert()),
                 toml_path(&pki.trusted.cert("server")),
                 toml_path(&pki.trusted.key("server")),
@@ -496,18 +506,30 @@ pub fn http_request(
     path: &str,
     json_body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_request_with(addr, method, path, &[], json_body)
+}
+
+/// [`http_request`] with extra header lines (`Name: value`).
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    json_body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     match json_body {
         Some(body) => write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )?,
         None => write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
         )?,
     }
     let mut raw = Vec::new();

@@ -102,6 +102,7 @@ fn load_config(cli: &Cli) -> Result<AggregatorConfig, ConfigErrors> {
         env_prefix: ENV_PREFIX,
         overrides: &cli.overrides,
     })?;
-    config.validate()?;
+    // Values first, then the files they name; every problem at once.
+    infrawatch_common::config::all_of([config.validate(), config.preflight()])?;
     Ok(config)
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use infrawatch_common::tls::TlsFiles;
-use infrawatch_e2e::{Aggregator, Pki, RawStream, batch};
+use infrawatch_e2e::{Aggregator, Pki, RawStream, batch, http_request_with};
 use sqlx::Connection;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -96,4 +96,43 @@ async fn foreign_ca_and_missing_certificates_are_refused_and_nothing_is_stored()
     assert!(rollups >= 1);
     let (_, r) = agg.get("/api/v1/resources/host/good");
     assert_eq!(r["source"], "agent-good");
+}
+
+/// With `rest.tokens` set, `/api/` and `/metrics` answer only a known bearer
+/// token (the scheme in any case), with the JSON error otherwise; the probes
+/// need none.
+#[test]
+fn rest_needs_a_known_bearer_token_in_any_case_of_the_scheme() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &[]).unwrap();
+    let token = "e2e-token-0123456789abcdef";
+    let agg =
+        Aggregator::start_sqlite(dir.path(), &pki, &format!("[rest]\ntokens = [{token:?}]\n"))
+            .unwrap();
+    let get = |path: &str, authorization: Option<&str>| {
+        let header = authorization.map(|a| format!("Authorization: {a}"));
+        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
+        http_request_with(agg.rest, "GET", path, &headers, None).unwrap()
+    };
+    let cases = [
+        (None, 401),
+        (Some("Bearer wrong-token-0123456789".to_string()), 401),
+        (Some("Basic ZTJlOmUyZQ==".to_string()), 401),
+        (Some(format!("Bearer {token}")), 200),
+        (Some(format!("bearer {token}")), 200),
+        (Some(format!("BEARER  {token}")), 200),
+    ];
+    for (authorization, expected) in &cases {
+        for path in ["/api/v1/resources", "/metrics"] {
+            let (status, body) = get(path, authorization.as_deref());
+            assert_eq!(status, *expected, "{path} with {authorization:?}: {body}");
+            if *expected == 401 {
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(json["error"]["code"], "unauthenticated", "{body}");
+            }
+        }
+    }
+    assert_eq!(get("/healthz", None).0, 200);
+    assert_eq!(get("/readyz", None).0, 200);
 }

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use infrawatch_e2e::{Aggregator, Pki, RawStream, batch, binary};
-use infrawatch_proto::v1::{Batch, SampleColumns, SeriesDef};
+use infrawatch_proto::v1::{Batch, DataGap, SampleColumns, SeriesDef};
 
 fn assert_json_error(agg: &Aggregator, path: &str, status: u16, code: &str, mentions: &str) {
     let (got, body) = agg.get(path);
@@ -200,6 +200,47 @@ async fn oversized_and_invalid_batches_end_only_their_own_stream() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("series[0] metric"), "{status:?}");
 
+    // Gaps must describe the agent's own earlier batches, with counts they can
+    // hold: a gap over all of time that lost every sample is refused, and so is
+    // one batch's loss reported twice.
+    let endless = DataGap {
+        first_seq: 1,
+        last_seq: 1,
+        from_unix_ms: i64::MIN,
+        to_unix_ms: i64::MAX,
+        samples_lost: u64::MAX,
+        batches_lost: 1,
+        cause: "buffer_full".into(),
+        exact: true,
+    };
+    let honest = DataGap {
+        from_unix_ms: now - 60_000,
+        to_unix_ms: now - 30_000,
+        samples_lost: 120,
+        ..endless.clone()
+    };
+    for (gaps, says) in [
+        (vec![endless], "gap 0: time"),
+        (
+            vec![honest.clone(), honest],
+            "gaps 0 and 1 both cover seq 1",
+        ),
+    ] {
+        let mut gapped = RawStream::open(&agg.endpoint(), &pki.client("agent-bad"), 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut b = batch(2, "host/bad", "system.cpu.utilization", 0.1, now);
+        b.gaps = gaps;
+        gapped.send(b).await.unwrap();
+        let status = gapped.next_ack().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains(says),
+            "{status:?} should say {says}"
+        );
+    }
+
     // The healthy stream carries on.
     ok.send(batch(2, "host/ok", "system.cpu.utilization", 0.2, now + 1))
         .await
@@ -307,10 +348,140 @@ fn broken_configurations_exit_64_and_name_the_field() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-v"]).unwrap();
     let (code, stderr) = run_with(
         "infrawatch-aggregator",
-        "[storage]\nurl = \"sqlite::memory:\"\n",
+        &format!(
+            "[storage]\nurl = \"sqlite::memory:\"\n{}",
+            tls_section("grpc.tls", &pki.server())
+        ),
         &[],
     );
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+fn tls_section(table: &str, files: &infrawatch_common::tls::TlsFiles) -> String {
+    format!(
+        "[{table}]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        files.ca.display().to_string(),
+        files.cert.display().to_string(),
+        files.key.display().to_string()
+    )
+}
+
+/// `validate` checks what start-up needs from the machine, and names every
+/// problem at once: certificate files that are missing or do not belong
+/// together, a database or state directory that cannot be written, files the
+/// event sinks read, URLs that do not parse. Start-up refuses the same
+/// configuration the same way.
+#[test]
+fn validate_checks_the_files_and_directories_start_up_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-v"]).unwrap();
+    let server = pki.server();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+
+    let missing_cert = infrawatch_common::tls::TlsFiles {
+        cert: dir.path().join("missing.pem"),
+        ..server.clone()
+    };
+    let swapped_key = infrawatch_common::tls::TlsFiles {
+        key: server.cert.clone(),
+        ..server.clone()
+    };
+    // (binary, configuration, what stderr must name)
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "infrawatch-aggregator",
+            format!(
+                "[storage]\nurl = \"sqlite::memory:\"\n{}",
+                tls_section("grpc.tls", &missing_cert)
+            ),
+            vec!["grpc.tls.cert", "missing.pem"],
+        ),
+        (
+            "infrawatch-aggregator",
+            format!(
+                "[storage]\nurl = \"sqlite::memory:\"\n{}",
+                tls_section("grpc.tls", &swapped_key)
+            ),
+            vec!["grpc.tls"],
+        ),
+        (
+            "infrawatch-aggregator",
+            format!(
+                "[storage]\nurl = \"sqlite:\"\n{}",
+                tls_section("grpc.tls", &server)
+            ),
+            vec!["storage.url", "names no database file"],
+        ),
+        (
+            "infrawatch-aggregator",
+            format!(
+                "[storage]\nurl = \"sqlite://{}/sub/iw.db\"\n{}",
+                a_file.display(),
+                tls_section("grpc.tls", &server)
+            ),
+            vec!["storage.url", "is not a directory"],
+        ),
+        (
+            "infrawatch-aggregator",
+            format!(
+                "[storage]\nurl = \"sqlite::memory:\"\n{}[events.nats]\nurl = \"nats://host:notaport\"\n[events.pulsar]\nurl = \"pulsar://127.0.0.1:6650\"\ntoken_file = \"{}/no-token\"\n",
+                tls_section("grpc.tls", &server),
+                dir.path().display()
+            ),
+            vec!["events.nats.url", "events.pulsar.token_file", "no-token"],
+        ),
+        (
+            "infrawatch-agent",
+            format!(
+                "state_dir = \"{}/state\"\n{}",
+                a_file.display(),
+                tls_section("aggregator.tls", &missing_cert)
+            ),
+            vec!["state_dir", "is not a directory", "aggregator.tls.cert"],
+        ),
+    ];
+    for (bin, config, names) in &cases {
+        let (code, stderr) = run_with(bin, config, &[]);
+        assert_eq!(code, Some(64), "{bin} with {config:?}: {stderr}");
+        for name in names {
+            assert!(
+                stderr.contains(name),
+                "{bin} with {config:?}: stderr {stderr:?} should name {name}"
+            );
+        }
+    }
+    // A good agent configuration passes.
+    let (code, stderr) = run_with(
+        "infrawatch-agent",
+        &format!(
+            "state_dir = \"{}/state\"\n{}",
+            dir.path().display(),
+            tls_section("aggregator.tls", &pki.client("agent-v"))
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // Start-up refuses what validate refuses, with the same message.
+    let config = dir.path().join("start.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nurl = \"sqlite::memory:\"\n{}",
+            tls_section("grpc.tls", &missing_cert)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary("infrawatch-aggregator"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("grpc.tls.cert"), "{stderr}");
 }

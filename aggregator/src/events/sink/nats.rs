@@ -75,6 +75,14 @@ impl NatsConfig {
         if self.url.trim().is_empty() {
             p.push(("url", "must name at least one server".into()));
         }
+        for server in self.url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if let Err(e) = server.parse::<async_nats::ServerAddr>() {
+                p.push((
+                    "url",
+                    format!("{server:?} is not a NATS server address ({e}); e.g. nats://host:4222"),
+                ));
+            }
+        }
         if self.stream.is_empty()
             || self
                 .stream
@@ -114,6 +122,14 @@ impl NatsConfig {
             p.push(("password", "needs user".into()));
         }
         p
+    }
+
+    /// Files the sink reads at start (TLS), as (field, path).
+    pub fn files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)]
+            .into_iter()
+            .filter_map(|(field, path)| Some((field, path.as_deref()?)))
+            .collect()
     }
 
     /// The subject of events about resources of `kind`: characters NATS reserves

@@ -99,6 +99,14 @@ impl PulsarConfig {
         )
     }
 
+    /// Files the sink reads at start (token, TLS), as (field, path).
+    pub fn files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        [("token_file", &self.token_file), ("ca", &self.ca)]
+            .into_iter()
+            .filter_map(|(field, path)| Some((field, path.as_deref()?)))
+            .collect()
+    }
+
     /// Problems with the settings, as (field, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();

@@ -83,11 +83,27 @@ pub struct DecodedBatch {
 /// Gaps per batch at most.
 pub const MAX_GAPS: usize = 1000;
 
-/// Checks the gaps a batch reports.
-fn check_gaps(gaps: Vec<DataGap>) -> Result<Vec<DataGap>, String> {
+/// Earliest time lost data may be from: 2000-01-01T00:00:00Z.
+const EARLIEST_GAP_MS: i64 = 946_684_800_000;
+
+/// Checks the gaps batch `seq` reports at `now_ms`. A gap describes batches
+/// the agent lost before this one (its buffer carries losses forward to the
+/// next batch it writes), so its sequence range lies below `seq`, its counts fit
+/// that range (no more batches than the range holds, no more samples than those
+/// batches could), its times lie between 2000 and now, and no two gaps of a
+/// batch cover the same batch. An inexact gap (a damaged record of unknown size)
+/// may leave its start unknown: sequence and time 0.
+fn check_gaps(
+    gaps: Vec<DataGap>,
+    seq: u64,
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<Vec<DataGap>, String> {
     if gaps.len() > MAX_GAPS {
         return Err(format!("{} gaps, the limit is {MAX_GAPS}", gaps.len()));
     }
+    let latest_ms = now_ms.saturating_add(limits.max_future_skew_ms);
+    let mut ranges = Vec::with_capacity(gaps.len());
     for (i, g) in gaps.iter().enumerate() {
         let cause_ok = !g.cause.is_empty()
             && g.cause.len() <= 64
@@ -98,15 +114,44 @@ fn check_gaps(gaps: Vec<DataGap>) -> Result<Vec<DataGap>, String> {
                 g.cause
             ));
         }
-        if g.first_seq > g.last_seq || g.from_unix_ms > g.to_unix_ms {
+        let unknown_start = !g.exact && g.first_seq == 0;
+        if g.first_seq > g.last_seq || g.last_seq >= seq || (g.first_seq == 0 && !unknown_start) {
             return Err(format!(
-                "gap {i}: seq {}..{} or time {}..{} runs backwards",
-                g.first_seq, g.last_seq, g.from_unix_ms, g.to_unix_ms
+                "gap {i}: seq {}..{} must be a range of earlier batches than this one ({seq})",
+                g.first_seq, g.last_seq
             ));
         }
-        if g.batches_lost == 0 {
-            return Err(format!("gap {i}: batches_lost is 0"));
+        let from_ok = g.from_unix_ms >= EARLIEST_GAP_MS || (!g.exact && g.from_unix_ms == 0);
+        if g.from_unix_ms > g.to_unix_ms || !from_ok || g.to_unix_ms > latest_ms {
+            return Err(format!(
+                "gap {i}: time {}..{} must run forwards between 2000 and now",
+                g.from_unix_ms, g.to_unix_ms
+            ));
         }
+        let span = g.last_seq - g.first_seq + 1;
+        if g.batches_lost == 0 || g.batches_lost > span {
+            return Err(format!(
+                "gap {i}: batches_lost {} must be between 1 and {span} (seq {}..{})",
+                g.batches_lost, g.first_seq, g.last_seq
+            ));
+        }
+        let most_samples = g.batches_lost.saturating_mul(limits.max_samples as u64);
+        if g.samples_lost > most_samples {
+            return Err(format!(
+                "gap {i}: samples_lost {} is more than {} batches can hold ({most_samples})",
+                g.samples_lost, g.batches_lost
+            ));
+        }
+        ranges.push((g.first_seq, g.last_seq, i));
+    }
+    ranges.sort_unstable();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
+        return Err(format!(
+            "gaps {} and {} both cover seq {}",
+            w[0].2.min(w[1].2),
+            w[0].2.max(w[1].2),
+            w[1].0
+        ));
     }
     Ok(gaps)
 }
@@ -125,7 +170,7 @@ pub struct DecodeError {
 pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedBatch, DecodeError> {
     let seq = batch.seq;
     let fail = |problem: String| DecodeError { seq, problem };
-    let gaps = check_gaps(std::mem::take(&mut batch.gaps)).map_err(fail)?;
+    let gaps = check_gaps(std::mem::take(&mut batch.gaps), seq, now_ms, limits).map_err(fail)?;
     if seq == 0 {
         return Err(fail("seq must be at least 1".into()));
     }
@@ -394,35 +439,72 @@ mod tests {
 
     #[test]
     fn gaps_are_checked() {
+        let now = 1_800_000_000_000;
         let gap = DataGap {
             first_seq: 3,
             last_seq: 5,
-            from_unix_ms: 10,
-            to_unix_ms: 20,
+            from_unix_ms: now - 60_000,
+            to_unix_ms: now - 30_000,
             samples_lost: 30,
             batches_lost: 3,
             cause: "buffer_full".into(),
             exact: true,
         };
-        let mut b = batch();
-        b.gaps.push(gap.clone());
-        assert_eq!(
-            decode(b, 1_000_000, &Limits::default()).unwrap().gaps,
-            vec![gap.clone()]
-        );
-        for spoil in [
-            (|g: &mut DataGap| g.cause = "Buffer Full".into()) as fn(&mut DataGap),
-            |g| g.last_seq = 1,
-            |g| g.to_unix_ms = 0,
-            |g| g.batches_lost = 0,
+        let with = |gaps: Vec<DataGap>| {
+            let mut b = batch();
+            b.seq = 9;
+            b.base_time_unix_ms = now;
+            b.gaps = gaps;
+            decode(b, now, &Limits::default())
+        };
+        assert_eq!(with(vec![gap.clone()]).unwrap().gaps, vec![gap.clone()]);
+        // A damaged record of unknown size at the start of the buffer.
+        let unknown = DataGap {
+            first_seq: 0,
+            last_seq: 0,
+            from_unix_ms: 0,
+            samples_lost: 0,
+            batches_lost: 1,
+            exact: false,
+            cause: "corrupt".into(),
+            ..gap.clone()
+        };
+        assert!(with(vec![unknown.clone()]).is_ok());
+        for (spoil, says) in [
+            (
+                (|g: &mut DataGap| g.cause = "Buffer Full".into()) as fn(&mut DataGap),
+                "cause",
+            ),
+            (|g| g.last_seq = 1, "seq 3..1"),
+            (|g| g.last_seq = 9, "earlier batches than this one (9)"),
+            (|g| g.first_seq = 0, "seq 0..5"),
+            (|g| g.to_unix_ms = 0, "time"),
+            (|g| g.from_unix_ms = i64::MIN, "time"),
+            (|g| g.to_unix_ms = i64::MAX, "time"),
+            (|g| g.batches_lost = 0, "batches_lost 0"),
+            (|g| g.batches_lost = 4, "between 1 and 3"),
+            (|g| g.samples_lost = u64::MAX, "samples_lost"),
         ] {
             let mut bad = gap.clone();
             spoil(&mut bad);
-            let mut b = batch();
-            b.gaps.push(bad);
-            let err = decode(b, 1_000_000, &Limits::default()).unwrap_err();
+            let err = with(vec![bad]).unwrap_err();
             assert!(err.problem.starts_with("gap 0"), "{err}");
+            assert!(err.problem.contains(says), "{err} should say {says}");
         }
+        // The same batches reported twice in one batch.
+        let overlapping = DataGap {
+            first_seq: 5,
+            last_seq: 6,
+            batches_lost: 2,
+            ..gap.clone()
+        };
+        let err = with(vec![gap.clone(), overlapping]).unwrap_err();
+        assert!(
+            err.problem.contains("gaps 0 and 1 both cover seq 5"),
+            "{err}"
+        );
+        let err = with(vec![gap.clone(), gap]).unwrap_err();
+        assert!(err.problem.contains("both cover"), "{err}");
     }
 
     #[test]
