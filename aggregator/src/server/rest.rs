@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, Request, State as AxumState};
+use axum::extract::{Path, Request, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -210,7 +210,45 @@ async fn status(AxumState(shared): AxumState<RestState>) -> Json<Value> {
     }))
 }
 
-type Params = Query<HashMap<String, String>>;
+/// Query parameters, each at most once: a repeated parameter is a 400 with the
+/// JSON error, not "the last one wins" (axum's `Query` into a map keeps the last
+/// silently, and answers a malformed query in plain text).
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = QueryError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, QueryError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let mut params = HashMap::new();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if params
+                .insert(name.to_string(), value.into_owned())
+                .is_some()
+            {
+                return Err(QueryError::InvalidArgument(format!(
+                    "parameter {name:?} is given more than once"
+                )));
+            }
+        }
+        Ok(Self(params))
+    }
+}
+
+/// `limit`, one rule on every endpoint: absent (or empty) is `None`, the
+/// endpoint's default; otherwise a whole number from 1 to [`query::MAX_LIMIT`].
+pub(super) fn page_limit(params: &HashMap<String, String>) -> Result<Option<u32>, QueryError> {
+    let what = "a whole number between 1 and 1000";
+    match number::<u32>(params, "limit", what)? {
+        Some(l) if !(1..=query::MAX_LIMIT).contains(&(l as usize)) => Err(
+            QueryError::InvalidArgument(format!("limit={l} is not {what}")),
+        ),
+        l => Ok(l),
+    }
+}
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
     params.get(name).map(String::as_str).unwrap_or_default()
@@ -247,7 +285,7 @@ pub(super) fn reject_unknown(
 
 async fn list_resources(
     AxumState(shared): AxumState<RestState>,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Result<Json<Value>, QueryError> {
     reject_unknown(&params, &["kind", "health", "label", "limit", "cursor"])?;
     let health = match param(&params, "health") {
@@ -258,12 +296,8 @@ async fn list_resources(
             ))
         })?),
     };
-    let limit: u32 = number(&params, "limit", "a whole number between 1 and 1000")?.unwrap_or(0);
-    if params.contains_key("limit") && limit == 0 {
-        return Err(QueryError::InvalidArgument(
-            "limit must be between 1 and 1000".into(),
-        ));
-    }
+    // 0: the list's own default page.
+    let limit = page_limit(&params)?.unwrap_or(0);
     let p = ListParams::parse(
         param(&params, "kind"),
         health,
@@ -299,17 +333,12 @@ async fn agents(AxumState(shared): AxumState<RestState>) -> Json<Value> {
 /// first; `agent` is an agent identity or a host resource id.
 async fn gaps(
     AxumState(shared): AxumState<RestState>,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Result<Json<Value>, QueryError> {
     reject_unknown(&params, &["agent", "from", "to", "limit"])?;
     let from = number::<i64>(&params, "from", "a time in Unix ms")?.unwrap_or(0);
     let to = number::<i64>(&params, "to", "a time in Unix ms")?.unwrap_or(i64::MAX);
-    let limit = number::<u32>(&params, "limit", "a number")?.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(QueryError::InvalidArgument(format!(
-            "limit {limit} must be between 1 and 1000"
-        )));
-    }
+    let limit = page_limit(&params)?.unwrap_or(query::DEFAULT_LIMIT as u32);
     let rows = shared
         .store
         .gaps(param(&params, "agent"), from, to, limit)
@@ -335,7 +364,7 @@ async fn gaps(
 async fn resource_or_metrics(
     AxumState(shared): AxumState<RestState>,
     path: Result<Path<String>, PathRejection>,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Result<Json<Value>, QueryError> {
     let Path(path) = path.map_err(|e| QueryError::InvalidArgument(format!("resource id: {e}")))?;
     // `<id>/metrics` is a metric query when it has a name, or when `<id>` exists and

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::extract::{Path, Query, State as AxumState};
+use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::events::log_status;
-use super::rest::{RestState, error, number, reject_unknown};
+use super::rest::{Params, RestState, error, number, page_limit, reject_unknown};
 use crate::events::filter::FilterSpec;
 use crate::events::json::envelope_json;
 use crate::events::subscriptions::SubscriptionError;
@@ -97,10 +97,7 @@ fn position(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>,
 
 /// `GET /api/v1/events`: up to `limit` (default 100, at most 1000) events after
 /// `after` (default 0: the oldest kept) that pass the filter.
-pub async fn page(
-    AxumState(shared): AxumState<RestState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+pub async fn page(AxumState(shared): AxumState<RestState>, Params(params): Params) -> Response {
     if let Err(r) = check_params(&params, &["after", "limit"]) {
         return r.into_response();
     }
@@ -108,8 +105,8 @@ pub async fn page(
         Ok(a) => a.unwrap_or(0),
         Err(r) => return r.into_response(),
     };
-    let limit = match position(&params, "limit") {
-        Ok(l) => l.unwrap_or(100).clamp(1, MAX_PAGE as u64) as usize,
+    let limit = match page_limit(&params) {
+        Ok(l) => l.unwrap_or(100) as usize,
         Err(r) => return r.into_response(),
     };
     let filter = match filter_from(&params).compile() {
@@ -170,7 +167,7 @@ pub async fn page(
 pub async fn stream(
     AxumState(shared): AxumState<RestState>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    Params(params): Params,
 ) -> Response {
     if let Err(r) = check_params(&params, &["after", "subscription"]) {
         return r.into_response();
@@ -217,13 +214,13 @@ pub async fn stream(
 /// `GET /api/v1/events/dead-letters`.
 pub async fn dead_letters(
     AxumState(shared): AxumState<RestState>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(params): Params,
 ) -> Response {
     if let Some(k) = params.keys().find(|k| k.as_str() != "limit") {
         return bad_request(format!("unknown parameter {k:?}; expected limit"));
     }
-    let limit = match position(&params, "limit") {
-        Ok(l) => l.unwrap_or(100).clamp(1, MAX_PAGE as u64) as u32,
+    let limit = match page_limit(&params) {
+        Ok(l) => l.unwrap_or(100),
         Err(r) => return r.into_response(),
     };
     match shared.store.dead_letters(limit).await {

@@ -124,6 +124,33 @@ async fn malformed_rest_parameters_are_400_and_unknown_ids_404() {
         "host/nope",
     );
     assert_json_error(&agg, "/api/v2/anything", 404, "not_found", "endpoint");
+    // One rule for `limit` on every paged endpoint (1 to 1000; absent is the
+    // endpoint's default), and a parameter may be given only once.
+    for path in [
+        "/api/v1/resources",
+        "/api/v1/gaps",
+        "/api/v1/events",
+        "/api/v1/events/dead-letters",
+    ] {
+        for limit in ["0", "1001", "-1", "many"] {
+            assert_json_error(
+                &agg,
+                &format!("{path}?limit={limit}"),
+                400,
+                "invalid_argument",
+                "limit",
+            );
+        }
+        let (status, body) = agg.get(&format!("{path}?limit=1000"));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_json_error(
+            &agg,
+            &format!("{path}?limit=5&limit=6"),
+            400,
+            "invalid_argument",
+            "more than once",
+        );
+    }
 
     // Percent-encoded ids work too, and the server still serves.
     let (status, r) = agg.get("/api/v1/resources/host%2Fx");
