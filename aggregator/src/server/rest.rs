@@ -90,8 +90,9 @@ pub fn router(shared: RestState) -> Router {
         .with_state(shared)
 }
 
-/// A JSON error response.
+/// A JSON error response, counted by its code.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    metrics::counter!(crate::telemetry::REST_ERRORS, "code" => code.to_string()).increment(1);
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),

@@ -135,4 +135,14 @@ fn rest_needs_a_known_bearer_token_in_any_case_of_the_scheme() {
     }
     assert_eq!(get("/healthz", None).0, 200);
     assert_eq!(get("/readyz", None).0, 200);
+    // Each refusal is counted: three refused credentials on two paths.
+    let (status, page) = get("/metrics", Some(&format!("Bearer {token}")));
+    assert_eq!(status, 200);
+    let refused = page
+        .lines()
+        .find(|l| {
+            l.starts_with("infrawatch_aggregator_rest_errors_total{code=\"unauthenticated\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(refused, Some(6.0), "{page}");
 }
