@@ -10,7 +10,7 @@ use infrawatch_agent::buffer::{BufferConfig, DiskBuffer};
 use infrawatch_agent::config::AggregatorConfig;
 use infrawatch_agent::transport::Transport;
 use infrawatch_common::certs::DevPki;
-use infrawatch_common::tls::{TlsFiles, TlsMaterial};
+use infrawatch_common::tls::TlsMaterial;
 use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
 use infrawatch_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
@@ -134,12 +134,7 @@ async fn received_acks_move_the_window_and_durable_acks_free_the_buffer() {
     let ca = pki.ensure_ca().unwrap();
     pki.ensure_server(&ca, &[]).unwrap();
     pki.ensure_client(&ca, "agent-1").unwrap();
-    let server_tls = TlsMaterial::load(&TlsFiles {
-        ca: pki.ca_cert(),
-        cert: pki.cert("server"),
-        key: pki.key("server"),
-    })
-    .unwrap();
+    let server_tls = TlsMaterial::load(&pki.tls_files("server")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (streams_tx, mut streams) = mpsc::channel(4);
@@ -157,11 +152,7 @@ async fn received_acks_move_the_window_and_durable_acks_free_the_buffer() {
     for seq in 1..=6 {
         pending.push(batch(seq));
     }
-    let files = TlsFiles {
-        ca: pki.ca_cert(),
-        cert: pki.cert("agent-1"),
-        key: pki.key("agent-1"),
-    };
+    let files = pki.tls_files("agent-1");
     let config = AggregatorConfig {
         endpoints: vec![format!("https://{addr}")],
         tls: files.clone(),

@@ -306,11 +306,7 @@ impl StorageConfig {
                 .err()
                 .map(|e| format!("{:?} does not parse: {e}", self.url)),
             Backend::Sqlite => {
-                let memory = self
-                    .url
-                    .trim_start_matches("sqlite:")
-                    .starts_with(":memory:");
-                if self.sqlite_path().is_none() && !memory {
+                if self.sqlite_target().is_none_or(str::is_empty) {
                     return Some(format!(
                         "{:?} names no database file; e.g. sqlite:///var/lib/infrawatch/infrawatch.db",
                         self.url
@@ -325,35 +321,32 @@ impl StorageConfig {
 
     /// For SQLite, the database file, if the URL names one.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.sqlite_target()
+            .filter(|path| !path.is_empty() && *path != ":memory:")
+            .map(PathBuf::from)
+    }
+
+    /// For SQLite, what the URL names before its options: a path, `:memory:`,
+    /// or nothing.
+    fn sqlite_target(&self) -> Option<&str> {
         let rest = self
             .url
             .strip_prefix("sqlite://")
             .or_else(|| self.url.strip_prefix("sqlite:"))?;
-        let path = rest.split('?').next().unwrap_or_default();
-        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+        rest.split('?').next()
     }
 }
 
 impl AggregatorConfig {
     /// Checks what start-up needs from the machine (`validate` and start-up run
     /// it after [`Self::validate`]): the gRPC certificate, key and CA load, the
-    /// SQLite database's directory can be written (or created), and the files
+    /// SQLite database can be written (or created), and the files
     /// the event sinks read exist. Reads files, writes nothing.
     pub fn preflight(&self) -> Result<(), ConfigErrors> {
         let mut p = Problems::default();
         preflight::tls_files(&mut p, "grpc.tls", &self.grpc.tls);
         if let Some(db) = self.storage.sqlite_path() {
-            let dir = match db.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            preflight::writable_dir(&mut p, "storage.url", &dir);
-            if db.exists() {
-                let rw = nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK;
-                p.check(nix::unistd::access(&db, rw).is_ok(), "storage.url", || {
-                    format!("{}: cannot read and write the database file", db.display())
-                });
-            }
+            preflight::writable_file(&mut p, "storage.url", &db);
         }
         if let Some(nats) = &self.events.nats {
             for (field, path) in nats.files() {

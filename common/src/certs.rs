@@ -173,6 +173,16 @@ impl DevPki {
         self.dir.join(format!("{name}-key.pem"))
     }
 
+    /// The CA, certificate and key of the end entity `name`, as one endpoint's
+    /// TLS files.
+    pub fn tls_files(&self, name: &str) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            ca: self.ca_cert(),
+            cert: self.cert(name),
+            key: self.key(name),
+        }
+    }
+
     /// Loads the CA in `dir`, creating it first if it does not exist.
     pub fn ensure_ca(&self) -> Result<DevCa, CertError> {
         if self.ca_cert().is_file() && self.ca_key().is_file() {

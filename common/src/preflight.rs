@@ -48,6 +48,22 @@ pub fn writable_dir(p: &mut Problems, field: &str, dir: &Path) {
     }
 }
 
+/// This process can read and write `path` if it exists, or create it in its
+/// directory (see [`writable_dir`]) if it does not.
+pub fn writable_file(p: &mut Problems, field: &str, path: &Path) {
+    let problem = if path.exists() {
+        readable_file(path).and_then(|()| {
+            access(path, AccessFlags::W_OK)
+                .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+        })
+    } else {
+        can_write_dir(path.parent().unwrap_or(Path::new("")))
+    };
+    if let Err(problem) = problem {
+        p.push(field, problem);
+    }
+}
+
 fn readable_file(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.is_file() {
@@ -111,11 +127,7 @@ mod tests {
         let pki = DevPki::new(dir.path());
         let ca = pki.ensure_ca().unwrap();
         pki.ensure_server(&ca, &[]).unwrap();
-        let files = TlsFiles {
-            ca: pki.ca_cert(),
-            cert: pki.cert("server"),
-            key: pki.key("server"),
-        };
+        let files = pki.tls_files("server");
         let mut p = Problems::default();
         tls_files(&mut p, "grpc.tls", &files);
         assert!(fields(p).is_empty());
@@ -157,6 +169,15 @@ mod tests {
         let found = fields(p);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("is not a directory"), "{found:?}");
+
+        let mut p = Problems::default();
+        writable_file(&mut p, "storage.url", &file);
+        writable_file(&mut p, "storage.url", &dir.path().join("new/iw.db"));
+        writable_file(&mut p, "storage.url", Path::new("iw.db"));
+        assert!(fields(p).is_empty());
+        let mut p = Problems::default();
+        writable_file(&mut p, "storage.url", &file.join("iw.db"));
+        assert!(fields(p)[0].contains("is not a directory"));
 
         let mut p = Problems::default();
         super::file(&mut p, "token_file", &dir.path().join("missing"));

@@ -102,11 +102,7 @@ mod tests {
         let pki = DevPki::new(dir.path());
         let ca = pki.ensure_ca().unwrap();
         pki.ensure_server(&ca, &[]).unwrap();
-        let files = TlsFiles {
-            ca: pki.ca_cert(),
-            cert: pki.cert("server"),
-            key: pki.key("server"),
-        };
+        let files = pki.tls_files("server");
         let tls = ReloadingTls::load(&files).unwrap();
         let (first, v1) = tls.current();
         assert_eq!(tls.current().1, v1, "unchanged files are not reloaded");

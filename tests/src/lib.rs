@@ -136,20 +136,12 @@ impl Pki {
 
     /// TLS files of client `name` of the trusted CA.
     pub fn client(&self, name: &str) -> TlsFiles {
-        TlsFiles {
-            ca: self.trusted.ca_cert(),
-            cert: self.trusted.cert(name),
-            key: self.trusted.key(name),
-        }
+        self.trusted.tls_files(name)
     }
 
     /// The aggregator's certificate and key, with the CA of its clients.
     pub fn server(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.trusted.ca_cert(),
-            cert: self.trusted.cert("server"),
-            key: self.trusted.key("server"),
-        }
+        self.trusted.tls_files("server")
     }
 
     /// A client certificate from the foreign CA, trusting the real server CA.

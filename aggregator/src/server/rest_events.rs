@@ -106,7 +106,7 @@ pub async fn page(AxumState(shared): AxumState<RestState>, Params(params): Param
         Err(r) => return r.into_response(),
     };
     let limit = match page_limit(&params) {
-        Ok(l) => l.unwrap_or(100) as usize,
+        Ok(l) => l.unwrap_or(crate::query::DEFAULT_LIMIT as u32) as usize,
         Err(r) => return r.into_response(),
     };
     let filter = match filter_from(&params).compile() {
@@ -220,7 +220,7 @@ pub async fn dead_letters(
         return bad_request(format!("unknown parameter {k:?}; expected limit"));
     }
     let limit = match page_limit(&params) {
-        Ok(l) => l.unwrap_or(100),
+        Ok(l) => l.unwrap_or(crate::query::DEFAULT_LIMIT as u32),
         Err(r) => return r.into_response(),
     };
     match shared.store.dead_letters(limit).await {

@@ -112,11 +112,7 @@ mod tests {
         assert_eq!(load(dir.path(), &ids[3]).unwrap().cert, before.cert);
         let more: Vec<String> = (0..8).map(|i| identity("lg", i)).collect();
         assert_eq!(ensure(dir.path(), &more).unwrap(), 2);
-        let files = infrawatch_common::tls::TlsFiles {
-            ca: DevPki::new(dir.path()).ca_cert(),
-            cert: DevPki::new(dir.path()).cert(&ids[0]),
-            key: DevPki::new(dir.path()).key(&ids[0]),
-        };
+        let files = DevPki::new(dir.path()).tls_files(&ids[0]);
         let material = infrawatch_common::tls::TlsMaterial::load(&files).unwrap();
         assert_eq!(material.own_identity().unwrap(), "lg-00000");
     }
