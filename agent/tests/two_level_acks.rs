@@ -133,7 +133,8 @@ async fn received_acks_move_the_window_and_durable_acks_free_the_buffer() {
     let pki = DevPki::new(dir.path().join("pki"));
     let ca = pki.ensure_ca().unwrap();
     pki.ensure_server(&ca, &[]).unwrap();
-    pki.ensure_client(&ca, "agent-1").unwrap();
+    pki.ensure_client(&ca, "agent-1", infrawatch_common::role::Role::Agent)
+        .unwrap();
     let server_tls = TlsMaterial::load(&pki.tls_files("server")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -13,6 +13,8 @@ use infrawatch_common::telemetry::LogFormat;
 use infrawatch_common::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::tokens::{self, TokenConfig};
+
 /// Environment prefix of aggregator settings.
 pub const ENV_PREFIX: &str = "INFRAWATCH_AGGREGATOR_";
 
@@ -68,6 +70,10 @@ pub struct GrpcConfig {
     /// Open connections per client identity from one address; connections over
     /// it are closed right after the handshake (an agent needs one).
     pub max_connections_per_identity: usize,
+    /// Trust domain of the role URIs in client certificates
+    /// (`spiffe://<trust_domain>/<agent|reader|admin>/<name>`); a certificate
+    /// whose role URI names another domain has no role here.
+    pub trust_domain: String,
 }
 
 impl Default for GrpcConfig {
@@ -82,6 +88,7 @@ impl Default for GrpcConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 16,
             max_connections_per_identity: 16,
+            trust_domain: infrawatch_common::role::DEFAULT_TRUST_DOMAIN.into(),
         }
     }
 }
@@ -92,9 +99,10 @@ impl Default for GrpcConfig {
 pub struct RestConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Bearer tokens accepted on `/api/` and `/metrics`. Required unless `listen`
-    /// is a loopback address; `/healthz` and `/readyz` never need one.
-    pub tokens: Vec<String>,
+    /// Bearer tokens accepted on `/api/` and `/metrics`, by name, role and hash
+    /// (`[[rest.tokens]]`). Required unless `listen` is a loopback address;
+    /// `/healthz` and `/readyz` never need one.
+    pub tokens: Vec<TokenConfig>,
 }
 
 impl Default for RestConfig {
@@ -391,15 +399,35 @@ impl AggregatorConfig {
                 )
             },
         );
+        let mut names = std::collections::HashSet::new();
         for (i, t) in self.rest.tokens.iter().enumerate() {
-            // A token travels in an HTTP header: only visible ASCII can be
-            // presented, so a token of other characters could never be used.
-            p.check(
-                t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()),
-                &format!("rest.tokens[{i}]"),
-                || "must be at least 16 visible ASCII characters (no spaces)".into(),
-            );
+            let field = format!("rest.tokens[{i}]");
+            p.check(tokens::valid_name(&t.name), &format!("{field}.name"), || {
+                format!(
+                    "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                    t.name
+                )
+            });
+            p.check(names.insert(&t.name), &format!("{field}.name"), || {
+                format!("{:?} names two tokens", t.name)
+            });
+            p.check(t.role.may_read(), &format!("{field}.role"), || {
+                "must be reader or admin (an agent token could do nothing on REST)".into()
+            });
+            if let Err(e) = tokens::TokenHash::parse(&t.hash) {
+                p.push(&format!("{field}.hash"), e);
+            }
         }
+        p.check(
+            !self.grpc.trust_domain.is_empty()
+                && self
+                    .grpc
+                    .trust_domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')),
+            "grpc.trust_domain",
+            || "must be letters, digits, '-', '.' or '_' (the host of spiffe://<trust_domain>/...)".into(),
+        );
         p.check(
             self.grpc.max_message_bytes >= 1024,
             "grpc.max_message_bytes",

@@ -14,6 +14,7 @@
 //! queries: server::query (gRPC) and server::rest (REST) ─► query ─► state, samples, store (rollups)
 //! ```
 //!
+//! - [`auth`]: who a client is (certificate or token) and what its role allows.
 //! - [`config`]: settings and validation.
 //! - [`cluster`]: replicas on one database: heartbeats, the leader lease, and
 //!   the work that runs only on the leader.
@@ -30,6 +31,7 @@
 //! - [`cli`]: the `infrawatch` command (queries, `up`, certificates).
 //! - [`telemetry`]: the aggregator's own metrics.
 
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -96,6 +98,9 @@ pub enum AggregatorError {
     /// TLS material could not be loaded.
     #[error("TLS set-up failed")]
     Tls(#[from] TlsError),
+    /// A configured token hash does not parse (validation reports it first).
+    #[error("{0}")]
+    Tokens(String),
     /// The database could not be opened, migrated or read.
     #[error("storage failed")]
     Store(#[from] StoreError),
@@ -114,6 +119,7 @@ pub async fn run(
 ) -> Result<(), AggregatorError> {
     let tls = Arc::new(ReloadingTls::load(&config.grpc.tls)?);
     tls.current().0.rustls_server_config()?;
+    let tokens = auth::tokens::TokenSet::new(&config.rest.tokens).map_err(AggregatorError::Tokens)?;
     let store = Store::open(&config.storage)?;
     migrate_when_ready(&store, &shutdown).await?;
     let replica_id = config.cluster.resolved_replica_id();
@@ -241,7 +247,7 @@ pub async fn run(
         state: state.clone(),
         store: store.clone(),
         metrics,
-        tokens: Arc::new(config.rest.tokens.clone()),
+        tokens: Arc::new(tokens),
         events: event_api.clone(),
         sinks: Arc::new(sink_status.clone()),
         max_ready_lag_ms: config.events.max_ready_lag_ms,

@@ -1,16 +1,18 @@
 //! A development certificate authority for local runs and tests.
 //!
 //! It issues a server certificate valid for `localhost`, `127.0.0.1` and `::1` (plus
-//! any extra names) and client certificates whose DNS subject alternative name is the
-//! agent's identity. Production deployments bring their own PEM files instead.
+//! any extra names) and client certificates that name their role and identity (a
+//! `spiffe://infrawatch/<role>/<identity>` URI and a DNS subject alternative name). Production deployments bring their own PEM files instead.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
+
+use crate::role::{DEFAULT_TRUST_DOMAIN, Role, spiffe_uri};
 
 /// Errors creating or storing development certificates.
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +115,25 @@ impl DevCa {
         )
     }
 
-    /// A client certificate whose identity (DNS SAN) is `identity`.
-    pub fn issue_client(&self, identity: &str) -> Result<IssuedCert, CertError> {
+    /// A client certificate for `identity` in `role`: the URI SAN
+    /// `spiffe://infrawatch/<role>/<identity>` (see [`crate::role`]) and the DNS
+    /// SAN `identity`.
+    pub fn issue_client(&self, identity: &str, role: Role) -> Result<IssuedCert, CertError> {
+        self.issue_client_in(DEFAULT_TRUST_DOMAIN, identity, role)
+    }
+
+    /// Like [`DevCa::issue_client`], with the role URI in `trust_domain`.
+    pub fn issue_client_in(
+        &self,
+        trust_domain: &str,
+        identity: &str,
+        role: Role,
+    ) -> Result<IssuedCert, CertError> {
         self.issue(
-            vec![identity.to_string()],
+            vec![
+                spiffe_uri(trust_domain, role, identity),
+                identity.to_string(),
+            ],
             identity,
             ExtendedKeyUsagePurpose::ClientAuth,
         )
@@ -128,7 +145,16 @@ impl DevCa {
         common_name: &str,
         usage: ExtendedKeyUsagePurpose,
     ) -> Result<IssuedCert, CertError> {
-        let mut params = CertificateParams::new(names)?;
+        let mut params = CertificateParams::default();
+        for name in names {
+            params.subject_alt_names.push(if name.starts_with("spiffe://") {
+                SanType::URI(name.try_into()?)
+            } else if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                SanType::IpAddress(ip)
+            } else {
+                SanType::DnsName(name.try_into()?)
+            });
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -207,16 +233,24 @@ impl DevPki {
         self.store("server", &issued)
     }
 
-    /// Writes a client certificate for `identity` unless one exists.
-    pub fn ensure_client(&self, ca: &DevCa, identity: &str) -> Result<(), CertError> {
+    /// Writes a client certificate for `identity` in `role` unless one with that
+    /// role exists (a certificate of another role, or of none, is replaced).
+    pub fn ensure_client(&self, ca: &DevCa, identity: &str, role: Role) -> Result<(), CertError> {
         if !is_valid_identity(identity) {
             return Err(CertError::BadIdentity(identity.to_string()));
         }
-        if self.cert(identity).is_file() && self.key(identity).is_file() {
+        if self.key(identity).is_file() && self.role_of(identity) == Some(role) {
             return Ok(());
         }
-        let issued = ca.issue_client(identity)?;
+        let issued = ca.issue_client(identity, role)?;
         self.store(identity, &issued)
+    }
+
+    /// The role named by the stored certificate of `identity`, if it has one.
+    fn role_of(&self, identity: &str) -> Option<Role> {
+        let pem = fs::read(self.cert(identity)).ok()?;
+        let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
+        Some(crate::tls::peer_from_der(der.as_ref()).ok()?.role?.role)
     }
 
     fn store(&self, name: &str, issued: &IssuedCert) -> Result<(), CertError> {
@@ -270,11 +304,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = DevPki::new(dir.path());
         let ca = pki.ensure_ca().unwrap();
-        pki.ensure_client(&ca, "agent-a").unwrap();
+        pki.ensure_client(&ca, "agent-a", Role::Agent).unwrap();
         // A second load must reuse the same CA, not replace it.
         let again = pki.ensure_ca().unwrap();
         assert_eq!(ca.cert_pem(), again.cert_pem());
-        pki.ensure_client(&again, "agent-b").unwrap();
+        pki.ensure_client(&again, "agent-b", Role::Agent).unwrap();
 
         let ca_der = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
             .next()
@@ -294,7 +328,7 @@ mod tests {
         for bad in ["ca", "server", "../x", "Bad Name", "", "-a"] {
             assert!(
                 matches!(
-                    pki.ensure_client(&again, bad),
+                    pki.ensure_client(&again, bad, Role::Agent),
                     Err(CertError::BadIdentity(_))
                 ),
                 "{bad:?}"

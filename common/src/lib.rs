@@ -11,6 +11,8 @@
 //!   peer identity taken from a client certificate's subject alternative name.
 //! - [`certs`]: a development certificate authority that issues server and agent
 //!   certificates for local runs.
+//! - [`role`]: client roles (agent, reader, admin) and the certificate URI that
+//!   carries them.
 //! - [`resource`]: resource ids and kinds, health names, metric names and the
 //!   canonical form of series attributes.
 //! - [`process`]: error printing and termination signals for the binaries.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod preflight;
 pub mod process;
 pub mod resource;
+pub mod role;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

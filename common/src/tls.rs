@@ -11,6 +11,8 @@ use std::sync::Arc;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::role::{RoleUri, parse_spiffe_uri};
+
 /// Errors reading or interpreting TLS material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -196,8 +198,18 @@ fn require_certificate(path: &Path, pem: &[u8]) -> Result<(), TlsError> {
 /// Longest identity accepted from a certificate.
 pub const MAX_IDENTITY_LEN: usize = 253;
 
-/// The identity in a DER certificate: its first URI SAN, else its first DNS SAN.
-pub fn identity_from_der(der: &[u8]) -> Result<String, TlsError> {
+/// Who a client certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The client's name: the name of its role URI, else its first URI SAN, else
+    /// its first DNS SAN.
+    pub name: String,
+    /// Its role URI (`spiffe://<trust-domain>/<role>/<name>`), when it has one.
+    pub role: Option<RoleUri>,
+}
+
+/// The identity in a DER certificate (see [`PeerIdentity`]).
+pub fn peer_from_der(der: &[u8]) -> Result<PeerIdentity, TlsError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
     let san = cert
@@ -205,34 +217,54 @@ pub fn identity_from_der(der: &[u8]) -> Result<String, TlsError> {
         .map_err(|e| TlsError::BadCertificate(e.to_string()))?
         .ok_or(TlsError::NoIdentity)?;
     let names = &san.value.general_names;
-    let uri = names.iter().find_map(|n| match n {
-        GeneralName::URI(u) => Some(*u),
-        _ => None,
-    });
+    let uris: Vec<&str> = names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
     let dns = names.iter().find_map(|n| match n {
         GeneralName::DNSName(d) => Some(*d),
         _ => None,
     });
-    let id = uri.or(dns).ok_or(TlsError::NoIdentity)?;
-    if id.is_empty() || id.len() > MAX_IDENTITY_LEN || id.chars().any(char::is_control) {
+    let role = uris.iter().find_map(|u| parse_spiffe_uri(u));
+    let name = match &role {
+        Some(r) => r.name.as_str(),
+        None => uris.first().copied().or(dns).ok_or(TlsError::NoIdentity)?,
+    };
+    if name.is_empty() || name.len() > MAX_IDENTITY_LEN || name.chars().any(char::is_control) {
         return Err(TlsError::NoIdentity);
     }
-    Ok(id.to_string())
+    Ok(PeerIdentity {
+        name: name.to_string(),
+        role,
+    })
+}
+
+/// The identity name in a DER certificate (see [`PeerIdentity::name`]).
+pub fn identity_from_der(der: &[u8]) -> Result<String, TlsError> {
+    peer_from_der(der).map(|p| p.name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::certs::DevCa;
+    use crate::role::Role;
 
     #[test]
     fn identity_is_the_agent_san() {
         let ca = DevCa::generate().unwrap();
-        let agent = ca.issue_client("agent-node-1").unwrap();
+        let agent = ca.issue_client("agent-node-1", Role::Agent).unwrap();
         let der = rustls_pemfile::certs(&mut agent.cert_pem.as_bytes())
             .next()
             .unwrap()
             .unwrap();
+        let peer = peer_from_der(der.as_ref()).unwrap();
+        assert_eq!(peer.name, "agent-node-1");
+        let role = peer.role.unwrap();
+        assert_eq!((role.trust_domain.as_str(), role.role), ("infrawatch", Role::Agent));
         assert_eq!(identity_from_der(der.as_ref()).unwrap(), "agent-node-1");
     }
 

@@ -23,7 +23,7 @@ trap cleanup EXIT
 . tests/bench/free-port.sh
 grpc=$(free_port); rest=$(free_port "$grpc"); nodeexp=$(free_port "$grpc" "$rest")
 agent_metrics=$(free_port "$grpc" "$rest" "$nodeexp")
-target/release/infrawatch certs --dir "$work/tls" --client agent-bench >/dev/null 2>&1
+target/release/infrawatch certs --dir "$work/tls" --agent agent-bench >/dev/null 2>&1
 
 cat > "$work/aggregator.toml" <<TOML
 [grpc]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use infrawatch_common::certs::DevPki;
+use infrawatch_common::role::Role;
 use infrawatch_common::tls::{TlsFiles, TlsMaterial};
 use infrawatch_proto::v1::query_service_client::QueryServiceClient;
 use nix::sys::signal::{Signal, kill};
@@ -110,8 +111,9 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
     }
 }
 
-/// Certificates for a test: a CA with server, agent and CLI certificates, and a
-/// second, unrelated CA for negative tests.
+/// Certificates for a test: a CA with a server certificate, agent certificates,
+/// an admin certificate `cli` and a reader certificate `reader`, and a second,
+/// unrelated CA for negative tests.
 pub struct Pki {
     /// The trusted PKI.
     pub trusted: DevPki,
@@ -120,17 +122,19 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Creates both PKIs under `dir` with the given client identities.
+    /// Creates both PKIs under `dir` with the given agent identities.
     pub fn new(dir: &Path, clients: &[&str]) -> anyhow::Result<Self> {
         let trusted = DevPki::new(dir.join("trusted"));
         let ca = trusted.ensure_ca()?;
         trusted.ensure_server(&ca, &[])?;
-        for c in clients.iter().chain(&["cli"]) {
-            trusted.ensure_client(&ca, c)?;
+        for c in clients {
+            trusted.ensure_client(&ca, c, Role::Agent)?;
         }
+        trusted.ensure_client(&ca, "cli", Role::Admin)?;
+        trusted.ensure_client(&ca, "reader", Role::Reader)?;
         let foreign = DevPki::new(dir.join("foreign"));
         let fca = foreign.ensure_ca()?;
-        foreign.ensure_client(&fca, "intruder")?;
+        foreign.ensure_client(&fca, "intruder", Role::Admin)?;
         Ok(Self { trusted, foreign })
     }
 

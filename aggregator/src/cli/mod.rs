@@ -1,6 +1,6 @@
 //! The `infrawatch` command for people: `up` runs the local all-in-one, `status`,
 //! `resources`, `get` and `metrics` query an aggregator over gRPC with mTLS, and
-//! `certs` creates development certificates.
+//! `certs` creates development certificates, `token` makes REST bearer tokens.
 //!
 //! Without `--endpoint`, queries go to the instance that `infrawatch up` started
 //! under `$INFRAWATCH_HOME`, found through the `instance.toml` it writes there.
@@ -9,6 +9,7 @@ mod certs;
 mod client;
 mod home;
 mod output;
+mod token;
 mod up;
 
 use std::path::PathBuf;
@@ -78,6 +79,8 @@ enum Command {
     },
     /// Create development certificates (a CA, a server certificate, client certificates).
     Certs(certs::CertsArgs),
+    /// Make REST bearer tokens and their hashes.
+    Token(token::TokenArgs),
 }
 
 /// Output format.
@@ -146,6 +149,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Certs(args) => certs::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => token::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(q) => {
             let mut c = client::connect(&q).await?;
             let s = c.summary().await?;

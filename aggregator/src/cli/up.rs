@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use infrawatch_common::certs::DevPki;
+use infrawatch_common::role::Role;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -65,9 +66,10 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let ca = pki.ensure_ca().context("development CA")?;
     pki.ensure_server(&ca, &[]).context("server certificate")?;
     let agent_identity = format!("agent-{}", dns_label(&hostname()));
-    pki.ensure_client(&ca, &agent_identity)
+    pki.ensure_client(&ca, &agent_identity, Role::Agent)
         .context("agent certificate")?;
-    pki.ensure_client(&ca, CLI_IDENTITY)
+    // The local operator: queries, and manages every subscription.
+    pki.ensure_client(&ca, CLI_IDENTITY, Role::Admin)
         .context("CLI certificate")?;
 
     home::write(

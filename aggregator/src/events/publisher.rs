@@ -263,7 +263,7 @@ impl Publisher {
             let head = self.log.head();
             let created = self
                 .store
-                .create_cursor(&cursor_name, CursorKind::Sink, "{}", head)
+                .create_cursor(&cursor_name, CursorKind::Sink, "{}", head, "")
                 .await;
             let row = match created {
                 Ok(_) => self.store.cursor_row(&cursor_name).await,

@@ -7,6 +7,7 @@ use infrawatch_proto::v1 as pb;
 
 use super::filter::FilterSpec;
 use super::log::EventLog;
+use crate::auth::{Principal, Refusal, refused};
 use crate::store::{CursorKind, CursorRow, Store, StoreError};
 
 /// Longest subscription name.
@@ -24,6 +25,17 @@ pub enum SubscriptionError {
     /// The name is taken.
     #[error("a subscription named {0:?} already exists")]
     AlreadyExists(String),
+    /// The subscription belongs to another client.
+    #[error("subscription {0:?} belongs to another client; only its owner or an admin may use it")]
+    NotOwner(String),
+    /// The client has as many subscriptions as it may.
+    #[error("{owner} already has {limit} subscriptions, the most one client may keep; delete one first")]
+    TooMany {
+        /// The client.
+        owner: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The database failed.
     #[error("the database is unavailable")]
     Store(#[from] StoreError),
@@ -36,6 +48,8 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::Invalid(_) => tonic::Status::invalid_argument(text),
             SubscriptionError::NotFound(_) => tonic::Status::not_found(text),
             SubscriptionError::AlreadyExists(_) => tonic::Status::already_exists(text),
+            SubscriptionError::NotOwner(_) => tonic::Status::permission_denied(text),
+            SubscriptionError::TooMany { .. } => tonic::Status::resource_exhausted(text),
             SubscriptionError::Store(_) => tonic::Status::unavailable(text),
         }
     }
@@ -56,6 +70,9 @@ pub struct SubscriptionInfo {
     pub created_at_ms: i64,
     /// Last acknowledged (Unix ms).
     pub updated_at_ms: i64,
+    /// Who created it (`cert:<identity>`, `token:<name>`, `local`; empty when
+    /// made before roles existed).
+    pub owner: String,
 }
 
 impl SubscriptionInfo {
@@ -72,6 +89,7 @@ impl SubscriptionInfo {
             head,
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
+            owner: row.owner,
         })
     }
 
@@ -101,6 +119,7 @@ impl SubscriptionInfo {
             "headPosition": self.head.to_string(),
             "createdAtUnixMs": self.created_at_ms.to_string(),
             "updatedAtUnixMs": self.updated_at_ms.to_string(),
+            "owner": self.owner,
         })
     }
 }
@@ -121,7 +140,11 @@ pub fn validate_name(name: &str) -> Result<(), SubscriptionError> {
     }
 }
 
-/// The subscriptions of one aggregator database.
+/// Most durable subscriptions one client (certificate identity or token) may keep.
+pub const MAX_PER_OWNER: usize = 16;
+
+/// The subscriptions of one aggregator database. A reader sees and changes only
+/// the subscriptions it created; an admin, every one.
 #[derive(Debug, Clone)]
 pub struct Subscriptions {
     store: Store,
@@ -133,10 +156,11 @@ impl Subscriptions {
         Self { store }
     }
 
-    /// Creates `name` with `filter`, starting at the newest event.
+    /// Creates `name` with `filter` for `who`, starting at the newest event.
     pub async fn create(
         &self,
         log: &EventLog,
+        who: &Principal,
         name: &str,
         filter: FilterSpec,
     ) -> Result<SubscriptionInfo, SubscriptionError> {
@@ -144,47 +168,81 @@ impl Subscriptions {
         filter.compile().map_err(SubscriptionError::Invalid)?;
         let json = serde_json::to_string(&filter)
             .map_err(|e| SubscriptionError::Invalid(e.to_string()))?;
+        let owner = who.owner_key();
+        let owned = self
+            .rows()
+            .await?
+            .filter(|r| r.owner == owner)
+            .count();
+        if owned >= MAX_PER_OWNER {
+            refused(Refusal::Budget, &owner, "durable subscriptions per client");
+            return Err(SubscriptionError::TooMany {
+                owner,
+                limit: MAX_PER_OWNER,
+            });
+        }
         let head = log.head();
         if !self
             .store
-            .create_cursor(name, CursorKind::Subscription, &json, head)
+            .create_cursor(name, CursorKind::Subscription, &json, head, &owner)
             .await?
         {
             return Err(SubscriptionError::AlreadyExists(name.to_string()));
         }
-        self.get(log, name).await
+        self.get(log, who, name).await
     }
 
-    /// One subscription.
+    /// One subscription that `who` may use.
     pub async fn get(
         &self,
         log: &EventLog,
+        who: &Principal,
         name: &str,
     ) -> Result<SubscriptionInfo, SubscriptionError> {
         validate_name(name)?;
         match self.store.cursor_row(name).await? {
             Some(row) if row.kind == CursorKind::Subscription => {
+                if !who.may_manage(&row.owner) {
+                    refused(Refusal::Ownership, &who.owner_key(), "another client's subscription");
+                    return Err(SubscriptionError::NotOwner(name.to_string()));
+                }
                 SubscriptionInfo::from_row(row, log.head())
             }
             _ => Err(SubscriptionError::NotFound(name.to_string())),
         }
     }
 
-    /// Every subscription, by name.
-    pub async fn list(&self, log: &EventLog) -> Result<Vec<SubscriptionInfo>, SubscriptionError> {
+    /// The subscriptions `who` may see, by name.
+    pub async fn list(
+        &self,
+        log: &EventLog,
+        who: &Principal,
+    ) -> Result<Vec<SubscriptionInfo>, SubscriptionError> {
         let head = log.head();
-        self.store
-            .cursors()
+        self.rows()
             .await?
-            .into_iter()
-            .filter(|r| r.kind == CursorKind::Subscription)
+            .filter(|r| who.may_manage(&r.owner))
             .map(|r| SubscriptionInfo::from_row(r, head))
             .collect()
     }
 
-    /// Deletes `name`.
-    pub async fn delete(&self, name: &str) -> Result<(), SubscriptionError> {
-        validate_name(name)?;
+    async fn rows(&self) -> Result<impl Iterator<Item = CursorRow>, SubscriptionError> {
+        Ok(self
+            .store
+            .cursors()
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == CursorKind::Subscription))
+    }
+
+    /// Deletes `name`, if `who` may.
+    pub async fn delete(
+        &self,
+        log: &EventLog,
+        who: &Principal,
+        name: &str,
+    ) -> Result<(), SubscriptionError> {
+        self.get(log, who, name).await?;
         if self
             .store
             .delete_cursor(name, CursorKind::Subscription)
@@ -196,10 +254,12 @@ impl Subscriptions {
         }
     }
 
-    /// Acknowledges everything up to `position`; the cursor never moves back.
+    /// Acknowledges everything up to `position`, if `who` may; the cursor never
+    /// moves back.
     pub async fn ack(
         &self,
         log: &EventLog,
+        who: &Principal,
         name: &str,
         position: u64,
     ) -> Result<SubscriptionInfo, SubscriptionError> {
@@ -210,7 +270,7 @@ impl Subscriptions {
                 "position {position} is beyond the newest event {head}"
             )));
         }
-        let current = self.get(log, name).await?;
+        let current = self.get(log, who, name).await?;
         if position <= current.position {
             return Ok(current);
         }

@@ -1,5 +1,6 @@
 //! `EventService` over gRPC: live filtered streams resumable from a position, and
-//! durable subscriptions.
+//! durable subscriptions. Callers are readers or admins (a [`crate::auth::grpc::RoleGate`]
+//! in front of the service); a reader uses only its own subscriptions.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use infrawatch_proto::v1::event_service_server::EventService;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Principal;
+use crate::auth::grpc::caller;
 use crate::events::StoredEvent;
 use crate::events::filter::FilterSpec;
 use crate::events::log::{EventLog, LogError};
@@ -41,6 +44,7 @@ impl EventApi {
     /// or the given position (default: now) and filter.
     pub async fn resolve(
         &self,
+        who: &Principal,
         filter: FilterSpec,
         after: Option<u64>,
         subscription: &str,
@@ -53,7 +57,7 @@ impl EventApi {
                     "a subscription brings its own filter and position; leave filter and after_position empty",
                 ));
             }
-            let sub = self.subscriptions.get(&self.log, subscription).await?;
+            let sub = self.subscriptions.get(&self.log, who, subscription).await?;
             (sub.filter, sub.position)
         };
         let head = self.log.head();
@@ -92,9 +96,11 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let who = caller(&request)?.clone();
         let r = request.into_inner();
         let (after, filter) = self
             .resolve(
+                &who,
                 FilterSpec::from_proto(r.filter.as_ref()),
                 r.after_position,
                 &r.subscription,
@@ -117,11 +123,13 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
+        let who = caller(&request)?.clone();
         let r = request.into_inner();
         let sub = self
             .subscriptions
             .create(
                 &self.log,
+                &who,
                 &r.name,
                 FilterSpec::from_proto(r.filter.as_ref()),
             )
@@ -131,9 +139,9 @@ impl EventService for EventApi {
 
     async fn list_subscriptions(
         &self,
-        _request: Request<pb::ListSubscriptionsRequest>,
+        request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        let subs = self.subscriptions.list(&self.log).await?;
+        let subs = self.subscriptions.list(&self.log, caller(&request)?).await?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: subs.iter().map(|s| s.to_proto()).collect(),
         }))
@@ -143,8 +151,9 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let who = caller(&request)?;
         self.subscriptions
-            .delete(&request.into_inner().name)
+            .delete(&self.log, who, &request.get_ref().name)
             .await?;
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
@@ -153,10 +162,11 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::AckEventsRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let r = request.into_inner();
+        let who = caller(&request)?;
+        let r = request.get_ref();
         let sub = self
             .subscriptions
-            .ack(&self.log, &r.name, r.position)
+            .ack(&self.log, who, &r.name, r.position)
             .await?;
         Ok(Response::new(sub.to_proto()))
     }

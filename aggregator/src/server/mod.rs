@@ -1,5 +1,7 @@
 //! The network front of the aggregator: the mTLS gRPC server (agent stream, query
-//! service, standard health service, reflection) and the REST server.
+//! service, standard health service, reflection) and the REST server. Each
+//! service admits the roles it serves (agents report; readers and admins query
+//! and read events); health and reflection are open to any client certificate.
 
 pub mod connections;
 pub mod events;
@@ -7,10 +9,12 @@ pub mod query;
 pub mod rest;
 pub mod rest_events;
 
+use crate::auth::grpc::RoleGate;
 use crate::sources::agent::stream::AgentSource;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use infrawatch_common::role::Role;
 use infrawatch_common::tls::identity_from_der;
 use infrawatch_common::tls_reload::ReloadingTls;
 use infrawatch_proto::v1::agent_service_server::AgentServiceServer;
@@ -20,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::config::GrpcConfig;
@@ -94,21 +99,24 @@ pub async fn serve_grpc(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(InterceptedService::new(
             AgentServiceServer::new(ingest)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .add_service(
+            RoleGate::new(&config.trust_domain, Role::may_report, "report resources"),
+        ))
+        .add_service(InterceptedService::new(
             QueryServiceServer::new(query)
                 .max_decoding_message_size(64 * 1024)
                 .max_encoding_message_size(max * 4),
-        )
-        .add_service(
+            RoleGate::new(&config.trust_domain, Role::may_read, "query the model"),
+        ))
+        .add_service(InterceptedService::new(
             EventServiceServer::new(events)
                 .max_decoding_message_size(64 * 1024)
                 .max_encoding_message_size(max),
-        )
+            RoleGate::new(&config.trust_domain, Role::may_read, "read events"),
+        ))
         .serve_with_incoming_shutdown(ReceiverStream::new(connections), shutdown.cancelled_owned())
         .await?;
     acceptor.abort();

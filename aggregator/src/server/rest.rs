@@ -23,6 +23,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use super::rest_events;
+use crate::auth::Principal;
+use crate::auth::tokens::TokenSet;
 use crate::model::Health;
 use crate::query::{self, ListParams, MetricParams, QueryError};
 use crate::state::State;
@@ -37,8 +39,9 @@ pub struct RestState {
     pub store: Store,
     /// Renders `/metrics`; `None` when no recorder is installed (tests).
     pub metrics: Option<PrometheusHandle>,
-    /// Accepted bearer tokens; empty means no authentication (loopback only).
-    pub tokens: Arc<Vec<String>>,
+    /// Accepted bearer tokens; none means no authentication (loopback only), and
+    /// every caller is the local operator.
+    pub tokens: Arc<TokenSet>,
     /// Event streams and subscriptions.
     pub events: super::events::EventApi,
     /// Progress of each event publisher.
@@ -111,13 +114,15 @@ impl IntoResponse for QueryError {
     }
 }
 
+/// Puts the caller's [`Principal`] on the request, or answers 401.
 async fn authenticate(
     AxumState(shared): AxumState<RestState>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if shared.tokens.is_empty() {
+        request.extensions_mut().insert(Principal::local_operator());
         return next.run(request).await;
     }
     let presented = headers
@@ -125,18 +130,16 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .unwrap_or_default();
-    if shared
-        .tokens
-        .iter()
-        .any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes()))
-    {
-        next.run(request).await
-    } else {
-        error(
+    match shared.tokens.principal(presented) {
+        Some(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        None => error(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "a valid bearer token is required (Authorization: Bearer <token>)",
-        )
+        ),
     }
 }
 
@@ -148,10 +151,6 @@ fn bearer_token(value: &str) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim_start())
         .filter(|t| !t.is_empty())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn ready(AxumState(shared): AxumState<RestState>) -> Response {
@@ -457,7 +456,5 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearerabc"), None);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
     }
 }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use super::events::log_status;
 use super::rest::{Params, RestState, error, number, page_limit, reject_unknown};
+use crate::auth::Principal;
 use crate::events::filter::FilterSpec;
 use crate::events::json::envelope_json;
 use crate::events::subscriptions::SubscriptionError;
@@ -51,6 +52,8 @@ fn status_response(s: tonic::Status) -> Response {
         tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
         tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         tonic::Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+        tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+        tonic::Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
         tonic::Code::OutOfRange => (StatusCode::GONE, "out_of_range"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
@@ -166,6 +169,7 @@ pub async fn page(AxumState(shared): AxumState<RestState>, Params(params): Param
 /// `Last-Event-ID` and continues after it.
 pub async fn stream(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     Params(params): Params,
 ) -> Response {
@@ -187,7 +191,7 @@ pub async fn stream(
     let subscription = params.get("subscription").cloned().unwrap_or_default();
     let api = &shared.events;
     let (after, filter) = match api
-        .resolve(filter_from(&params), after, &subscription)
+        .resolve(&who, filter_from(&params), after, &subscription)
         .await
     {
         Ok(x) => x,
@@ -273,9 +277,12 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, QueryErro
 }
 
 /// `GET /api/v1/subscriptions`.
-pub async fn list_subscriptions(AxumState(shared): AxumState<RestState>) -> Response {
+pub async fn list_subscriptions(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+) -> Response {
     let api = &shared.events;
-    match api.subscriptions.list(&api.log).await {
+    match api.subscriptions.list(&api.log, &who).await {
         Ok(subs) => Json(json!({
             "subscriptions": subs.iter().map(|s| s.to_json()).collect::<Vec<_>>()
         }))
@@ -287,6 +294,7 @@ pub async fn list_subscriptions(AxumState(shared): AxumState<RestState>) -> Resp
 /// `POST /api/v1/subscriptions`.
 pub async fn create_subscription(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     body: axum::body::Bytes,
 ) -> Response {
     let body: CreateBody = match json_body(&body) {
@@ -300,7 +308,7 @@ pub async fn create_subscription(
         transitions: body.filter.transitions,
     };
     let api = &shared.events;
-    match api.subscriptions.create(&api.log, &body.name, filter).await {
+    match api.subscriptions.create(&api.log, &who, &body.name, filter).await {
         Ok(s) => (StatusCode::CREATED, Json(s.to_json())).into_response(),
         Err(e) => e.into_response(),
     }
@@ -309,10 +317,11 @@ pub async fn create_subscription(
 /// `GET /api/v1/subscriptions/{name}`.
 pub async fn get_subscription(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Response {
     let api = &shared.events;
-    match api.subscriptions.get(&api.log, &name).await {
+    match api.subscriptions.get(&api.log, &who, &name).await {
         Ok(s) => Json(s.to_json()).into_response(),
         Err(e) => e.into_response(),
     }
@@ -321,9 +330,11 @@ pub async fn get_subscription(
 /// `DELETE /api/v1/subscriptions/{name}`.
 pub async fn delete_subscription(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Response {
-    match shared.events.subscriptions.delete(&name).await {
+    let api = &shared.events;
+    match api.subscriptions.delete(&api.log, &who, &name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
@@ -332,6 +343,7 @@ pub async fn delete_subscription(
 /// `POST /api/v1/subscriptions/{name}/ack`.
 pub async fn ack_subscription(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -351,7 +363,7 @@ pub async fn ack_subscription(
         ));
     };
     let api = &shared.events;
-    match api.subscriptions.ack(&api.log, &name, position).await {
+    match api.subscriptions.ack(&api.log, &who, &name, position).await {
         Ok(s) => Json(s.to_json()).into_response(),
         Err(e) => e.into_response(),
     }

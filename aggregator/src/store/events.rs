@@ -56,12 +56,15 @@ pub struct CursorRow {
     pub created_at_ms: i64,
     /// Last moved (Unix ms).
     pub updated_at_ms: i64,
+    /// Who created it (see [`crate::auth::Principal::owner_key`]); empty for
+    /// sinks and for subscriptions older than roles.
+    pub owner: String,
 }
 
-const SELECT_CURSORS: &str = "SELECT name, kind, filter, position, created_at_ms, updated_at_ms \
-    FROM event_cursors ORDER BY name";
-const SELECT_CURSOR: &str = "SELECT name, kind, filter, position, created_at_ms, updated_at_ms \
-    FROM event_cursors WHERE name = $1";
+const SELECT_CURSORS: &str = "SELECT name, kind, filter, position, created_at_ms, updated_at_ms, \
+    owner FROM event_cursors ORDER BY name";
+const SELECT_CURSOR: &str = "SELECT name, kind, filter, position, created_at_ms, updated_at_ms, \
+    owner FROM event_cursors WHERE name = $1";
 
 /// Reads a [`CursorRow`] from a result row of [`SELECT_CURSORS`].
 macro_rules! cursor_from_row {
@@ -77,6 +80,7 @@ macro_rules! cursor_from_row {
             position,
             row.try_get("created_at_ms")?,
             row.try_get("updated_at_ms")?,
+            row.try_get("owner")?,
         )
     }};
 }
@@ -88,6 +92,7 @@ fn cursor_row(
     position: i64,
     created_at_ms: i64,
     updated_at_ms: i64,
+    owner: String,
 ) -> Result<CursorRow, StoreError> {
     let kind = match kind {
         "sink" => CursorKind::Sink,
@@ -106,6 +111,7 @@ fn cursor_row(
         position: u64::try_from(position).unwrap_or(0),
         created_at_ms,
         updated_at_ms,
+        owner,
     })
 }
 
@@ -178,20 +184,21 @@ impl Store {
         })
     }
 
-    /// Creates a cursor at `position` unless one with that name exists; returns
-    /// `false` if it existed (and leaves it as it was).
+    /// Creates a cursor at `position`, owned by `owner`, unless one with that
+    /// name exists; returns `false` if it existed (and leaves it as it was).
     pub async fn create_cursor(
         &self,
         name: &str,
         kind: CursorKind,
         filter: &str,
         position: u64,
+        owner: &str,
     ) -> Result<bool, StoreError> {
         let now = infrawatch_common::time::now_unix_ms();
         on_pool!(self, pool => {
-            let r = sqlx::query("INSERT INTO event_cursors (name, kind, filter, position, created_at_ms, updated_at_ms) \
-                VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (name) DO NOTHING")
-                .bind(name).bind(kind.as_str()).bind(filter).bind(seq_to_db(position)).bind(now)
+            let r = sqlx::query("INSERT INTO event_cursors (name, kind, filter, position, created_at_ms, updated_at_ms, owner) \
+                VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (name) DO NOTHING")
+                .bind(name).bind(kind.as_str()).bind(filter).bind(seq_to_db(position)).bind(now).bind(owner)
                 .execute(pool).await?;
             Ok(r.rows_affected() == 1)
         })

@@ -533,12 +533,12 @@ async fn outbox_round_trips(db: TestDb) {
     ));
 
     assert!(
-        s.create_cursor("sink:nats", CursorKind::Sink, "{}", 1)
+        s.create_cursor("sink:nats", CursorKind::Sink, "{}", 1, "")
             .await
             .unwrap()
     );
     assert!(
-        !s.create_cursor("sink:nats", CursorKind::Sink, "{}", 0)
+        !s.create_cursor("sink:nats", CursorKind::Sink, "{}", 0, "")
             .await
             .unwrap()
     );

@@ -54,7 +54,7 @@ pub fn ensure(dir: &Path, identities: &[String]) -> anyhow::Result<usize> {
                         let Some(id) = missing.get(i) else {
                             return Ok(());
                         };
-                        pki.ensure_client(&ca, id)
+                        pki.ensure_client(&ca, id, infrawatch_common::role::Role::Agent)
                             .with_context(|| format!("issuing a certificate for {id}"))?;
                     }
                 })

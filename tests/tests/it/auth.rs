@@ -1,10 +1,17 @@
-//! Agents must present a certificate signed by the configured CA; anything else is
-//! refused at the TLS layer and nothing of it is stored.
+//! Who may do what: agents must present a certificate signed by the configured
+//! CA (anything else is refused at the TLS layer and nothing of it is stored);
+//! the role in a certificate or a token decides what it may call; a reader
+//! keeps to its own subscriptions.
 
 use std::time::Duration;
 
+use infrawatch_aggregator::auth::tokens::TokenHash;
+use infrawatch_common::role::Role;
 use infrawatch_common::tls::TlsFiles;
-use infrawatch_e2e::{Aggregator, Pki, RawStream, batch, http_request_with};
+use infrawatch_e2e::{Aggregator, Pki, RawStream, batch, binary, http_request_with};
+use infrawatch_proto::v1 as pb;
+use infrawatch_proto::v1::event_service_client::EventServiceClient;
+use infrawatch_proto::v1::query_service_client::QueryServiceClient;
 use sqlx::Connection;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -100,16 +107,19 @@ async fn foreign_ca_and_missing_certificates_are_refused_and_nothing_is_stored()
 
 /// With `rest.tokens` set, `/api/` and `/metrics` answer only a known bearer
 /// token (the scheme in any case), with the JSON error otherwise; the probes
-/// need none.
+/// need none. Tokens are configured by their hashes.
 #[test]
 fn rest_needs_a_known_bearer_token_in_any_case_of_the_scheme() {
     super::init();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &[]).unwrap();
     let token = "e2e-token-0123456789abcdef";
-    let agg =
-        Aggregator::start_sqlite(dir.path(), &pki, &format!("[rest]\ntokens = [{token:?}]\n"))
-            .unwrap();
+    let agg = Aggregator::start_sqlite(
+        dir.path(),
+        &pki,
+        &format!("[rest]\n{}", token_entry("e2e", "reader", token)),
+    )
+    .unwrap();
     let get = |path: &str, authorization: Option<&str>| {
         let header = authorization.map(|a| format!("Authorization: {a}"));
         let headers: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -145,4 +155,230 @@ fn rest_needs_a_known_bearer_token_in_any_case_of_the_scheme() {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(refused, Some(6.0), "{page}");
+}
+
+/// A `[[rest.tokens]]` entry for `token`, by its hash.
+fn token_entry(name: &str, role: &str, token: &str) -> String {
+    let hash = TokenHash::new(token).unwrap();
+    format!("[[rest.tokens]]\nname = {name:?}\nrole = {role:?}\nhash = \"{hash}\"\n")
+}
+
+/// The value of counter `name` with label set `labels` on a `/metrics` page.
+fn counter(page: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The role in a certificate decides what it may call: an agent cannot query or
+/// touch subscriptions, a reader or admin cannot report, a certificate whose
+/// role URI is of another trust domain has no role; a reader sees and changes
+/// only its own subscriptions, an admin every one. Each refusal names the role
+/// and is counted; an honest agent beside keeps reporting.
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_decide_what_a_certificate_may_call() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-honest", "agent-nosy"]).unwrap();
+    let ca = pki.trusted.ensure_ca().unwrap();
+    let elsewhere = ca.issue_client_in("elsewhere", "stranger", Role::Admin).unwrap();
+    std::fs::write(pki.trusted.cert("stranger"), &elsewhere.cert_pem).unwrap();
+    std::fs::write(pki.trusted.key("stranger"), &elsewhere.key_pem).unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
+    let endpoint = agg.endpoint();
+    try_report(&endpoint, &pki.client("agent-honest"), "host/honest")
+        .await
+        .unwrap();
+
+    let query = |who: &'static str| {
+        let endpoint = endpoint.clone();
+        let files = pki.client(who);
+        async move {
+            let channel = infrawatch_e2e::channel(&endpoint, &files).await.unwrap();
+            QueryServiceClient::new(channel)
+                .get_summary(pb::GetSummaryRequest {})
+                .await
+        }
+    };
+    let events = |who: &'static str| {
+        let endpoint = endpoint.clone();
+        let files = pki.client(who);
+        async move {
+            EventServiceClient::new(infrawatch_e2e::channel(&endpoint, &files).await.unwrap())
+        }
+    };
+
+    // An agent may not query or read events.
+    let denied = query("agent-nosy").await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("agent-nosy has the agent role, which may not query the model"),
+        "{denied:?}"
+    );
+    let denied = events("agent-nosy")
+        .await
+        .list_subscriptions(pb::ListSubscriptionsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+
+    // Readers and admins may not report.
+    for who in ["reader", "cli"] {
+        let refused = try_report(&endpoint, &pki.client(who), &format!("host/{who}")).await;
+        let err = refused.unwrap_err();
+        assert!(err.contains("which may not report resources"), "{who}: {err}");
+    }
+
+    // A role URI of another trust domain is no role here.
+    let denied = query("stranger").await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("names no role of trust domain \"infrawatch\""),
+        "{denied:?}"
+    );
+
+    // Readers query; a reader's subscriptions are its own.
+    assert!(query("reader").await.is_ok());
+    let mut reader = events("reader").await;
+    let mut admin = events("cli").await;
+    let create = |name: &str| pb::CreateSubscriptionRequest {
+        name: name.into(),
+        filter: None,
+    };
+    reader.create_subscription(create("readers-own")).await.unwrap();
+    admin.create_subscription(create("alerting")).await.unwrap();
+    let names = |r: pb::ListSubscriptionsResponse| -> Vec<String> {
+        r.subscriptions.into_iter().map(|s| s.name).collect()
+    };
+    let seen = reader
+        .list_subscriptions(pb::ListSubscriptionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(seen), vec!["readers-own"]);
+    let denied = reader
+        .ack_events(pb::AckEventsRequest {
+            name: "alerting".into(),
+            position: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("belongs to another client"), "{denied:?}");
+    let denied = reader
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            name: "alerting".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let denied = reader
+        .watch_events(pb::WatchEventsRequest {
+            subscription: "alerting".into(),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    // The admin sees both and may delete the reader's.
+    let seen = admin
+        .list_subscriptions(pb::ListSubscriptionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(seen), vec!["alerting", "readers-own"]);
+    admin
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            name: "readers-own".into(),
+        })
+        .await
+        .unwrap();
+
+    // Counted by reason; the honest agent kept its data and still reports.
+    let (_, page) = agg.get_text("/metrics");
+    let refused = |reason: &str| {
+        counter(
+            &page,
+            "infrawatch_aggregator_refused_total",
+            &format!("reason=\"{reason}\""),
+        )
+    };
+    assert_eq!(refused("role"), 5.0, "{page}");
+    assert_eq!(refused("ownership"), 3.0, "{page}");
+    try_report(&endpoint, &pki.client("agent-honest"), "host/honest")
+        .await
+        .unwrap();
+    let (_, r) = agg.get("/api/v1/resources/host/honest");
+    assert_eq!(r["source"], "agent-honest", "{r}");
+}
+
+/// Tokens carry roles too: a reader token keeps to its own subscriptions (403
+/// on another's), an admin token made by `infrawatch token new` manages every
+/// one; the owner is part of each subscription's JSON.
+#[test]
+fn tokens_carry_roles_and_readers_keep_to_their_own_subscriptions() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &[]).unwrap();
+    let out = std::process::Command::new(binary("infrawatch"))
+        .args(["token", "new", "--name", "ops", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let admin_token = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_string();
+    let entry = printed
+        .split_once("[[rest.tokens]]")
+        .map(|(_, rest)| format!("[[rest.tokens]]{rest}"))
+        .unwrap();
+    assert!(!entry.contains(&admin_token), "the entry holds the token in clear");
+    let reader_token = "reader-token-0123456789abcdef";
+    let agg = Aggregator::start_sqlite(
+        dir.path(),
+        &pki,
+        &format!("[rest]\n{}{entry}", token_entry("grafana", "reader", reader_token)),
+    )
+    .unwrap();
+    let call = |method: &str, path: &str, token: &str, body: Option<&str>| {
+        let auth = format!("Authorization: Bearer {token}");
+        let (status, body) =
+            http_request_with(agg.rest, method, path, &[auth.as_str()], body).unwrap();
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
+    };
+    let (status, mine) = call(
+        "POST",
+        "/api/v1/subscriptions",
+        reader_token,
+        Some(r#"{"name": "grafana-alerts"}"#),
+    );
+    assert_eq!(status, 201, "{mine}");
+    assert_eq!(mine["owner"], "token:grafana");
+    let (status, _) = call("POST", "/api/v1/subscriptions", &admin_token, Some(r#"{"name": "slo"}"#));
+    assert_eq!(status, 201);
+    let (_, listed) = call("GET", "/api/v1/subscriptions", reader_token, None);
+    let listed: Vec<&str> = listed["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(listed, vec!["grafana-alerts"]);
+    for (method, path, body) in [
+        ("GET", "/api/v1/subscriptions/slo", None),
+        ("DELETE", "/api/v1/subscriptions/slo", None),
+        ("POST", "/api/v1/subscriptions/slo/ack", Some(r#"{"position": "0"}"#)),
+        ("GET", "/api/v1/events/stream?subscription=slo", None),
+    ] {
+        let (status, err) = call(method, path, reader_token, body);
+        assert_eq!(status, 403, "{method} {path}: {err}");
+        assert_eq!(err["error"]["code"], "permission_denied", "{err}");
+    }
+    let (status, _) = call("DELETE", "/api/v1/subscriptions/grafana-alerts", &admin_token, None);
+    assert_eq!(status, 204);
 }

@@ -325,6 +325,24 @@ fn broken_configurations_exit_64_and_name_the_field() {
         ),
         (
             "infrawatch-aggregator",
+            "[rest]\ntokens = [\"a-token-in-clear-0123456789\"]\n",
+            &[],
+            "rest.tokens",
+        ),
+        (
+            "infrawatch-aggregator",
+            "[[rest.tokens]]\nname = \"ci\"\nrole = \"reader\"\nhash = \"a-token-in-clear-0123456789\"\n",
+            &[],
+            "`rest.tokens[0].hash`: must be sha256:<salt hex>:<digest hex>",
+        ),
+        (
+            "infrawatch-aggregator",
+            "[[rest.tokens]]\nname = \"ci\"\nrole = \"agent\"\nhash = \"sha256:00112233445566778899aabbccddeeff:0011223344556677889900112233445566778899001122334455667788990011\"\n",
+            &[],
+            "rest.tokens[0].role",
+        ),
+        (
+            "infrawatch-aggregator",
             "[health.cpu]\ndegraded = 0.99\nunhealthy = 0.5\n",
             &[],
             "health.cpu",

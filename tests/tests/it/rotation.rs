@@ -98,7 +98,9 @@ async fn certificates_rotate_without_restarts() {
     let new_pki = DevPki::new(dir.path().join("new-ca"));
     let new_ca = new_pki.ensure_ca().unwrap();
     let server = new_ca.issue_server(&[]).unwrap();
-    let agent_cert = new_ca.issue_client("agent-rot").unwrap();
+    let agent_cert = new_ca
+        .issue_client("agent-rot", infrawatch_common::role::Role::Agent)
+        .unwrap();
     write(&pki.trusted.ca_cert(), new_ca.cert_pem());
     write(&pki.trusted.key("agent-rot"), &agent_cert.key_pem);
     write(&pki.trusted.cert("agent-rot"), &agent_cert.cert_pem);
