@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use infrawatch_common::config::{ConfigErrors, Problems};
 use infrawatch_common::preflight;
+use infrawatch_common::resource::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 use infrawatch_common::telemetry::LogFormat;
 use infrawatch_common::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -488,9 +489,14 @@ impl AgentConfig {
         }
         for (name, s) in self.collectors.schedules() {
             p.check(
-                s.interval_ms >= 100,
+                (u64::from(MIN_INTERVAL_MS)..=u64::from(MAX_INTERVAL_MS)).contains(&s.interval_ms),
                 &format!("collectors.{name}.interval_ms"),
-                || format!("must be at least 100, got {}", s.interval_ms),
+                || {
+                    format!(
+                        "must be {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS} (one hour), got {}",
+                        s.interval_ms
+                    )
+                },
             );
             p.check(
                 s.deadline_ms >= 1 && s.deadline_ms <= s.interval_ms,

@@ -11,6 +11,12 @@ pub const MAX_LABEL_KEY_LEN: usize = 128;
 pub const MAX_LABEL_VALUE_LEN: usize = 1024;
 /// Most labels plus attributes on one resource.
 pub const MAX_LABELS_PER_RESOURCE: usize = 128;
+/// Shortest reporting interval a resource may announce, in ms.
+pub const MIN_INTERVAL_MS: u32 = 100;
+/// Longest reporting interval a resource may announce, in ms (one hour): a
+/// resource whose reporter goes silent turns UNKNOWN after a few intervals, so
+/// none may stay fresh for ever.
+pub const MAX_INTERVAL_MS: u32 = 3_600_000;
 
 /// Resource kinds known to this version.
 pub mod kind {

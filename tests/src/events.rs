@@ -25,7 +25,8 @@ pub fn change_batch(seq: u64, ids: &[String], generation: u64) -> Batch {
             .map(|id| ResourceObservation {
                 id: id.clone(),
                 kind: "service".into(),
-                interval_ms: 0,
+                // The longest interval: no resource turns stale during a test.
+                interval_ms: infrawatch_common::resource::MAX_INTERVAL_MS,
                 attributes: [("generation".to_string(), generation.to_string())].into(),
                 ..Default::default()
             })

@@ -491,6 +491,7 @@ async fn streams_resume_and_subscriptions_catch_up() {
         b.resources.push(pb::ResourceObservation {
             id: "probe/w/tcp/db".into(),
             kind: "tcp_probe".into(),
+            interval_ms: infrawatch_common::resource::MAX_INTERVAL_MS,
             attributes: [("tcp.result".to_string(), result.to_string())].into(),
             ..Default::default()
         });

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use infrawatch_common::resource::{
-    MAX_LABELS_PER_RESOURCE, canonical_attributes, validate_label, validate_metric_name,
+    MAX_INTERVAL_MS, MAX_LABELS_PER_RESOURCE, MIN_INTERVAL_MS, canonical_attributes, validate_label, validate_metric_name,
     validate_resource_id,
 };
 use infrawatch_proto::v1::{Batch, DataGap};
@@ -213,6 +213,14 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
             return Err(fail(format!(
                 "resources[{i}] ({}): kind {:?} must be snake_case, at most 64 bytes",
                 r.id, r.kind
+            )));
+        }
+        // A resource that is described (has a kind) says how often it reports;
+        // a reference by id alone (no kind, interval 0) only carries samples.
+        if !r.kind.is_empty() && !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&r.interval_ms) {
+            return Err(fail(format!(
+                "resources[{i}] ({}): interval_ms {} must be {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS} (how often it is reported; it decides when it turns stale)",
+                r.id, r.interval_ms
             )));
         }
         let mut relations = Vec::with_capacity(r.relations.len());
@@ -435,6 +443,25 @@ mod tests {
             gaps: Vec::new(),
             sent_at_unix_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_described_resource_reports_within_the_interval_bounds() {
+        let now = 1_000_000;
+        let with = |kind: &str, interval_ms: u32| {
+            let mut b = batch();
+            b.resources[0].kind = kind.into();
+            b.resources[0].interval_ms = interval_ms;
+            decode(b, now, &Limits::default())
+        };
+        for bad in [0, MIN_INTERVAL_MS - 1, MAX_INTERVAL_MS + 1, u32::MAX] {
+            let err = with("host", bad).unwrap_err().to_string();
+            assert!(err.contains("interval_ms"), "{bad}: {err}");
+        }
+        assert!(with("host", MIN_INTERVAL_MS).is_ok());
+        assert!(with("host", MAX_INTERVAL_MS).is_ok());
+        // A reference by id alone carries samples and no interval.
+        assert!(with("", 0).is_ok());
     }
 
     #[test]
