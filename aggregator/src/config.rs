@@ -74,6 +74,24 @@ pub struct GrpcConfig {
     /// (`spiffe://<trust_domain>/<agent|reader|admin>/<name>`); a certificate
     /// whose role URI names another domain has no role here.
     pub trust_domain: String,
+    /// How agent certificates are tied to machines (always: one machine per
+    /// certificate identity, pinned on its first stream).
+    pub machine_binding: MachineBinding,
+}
+
+/// How agent certificate identities are tied to machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineBinding {
+    /// One machine per identity and one identity per machine: a machine whose
+    /// certificate gets another name needs an admin to release the old binding.
+    #[default]
+    Exclusive,
+    /// One machine per identity; a machine may be reported by several
+    /// identities over time (per-pod certificates whose names change with every
+    /// pod, e.g. from the cert-manager CSI driver). A resource another identity
+    /// reports is taken over only once it is UNKNOWN.
+    PerIdentity,
 }
 
 impl Default for GrpcConfig {
@@ -89,6 +107,7 @@ impl Default for GrpcConfig {
             max_concurrent_streams: 16,
             max_connections_per_identity: 16,
             trust_domain: infrawatch_common::role::DEFAULT_TRUST_DOMAIN.into(),
+            machine_binding: MachineBinding::Exclusive,
         }
     }
 }
@@ -229,6 +248,13 @@ pub struct IngestConfig {
     pub max_new_series_per_minute: u32,
     /// A series not seen for this long no longer counts as active.
     pub series_active_window_ms: u64,
+    /// Resources one agent's machine may have (its host, probes, GPUs, ...); a
+    /// batch that would add more is refused.
+    pub max_resources_per_agent: usize,
+    /// Relations one resource may carry.
+    pub max_relations_per_resource: usize,
+    /// Relations all of one agent's resources may carry together.
+    pub max_relations_per_agent: usize,
 }
 
 impl Default for IngestConfig {
@@ -245,6 +271,9 @@ impl Default for IngestConfig {
             max_active_series_per_agent: 20_000,
             max_new_series_per_minute: 10_000,
             series_active_window_ms: 3600 * 1000,
+            max_resources_per_agent: 1_000,
+            max_relations_per_resource: 64,
+            max_relations_per_agent: 10_000,
         }
     }
 }
@@ -269,6 +298,11 @@ pub struct EventsConfig {
     pub nats: Option<crate::events::sink::nats::NatsConfig>,
     /// Apache Pulsar sink.
     pub pulsar: Option<crate::events::sink::pulsar::PulsarConfig>,
+    /// Event streams (gRPC `WatchEvents` and REST server-sent events) one client
+    /// may have open at once.
+    pub max_streams_per_client: usize,
+    /// Event streams the aggregator serves at once, all clients together.
+    pub max_streams: usize,
 }
 
 impl Default for EventsConfig {
@@ -280,6 +314,8 @@ impl Default for EventsConfig {
             max_ready_lag_ms: 0,
             nats: None,
             pulsar: None,
+            max_streams_per_client: 8,
+            max_streams: 1024,
         }
     }
 }
@@ -402,12 +438,16 @@ impl AggregatorConfig {
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.rest.tokens.iter().enumerate() {
             let field = format!("rest.tokens[{i}]");
-            p.check(tokens::valid_name(&t.name), &format!("{field}.name"), || {
-                format!(
-                    "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
-                    t.name
-                )
-            });
+            p.check(
+                tokens::valid_name(&t.name),
+                &format!("{field}.name"),
+                || {
+                    format!(
+                        "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                        t.name
+                    )
+                },
+            );
             p.check(names.insert(&t.name), &format!("{field}.name"), || {
                 format!("{:?} names two tokens", t.name)
             });
@@ -415,7 +455,7 @@ impl AggregatorConfig {
                 "must be reader or admin (an agent token could do nothing on REST)".into()
             });
             if let Err(e) = tokens::TokenHash::parse(&t.hash) {
-                p.push(&format!("{field}.hash"), e);
+                p.push(format!("{field}.hash"), e);
             }
         }
         p.check(
@@ -426,7 +466,10 @@ impl AggregatorConfig {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')),
             "grpc.trust_domain",
-            || "must be letters, digits, '-', '.' or '_' (the host of spiffe://<trust_domain>/...)".into(),
+            || {
+                "must be letters, digits, '-', '.' or '_' (the host of spiffe://<trust_domain>/...)"
+                    .into()
+            },
         );
         p.check(
             self.grpc.max_message_bytes >= 1024,
@@ -473,6 +516,17 @@ impl AggregatorConfig {
                 "grpc.max_connections_per_identity",
                 self.grpc.max_connections_per_identity,
             ),
+            ("ingest.max_resources_per_agent", i.max_resources_per_agent),
+            (
+                "ingest.max_relations_per_resource",
+                i.max_relations_per_resource,
+            ),
+            ("ingest.max_relations_per_agent", i.max_relations_per_agent),
+            (
+                "events.max_streams_per_client",
+                self.events.max_streams_per_client,
+            ),
+            ("events.max_streams", self.events.max_streams),
         ] {
             p.check(v >= 1, field, || "must be at least 1".into());
         }

@@ -119,7 +119,8 @@ pub async fn run(
 ) -> Result<(), AggregatorError> {
     let tls = Arc::new(ReloadingTls::load(&config.grpc.tls)?);
     tls.current().0.rustls_server_config()?;
-    let tokens = auth::tokens::TokenSet::new(&config.rest.tokens).map_err(AggregatorError::Tokens)?;
+    let tokens =
+        auth::tokens::TokenSet::new(&config.rest.tokens).map_err(AggregatorError::Tokens)?;
     let store = Store::open(&config.storage)?;
     migrate_when_ready(&store, &shutdown).await?;
     let replica_id = config.cluster.resolved_replica_id();
@@ -226,6 +227,10 @@ pub async fn run(
     let event_api = server::events::EventApi::new(
         event_log.clone(),
         Subscriptions::new(store.clone()),
+        auth::streams::StreamCaps::new(
+            config.events.max_streams_per_client,
+            config.events.max_streams,
+        ),
         servers_stop.clone(),
     );
     let ingest = AgentSource::new(
@@ -239,6 +244,8 @@ pub async fn run(
         StreamSettings {
             per_stream_in_flight: config.ingest.per_stream_in_flight,
             max_unflushed: Duration::from_millis(config.ingest.max_unflushed_ms),
+            machine_binding: config.grpc.machine_binding,
+            footprint: sources::agent::footprint::Footprint::for_ingest(&config.ingest),
         },
         servers_stop.clone(),
     );

@@ -147,13 +147,15 @@ impl DevCa {
     ) -> Result<IssuedCert, CertError> {
         let mut params = CertificateParams::default();
         for name in names {
-            params.subject_alt_names.push(if name.starts_with("spiffe://") {
-                SanType::URI(name.try_into()?)
-            } else if let Ok(ip) = name.parse::<std::net::IpAddr>() {
-                SanType::IpAddress(ip)
-            } else {
-                SanType::DnsName(name.try_into()?)
-            });
+            params
+                .subject_alt_names
+                .push(if name.starts_with("spiffe://") {
+                    SanType::URI(name.try_into()?)
+                } else if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                    SanType::IpAddress(ip)
+                } else {
+                    SanType::DnsName(name.try_into()?)
+                });
         }
         params
             .distinguished_name
@@ -247,7 +249,7 @@ impl DevPki {
     }
 
     /// The role named by the stored certificate of `identity`, if it has one.
-    fn role_of(&self, identity: &str) -> Option<Role> {
+    pub fn role_of(&self, identity: &str) -> Option<Role> {
         let pem = fs::read(self.cert(identity)).ok()?;
         let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
         Some(crate::tls::peer_from_der(der.as_ref()).ok()?.role?.role)

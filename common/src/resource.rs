@@ -78,6 +78,23 @@ pub fn host_id(machine_id: &str) -> String {
     format!("host/{machine_id}")
 }
 
+/// First segments of the resources an agent reports about its own machine
+/// `M`: `host/M` and what hangs off it (`host/M/listening`, ...), `agent/M`,
+/// `gpu/M/...` and `probe/M/...`.
+pub const AGENT_PREFIXES: [&str; 4] = ["host", "agent", "gpu", "probe"];
+
+/// True when an agent on machine `machine_id` may report resource `id`: one of
+/// [`AGENT_PREFIXES`] followed by its own machine id, nothing else.
+pub fn agent_may_report(machine_id: &str, id: &str) -> bool {
+    let mut segments = id.splitn(3, '/');
+    match (segments.next(), segments.next()) {
+        (Some(prefix), Some(machine)) => {
+            !machine_id.is_empty() && machine == machine_id && AGENT_PREFIXES.contains(&prefix)
+        }
+        _ => false,
+    }
+}
+
 /// Checks a resource id: non-empty, at most [`MAX_RESOURCE_ID_LEN`] bytes, segments
 /// separated by `/` with no empty segment, and only printable ASCII without spaces.
 pub fn validate_resource_id(id: &str) -> Result<(), String> {
@@ -184,6 +201,34 @@ pub fn canonical_attributes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_reports_its_own_machine_and_what_hangs_off_it() {
+        for own in [
+            "host/m1",
+            "host/m1/listening",
+            "agent/m1",
+            "gpu/m1/GPU-0",
+            "probe/m1/icmp/198.18.0.2",
+            "probe/m1/dns/example.org/a/127.0.0.1:53",
+        ] {
+            assert!(agent_may_report("m1", own), "{own}");
+        }
+        for other in [
+            "host/m2",
+            "host/m2/listening",
+            "agent/m2",
+            "gpu/m2/GPU-0",
+            "probe/m12/icmp/x",
+            "service/m1/api",
+            "k8s/m1/pod/x",
+            "host",
+            "",
+        ] {
+            assert!(!agent_may_report("m1", other), "{other}");
+        }
+        assert!(!agent_may_report("", "host/"));
+    }
 
     #[test]
     fn ids() {

@@ -264,7 +264,10 @@ mod tests {
         let peer = peer_from_der(der.as_ref()).unwrap();
         assert_eq!(peer.name, "agent-node-1");
         let role = peer.role.unwrap();
-        assert_eq!((role.trust_domain.as_str(), role.role), ("infrawatch", Role::Agent));
+        assert_eq!(
+            (role.trust_domain.as_str(), role.role),
+            ("infrawatch", Role::Agent)
+        );
         assert_eq!(identity_from_der(der.as_ref()).unwrap(), "agent-node-1");
     }
 

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use infrawatch_proto::v1::{Batch, ResourceObservation};
 
-/// Resource ids `service/<prefix>-<i>` for `i` in `0..n`.
-pub fn resource_ids(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("service/{prefix}-{i}")).collect()
+/// Resource ids `probe/<machine>/service/<prefix>-<i>` for `i` in `0..n`:
+/// probes of the agent on `machine`, which only that agent may report.
+pub fn resource_ids(machine: &str, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("probe/{machine}/service/{prefix}-{i}"))
+        .collect()
 }
 
 /// A batch that changes every resource in `ids`: the attribute `generation`

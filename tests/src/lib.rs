@@ -584,6 +584,17 @@ pub async fn query_client(
     ))
 }
 
+/// The machine a test agent's certificate reports for: its identity without
+/// the `agent-` prefix (`agent-x` → `x`).
+pub fn machine_of(files: &TlsFiles) -> anyhow::Result<String> {
+    let pem = std::fs::read(&files.cert)?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", files.cert.display()))??;
+    let name = infrawatch_common::tls::identity_from_der(der.as_ref())?;
+    Ok(name.strip_prefix("agent-").unwrap_or(&name).to_string())
+}
+
 /// A hand-driven agent stream, for sending exactly the batches a test needs.
 pub struct RawStream {
     tx: tokio::sync::mpsc::Sender<infrawatch_proto::v1::AgentMessage>,
@@ -592,17 +603,20 @@ pub struct RawStream {
 
 impl RawStream {
     /// Opens a stream with the client certificate in `files` and sends `Hello`
-    /// saying that the highest sequence assigned so far is `last_seq`.
+    /// saying that the highest sequence assigned so far is `last_seq`, for the
+    /// machine [`machine_of`] names after the certificate (`agent-x` reports
+    /// for machine `x`: `host/x`, `probe/x/...`).
     pub async fn open(
         endpoint: &str,
         files: &TlsFiles,
         last_seq: u64,
     ) -> anyhow::Result<Result<Self, tonic::Status>> {
-        Self::open_as(endpoint, files, last_seq, None).await
+        let machine = machine_of(files)?;
+        Self::open_as(endpoint, files, last_seq, Some(&machine)).await
     }
 
-    /// Like [`RawStream::open`], announcing `machine_id` in `Hello` (when set),
-    /// so that agents sharing one certificate keep sequences of their own.
+    /// Like [`RawStream::open`], announcing `machine_id` in `Hello` (none: a
+    /// Hello without one, which the aggregator refuses).
     pub async fn open_as(
         endpoint: &str,
         files: &TlsFiles,

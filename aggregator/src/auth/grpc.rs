@@ -77,8 +77,7 @@ impl tonic::service::Interceptor for RoleGate {
 
 /// The principal a [`RoleGate`] put on `request`.
 pub fn caller<T>(request: &Request<T>) -> Result<&Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .ok_or_else(|| Status::internal("no principal on the request (service not behind a RoleGate)"))
+    request.extensions().get::<Principal>().ok_or_else(|| {
+        Status::internal("no principal on the request (service not behind a RoleGate)")
+    })
 }

@@ -4,9 +4,11 @@
 //! gRPC ([`grpc`]), a configured bearer token's name and role on REST
 //! ([`tokens`]). Roles (agent, reader, admin) are described in
 //! [`infrawatch_common::role`]. A refusal names what was missing and is counted
-//! in `infrawatch_aggregator_refused_total{reason}` ([`refused`]).
+//! in `infrawatch_aggregator_refused_total{reason}` ([`refused`]). Event
+//! streams are capped per client and in total ([`streams`]).
 
 pub mod grpc;
+pub mod streams;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -79,6 +81,8 @@ pub enum Refusal {
     Scope,
     /// A budget of the client was spent.
     Budget,
+    /// The client (or the aggregator) has as many event streams open as it may.
+    StreamCap,
 }
 
 impl Refusal {
@@ -89,6 +93,7 @@ impl Refusal {
             Refusal::Ownership => "ownership",
             Refusal::Scope => "scope",
             Refusal::Budget => "budget",
+            Refusal::StreamCap => "stream_cap",
         }
     }
 }

@@ -55,9 +55,9 @@ impl TokenHash {
         if scheme != "sha256" {
             return Err(format!("hash scheme {scheme:?} is not sha256"));
         }
-        let salt = from_hex(salt).filter(|s| s.len() == SALT_BYTES).ok_or_else(|| {
-            format!("the salt must be {} hex digits", SALT_BYTES * 2)
-        })?;
+        let salt = from_hex(salt)
+            .filter(|s| s.len() == SALT_BYTES)
+            .ok_or_else(|| format!("the salt must be {} hex digits", SALT_BYTES * 2))?;
         let digest = from_hex(digest)
             .filter(|d| d.len() == SHA256.output_len())
             .ok_or_else(|| format!("the digest must be {} hex digits", SHA256.output_len() * 2))?;
@@ -157,7 +157,7 @@ fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -207,7 +207,9 @@ mod tests {
             TokenConfig {
                 name: "other".into(),
                 role: Role::Admin,
-                hash: TokenHash::new("another-token-of-sixteen").unwrap().to_string(),
+                hash: TokenHash::new("another-token-of-sixteen")
+                    .unwrap()
+                    .to_string(),
             },
             TokenConfig {
                 name: "grafana".into(),

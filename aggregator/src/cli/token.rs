@@ -34,7 +34,9 @@ enum TokenCommand {
 
 fn parse_role(text: &str) -> Result<Role, String> {
     match Role::parse(text) {
-        Some(Role::Agent) => Err("an agent token could do nothing on REST; use reader or admin".into()),
+        Some(Role::Agent) => {
+            Err("an agent token could do nothing on REST; use reader or admin".into())
+        }
         Some(role) => Ok(role),
         None => Err(format!("unknown role {text:?}: use reader or admin")),
     }
@@ -48,7 +50,8 @@ pub(super) fn run(args: TokenArgs) -> anyhow::Result<()> {
                 bail!("--name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'");
             }
             let token = tokens::generate().map_err(|_| anyhow::anyhow!("no system randomness"))?;
-            let hash = TokenHash::new(&token).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+            let hash =
+                TokenHash::new(&token).map_err(|_| anyhow::anyhow!("no system randomness"))?;
             println!("token: {token}");
             println!();
             println!("# aggregator configuration (the token itself is not stored):");
@@ -68,7 +71,8 @@ pub(super) fn run(args: TokenArgs) -> anyhow::Result<()> {
             if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 bail!("a token must be at least 16 visible ASCII characters (no spaces)");
             }
-            let hash = TokenHash::new(token).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+            let hash =
+                TokenHash::new(token).map_err(|_| anyhow::anyhow!("no system randomness"))?;
             println!("{hash}");
             Ok(())
         }

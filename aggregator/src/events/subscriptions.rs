@@ -29,7 +29,9 @@ pub enum SubscriptionError {
     #[error("subscription {0:?} belongs to another client; only its owner or an admin may use it")]
     NotOwner(String),
     /// The client has as many subscriptions as it may.
-    #[error("{owner} already has {limit} subscriptions, the most one client may keep; delete one first")]
+    #[error(
+        "{owner} already has {limit} subscriptions, the most one client may keep; delete one first"
+    )]
     TooMany {
         /// The client.
         owner: String,
@@ -169,11 +171,7 @@ impl Subscriptions {
         let json = serde_json::to_string(&filter)
             .map_err(|e| SubscriptionError::Invalid(e.to_string()))?;
         let owner = who.owner_key();
-        let owned = self
-            .rows()
-            .await?
-            .filter(|r| r.owner == owner)
-            .count();
+        let owned = self.rows().await?.filter(|r| r.owner == owner).count();
         if owned >= MAX_PER_OWNER {
             refused(Refusal::Budget, &owner, "durable subscriptions per client");
             return Err(SubscriptionError::TooMany {
@@ -203,7 +201,11 @@ impl Subscriptions {
         match self.store.cursor_row(name).await? {
             Some(row) if row.kind == CursorKind::Subscription => {
                 if !who.may_manage(&row.owner) {
-                    refused(Refusal::Ownership, &who.owner_key(), "another client's subscription");
+                    refused(
+                        Refusal::Ownership,
+                        &who.owner_key(),
+                        "another client's subscription",
+                    );
                     return Err(SubscriptionError::NotOwner(name.to_string()));
                 }
                 SubscriptionInfo::from_row(row, log.head())

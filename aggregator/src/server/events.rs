@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
 use crate::auth::grpc::caller;
+use crate::auth::streams::StreamCaps;
 use crate::events::StoredEvent;
 use crate::events::filter::FilterSpec;
 use crate::events::log::{EventLog, LogError};
@@ -26,16 +27,25 @@ pub struct EventApi {
     pub log: Arc<EventLog>,
     /// Durable subscriptions.
     pub subscriptions: Subscriptions,
+    /// Caps on open streams.
+    pub caps: Arc<StreamCaps>,
     /// Ends every stream at shutdown.
     pub stop: CancellationToken,
 }
 
 impl EventApi {
-    /// The service over `log` and `subscriptions`; streams end when `stop` is cancelled.
-    pub fn new(log: Arc<EventLog>, subscriptions: Subscriptions, stop: CancellationToken) -> Self {
+    /// The service over `log` and `subscriptions`, with at most what `caps`
+    /// allows open at once; streams end when `stop` is cancelled.
+    pub fn new(
+        log: Arc<EventLog>,
+        subscriptions: Subscriptions,
+        caps: Arc<StreamCaps>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             log,
             subscriptions,
+            caps,
             stop,
         }
     }
@@ -97,6 +107,7 @@ impl EventService for EventApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let who = caller(&request)?.clone();
+        let ticket = self.caps.admit(&who).map_err(Status::resource_exhausted)?;
         let r = request.into_inner();
         let (after, filter) = self
             .resolve(
@@ -112,9 +123,13 @@ impl EventService for EventApi {
         }
         let rx = watch::watch(self.log.clone(), after, filter, self.stop.clone());
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let stream = futures::StreamExt::map(stream, |item| match item {
-            Ok(e) => Ok(envelope(&e)),
-            Err(e) => Err(log_status(&e)),
+        // The ticket lives as long as the stream: closing it frees the place.
+        let stream = futures::StreamExt::map(stream, move |item| {
+            let _open = &ticket;
+            match item {
+                Ok(e) => Ok(envelope(&e)),
+                Err(e) => Err(log_status(&e)),
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -141,7 +156,10 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        let subs = self.subscriptions.list(&self.log, caller(&request)?).await?;
+        let subs = self
+            .subscriptions
+            .list(&self.log, caller(&request)?)
+            .await?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: subs.iter().map(|s| s.to_proto()).collect(),
         }))

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use infrawatch_common::resource::{health_name, parse_health};
 use infrawatch_common::time::now_unix_ms;
 use infrawatch_proto::v1 as pb;
@@ -23,8 +23,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use super::rest_events;
-use crate::auth::Principal;
 use crate::auth::tokens::TokenSet;
+use crate::auth::{Principal, Refusal, refused};
 use crate::model::Health;
 use crate::query::{self, ListParams, MetricParams, QueryError};
 use crate::state::State;
@@ -56,6 +56,10 @@ pub fn router(shared: RestState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/agents", get(agents))
+        .route(
+            "/api/v1/agents/{identity}/machine",
+            axum::routing::delete(release_machine),
+        )
         .route("/api/v1/resources", get(list_resources))
         .route("/api/v1/resources/{*path}", get(resource_or_metrics))
         .route("/api/v1/events", get(rest_events::page))
@@ -327,6 +331,37 @@ async fn agents(AxumState(shared): AxumState<RestState>) -> Json<Value> {
             "clockSkewMs": a.clock_skew_ms.map(|s| s.to_string()),
         })).collect::<Vec<_>>()
     }))
+}
+
+/// `DELETE /api/v1/agents/{identity}/machine` (admins): releases the machine an
+/// agent certificate identity is pinned to, so that the machine can be
+/// reported by a certificate of another name, or the identity by another
+/// machine. 204, or 404 when the identity has no binding.
+async fn release_machine(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+    Path(identity): Path<String>,
+) -> Response {
+    if !who.is_admin() {
+        let message = format!(
+            "{} has the {} role; releasing a machine binding needs the admin role",
+            who.name, who.role
+        );
+        refused(Refusal::Role, &who.name, &message);
+        return error(StatusCode::FORBIDDEN, "permission_denied", &message);
+    }
+    match shared.store.release_machine(&identity).await {
+        Ok(true) => {
+            tracing::info!(identity, by = who.name, "Agent machine binding released.");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("agent identity {identity:?} is bound to no machine"),
+        ),
+        Err(e) => QueryError::Unavailable(e.to_string()).into_response(),
+    }
 }
 
 /// `GET /api/v1/gaps?agent=&from=&to=&limit=`: data agents reported lost, newest

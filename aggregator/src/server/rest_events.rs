@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use axum::{Extension, Json};
 use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -190,6 +190,16 @@ pub async fn stream(
     }
     let subscription = params.get("subscription").cloned().unwrap_or_default();
     let api = &shared.events;
+    let ticket = match api.caps.admit(&who) {
+        Ok(t) => t,
+        Err(message) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource_exhausted",
+                &message,
+            );
+        }
+    };
     let (after, filter) = match api
         .resolve(&who, filter_from(&params), after, &subscription)
         .await
@@ -201,7 +211,9 @@ pub async fn stream(
         return status_response(log_status(&e));
     }
     let rx = watch::watch(api.log.clone(), after, filter, api.stop.clone());
-    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
+    // The ticket lives as long as the stream: a closed connection frees the place.
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+        let _open = &ticket;
         Ok::<_, Infallible>(match item {
             Ok(e) => Event::default()
                 .event("status")
@@ -308,7 +320,11 @@ pub async fn create_subscription(
         transitions: body.filter.transitions,
     };
     let api = &shared.events;
-    match api.subscriptions.create(&api.log, &who, &body.name, filter).await {
+    match api
+        .subscriptions
+        .create(&api.log, &who, &body.name, filter)
+        .await
+    {
         Ok(s) => (StatusCode::CREATED, Json(s.to_json())).into_response(),
         Err(e) => e.into_response(),
     }

@@ -267,11 +267,13 @@ impl BeginWrite for SqlitePool {
 mod cluster;
 mod events;
 mod gaps;
+mod machines;
 
 pub use cluster::{LeaseHold, OpenedSession, SessionOwner};
 
 pub use events::{CursorKind, CursorRow, DeadLetter};
 pub use gaps::GapRow;
+pub use machines::Binding;
 
 /// Rows per multi-row rollup INSERT on SQLite (it allows 32766 parameters; 10
 /// per row).

@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         None => Aggregator::start_sqlite(dir.path(), &pki, &sink)?,
     };
     let per_batch = (a.rate / 10) as usize;
-    let ids = resource_ids("bench", per_batch);
+    let ids = resource_ids("bench-agent", "bench", per_batch);
     let mut stream = RawStream::open(&agg.endpoint(), &pki.client("bench-agent"), 0)
         .await?
         .map_err(|s| anyhow::anyhow!("{s}"))?;

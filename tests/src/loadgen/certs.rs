@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use infrawatch_common::certs::DevPki;
+use infrawatch_common::role::Role;
 
 /// Identity of agent `index` with `prefix` (e.g. `loadgen-00042`).
 pub fn identity(prefix: &str, index: usize) -> String {
@@ -23,8 +24,19 @@ pub fn watcher_identity(prefix: &str) -> String {
     format!("{prefix}-watch")
 }
 
+/// The role of a load generator identity: the watcher reads events, every
+/// other identity is an agent.
+pub fn role(identity: &str) -> Role {
+    if identity.ends_with("-watch") {
+        Role::Reader
+    } else {
+        Role::Agent
+    }
+}
+
 /// Creates the CA and server certificate if missing, and a client certificate
-/// for every identity in `identities` that has none; returns how many it issued.
+/// for every identity in `identities` that has none of its [`role`]; returns
+/// how many it issued.
 pub fn ensure(dir: &Path, identities: &[String]) -> anyhow::Result<usize> {
     let pki = DevPki::new(dir);
     let ca = pki
@@ -33,7 +45,7 @@ pub fn ensure(dir: &Path, identities: &[String]) -> anyhow::Result<usize> {
     pki.ensure_server(&ca, &[])?;
     let missing: Vec<&String> = identities
         .iter()
-        .filter(|id| !(pki.cert(id).is_file() && pki.key(id).is_file()))
+        .filter(|id| !(pki.key(id).is_file() && pki.role_of(id) == Some(role(id))))
         .collect();
     if missing.is_empty() {
         return Ok(0);
@@ -54,7 +66,7 @@ pub fn ensure(dir: &Path, identities: &[String]) -> anyhow::Result<usize> {
                         let Some(id) = missing.get(i) else {
                             return Ok(());
                         };
-                        pki.ensure_client(&ca, id, infrawatch_common::role::Role::Agent)
+                        pki.ensure_client(&ca, id, role(id))
                             .with_context(|| format!("issuing a certificate for {id}"))?;
                     }
                 })

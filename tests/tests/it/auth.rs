@@ -17,7 +17,18 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// Opens a stream and sends one batch; Ok only if the batch was acknowledged.
 async fn try_report(endpoint: &str, files: &TlsFiles, id: &str) -> Result<(), String> {
-    let mut stream = match RawStream::open(endpoint, files, 0).await {
+    let machine = infrawatch_e2e::machine_of(files).map_err(|e| e.to_string())?;
+    try_report_as(endpoint, files, &machine, id).await
+}
+
+/// [`try_report`] announcing `machine` in `Hello`.
+async fn try_report_as(
+    endpoint: &str,
+    files: &TlsFiles,
+    machine: &str,
+    id: &str,
+) -> Result<(), String> {
+    let mut stream = match RawStream::open_as(endpoint, files, 0, Some(machine)).await {
         Err(e) => return Err(format!("connect: {e:#}")),
         Ok(Err(status)) => return Err(format!("report: {status}")),
         Ok(Ok(s)) => s,
@@ -182,7 +193,9 @@ async fn roles_decide_what_a_certificate_may_call() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-honest", "agent-nosy"]).unwrap();
     let ca = pki.trusted.ensure_ca().unwrap();
-    let elsewhere = ca.issue_client_in("elsewhere", "stranger", Role::Admin).unwrap();
+    let elsewhere = ca
+        .issue_client_in("elsewhere", "stranger", Role::Admin)
+        .unwrap();
     std::fs::write(pki.trusted.cert("stranger"), &elsewhere.cert_pem).unwrap();
     std::fs::write(pki.trusted.key("stranger"), &elsewhere.key_pem).unwrap();
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
@@ -204,16 +217,16 @@ async fn roles_decide_what_a_certificate_may_call() {
     let events = |who: &'static str| {
         let endpoint = endpoint.clone();
         let files = pki.client(who);
-        async move {
-            EventServiceClient::new(infrawatch_e2e::channel(&endpoint, &files).await.unwrap())
-        }
+        async move { EventServiceClient::new(infrawatch_e2e::channel(&endpoint, &files).await.unwrap()) }
     };
 
     // An agent may not query or read events.
     let denied = query("agent-nosy").await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     assert!(
-        denied.message().contains("agent-nosy has the agent role, which may not query the model"),
+        denied
+            .message()
+            .contains("agent-nosy has the agent role, which may not query the model"),
         "{denied:?}"
     );
     let denied = events("agent-nosy")
@@ -227,14 +240,19 @@ async fn roles_decide_what_a_certificate_may_call() {
     for who in ["reader", "cli"] {
         let refused = try_report(&endpoint, &pki.client(who), &format!("host/{who}")).await;
         let err = refused.unwrap_err();
-        assert!(err.contains("which may not report resources"), "{who}: {err}");
+        assert!(
+            err.contains("which may not report resources"),
+            "{who}: {err}"
+        );
     }
 
     // A role URI of another trust domain is no role here.
     let denied = query("stranger").await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     assert!(
-        denied.message().contains("names no role of trust domain \"infrawatch\""),
+        denied
+            .message()
+            .contains("names no role of trust domain \"infrawatch\""),
         "{denied:?}"
     );
 
@@ -246,7 +264,10 @@ async fn roles_decide_what_a_certificate_may_call() {
         name: name.into(),
         filter: None,
     };
-    reader.create_subscription(create("readers-own")).await.unwrap();
+    reader
+        .create_subscription(create("readers-own"))
+        .await
+        .unwrap();
     admin.create_subscription(create("alerting")).await.unwrap();
     let names = |r: pb::ListSubscriptionsResponse| -> Vec<String> {
         r.subscriptions.into_iter().map(|s| s.name).collect()
@@ -265,7 +286,10 @@ async fn roles_decide_what_a_certificate_may_call() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
-    assert!(denied.message().contains("belongs to another client"), "{denied:?}");
+    assert!(
+        denied.message().contains("belongs to another client"),
+        "{denied:?}"
+    );
     let denied = reader
         .delete_subscription(pb::DeleteSubscriptionRequest {
             name: "alerting".into(),
@@ -337,19 +361,28 @@ fn tokens_carry_roles_and_readers_keep_to_their_own_subscriptions() {
         .split_once("[[rest.tokens]]")
         .map(|(_, rest)| format!("[[rest.tokens]]{rest}"))
         .unwrap();
-    assert!(!entry.contains(&admin_token), "the entry holds the token in clear");
+    assert!(
+        !entry.contains(&admin_token),
+        "the entry holds the token in clear"
+    );
     let reader_token = "reader-token-0123456789abcdef";
     let agg = Aggregator::start_sqlite(
         dir.path(),
         &pki,
-        &format!("[rest]\n{}{entry}", token_entry("grafana", "reader", reader_token)),
+        &format!(
+            "[rest]\n{}{entry}",
+            token_entry("grafana", "reader", reader_token)
+        ),
     )
     .unwrap();
     let call = |method: &str, path: &str, token: &str, body: Option<&str>| {
         let auth = format!("Authorization: Bearer {token}");
         let (status, body) =
             http_request_with(agg.rest, method, path, &[auth.as_str()], body).unwrap();
-        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+        )
     };
     let (status, mine) = call(
         "POST",
@@ -359,7 +392,12 @@ fn tokens_carry_roles_and_readers_keep_to_their_own_subscriptions() {
     );
     assert_eq!(status, 201, "{mine}");
     assert_eq!(mine["owner"], "token:grafana");
-    let (status, _) = call("POST", "/api/v1/subscriptions", &admin_token, Some(r#"{"name": "slo"}"#));
+    let (status, _) = call(
+        "POST",
+        "/api/v1/subscriptions",
+        &admin_token,
+        Some(r#"{"name": "slo"}"#),
+    );
     assert_eq!(status, 201);
     let (_, listed) = call("GET", "/api/v1/subscriptions", reader_token, None);
     let listed: Vec<&str> = listed["subscriptions"]
@@ -372,13 +410,201 @@ fn tokens_carry_roles_and_readers_keep_to_their_own_subscriptions() {
     for (method, path, body) in [
         ("GET", "/api/v1/subscriptions/slo", None),
         ("DELETE", "/api/v1/subscriptions/slo", None),
-        ("POST", "/api/v1/subscriptions/slo/ack", Some(r#"{"position": "0"}"#)),
+        (
+            "POST",
+            "/api/v1/subscriptions/slo/ack",
+            Some(r#"{"position": "0"}"#),
+        ),
         ("GET", "/api/v1/events/stream?subscription=slo", None),
     ] {
         let (status, err) = call(method, path, reader_token, body);
         assert_eq!(status, 403, "{method} {path}: {err}");
         assert_eq!(err["error"]["code"], "permission_denied", "{err}");
     }
-    let (status, _) = call("DELETE", "/api/v1/subscriptions/grafana-alerts", &admin_token, None);
+    let (status, _) = call(
+        "DELETE",
+        "/api/v1/subscriptions/grafana-alerts",
+        &admin_token,
+        None,
+    );
     assert_eq!(status, 204);
+}
+
+/// One certificate speaks for one machine, pinned on its first stream, and a
+/// machine is spoken for by one certificate; an agent reports its own host and
+/// what hangs off it, nothing else, whatever the health or interval it claims.
+/// An admin releases a binding. Every refusal names why and is counted; the
+/// honest agent keeps its host.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_speaks_only_for_its_own_machine() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-a", "agent-b", "agent-c"]).unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
+    let endpoint = agg.endpoint();
+    let (a, b, c) = (
+        pki.client("agent-a"),
+        pki.client("agent-b"),
+        pki.client("agent-c"),
+    );
+    try_report(&endpoint, &a, "host/a").await.unwrap();
+    try_report(&endpoint, &b, "host/b").await.unwrap();
+
+    // One certificate, another machine: refused.
+    let err = try_report_as(&endpoint, &a, "b2", "host/b2")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("certificate agent-a speaks for machine a, not b2"),
+        "{err}"
+    );
+    // Another certificate for a's machine: refused, whatever it would say.
+    let err = try_report_as(&endpoint, &c, "a", "host/a")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("machine a is reported by certificate agent-a"),
+        "{err}"
+    );
+    // b's own stream may not describe a's resources or squat new ids.
+    for id in [
+        "host/a",
+        "probe/a/icmp/198.18.0.1",
+        "host/never-seen",
+        "service/x",
+    ] {
+        let err = try_report(&endpoint, &b, id).await.unwrap_err();
+        assert!(
+            err.contains(&format!("agent-b may not report {id}")),
+            "{id}: {err}"
+        );
+    }
+    // A never-stale claim does not exist either (interval 0 with a kind).
+    let mut stream = RawStream::open(&endpoint, &b, 10).await.unwrap().unwrap();
+    let mut forever = batch(
+        11,
+        "host/b",
+        "system.cpu.utilization",
+        0.5,
+        infrawatch_common::time::now_unix_ms(),
+    );
+    forever.resources[0].interval_ms = 0;
+    stream.send(forever).await.unwrap();
+    let err = stream.next_ack().await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("interval_ms 0 must be 100 to 3600000"),
+        "{err:?}"
+    );
+
+    let (_, host) = agg.get("/api/v1/resources/host/a");
+    assert_eq!(host["source"], "agent-a", "{host}");
+    let (_, page) = agg.get_text("/metrics");
+    assert_eq!(
+        counter(
+            &page,
+            "infrawatch_aggregator_refused_total",
+            "reason=\"scope\""
+        ),
+        6.0,
+        "{page}"
+    );
+
+    // An admin releases a's binding: the machine may get a certificate of
+    // another name, and a's certificate no longer speaks for it.
+    let (status, body) = http_request_with(
+        agg.rest,
+        "DELETE",
+        "/api/v1/agents/agent-a/machine",
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = http_request_with(
+        agg.rest,
+        "DELETE",
+        "/api/v1/agents/agent-a/machine",
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    // c takes the machine over once host/a is no longer reported by a live
+    // source: it is refused while a's host is fresh (ownership), bound though.
+    let err = try_report_as(&endpoint, &c, "a", "host/a")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("resource host/a is reported by agent-a"),
+        "{err}"
+    );
+    let err = try_report(&endpoint, &a, "host/a").await.unwrap_err();
+    assert!(
+        err.contains("machine a is reported by certificate agent-c"),
+        "{err}"
+    );
+}
+
+/// Event streams are capped per client and in total: a reader's third gRPC
+/// watch and any stream past the total are refused (`RESOURCE_EXHAUSTED`, 429
+/// with the JSON error on REST) and counted; closing a stream frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_streams_are_capped_per_client_and_in_total() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &[]).unwrap();
+    let agg = Aggregator::start_sqlite(
+        dir.path(),
+        &pki,
+        "[events]\nmax_streams_per_client = 2\nmax_streams = 3\n",
+    )
+    .unwrap();
+    let endpoint = agg.endpoint();
+    let watch = |who: &'static str| {
+        let endpoint = endpoint.clone();
+        let files = pki.client(who);
+        async move {
+            let channel = infrawatch_e2e::channel(&endpoint, &files).await.unwrap();
+            EventServiceClient::new(channel)
+                .watch_events(pb::WatchEventsRequest::default())
+                .await
+        }
+    };
+    let first = watch("reader").await.unwrap();
+    let _second = watch("reader").await.unwrap();
+    let err = watch("reader").await.err().unwrap();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("cert:reader already has 2 event streams open"),
+        "{err:?}"
+    );
+    let _admin = watch("cli").await.unwrap();
+    // The total is reached: a REST stream is refused with the JSON error.
+    let (status, body) =
+        http_request_with(agg.rest, "GET", "/api/v1/events/stream", &[], None).unwrap();
+    assert_eq!(status, 429, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"]["code"], "resource_exhausted", "{body}");
+    // Closing a stream frees its place.
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let Ok(s) = watch("reader").await {
+            reopened = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened.is_some(), "a closed stream's place was not freed");
+    let (_, page) = agg.get_text("/metrics");
+    assert!(
+        counter(
+            &page,
+            "infrawatch_aggregator_refused_total",
+            "reason=\"stream_cap\""
+        ) >= 2.0,
+        "{page}"
+    );
 }

@@ -48,7 +48,7 @@ async fn nats_receives_every_change_in_order_across_a_broker_restart() {
     let mut nats = Nats::start(dir.path()).unwrap();
     let agg =
         Aggregator::start_sqlite(dir.path(), &pki, &nats_sink(&nats.url(), "IW_BURST")).unwrap();
-    let ids = resource_ids("burst", 25);
+    let ids = resource_ids("e", "burst", 25);
     let mut stream = RawStream::open(&agg.endpoint(), &pki.client("agent-e"), 0)
         .await
         .unwrap()
@@ -117,7 +117,7 @@ async fn nats_sink_uses_tls_and_a_token() {
         )
     };
     let agg = Aggregator::start_sqlite(dir.path(), &pki, &sink("wrong-token")).unwrap();
-    let ids = resource_ids("tls", 5);
+    let ids = resource_ids("t", "tls", 5);
     let files = pki.client("agent-t");
     let mut stream = RawStream::open(&agg.endpoint(), &files, 0)
         .await
@@ -175,7 +175,7 @@ async fn outbox_keeps_events_while_the_broker_is_down() {
         &nats_sink(&nats.url(), "IW_OUTBOX"),
     )
     .unwrap();
-    let ids = resource_ids("outage", 50);
+    let ids = resource_ids("o", "outage", 50);
     let files = pki.client("agent-o");
     let mut stream = RawStream::open(&agg.endpoint(), &files, 0)
         .await
@@ -279,7 +279,7 @@ async fn pulsar_receives_every_change_in_order() {
         ),
     )
     .unwrap();
-    let ids = resource_ids("pulsar", 20);
+    let ids = resource_ids("p", "pulsar", 20);
     let mut stream = RawStream::open(&agg.endpoint(), &pki.client("agent-p"), 0)
         .await
         .unwrap()
@@ -395,7 +395,7 @@ async fn streams_resume_and_subscriptions_catch_up() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-w", "cli"]).unwrap();
     let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
-    let ids = resource_ids("watch", 5);
+    let ids = resource_ids("w", "watch", 5);
     let files = pki.client("agent-w");
     let mut stream = RawStream::open(&agg.endpoint(), &files, 0)
         .await

@@ -14,7 +14,7 @@ use infrawatch_proto::v1::{Batch, ResourceObservation, SampleColumns, SeriesDef}
 use sqlx::Connection;
 
 const SAMPLES_PER_BATCH: usize = 50;
-const RESOURCE: &str = "host/fault-injection";
+const RESOURCE: &str = "host/f";
 const METRIC: &str = "system.cpu.load_average.1m";
 
 /// Batch `seq`: samples `seq * 1000 + i` at distinct times.

@@ -1,6 +1,7 @@
 //! Hostile input against the limits, with the real aggregator: a decompression bomb
 //! refused before it is inflated, series over an agent's budget refused and named
-//! in the acknowledgement, connections over the per-identity limit closed, and
+//! in the acknowledgement, resources and relations over an agent's budget
+//! refused, connections over the per-identity limit closed, and
 //! (scenario 7 of the reliability plan) one client doing all of that and more
 //! while ten honest agents stream: the honest agents lose nothing and their
 //! acknowledgements stay fast.
@@ -196,6 +197,111 @@ async fn series_over_the_budget_are_refused_and_named_in_the_ack() {
     assert!(d.next_ack().await.unwrap().refused.is_empty());
 }
 
+/// Probes `probe/<machine>/p-<i>` for `i` in `ids`, each with `relations`
+/// relations, in one batch.
+fn probes(seq: u64, machine: &str, ids: std::ops::Range<usize>, relations: usize) -> Batch {
+    Batch {
+        seq,
+        base_time_unix_ms: now(),
+        resources: ids
+            .map(|i| ResourceObservation {
+                id: format!("probe/{machine}/p-{i}"),
+                kind: "tcp_probe".into(),
+                interval_ms: 60_000,
+                relations: (0..relations)
+                    .map(|r| infrawatch_proto::v1::Relation {
+                        relation_type: "depends_on".into(),
+                        to_id: format!("service/s-{r}"),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Resources and relations are budgeted per agent machine, counted in the
+/// model: a batch that would pass a budget is refused whole, naming the
+/// setting, and counted; what the agent had stays, and another agent is not
+/// affected.
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_and_relations_over_the_budget_are_refused() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-r", "agent-s"]).unwrap();
+    let agg = Aggregator::start_sqlite(
+        dir.path(),
+        &pki,
+        "[ingest]\nmax_resources_per_agent = 5\nmax_relations_per_resource = 3\nmax_relations_per_agent = 8\n",
+    )
+    .unwrap();
+    let mut r = RawStream::open(&agg.endpoint(), &pki.client("agent-r"), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    r.send(probes(1, "r", 0..4, 2)).await.unwrap();
+    r.next_ack().await.unwrap();
+    let refused = |batch: Batch| {
+        let files = pki.client("agent-r");
+        let endpoint = agg.endpoint();
+        async move {
+            let seq = batch.seq;
+            let mut s = RawStream::open(&endpoint, &files, seq - 1)
+                .await
+                .unwrap()
+                .unwrap();
+            s.send(batch).await.unwrap();
+            s.next_ack().await.unwrap_err()
+        }
+    };
+    // Five resources are allowed, six are not (counted with what is stored).
+    let err = refused(probes(2, "r", 4..6, 0)).await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("machine r would have 6 resources, the most one agent may report is 5 (ingest.max_resources_per_agent)"),
+        "{err:?}"
+    );
+    let err = refused(probes(2, "r", 0..1, 4)).await;
+    assert!(
+        err.message().contains("ingest.max_relations_per_resource"),
+        "{err:?}"
+    );
+    let err = refused(probes(2, "r", 0..2, 3)).await;
+    assert!(
+        err.message().contains("would have 10 relations")
+            && err.message().contains("ingest.max_relations_per_agent"),
+        "{err:?}"
+    );
+    // Within the budgets still works, and another agent has its own.
+    let mut r = RawStream::open(&agg.endpoint(), &pki.client("agent-r"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    r.send(probes(2, "r", 4..5, 0)).await.unwrap();
+    r.next_ack().await.unwrap();
+    let mut s = RawStream::open(&agg.endpoint(), &pki.client("agent-s"), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    s.send(probes(1, "s", 0..5, 1)).await.unwrap();
+    s.next_ack().await.unwrap();
+    let (_, page) = agg.get("/api/v1/resources?kind=tcp_probe");
+    assert_eq!(
+        page["resources"].as_array().map(Vec::len),
+        Some(10),
+        "{page}"
+    );
+    let (_, metrics) = agg.get_text("/metrics");
+    let budget = counter(
+        &metrics,
+        "infrawatch_aggregator_refused_total",
+        "reason=\"budget\"",
+    );
+    assert_eq!(budget, 3.0, "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_per_identity_limit_are_closed() {
     super::init();
@@ -209,12 +315,10 @@ async fn connections_over_the_per_identity_limit_are_closed() {
     .unwrap();
     let mut streams = Vec::new();
     let mut refused_streams = 0;
-    for i in 0..6u64 {
+    for _ in 0..6u64 {
         match RawStream::open(&agg.endpoint(), &pki.client("agent-m"), 0).await {
             Ok(Ok(mut s)) => {
-                s.send(many_series(1, &format!("host/m{i}"), 0, 1))
-                    .await
-                    .ok();
+                s.send(many_series(1, "host/m", 0, 1)).await.ok();
                 match s.next_ack().await {
                     Ok(_) => streams.push(s),
                     Err(_) => refused_streams += 1,
@@ -248,7 +352,7 @@ async fn connections_over_the_per_identity_limit_are_closed() {
         let opened = std::thread::spawn(move || {
             tokio::runtime::Runtime::new().ok()?.block_on(async {
                 let mut s = RawStream::open(&endpoint, &files, 0).await.ok()?.ok()?;
-                s.send(many_series(1, "host/m9", 0, 1)).await.ok()?;
+                s.send(many_series(1, "host/m", 0, 1)).await.ok()?;
                 s.next_ack().await.ok()
             })
         });
@@ -389,7 +493,7 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
         async move {
             let (mut oversized, mut refused_samples, mut seq) = (0u64, 0u64, 0u64);
             // About 7 MiB encoded, over the 4 MiB message limit.
-            let oversized_batch = many_series(0, "host/mallory-big", 0, 250_000);
+            let oversized_batch = many_series(0, "host/bloater", 0, 250_000);
             while Instant::now() < until {
                 if let Ok(Ok(mut s)) = RawStream::open(&endpoint, &files, seq).await {
                     seq += 1;
@@ -406,7 +510,7 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
                     for _ in 0..5 {
                         seq += 1;
                         let first = (seq as usize) * 5000;
-                        if s.send(many_series(seq, "host/mallory", first, 5000))
+                        if s.send(many_series(seq, "host/bloater", first, 5000))
                             .await
                             .is_err()
                         {
@@ -447,7 +551,7 @@ async fn a_hostile_client_does_not_hurt_honest_agents() {
                 let mut seq = 1_000_000u64;
                 while Instant::now() < until {
                     seq += 1;
-                    let send = s.send(many_series(seq, "host/mallory-slow", 0, 10));
+                    let send = s.send(many_series(seq, "host/sloth", 0, 10));
                     match tokio::time::timeout(Duration::from_millis(500), send).await {
                         Ok(Ok(())) => sent += 1,
                         Ok(Err(_)) => break,

@@ -76,7 +76,7 @@ async fn a_locked_database_delays_acknowledgements_but_loses_nothing() {
     .unwrap();
     assert_eq!(stored, 6, "every batch stored exactly once");
     let cursor: i64 =
-        sqlx::query_scalar("SELECT last_seq FROM agent_cursors WHERE agent_id = 'agent-lock'")
+        sqlx::query_scalar("SELECT last_seq FROM agent_cursors WHERE agent_id = 'agent-lock/lock'")
             .fetch_one(&mut conn)
             .await
             .unwrap();

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use infrawatch_common::resource::{
-    MAX_INTERVAL_MS, MAX_LABELS_PER_RESOURCE, MIN_INTERVAL_MS, canonical_attributes, validate_label, validate_metric_name,
-    validate_resource_id,
+    MAX_INTERVAL_MS, MAX_LABELS_PER_RESOURCE, MIN_INTERVAL_MS, canonical_attributes,
+    validate_label, validate_metric_name, validate_resource_id,
 };
 use infrawatch_proto::v1::{Batch, DataGap};
 

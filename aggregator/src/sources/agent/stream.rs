@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use infrawatch_common::ack::FEATURE_ACK_RECEIVED;
-use infrawatch_common::resource::kind;
+use infrawatch_common::resource::{agent_may_report, kind};
 use infrawatch_common::time::now_unix_ms;
 use infrawatch_common::tls::identity_from_der;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
@@ -42,13 +42,15 @@ use tracing::Instrument;
 
 use super::budgets::{Refusals, SeriesBudgets};
 use super::decode::{DecodedBatch, Limits, decode};
-use crate::config::HealthConfig;
+use super::footprint::Footprint;
+use crate::auth::{Refusal, refused};
+use crate::config::{HealthConfig, MachineBinding};
 use crate::planner::plan::{Context, Plan, check_owner};
 use crate::planner::{PlannerHandle, StateError};
 use crate::samples::ledger::{Begun, Ledger};
 use crate::sources::{Change, Position, Report};
 use crate::state::State;
-use crate::store::{GapRow, Store};
+use crate::store::{Binding, GapRow, Store};
 use crate::telemetry;
 
 /// Time an agent has to send `Hello` after opening the stream.
@@ -82,6 +84,10 @@ pub struct StreamSettings {
     /// A stream stops reading while its agent's samples have waited this long
     /// for a flush (the database is down or slow).
     pub max_unflushed: Duration,
+    /// How certificate identities are tied to machines.
+    pub machine_binding: MachineBinding,
+    /// Resources and relations one agent may have.
+    pub footprint: Footprint,
 }
 
 impl AgentSource {
@@ -225,6 +231,10 @@ impl AgentSource {
                 return "bad hello";
             }
         };
+        if let Err(status) = self.bind_machine(identity, machine_of_key(&key)).await {
+            let _ = tx.send(Err(status)).await;
+            return "machine refused";
+        }
         // Boxed: it runs once per stream, and inline its state would make every
         // stream's task larger for the stream's whole life.
         let session = match Box::pin(self.open_session(identity, &key, hello.last_seq)).await {
@@ -259,6 +269,38 @@ impl AgentSource {
         let _ = forwarder.await;
         self.state.agent_stream(&key, identity, "", "", false);
         reason
+    }
+
+    /// Pins `identity` to `machine_id` on its first stream, and refuses a
+    /// stream for another machine than the pinned one, or for a machine
+    /// another identity speaks for.
+    async fn bind_machine(&self, identity: &str, machine_id: &str) -> Result<(), Status> {
+        let binding = self
+            .store
+            .bind_machine(
+                identity,
+                machine_id,
+                self.settings.machine_binding == MachineBinding::Exclusive,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(
+                    error = %e,
+                    "Agent session not opened (its machine binding is in the database); the agent will try again."
+                );
+                Status::unavailable(format!("machine binding: {e}"))
+            })?;
+        let message = match binding {
+            Binding::Bound => return Ok(()),
+            Binding::IdentityElsewhere { machine_id: bound } => format!(
+                "certificate {identity} speaks for machine {bound}, not {machine_id}; one certificate reports for one machine (an admin releases the binding: DELETE /api/v1/agents/{identity}/machine)"
+            ),
+            Binding::MachineTaken { identity: other } => format!(
+                "machine {machine_id} is reported by certificate {other}; another certificate may not speak for it (an admin releases the binding: DELETE /api/v1/agents/{other}/machine)"
+            ),
+        };
+        refused(Refusal::Scope, identity, &message);
+        Err(Status::permission_denied(message))
     }
 
     /// Opens (or takes over) the agent's ledger at its stored cursor. An agent
@@ -467,8 +509,17 @@ impl AgentSource {
         let seq = batch.seq;
         let samples = &self.state.samples;
         let sample_count = batch.sample_count;
-        let report = report_of(session, &batch, now);
         // Nothing of a batch the agent may not send is applied.
+        check_scope(session, &batch)?;
+        if let Err(message) = self.settings.footprint.check(
+            &self.state.read(),
+            machine_of_key(&session.key),
+            &batch.resources,
+        ) {
+            refused(Refusal::Budget, &session.identity, &message);
+            return Err(StateError::Invalid(message));
+        }
+        let report = report_of(session, &batch, now);
         check_owner(&self.state.read(), &report)?;
         let (begun, new_resources) =
             session
@@ -588,8 +639,35 @@ fn report_of(session: &Session, batch: &DecodedBatch, now: i64) -> Report {
     }
 }
 
-/// The key of an agent's sequence: its certificate identity and the machine id it
-/// announces, so that agents sharing one certificate keep separate sequences.
+/// Refuses a batch that describes a resource outside the agent's machine
+/// ([`agent_may_report`]): its host and what hangs off it, itself, its GPUs
+/// and probes.
+fn check_scope(session: &Session, batch: &DecodedBatch) -> Result<(), StateError> {
+    let machine_id = machine_of_key(&session.key);
+    match batch
+        .resources
+        .iter()
+        .find(|r| !agent_may_report(machine_id, &r.id))
+    {
+        None => Ok(()),
+        Some(r) => {
+            let message = format!(
+                "{} may not report {}: an agent reports its own machine ({machine_id}) and what hangs off it (host/{machine_id}[/...], agent/{machine_id}, gpu/{machine_id}/..., probe/{machine_id}/...)",
+                session.identity, r.id
+            );
+            refused(Refusal::Scope, &session.identity, &message);
+            Err(StateError::Forbidden(message))
+        }
+    }
+}
+
+/// The machine id of a cursor key (`<identity>/<machine id>`).
+fn machine_of_key(key: &str) -> &str {
+    key.rsplit_once('/').map(|(_, m)| m).unwrap_or_default()
+}
+
+/// The key of an agent's sequence: its certificate identity and the machine id
+/// it announces (which [`AgentSource::bind_machine`] pins to the identity).
 fn cursor_key(identity: &str, hello: &Hello) -> Result<String, Status> {
     let machine_id = hello
         .host
@@ -597,7 +675,9 @@ fn cursor_key(identity: &str, hello: &Hello) -> Result<String, Status> {
         .map(|h| h.machine_id.as_str())
         .unwrap_or_default();
     if machine_id.is_empty() {
-        return Ok(identity.to_string());
+        return Err(Status::invalid_argument(
+            "hello: host.machine_id is required (the machine the agent reports for)",
+        ));
     }
     let valid = machine_id.len() <= 128
         && machine_id
