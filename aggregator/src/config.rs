@@ -122,6 +122,9 @@ pub struct RestConfig {
     /// (`[[rest.tokens]]`). Required unless `listen` is a loopback address;
     /// `/healthz` and `/readyz` never need one.
     pub tokens: Vec<TokenConfig>,
+    /// A connection that has not sent a request's head (request line and
+    /// headers) within this many ms is closed.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for RestConfig {
@@ -129,6 +132,7 @@ impl Default for RestConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
             tokens: Vec::new(),
+            header_read_timeout_ms: crate::server::http::HEADER_READ_TIMEOUT_MS,
         }
     }
 }
@@ -458,6 +462,11 @@ impl AggregatorConfig {
                 p.push(format!("{field}.hash"), e);
             }
         }
+        p.check(
+            (100..=600_000).contains(&self.rest.header_read_timeout_ms),
+            "rest.header_read_timeout_ms",
+            || "must be 100 to 600000".into(),
+        );
         p.check(
             !self.grpc.trust_domain.is_empty()
                 && self

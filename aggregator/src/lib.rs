@@ -278,6 +278,7 @@ pub async fn run(
     let rest = tokio::spawn(server::serve_rest(
         rest_listener,
         rest_state,
+        Duration::from_millis(config.rest.header_read_timeout_ms),
         servers_stop.clone(),
     ));
 

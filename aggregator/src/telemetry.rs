@@ -56,7 +56,8 @@ pub const GAP_SAMPLES: &str = "infrawatch_aggregator_agent_lost_samples_total";
 /// Counter by `reason` (handshake, timeout, connections_per_identity): connections
 /// refused during or right after the TLS handshake.
 pub const TLS_REFUSED: &str = "infrawatch_aggregator_tls_refused_total";
-/// Counter by `reason` (role, ownership, scope, budget, stream_cap): requests refused for
+/// Counter by `reason` (role, ownership, scope, budget, stream_cap,
+/// header_timeout): requests refused for
 /// who the client is rather than what it sent.
 pub const REFUSED: &str = "infrawatch_aggregator_refused_total";
 /// Counter by `code` (invalid_argument, unauthenticated, not_found, unavailable):

@@ -83,6 +83,8 @@ pub enum Refusal {
     Budget,
     /// The client (or the aggregator) has as many event streams open as it may.
     StreamCap,
+    /// A REST client did not send its request head in time.
+    HeaderTimeout,
 }
 
 impl Refusal {
@@ -94,6 +96,7 @@ impl Refusal {
             Refusal::Scope => "scope",
             Refusal::Budget => "budget",
             Refusal::StreamCap => "stream_cap",
+            Refusal::HeaderTimeout => "header_timeout",
         }
     }
 }

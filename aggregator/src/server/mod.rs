@@ -5,6 +5,7 @@
 
 pub mod connections;
 pub mod events;
+pub mod http;
 pub mod query;
 pub mod rest;
 pub mod rest_events;
@@ -237,10 +238,10 @@ async fn accept_tls(
 pub async fn serve_rest(
     listener: TcpListener,
     state: rest::RestState,
+    header_read_timeout: std::time::Duration,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, rest::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    http::serve(listener, rest::router(state), header_read_timeout, shutdown)
         .await
         .map_err(ServeError::Rest)
 }

@@ -94,6 +94,9 @@ pub fn router(shared: RestState) -> Router {
                 "this method is not supported here",
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            super::http::MAX_BODY_BYTES,
+        ))
         .with_state(shared)
 }
 

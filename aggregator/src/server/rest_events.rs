@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -283,9 +284,21 @@ pub struct AckBody {
     position: Value,
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, QueryError> {
-    serde_json::from_slice(body)
-        .map_err(|e| QueryError::InvalidArgument(format!("request body: {e}")))
+/// The JSON body of a request: 413 past the body limit, 400 when it is not
+/// the JSON expected.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<T, Box<Response>> {
+    let body = body.map_err(|e| {
+        Box::new(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            super::http::body_too_large()
+        } else {
+            bad_request(format!("request body: {}", e.body_text()))
+        })
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(QueryError::InvalidArgument(format!("request body: {e}")).into_response())
+    })
 }
 
 /// `GET /api/v1/subscriptions`.
@@ -307,11 +320,11 @@ pub async fn list_subscriptions(
 pub async fn create_subscription(
     AxumState(shared): AxumState<RestState>,
     Extension(who): Extension<Principal>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
-    let body: CreateBody = match json_body(&body) {
+    let body: CreateBody = match json_body(body) {
         Ok(b) => b,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
     let filter = FilterSpec {
         kinds: body.filter.kinds,
@@ -361,11 +374,11 @@ pub async fn ack_subscription(
     AxumState(shared): AxumState<RestState>,
     Extension(who): Extension<Principal>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
-    let body: AckBody = match json_body(&body) {
+    let body: AckBody = match json_body(body) {
         Ok(b) => b,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
     let position = match &body.position {
         Value::String(s) => s.parse::<u64>().ok(),

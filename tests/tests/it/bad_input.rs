@@ -283,6 +283,110 @@ async fn oversized_and_invalid_batches_end_only_their_own_stream() {
     assert_eq!(ids, vec!["host/ok"]);
 }
 
+/// Sends `head` (a request line and headers, no body) on a fresh connection
+/// and reads what comes back until the server closes it.
+fn raw_http(addr: std::net::SocketAddr, head: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// REST requests too large in any part are answered with the JSON error (414,
+/// 431, 413), and a client that does not finish its request head in time is
+/// disconnected and counted; the server keeps serving.
+#[test]
+fn oversized_and_slow_rest_requests_get_the_json_error_or_are_closed() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &[]).unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "[rest]\nheader_read_timeout_ms = 1000\n")
+        .unwrap();
+    let addr = agg.rest;
+    let long_uri = format!("/api/v1/resources?label={}", "a".repeat(9000));
+    let (status, body) = raw_http(
+        addr,
+        &format!("GET {long_uri} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (414, &"uri_too_long".into()),
+        "{body}"
+    );
+    let (status, body) = raw_http(
+        addr,
+        &format!(
+            "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+            "b".repeat(17_000)
+        ),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (431, &"headers_too_large".into()),
+        "{body}"
+    );
+    // A body declared larger than the limit is refused before it is read.
+    let (status, body) = raw_http(
+        addr,
+        "POST /api/v1/subscriptions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (413, &"body_too_large".into()),
+        "{body}"
+    );
+
+    // Half a request head, then silence: closed after the deadline.
+    let started = std::time::Instant::now();
+    let (status, _) = raw_http(addr, "GET /api/v1/status HTTP/1.1\r\nHost: x\r\n");
+    let waited = started.elapsed();
+    assert!(
+        status == 0 || status == 408,
+        "a half request was answered {status}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(9),
+        "closed after {waited:?}"
+    );
+    let (status, metrics) = agg.get_text("/metrics");
+    assert_eq!(status, 200);
+    let timeouts: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("infrawatch_aggregator_refused_total{reason=\"header_timeout\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    assert_eq!(timeouts, 1.0, "{metrics}");
+    let errors: f64 = ["uri_too_long", "headers_too_large", "body_too_large"]
+        .iter()
+        .filter_map(|code| {
+            metrics.lines().find_map(|l| {
+                l.strip_prefix(&format!(
+                    "infrawatch_aggregator_rest_errors_total{{code=\"{code}\"}} "
+                ))?
+                .parse::<f64>()
+                .ok()
+            })
+        })
+        .sum();
+    assert_eq!(errors, 3.0, "{metrics}");
+}
+
 fn run_with(bin: &str, config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
