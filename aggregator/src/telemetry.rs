@@ -51,6 +51,9 @@ pub const DB_ERRORS: &str = "infrawatch_aggregator_store_errors_total";
 pub const STATE_CHANGES: &str = "infrawatch_aggregator_state_changes_total";
 /// Gauge: resources in the model.
 pub const RESOURCES: &str = "infrawatch_aggregator_resources";
+/// Counter: data gaps an agent reported again (for batches an earlier gap
+/// covered); left out, neither stored nor published twice.
+pub const GAPS_REPEATED: &str = "infrawatch_aggregator_gaps_repeated_total";
 /// Counter by `cause`: samples agents reported lost (data gaps).
 pub const GAP_SAMPLES: &str = "infrawatch_aggregator_agent_lost_samples_total";
 /// Counter by `reason` (handshake, timeout, connections_per_identity): connections

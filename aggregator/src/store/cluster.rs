@@ -72,6 +72,9 @@ pub struct OpenedSession {
     pub previous_epoch: u64,
     /// This session's epoch.
     pub epoch: u64,
+    /// The last batch any data gap of this agent stored so far covers (0 if
+    /// none): a gap at or below it is a repeat.
+    pub gaps_through: u64,
 }
 
 /// Who holds an agent's session.
@@ -223,8 +226,12 @@ impl Store {
             sqlx::query("UPDATE agent_cursors SET epoch = $2, owner = $3, updated_at_ms = $4 WHERE agent_id = $1")
                 .bind(key).bind(seq_to_db(epoch)).bind(owner).bind(now)
                 .execute(&mut *tx).await?;
+            let gaps_through: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(last_seq), 0) FROM data_gaps WHERE agent_id = $1")
+                .bind(key).fetch_one(&mut *tx).await?;
             tx.commit().await?;
-            Ok(OpenedSession { cursor, previous_epoch, epoch })
+            let gaps_through = u64::try_from(gaps_through).unwrap_or(0);
+            Ok(OpenedSession { cursor, previous_epoch, epoch, gaps_through })
         })
     }
 

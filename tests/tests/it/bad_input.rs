@@ -283,6 +283,73 @@ async fn oversized_and_invalid_batches_end_only_their_own_stream() {
     assert_eq!(ids, vec!["host/ok"]);
 }
 
+/// A data gap reported again (in a later batch, or after a reconnect) is
+/// neither stored nor published a second time; a new one is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_reported_twice_is_stored_and_published_once() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-g"]).unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
+    let now = infrawatch_common::time::now_unix_ms();
+    let gap = |first_seq: u64, last_seq: u64| DataGap {
+        first_seq,
+        last_seq,
+        from_unix_ms: now - 60_000,
+        to_unix_ms: now - 30_000,
+        samples_lost: 10,
+        batches_lost: last_seq - first_seq + 1,
+        cause: "buffer_full".into(),
+        exact: true,
+    };
+    let send = |stream_seq: u64, seq: u64, gaps: Vec<DataGap>| {
+        let files = pki.client("agent-g");
+        let endpoint = agg.endpoint();
+        async move {
+            let mut s = RawStream::open(&endpoint, &files, stream_seq)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut b = batch(seq, "host/g", "system.cpu.utilization", 0.1, now);
+            b.gaps = gaps;
+            s.send(b).await.unwrap();
+            assert_eq!(s.next_ack().await.unwrap().seq, seq);
+        }
+    };
+    send(2, 3, vec![gap(1, 2)]).await;
+    // The same loss again in the next batch, and after a reconnect.
+    send(3, 4, vec![gap(1, 2)]).await;
+    send(4, 5, vec![gap(2, 2)]).await;
+    // A new loss is stored.
+    send(6, 7, vec![gap(6, 6)]).await;
+    let (_, gaps) = agg.get("/api/v1/gaps");
+    let ranges: Vec<(String, String)> = gaps["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["firstSeq"].as_str().unwrap_or_default().to_string(),
+                g["lastSeq"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(ranges.len(), 2, "{gaps}");
+    let (_, events) = agg.get("/api/v1/events?after=0&limit=1000&kinds=host");
+    let published = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["changed"] == serde_json::json!(["data_gap"]))
+        .count();
+    assert_eq!(published, 2, "{events}");
+    let (_, metrics) = agg.get_text("/metrics");
+    assert!(
+        metrics.contains("infrawatch_aggregator_gaps_repeated_total 2"),
+        "{metrics}"
+    );
+}
+
 /// Sends `head` (a request line and headers, no body) on a fresh connection
 /// and reads what comes back until the server closes it.
 fn raw_http(addr: std::net::SocketAddr, head: &str) -> (u16, serde_json::Value) {

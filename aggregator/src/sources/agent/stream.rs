@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use infrawatch_common::ack::FEATURE_ACK_RECEIVED;
@@ -189,6 +190,9 @@ struct Session {
     ledger: Arc<Ledger>,
     /// Cancelled when another stream of the same agent takes over.
     superseded: CancellationToken,
+    /// The last batch covered by a data gap this agent reported: a gap at or
+    /// below it was reported before and is neither stored nor published again.
+    gaps_through: AtomicU64,
 }
 
 impl AgentSource {
@@ -325,6 +329,7 @@ impl AgentSource {
             .map_err(unavailable)?;
         let ledger = samples.open_ledger(key, opened.cursor, opened.previous_epoch, opened.epoch);
         let superseded = ledger.take_over();
+        let mut gaps_through = opened.gaps_through;
         let (applied, _, _) = ledger.positions();
         if last_seq < applied {
             tracing::warn!(
@@ -338,6 +343,8 @@ impl AgentSource {
                 .await
                 .map_err(unavailable)?;
             ledger.reset(last_seq);
+            // Its gaps start over with its sequence.
+            gaps_through = 0;
         }
         Ok(Session {
             identity: identity.to_string(),
@@ -345,6 +352,7 @@ impl AgentSource {
             epoch: opened.epoch,
             ledger,
             superseded,
+            gaps_through: AtomicU64::new(gaps_through),
         })
     }
 
@@ -509,6 +517,8 @@ impl AgentSource {
         let seq = batch.seq;
         let samples = &self.state.samples;
         let sample_count = batch.sample_count;
+        let mut batch = batch;
+        let gaps_through = drop_repeated_gaps(session, &mut batch);
         // Nothing of a batch the agent may not send is applied.
         check_scope(session, &batch)?;
         if let Err(message) = self.settings.footprint.check(
@@ -538,6 +548,7 @@ impl AgentSource {
         };
         session.ledger.finish(seq, result.is_ok());
         result?;
+        session.gaps_through.store(gaps_through, Ordering::Relaxed);
         metrics::counter!(telemetry::SAMPLES).increment(sample_count as u64);
         Ok(false)
     }
@@ -637,6 +648,33 @@ fn report_of(session: &Session, batch: &DecodedBatch, now: i64) -> Report {
             epoch: session.epoch,
         }),
     }
+}
+
+/// Leaves out of `batch` the data gaps the agent reported before (at or below
+/// the last batch an earlier gap covered): they are neither stored nor
+/// published again, and are counted. Returns the last batch the gaps cover
+/// with this batch's, for the session to keep once the batch is applied.
+fn drop_repeated_gaps(session: &Session, batch: &mut DecodedBatch) -> u64 {
+    let mut through = session.gaps_through.load(Ordering::Relaxed);
+    if batch.gaps.is_empty() {
+        return through;
+    }
+    let before = batch.gaps.len();
+    batch.gaps.retain(|g| {
+        let new = g.last_seq > through;
+        through = through.max(g.last_seq);
+        new
+    });
+    let repeated = before - batch.gaps.len();
+    if repeated > 0 {
+        metrics::counter!(telemetry::GAPS_REPEATED).increment(repeated as u64);
+        tracing::debug!(
+            repeated,
+            through,
+            "Data gaps reported before were left out."
+        );
+    }
+    through
 }
 
 /// Refuses a batch that describes a resource outside the agent's machine
