@@ -259,6 +259,9 @@ pub struct IngestConfig {
     pub max_relations_per_resource: usize,
     /// Relations all of one agent's resources may carry together.
     pub max_relations_per_agent: usize,
+    /// Data gaps one agent identity may have stored (and published) per hour;
+    /// further ones are left out and counted.
+    pub max_gaps_per_hour: usize,
 }
 
 impl Default for IngestConfig {
@@ -278,6 +281,7 @@ impl Default for IngestConfig {
             max_resources_per_agent: 1_000,
             max_relations_per_resource: 64,
             max_relations_per_agent: 10_000,
+            max_gaps_per_hour: 60,
         }
     }
 }
@@ -458,6 +462,21 @@ impl AggregatorConfig {
             p.check(t.role.may_read(), &format!("{field}.role"), || {
                 "must be reader or admin (an agent token could do nothing on REST)".into()
             });
+            p.check(
+                t.scope().is_none() || t.role == infrawatch_common::role::Role::Reader,
+                &format!("{field}.namespaces"),
+                || {
+                    "clusters and namespaces restrict reader tokens only (an admin sees everything)"
+                        .into()
+                },
+            );
+            for (what, list) in [("clusters", &t.clusters), ("namespaces", &t.namespaces)] {
+                p.check(
+                    list.iter().all(|v| !v.is_empty() && v.len() <= 253),
+                    &format!("{field}.{what}"),
+                    || "entries must be 1 to 253 characters".into(),
+                );
+            }
             if let Err(e) = tokens::TokenHash::parse(&t.hash) {
                 p.push(format!("{field}.hash"), e);
             }
@@ -531,6 +550,7 @@ impl AggregatorConfig {
                 i.max_relations_per_resource,
             ),
             ("ingest.max_relations_per_agent", i.max_relations_per_agent),
+            ("ingest.max_gaps_per_hour", i.max_gaps_per_hour),
             (
                 "events.max_streams_per_client",
                 self.events.max_streams_per_client,

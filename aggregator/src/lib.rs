@@ -246,6 +246,7 @@ pub async fn run(
             max_unflushed: Duration::from_millis(config.ingest.max_unflushed_ms),
             machine_binding: config.grpc.machine_binding,
             footprint: sources::agent::footprint::Footprint::for_ingest(&config.ingest),
+            max_gaps_per_hour: config.ingest.max_gaps_per_hour,
         },
         servers_stop.clone(),
     );

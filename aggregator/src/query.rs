@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,6 +12,7 @@ use infrawatch_common::resource::health_name;
 use infrawatch_common::time::now_unix_ms;
 use infrawatch_proto::v1 as pb;
 
+use crate::auth::scope::Scope;
 use crate::model::Health;
 use crate::samples::series::ROLLUP_BUCKET_MS;
 use crate::samples::{Point, SampleStore, SeriesKey, Stats};
@@ -67,25 +69,35 @@ impl From<QueryError> for tonic::Status {
     }
 }
 
-/// Counts of resources by kind and health.
-pub fn summary(state: &State) -> pb::FleetSummary {
+/// Counts of resources by kind and health, of those within `scope` (all when
+/// `None`; a restricted caller is told of no agents, which span every scope).
+pub fn summary(state: &State, scope: Option<&Scope>) -> pb::FleetSummary {
     let model = state.read();
+    let mut total = 0;
     let mut by_kind: HashMap<String, u64> = HashMap::new();
     let mut by_health: HashMap<String, u64> = ["healthy", "degraded", "unhealthy", "unknown"]
         .into_iter()
         .map(|h| (h.to_string(), 0))
         .collect();
     for t in model.resources.values() {
+        if scope.is_some_and(|s| !s.admits_record(&t.record)) {
+            continue;
+        }
+        total += 1;
         *by_kind.entry(t.record.kind.clone()).or_default() += 1;
         *by_health
             .entry(health_name(t.record.health).to_string())
             .or_default() += 1;
     }
     pb::FleetSummary {
-        total_resources: model.resources.len() as u64,
+        total_resources: total,
         by_kind,
         by_health,
-        connected_agents: state.connected_agents(),
+        connected_agents: if scope.is_some() {
+            0
+        } else {
+            state.connected_agents()
+        },
     }
 }
 
@@ -102,6 +114,8 @@ pub struct ListParams {
     pub limit: usize,
     /// Resume after this id.
     pub after: Option<String>,
+    /// Only resources within this (the caller's restriction).
+    pub scope: Option<Arc<Scope>>,
 }
 
 impl ListParams {
@@ -129,6 +143,7 @@ impl ListParams {
             selector,
             limit,
             after: decode_cursor(cursor)?,
+            scope: None,
         })
     }
 }
@@ -177,7 +192,8 @@ pub fn list(state: &State, p: &ListParams) -> (Vec<pb::Resource>, Option<String>
         let r = &t.record;
         let wanted = p.kind.as_deref().is_none_or(|k| r.kind == k)
             && p.health.is_none_or(|h| r.health == h)
-            && p.selector.matches(&r.labels);
+            && p.selector.matches(&r.labels)
+            && p.scope.as_ref().is_none_or(|s| s.admits_record(r));
         if !wanted {
             continue;
         }
@@ -195,9 +211,16 @@ pub fn list(state: &State, p: &ListParams) -> (Vec<pb::Resource>, Option<String>
     (page, next)
 }
 
-/// One resource.
-pub fn get(state: &State, id: &str) -> Result<pb::Resource, QueryError> {
-    resource_view(&state.read(), &state.samples, id)
+/// One resource, if within `scope` (outside it, it is not found).
+pub fn get(state: &State, id: &str, scope: Option<&Scope>) -> Result<pb::Resource, QueryError> {
+    let model = state.read();
+    let visible = model
+        .resources
+        .get(id)
+        .is_some_and(|t| scope.is_none_or(|s| s.admits_record(&t.record)));
+    visible
+        .then(|| resource_view(&model, &state.samples, id))
+        .flatten()
         .ok_or_else(|| QueryError::NotFound(format!("resource {id:?} not found")))
 }
 
@@ -279,10 +302,15 @@ pub async fn metric(
     state: &State,
     store: &Store,
     p: &MetricParams,
+    scope: Option<&Scope>,
 ) -> Result<pb::QueryMetricResponse, QueryError> {
     {
         let model = state.read();
-        if !model.resources.contains_key(&*p.key.resource_id) {
+        let visible = model
+            .resources
+            .get(&*p.key.resource_id)
+            .is_some_and(|t| scope.is_none_or(|s| s.admits_record(&t.record)));
+        if !visible {
             return Err(QueryError::NotFound(format!(
                 "resource {:?} not found",
                 p.key.resource_id
@@ -466,12 +494,12 @@ mod tests {
     #[test]
     fn get_unknown_is_not_found() {
         let state = state_with(&[("host/a", "host", Health::Healthy)]);
-        assert!(get(&state, "host/a").is_ok());
+        assert!(get(&state, "host/a", None).is_ok());
         assert!(matches!(
-            get(&state, "host/b"),
+            get(&state, "host/b", None),
             Err(QueryError::NotFound(_))
         ));
-        let s = summary(&state);
+        let s = summary(&state, None);
         assert_eq!(s.total_resources, 1);
         assert_eq!(s.by_health["healthy"], 1);
         assert_eq!(s.by_health["unhealthy"], 0);

@@ -170,14 +170,25 @@ pub fn read_sse(
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<(u64, serde_json::Value)>> {
+    let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}"));
+    let headers: Vec<&str> = resume.iter().map(String::as_str).collect();
+    read_sse_with(addr, path, &headers, n, timeout)
+}
+
+/// [`read_sse`] with extra request `headers` (`Name: value`).
+pub fn read_sse_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[&str],
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(u64, serde_json::Value)>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let resume = last_event_id
-        .map(|id| format!("Last-Event-ID: {id}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut reader = BufReader::new(s);
     let mut out = Vec::new();

@@ -30,6 +30,7 @@ pub fn principal<T>(request: &Request<T>, trust_domain: &str) -> Result<Principa
         name: peer.name,
         role: role.role,
         credential: Credential::Certificate,
+        scope: None,
     })
 }
 

@@ -5,15 +5,20 @@
 //! ([`tokens`]). Roles (agent, reader, admin) are described in
 //! [`infrawatch_common::role`]. A refusal names what was missing and is counted
 //! in `infrawatch_aggregator_refused_total{reason}` ([`refused`]). Event
-//! streams are capped per client and in total ([`streams`]).
+//! streams are capped per client and in total ([`streams`]); a token may be
+//! restricted to clusters and namespaces ([`scope`]).
 
 pub mod grpc;
+pub mod scope;
 pub mod streams;
 pub mod tokens;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use infrawatch_common::role::Role;
+
+use self::scope::Scope;
 
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,9 @@ pub struct Principal {
     pub role: Role,
     /// How it proved it.
     pub credential: Credential,
+    /// The clusters and namespaces it is restricted to (tokens only); `None`
+    /// sees everything.
+    pub scope: Option<Arc<Scope>>,
 }
 
 impl Principal {
@@ -45,6 +53,7 @@ impl Principal {
             name: "local".into(),
             role: Role::Admin,
             credential: Credential::LocalOperator,
+            scope: None,
         }
     }
 
@@ -61,6 +70,28 @@ impl Principal {
     /// True for an admin.
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// True when `record` is within what this principal sees.
+    pub fn sees(&self, record: &crate::model::ResourceRecord) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.admits_record(record))
+    }
+
+    /// Refuses a restricted principal what spans every cluster and namespace
+    /// (agents, gaps, dead letters, the aggregator's own metrics).
+    pub fn unrestricted(&self, what: &str) -> Result<(), String> {
+        match &self.scope {
+            None => Ok(()),
+            Some(scope) => {
+                let message = format!(
+                    "{} is restricted to {}; {what} spans the whole fleet",
+                    self.name,
+                    scope.describe()
+                );
+                refused(Refusal::Scope, &self.name, &message);
+                Err(message)
+            }
+        }
     }
 
     /// May this principal act on something owned by `owner`?
@@ -134,6 +165,7 @@ mod tests {
             name: "grafana".into(),
             role: Role::Reader,
             credential: Credential::Token,
+            scope: None,
         };
         assert_eq!(reader.owner_key(), "token:grafana");
         assert!(reader.may_manage("token:grafana"));

@@ -106,6 +106,7 @@ mod tests {
             name: name.into(),
             role: Role::Reader,
             credential: Credential::Token,
+            scope: None,
         }
     }
 

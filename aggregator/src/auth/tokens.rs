@@ -14,6 +14,9 @@ use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use super::scope::Scope;
 use super::{Credential, Principal};
 
 /// Bytes of salt.
@@ -31,6 +34,24 @@ pub struct TokenConfig {
     pub role: Role,
     /// `sha256:<salt hex>:<digest hex>`, from `infrawatch token new` or `hash`.
     pub hash: String,
+    /// Only resources (and their events) of these clusters (`cluster` label);
+    /// empty: every cluster. Readers only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    /// Only resources (and their events) of these namespaces (`namespace`
+    /// label); empty: every namespace. Readers only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+impl TokenConfig {
+    /// Its restriction, if it has one.
+    pub fn scope(&self) -> Option<Scope> {
+        (!self.clusters.is_empty() || !self.namespaces.is_empty()).then(|| Scope {
+            clusters: self.clusters.clone(),
+            namespaces: self.namespaces.clone(),
+        })
+    }
 }
 
 /// A parsed token hash.
@@ -94,7 +115,7 @@ pub fn generate() -> Result<String, ring::error::Unspecified> {
 /// The tokens REST accepts, parsed once at start-up.
 #[derive(Debug, Clone, Default)]
 pub struct TokenSet {
-    tokens: Vec<(TokenConfig, TokenHash)>,
+    tokens: Vec<(TokenConfig, TokenHash, Option<Arc<Scope>>)>,
 }
 
 impl TokenSet {
@@ -104,7 +125,7 @@ impl TokenSet {
             .iter()
             .map(|c| {
                 TokenHash::parse(&c.hash)
-                    .map(|h| (c.clone(), h))
+                    .map(|h| (c.clone(), h, c.scope().map(Arc::new)))
                     .map_err(|e| format!("rest.tokens {:?}: {e}", c.name))
             })
             .collect::<Result<_, _>>()?;
@@ -120,12 +141,13 @@ impl TokenSet {
     /// computed, so the time taken does not tell which one matched.
     pub fn principal(&self, presented: &str) -> Option<Principal> {
         let mut found = None;
-        for (config, hash) in &self.tokens {
+        for (config, hash, scope) in &self.tokens {
             if hash.matches(presented) && found.is_none() {
                 found = Some(Principal {
                     name: config.name.clone(),
                     role: config.role,
                     credential: Credential::Token,
+                    scope: scope.clone(),
                 });
             }
         }
@@ -210,17 +232,25 @@ mod tests {
                 hash: TokenHash::new("another-token-of-sixteen")
                     .unwrap()
                     .to_string(),
+                clusters: vec![],
+                namespaces: vec![],
             },
             TokenConfig {
                 name: "grafana".into(),
                 role: Role::Reader,
                 hash: TokenHash::new(&token).unwrap().to_string(),
+                clusters: vec![],
+                namespaces: vec!["payments".into()],
             },
         ])
         .unwrap();
         let who = set.principal(&token).unwrap();
         assert_eq!((who.name.as_str(), who.role), ("grafana", Role::Reader));
         assert_eq!(who.credential, Credential::Token);
+        assert_eq!(
+            who.scope.as_deref().map(|s| s.namespaces.clone()),
+            Some(vec!["payments".to_string()])
+        );
         assert!(set.principal("guess-guess-guess").is_none());
         assert!(!valid_name("") && !valid_name("a b") && valid_name("slo-service_1.prod"));
     }

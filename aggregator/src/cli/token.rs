@@ -27,6 +27,12 @@ enum TokenCommand {
         /// reader (queries, events, own subscriptions) or admin.
         #[arg(long, default_value = "reader", value_parser = parse_role)]
         role: Role,
+        /// Restrict a reader to resources (and events) of this namespace; repeatable.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        /// Restrict a reader to resources (and events) of this cluster; repeatable.
+        #[arg(long = "cluster")]
+        clusters: Vec<String>,
     },
     /// Hash a token read from standard input (one line) for `rest.tokens`.
     Hash,
@@ -45,9 +51,17 @@ fn parse_role(text: &str) -> Result<Role, String> {
 /// Runs `infrawatch token`.
 pub(super) fn run(args: TokenArgs) -> anyhow::Result<()> {
     match args.command {
-        TokenCommand::New { name, role } => {
+        TokenCommand::New {
+            name,
+            role,
+            namespaces,
+            clusters,
+        } => {
             if !tokens::valid_name(&name) {
                 bail!("--name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'");
+            }
+            if role == Role::Admin && !(namespaces.is_empty() && clusters.is_empty()) {
+                bail!("--namespace and --cluster restrict readers only (an admin sees everything)");
             }
             let token = tokens::generate().map_err(|_| anyhow::anyhow!("no system randomness"))?;
             let hash =
@@ -58,6 +72,12 @@ pub(super) fn run(args: TokenArgs) -> anyhow::Result<()> {
             println!("[[rest.tokens]]");
             println!("name = {name:?}");
             println!("role = \"{role}\"");
+            if !clusters.is_empty() {
+                println!("clusters = {clusters:?}");
+            }
+            if !namespaces.is_empty() {
+                println!("namespaces = {namespaces:?}");
+            }
             println!("hash = \"{hash}\"");
             Ok(())
         }

@@ -48,6 +48,25 @@ pub fn event_for(
     }
 }
 
+/// The value of topology label `short` (`cluster`, `namespace`, ...) of
+/// `record`, as its events carry it (see [`event_labels`]).
+pub fn topology_label<'a>(record: &'a ResourceRecord, short: &str) -> Option<&'a str> {
+    if let Some(v) = record.labels.get(short) {
+        return Some(v);
+    }
+    let (_, sources) = TOPOLOGY_LABELS.iter().find(|(s, _)| *s == short)?;
+    sources
+        .iter()
+        .find_map(|k| {
+            record
+                .labels
+                .get(*k)
+                .or_else(|| record.attributes.get(*k))
+                .filter(|v| !v.is_empty())
+        })
+        .map(String::as_str)
+}
+
 /// The resource's labels plus the short topology labels (`cluster`, `namespace`,
 /// `node`, `cloud`, `region`) where the resource has them, from its labels or
 /// attributes. A resource label with the same short name wins.

@@ -2,9 +2,12 @@
 //! selector over the event's labels, Kubernetes namespaces and health transitions.
 //! Empty parts match everything; all given parts must match.
 
+use std::sync::Arc;
+
 use infrawatch_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::scope::Scope;
 use crate::model::Health;
 use crate::selector::Selector;
 
@@ -102,6 +105,7 @@ impl FilterSpec {
             selector,
             namespaces: self.namespaces.clone(),
             transitions,
+            scope: None,
         })
     }
 }
@@ -119,11 +123,23 @@ pub struct EventFilter {
     selector: Selector,
     namespaces: Vec<String>,
     transitions: Vec<Transition>,
+    /// The reader's restriction, on top of what it asked for.
+    scope: Option<Arc<Scope>>,
 }
 
 impl EventFilter {
+    /// The filter, passing only events of resources within `scope` as well.
+    pub fn within(self, scope: Option<Arc<Scope>>) -> Self {
+        Self { scope, ..self }
+    }
+
     /// True when `event` passes.
     pub fn matches(&self, event: &pb::InfrastructureStatusUpdatedEvent) -> bool {
+        if let Some(scope) = &self.scope
+            && !scope.admits(|name| event.labels.get(name).map(String::as_str))
+        {
+            return false;
+        }
         if !self.kinds.is_empty() && !self.kinds.contains(&event.resource_kind) {
             return false;
         }

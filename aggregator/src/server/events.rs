@@ -76,7 +76,10 @@ impl EventApi {
                 "position {after} is beyond the newest event {head}"
             )));
         }
-        let compiled = spec.compile().map_err(Status::invalid_argument)?;
+        let compiled = spec
+            .compile()
+            .map_err(Status::invalid_argument)?
+            .within(who.scope.clone());
         Ok((after, compiled))
     }
 }

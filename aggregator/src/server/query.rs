@@ -32,7 +32,7 @@ impl QueryService for QueryApi {
         &self,
         _request: Request<pb::GetSummaryRequest>,
     ) -> Result<Response<pb::FleetSummary>, Status> {
-        Ok(Response::new(query::summary(&self.state)))
+        Ok(Response::new(query::summary(&self.state, None)))
     }
 
     async fn list_resources(
@@ -65,6 +65,7 @@ impl QueryService for QueryApi {
         Ok(Response::new(query::get(
             &self.state,
             &request.into_inner().id,
+            None,
         )?))
     }
 
@@ -83,7 +84,7 @@ impl QueryService for QueryApi {
             now_unix_ms(),
         )?;
         Ok(Response::new(
-            query::metric(&self.state, &self.store, &params).await?,
+            query::metric(&self.state, &self.store, &params, None).await?,
         ))
     }
 }

@@ -192,7 +192,13 @@ async fn ready(AxumState(shared): AxumState<RestState>) -> Response {
     }
 }
 
-async fn prometheus(AxumState(shared): AxumState<RestState>) -> Response {
+async fn prometheus(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+) -> Response {
+    if let Err(message) = who.unrestricted("/metrics") {
+        return error(StatusCode::FORBIDDEN, "permission_denied", &message);
+    }
     match &shared.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -207,8 +213,11 @@ async fn prometheus(AxumState(shared): AxumState<RestState>) -> Response {
     }
 }
 
-async fn status(AxumState(shared): AxumState<RestState>) -> Json<Value> {
-    let s = query::summary(&shared.state);
+async fn status(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+) -> Json<Value> {
+    let s = query::summary(&shared.state, who.scope.as_deref());
     Json(json!({
         "total_resources": s.total_resources,
         "by_kind": s.by_kind,
@@ -292,6 +301,7 @@ pub(super) fn reject_unknown(
 
 async fn list_resources(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     Params(params): Params,
 ) -> Result<Json<Value>, QueryError> {
     reject_unknown(&params, &["kind", "health", "label", "limit", "cursor"])?;
@@ -305,13 +315,16 @@ async fn list_resources(
     };
     // 0: the list's own default page.
     let limit = page_limit(&params)?.unwrap_or(0);
-    let p = ListParams::parse(
-        param(&params, "kind"),
-        health,
-        param(&params, "label"),
-        limit,
-        param(&params, "cursor"),
-    )?;
+    let p = ListParams {
+        scope: who.scope.clone(),
+        ..ListParams::parse(
+            param(&params, "kind"),
+            health,
+            param(&params, "label"),
+            limit,
+            param(&params, "cursor"),
+        )?
+    };
     let (page, next) = query::list(&shared.state, &p);
     Ok(Json(json!({
         "resources": page.iter().map(resource_json).collect::<Vec<_>>(),
@@ -321,7 +334,13 @@ async fn list_resources(
 
 /// `GET /api/v1/agents`: every agent seen since this aggregator started, with
 /// its open streams, last batch and clock skew.
-async fn agents(AxumState(shared): AxumState<RestState>) -> Json<Value> {
+async fn agents(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+) -> Response {
+    if let Err(message) = who.unrestricted("/api/v1/agents") {
+        return error(StatusCode::FORBIDDEN, "permission_denied", &message);
+    }
     Json(json!({
         "agents": shared.state.agents().into_iter().map(|(key, a)| json!({
             "agent": key,
@@ -334,6 +353,7 @@ async fn agents(AxumState(shared): AxumState<RestState>) -> Json<Value> {
             "clockSkewMs": a.clock_skew_ms.map(|s| s.to_string()),
         })).collect::<Vec<_>>()
     }))
+    .into_response()
 }
 
 /// `DELETE /api/v1/agents/{identity}/machine` (admins): releases the machine an
@@ -371,15 +391,27 @@ async fn release_machine(
 /// first; `agent` is an agent identity or a host resource id.
 async fn gaps(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     Params(params): Params,
+) -> Result<Json<Value>, Response> {
+    who.unrestricted("/api/v1/gaps")
+        .map_err(|m| error(StatusCode::FORBIDDEN, "permission_denied", &m))?;
+    gaps_page(&shared, &params)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn gaps_page(
+    shared: &RestState,
+    params: &HashMap<String, String>,
 ) -> Result<Json<Value>, QueryError> {
-    reject_unknown(&params, &["agent", "from", "to", "limit"])?;
-    let from = number::<i64>(&params, "from", "a time in Unix ms")?.unwrap_or(0);
-    let to = number::<i64>(&params, "to", "a time in Unix ms")?.unwrap_or(i64::MAX);
-    let limit = page_limit(&params)?.unwrap_or(query::DEFAULT_LIMIT as u32);
+    reject_unknown(params, &["agent", "from", "to", "limit"])?;
+    let from = number::<i64>(params, "from", "a time in Unix ms")?.unwrap_or(0);
+    let to = number::<i64>(params, "to", "a time in Unix ms")?.unwrap_or(i64::MAX);
+    let limit = page_limit(params)?.unwrap_or(query::DEFAULT_LIMIT as u32);
     let rows = shared
         .store
-        .gaps(param(&params, "agent"), from, to, limit)
+        .gaps(param(params, "agent"), from, to, limit)
         .await
         .map_err(|e| QueryError::Unavailable(e.to_string()))?;
     Ok(Json(json!({
@@ -401,6 +433,7 @@ async fn gaps(
 
 async fn resource_or_metrics(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     path: Result<Path<String>, PathRejection>,
     Params(params): Params,
 ) -> Result<Json<Value>, QueryError> {
@@ -413,14 +446,19 @@ async fn resource_or_metrics(
             model.resources.contains_key(id) && !model.resources.contains_key(&path)
         };
         if is_metrics_query {
-            return metrics_of(&shared, id, &params).await;
+            return metrics_of(&shared, &who, id, &params).await;
         }
     }
-    Ok(Json(resource_json(&query::get(&shared.state, &path)?)))
+    Ok(Json(resource_json(&query::get(
+        &shared.state,
+        &path,
+        who.scope.as_deref(),
+    )?)))
 }
 
 async fn metrics_of(
     shared: &RestState,
+    who: &Principal,
     id: &str,
     params: &HashMap<String, String>,
 ) -> Result<Json<Value>, QueryError> {
@@ -435,7 +473,7 @@ async fn metrics_of(
         number(params, "step", "a whole number of milliseconds")?.unwrap_or(0),
         now_unix_ms(),
     )?;
-    let r = query::metric(&shared.state, &shared.store, &p).await?;
+    let r = query::metric(&shared.state, &shared.store, &p, who.scope.as_deref()).await?;
     Ok(Json(metric_json(&r)))
 }
 

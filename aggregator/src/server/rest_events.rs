@@ -101,7 +101,11 @@ fn position(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>,
 
 /// `GET /api/v1/events`: up to `limit` (default 100, at most 1000) events after
 /// `after` (default 0: the oldest kept) that pass the filter.
-pub async fn page(AxumState(shared): AxumState<RestState>, Params(params): Params) -> Response {
+pub async fn page(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+    Params(params): Params,
+) -> Response {
     if let Err(r) = check_params(&params, &["after", "limit"]) {
         return r.into_response();
     }
@@ -114,7 +118,7 @@ pub async fn page(AxumState(shared): AxumState<RestState>, Params(params): Param
         Err(r) => return r.into_response(),
     };
     let filter = match filter_from(&params).compile() {
-        Ok(f) => f,
+        Ok(f) => f.within(who.scope.clone()),
         Err(e) => return bad_request(e),
     };
     let log = &shared.events.log;
@@ -231,8 +235,12 @@ pub async fn stream(
 /// `GET /api/v1/events/dead-letters`.
 pub async fn dead_letters(
     AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
     Params(params): Params,
 ) -> Response {
+    if let Err(message) = who.unrestricted("/api/v1/events/dead-letters") {
+        return error(StatusCode::FORBIDDEN, "permission_denied", &message);
+    }
     if let Some(k) = params.keys().find(|k| k.as_str() != "limit") {
         return bad_request(format!("unknown parameter {k:?}; expected limit"));
     }

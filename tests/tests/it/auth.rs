@@ -608,3 +608,127 @@ async fn event_streams_are_capped_per_client_and_in_total() {
         "{page}"
     );
 }
+
+/// A reader token restricted to one namespace sees nothing of another in any
+/// endpoint: lists, single resources and their metrics, counts, event pages and
+/// streams; what spans every namespace (agents, gaps, dead letters, the
+/// aggregator's own metrics) is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_restricted_to_a_namespace_sees_nothing_of_another() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-k"]).unwrap();
+    let token = "payments-token-0123456789";
+    let admin = "admin-token-0123456789abcd";
+    let config = format!(
+        "[rest]\n{}namespaces = [\"payments\"]\n{}",
+        token_entry("payments-team", "reader", token),
+        token_entry("ops", "admin", admin)
+    );
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, &config).unwrap();
+    let now = infrawatch_common::time::now_unix_ms();
+    let mut stream = RawStream::open(&agg.endpoint(), &pki.client("agent-k"), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut b = batch(1, "probe/k/pay", "probe.duration", 0.5, now);
+    b.resources[0].kind = "tcp_probe".into();
+    b.resources[0].labels = [("k8s.namespace.name".to_string(), "payments".to_string())].into();
+    b.resources.push(pb::ResourceObservation {
+        id: "probe/k/web".into(),
+        kind: "tcp_probe".into(),
+        interval_ms: 60_000,
+        labels: [("k8s.namespace.name".to_string(), "web".to_string())].into(),
+        ..Default::default()
+    });
+    stream.send(b).await.unwrap();
+    stream.next_ack().await.unwrap();
+
+    let call = |path: &str, who: &str| {
+        let auth = format!("Authorization: Bearer {who}");
+        let (status, body) =
+            http_request_with(agg.rest, "GET", path, &[auth.as_str()], None).unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+        )
+    };
+    let ids = |page: &serde_json::Value, key: &str, field: &str| -> Vec<String> {
+        page[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.pointer(field)?.as_str().map(String::from))
+            .collect()
+    };
+    let (_, all) = call("/api/v1/resources", admin);
+    assert_eq!(
+        ids(&all, "resources", "/id"),
+        vec!["probe/k/pay", "probe/k/web"]
+    );
+    let (_, mine) = call("/api/v1/resources", token);
+    assert_eq!(ids(&mine, "resources", "/id"), vec!["probe/k/pay"]);
+    assert_eq!(call("/api/v1/resources/probe/k/pay", token).0, 200);
+    assert_eq!(call("/api/v1/resources/probe/k/web", token).0, 404);
+    assert_eq!(
+        call(
+            "/api/v1/resources/probe/k/web/metrics?name=probe.duration",
+            token
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            "/api/v1/resources/probe/k/pay/metrics?name=probe.duration",
+            token
+        )
+        .0,
+        200
+    );
+    let (_, status) = call("/api/v1/status", token);
+    assert_eq!(status["total_resources"], 1, "{status}");
+    assert_eq!(status["connected_agents"], 0, "{status}");
+    let (_, events) = call("/api/v1/events?after=0", admin);
+    assert_eq!(
+        ids(&events, "events", "/event/resourceId").len(),
+        2,
+        "{events}"
+    );
+    let (_, events) = call("/api/v1/events?after=0", token);
+    assert_eq!(
+        ids(&events, "events", "/event/resourceId"),
+        vec!["probe/k/pay"],
+        "{events}"
+    );
+    let streamed = infrawatch_e2e::events::read_sse_with(
+        agg.rest,
+        "/api/v1/events/stream?after=0",
+        &[&format!("Authorization: Bearer {token}")],
+        2,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let streamed: Vec<&str> = streamed
+        .iter()
+        .filter_map(|(_, e)| e.pointer("/event/resourceId")?.as_str())
+        .collect();
+    assert_eq!(streamed, vec!["probe/k/pay"]);
+    for path in [
+        "/api/v1/agents",
+        "/api/v1/gaps",
+        "/api/v1/events/dead-letters",
+        "/metrics",
+    ] {
+        let (status, body) = call(path, token);
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("restricted to namespaces [\"payments\"]"),
+            "{path}: {body}"
+        );
+        assert_eq!(call(path, admin).0, 200, "{path}");
+    }
+}

@@ -284,13 +284,15 @@ async fn oversized_and_invalid_batches_end_only_their_own_stream() {
 }
 
 /// A data gap reported again (in a later batch, or after a reconnect) is
-/// neither stored nor published a second time; a new one is.
+/// neither stored nor published a second time; a new one is, within the
+/// agent's budget of gaps per hour.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gap_reported_twice_is_stored_and_published_once() {
     super::init();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["agent-g"]).unwrap();
-    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
+    let agg =
+        Aggregator::start_sqlite(dir.path(), &pki, "[ingest]\nmax_gaps_per_hour = 2\n").unwrap();
     let now = infrawatch_common::time::now_unix_ms();
     let gap = |first_seq: u64, last_seq: u64| DataGap {
         first_seq,
@@ -320,8 +322,9 @@ async fn a_gap_reported_twice_is_stored_and_published_once() {
     // The same loss again in the next batch, and after a reconnect.
     send(3, 4, vec![gap(1, 2)]).await;
     send(4, 5, vec![gap(2, 2)]).await;
-    // A new loss is stored.
+    // A new loss is stored; past the hour's budget (2) one is not.
     send(6, 7, vec![gap(6, 6)]).await;
+    send(8, 9, vec![gap(8, 8)]).await;
     let (_, gaps) = agg.get("/api/v1/gaps");
     let ranges: Vec<(String, String)> = gaps["gaps"]
         .as_array()
@@ -346,6 +349,10 @@ async fn a_gap_reported_twice_is_stored_and_published_once() {
     let (_, metrics) = agg.get_text("/metrics");
     assert!(
         metrics.contains("infrawatch_aggregator_gaps_repeated_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("infrawatch_aggregator_refused_total{reason=\"budget\"} 1"),
         "{metrics}"
     );
 }
@@ -511,6 +518,12 @@ fn broken_configurations_exit_64_and_name_the_field() {
             "[[rest.tokens]]\nname = \"ci\"\nrole = \"agent\"\nhash = \"sha256:00112233445566778899aabbccddeeff:0011223344556677889900112233445566778899001122334455667788990011\"\n",
             &[],
             "rest.tokens[0].role",
+        ),
+        (
+            "infrawatch-aggregator",
+            "[[rest.tokens]]\nname = \"ops\"\nrole = \"admin\"\nnamespaces = [\"payments\"]\nhash = \"sha256:00112233445566778899aabbccddeeff:0011223344556677889900112233445566778899001122334455667788990011\"\n",
+            &[],
+            "rest.tokens[0].namespaces",
         ),
         (
             "infrawatch-aggregator",

@@ -44,6 +44,7 @@ use tracing::Instrument;
 use super::budgets::{Refusals, SeriesBudgets};
 use super::decode::{DecodedBatch, Limits, decode};
 use super::footprint::Footprint;
+use super::gap_budget::GapBudget;
 use crate::auth::{Refusal, refused};
 use crate::config::{HealthConfig, MachineBinding};
 use crate::planner::plan::{Context, Plan, check_owner};
@@ -73,6 +74,7 @@ pub struct AgentSource {
     health: Arc<HealthConfig>,
     limits: Limits,
     budgets: Arc<SeriesBudgets>,
+    gap_budget: Arc<GapBudget>,
     settings: StreamSettings,
     shutdown: CancellationToken,
 }
@@ -89,6 +91,8 @@ pub struct StreamSettings {
     pub machine_binding: MachineBinding,
     /// Resources and relations one agent may have.
     pub footprint: Footprint,
+    /// Data gaps one agent identity may have stored per hour.
+    pub max_gaps_per_hour: usize,
 }
 
 impl AgentSource {
@@ -113,6 +117,7 @@ impl AgentSource {
             health: Arc::new(health),
             limits,
             budgets,
+            gap_budget: Arc::new(GapBudget::new(settings.max_gaps_per_hour)),
             settings: StreamSettings {
                 per_stream_in_flight: settings.per_stream_in_flight.max(1),
                 ..settings
@@ -519,6 +524,21 @@ impl AgentSource {
         let sample_count = batch.sample_count;
         let mut batch = batch;
         let gaps_through = drop_repeated_gaps(session, &mut batch);
+        let granted = self
+            .gap_budget
+            .take(&session.identity, batch.gaps.len(), now);
+        if granted < batch.gaps.len() {
+            let over = batch.gaps.len() - granted;
+            batch.gaps.truncate(granted);
+            refused(
+                Refusal::Budget,
+                &session.identity,
+                &format!(
+                    "{over} data gaps left out: the most one agent may report per hour is {} (ingest.max_gaps_per_hour)",
+                    self.settings.max_gaps_per_hour
+                ),
+            );
+        }
         // Nothing of a batch the agent may not send is applied.
         check_scope(session, &batch)?;
         if let Err(message) = self.settings.footprint.check(
