@@ -63,8 +63,8 @@ pub const TLS_REFUSED: &str = "infrawatch_aggregator_tls_refused_total";
 /// header_timeout): requests refused for
 /// who the client is rather than what it sent.
 pub const REFUSED: &str = "infrawatch_aggregator_refused_total";
-/// Counter by `code` (invalid_argument, unauthenticated, not_found, unavailable):
-/// REST requests answered with an error.
+/// Counter by `code` (the JSON error's code): REST requests answered with an
+/// error.
 pub const REST_ERRORS: &str = "infrawatch_aggregator_rest_errors_total";
 /// Gauge by `agent`: the agent's clock minus the aggregator's, in seconds.
 pub const CLOCK_SKEW: &str = "infrawatch_aggregator_agent_clock_skew_seconds";

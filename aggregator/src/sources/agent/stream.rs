@@ -522,6 +522,16 @@ impl AgentSource {
         let seq = batch.seq;
         let samples = &self.state.samples;
         let sample_count = batch.sample_count;
+        // Nothing of a batch the agent may not send is applied.
+        check_scope(session, &batch)?;
+        if let Err(message) = self.settings.footprint.check(
+            &self.state.read(),
+            machine_of_key(&session.key),
+            &batch.resources,
+        ) {
+            refused(Refusal::Budget, &session.identity, &message);
+            return Err(StateError::Invalid(message));
+        }
         let mut batch = batch;
         let gaps_through = drop_repeated_gaps(session, &mut batch);
         let granted = self
@@ -538,16 +548,6 @@ impl AgentSource {
                     self.settings.max_gaps_per_hour
                 ),
             );
-        }
-        // Nothing of a batch the agent may not send is applied.
-        check_scope(session, &batch)?;
-        if let Err(message) = self.settings.footprint.check(
-            &self.state.read(),
-            machine_of_key(&session.key),
-            &batch.resources,
-        ) {
-            refused(Refusal::Budget, &session.identity, &message);
-            return Err(StateError::Invalid(message));
         }
         let report = report_of(session, &batch, now);
         check_owner(&self.state.read(), &report)?;
