@@ -7,7 +7,8 @@
 //! self-health resource, an ICMP, a DNS and a TCP probe, then disks, filesystems,
 //! network interfaces and pods added in turn until the series count is reached
 //! (the real agent does not report pods; they are modelled with OpenTelemetry's
-//! `k8s.pod.*` names). With the default 120 series that is about what the real
+//! `k8s.pod.*` names, as resources under the host, `host/<machine>/pod/...`,
+//! since an agent may report only its own machine's resources). With the default 120 series that is about what the real
 //! agent sends for a small node (118 samples a second on the benchmark machine).
 //! Every batch describes every resource, as the real agent's collectors do on
 //! each run.
@@ -722,7 +723,9 @@ impl AgentModel {
         for p in 0..pods {
             let pod = format!("{machine_id}-web-{p}");
             resources.push(observation(
-                &format!("k8s/loadgen/pod/default/{pod}"),
+                // Under the host: an agent reports only its own machine's
+                // resources (pods themselves come from the Kubernetes source).
+                &format!("host/{machine_id}/pod/default/{pod}"),
                 "k8s_pod",
                 &[
                     ("k8s.namespace.name", "default"),
@@ -976,6 +979,14 @@ mod tests {
         let (mut rng, mut counters, mut out) = (Rng::new(1), Vec::new(), Vec::new());
         m.encode_batch(1, 1_000, 1_000, false, &mut rng, &mut counters, &mut out);
         let d = decode(batch_of(&out), 1_000, &Limits::default()).unwrap();
+        // Everything is the agent's own machine's, as the aggregator requires.
+        for r in &d.resources {
+            assert!(
+                infrawatch_common::resource::agent_may_report("lg000001", &r.id),
+                "{} is not the agent's to report",
+                r.id
+            );
+        }
         let kinds: std::collections::BTreeSet<&str> =
             d.resources.iter().map(|r| r.kind.as_str()).collect();
         for k in [
