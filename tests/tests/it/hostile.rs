@@ -24,7 +24,7 @@ const REPORT: &str = "/infrawatch.v1.AgentService/Report";
 /// level `received`: how soon the aggregator takes their batches, not its flush
 /// interval) while the hostile client runs must be at most this (a histogram
 /// bucket bound).
-const HONEST_P99_BOUND_S: f64 = 2.5;
+pub(crate) const HONEST_P99_BOUND_S: f64 = 2.5;
 
 /// A batch describing host `host` with `series` series named by `label` values
 /// starting at `first`: every value is a new series.
@@ -363,7 +363,7 @@ async fn connections_over_the_per_identity_limit_are_closed() {
 /// Cumulative counts of an agent's acknowledgement latency histogram at level
 /// `received` (send to the batch's first ack, whichever its level), by bucket
 /// bound (seconds).
-fn ack_buckets(agent: &Agent) -> Vec<(f64, u64)> {
+pub(crate) fn ack_buckets(agent: &Agent) -> Vec<(f64, u64)> {
     let (_, text) = http_get(agent.metrics, "/metrics").unwrap();
     text.lines()
         .filter_map(|l| l.strip_prefix("infrawatch_agent_export_ack_latency_seconds_bucket{"))
@@ -385,7 +385,7 @@ fn ack_buckets(agent: &Agent) -> Vec<(f64, u64)> {
 
 /// The smallest bucket bound under which 99 % of the acknowledgements between the
 /// two snapshots of every agent fall.
-fn p99_between(before: &[Vec<(f64, u64)>], after: &[Vec<(f64, u64)>]) -> f64 {
+pub(crate) fn p99_between(before: &[Vec<(f64, u64)>], after: &[Vec<(f64, u64)>]) -> f64 {
     let mut delta: BTreeMap<u64, u64> = BTreeMap::new();
     for (b, a) in before.iter().zip(after) {
         for (le, count) in a {
