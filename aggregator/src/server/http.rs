@@ -4,12 +4,15 @@
 //! with the JSON error, and shutdown waits for open requests a little while.
 //!
 //! Limits: a request head must arrive within `rest.header_read_timeout_ms`
-//! (default [`HEADER_READ_TIMEOUT_MS`]); a URI
+//! (default [`HEADER_READ_TIMEOUT_MS`]; the same bound closes a keep-alive
+//! connection idle that long, quietly); a URI
 //! longer than [`MAX_URI_BYTES`] is answered 414, headers larger than
 //! [`MAX_HEADER_BYTES`] together 431, a body over [`MAX_BODY_BYTES`] 413, all
 //! with `{"error": {...}}`. Heads past hyper's own buffer ([`READ_BUFFER_BYTES`])
 //! get hyper's bare 431.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -71,7 +74,16 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Requests served on this connection: a keep-alive connection that
+        // idles past the deadline after serving some is closed quietly; one
+        // that never sent a whole head is refused and counted.
+        let served = Arc::new(AtomicU64::new(0));
+        let inner = TowerToHyperService::new(router.clone());
+        let counting = served.clone();
+        let service = hyper::service::service_fn(move |request| {
+            counting.fetch_add(1, Ordering::Relaxed);
+            hyper::service::Service::call(&inner, request)
+        });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
             .into_owned();
@@ -81,7 +93,9 @@ pub async fn serve(
                 let timed_out = e
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(hyper::Error::is_timeout);
-                if timed_out {
+                if timed_out && served.load(Ordering::Relaxed) > 0 {
+                    tracing::debug!(%peer, "Idle REST connection closed.");
+                } else if timed_out {
                     refused(
                         Refusal::HeaderTimeout,
                         &peer.to_string(),

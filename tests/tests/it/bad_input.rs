@@ -422,6 +422,28 @@ fn oversized_and_slow_rest_requests_get_the_json_error_or_are_closed() {
         "{body}"
     );
 
+    // A keep-alive connection that was served and then idles past the deadline
+    // is closed quietly (not counted as a refusal).
+    {
+        use std::io::{Read, Write};
+        let mut idle = std::net::TcpStream::connect(addr).unwrap();
+        idle.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // The response, then the close after the idle deadline.
+        loop {
+            match idle.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("an idle keep-alive connection was not closed: {e}"),
+            }
+        }
+        assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    }
+
     // Half a request head, then silence: closed after the deadline.
     let started = std::time::Instant::now();
     let (status, _) = raw_http(addr, "GET /api/v1/status HTTP/1.1\r\nHost: x\r\n");
