@@ -1,7 +1,37 @@
 //! The aggregator's own metrics: names in one place, and the Prometheus recorder
 //! whose rendering `/metrics` serves.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Lets a repeated warning through at most once per interval (refusals are
+/// counted every time; their log lines are bounded).
+#[derive(Debug)]
+pub struct WarnEvery {
+    every_ms: i64,
+    warned_at_ms: AtomicI64,
+}
+
+impl WarnEvery {
+    /// At most one warning per `every_ms`.
+    pub const fn new(every_ms: i64) -> Self {
+        Self {
+            every_ms,
+            warned_at_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// True at most once per interval: whether to log now (`now_ms`).
+    pub fn should_warn(&self, now_ms: i64) -> bool {
+        let last = self.warned_at_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= self.every_ms
+            && self
+                .warned_at_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
 
 /// Gauge: agents with an open stream.
 pub const CONNECTED_AGENTS: &str = "infrawatch_aggregator_connected_agents";

@@ -14,7 +14,6 @@ pub mod streams;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use infrawatch_common::role::Role;
 
@@ -133,19 +132,12 @@ impl Refusal {
 }
 
 /// Logs a refusal at most every 10 s per process.
-const WARN_EVERY_MS: i64 = 10_000;
-static WARNED_AT_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+static WARN: crate::telemetry::WarnEvery = crate::telemetry::WarnEvery::new(10_000);
 
 /// Counts a refusal and logs it (at a bounded rate).
 pub fn refused(reason: Refusal, client: &str, message: &str) {
     metrics::counter!(crate::telemetry::REFUSED, "reason" => reason.name()).increment(1);
-    let now = infrawatch_common::time::now_unix_ms();
-    let last = WARNED_AT_MS.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= WARN_EVERY_MS
-        && WARNED_AT_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    if WARN.should_warn(infrawatch_common::time::now_unix_ms()) {
         tracing::warn!(
             reason = reason.name(),
             client,

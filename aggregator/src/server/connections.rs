@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
+
+use crate::telemetry::WarnEvery;
 
 /// Refusals are logged at most this often (they are all counted).
 pub const WARN_EVERY_MS: i64 = 10_000;
@@ -24,8 +25,8 @@ pub const WARN_EVERY_MS: i64 = 10_000;
 pub struct ConnectionLimiter {
     per_identity: usize,
     open: Mutex<HashMap<(String, IpAddr), usize>>,
-    /// When a refusal was last logged (Unix ms), so a flood logs once in a while.
-    warned_at_ms: AtomicI64,
+    /// A flood of refusals logs once in a while.
+    warn: WarnEvery,
 }
 
 impl ConnectionLimiter {
@@ -34,7 +35,7 @@ impl ConnectionLimiter {
         Arc::new(Self {
             per_identity: per_identity.max(1),
             open: Mutex::new(HashMap::new()),
-            warned_at_ms: AtomicI64::new(i64::MIN),
+            warn: WarnEvery::new(WARN_EVERY_MS),
         })
     }
 
@@ -56,12 +57,7 @@ impl ConnectionLimiter {
 
     /// True at most once per [`WARN_EVERY_MS`]: whether to log this refusal.
     pub fn should_warn(&self, now_ms: i64) -> bool {
-        let last = self.warned_at_ms.load(Ordering::Relaxed);
-        now_ms.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .warned_at_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        self.warn.should_warn(now_ms)
     }
 
     /// The limit.

@@ -10,7 +10,7 @@ use infrawatch_common::role::Role;
 use infrawatch_common::tls::TlsFiles;
 use infrawatch_e2e::{Agent, Aggregator, Pki, RawStream, batch, binary, http_request_with};
 
-use super::hostile::{HONEST_P99_BOUND_S, ack_buckets, p99_between};
+use super::hostile::{HONEST_P99_BOUND_S, ack_buckets, counter, p99_between};
 use infrawatch_proto::v1 as pb;
 use infrawatch_proto::v1::event_service_client::EventServiceClient;
 use infrawatch_proto::v1::query_service_client::QueryServiceClient;
@@ -174,14 +174,6 @@ fn rest_needs_a_known_bearer_token_in_any_case_of_the_scheme() {
 fn token_entry(name: &str, role: &str, token: &str) -> String {
     let hash = TokenHash::new(token).unwrap();
     format!("[[rest.tokens]]\nname = {name:?}\nrole = {role:?}\nhash = \"{hash}\"\n")
-}
-
-/// The value of counter `name` with label set `labels` on a `/metrics` page.
-fn counter(page: &str, name: &str, labels: &str) -> f64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The role in a certificate decides what it may call: an agent cannot query or

@@ -79,7 +79,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// A counter's value in a Prometheus text page (summed over its label sets).
-fn counter(text: &str, name: &str, label: &str) -> f64 {
+pub(crate) fn counter(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use infrawatch_common::ack::FEATURE_ACK_RECEIVED;
 use infrawatch_common::resource::{agent_may_report, kind};
 use infrawatch_common::time::now_unix_ms;
-use infrawatch_common::tls::identity_from_der;
 use infrawatch_proto::v1::agent_message::Body as AgentBody;
 use infrawatch_proto::v1::agent_service_server::AgentService;
 use infrawatch_proto::v1::aggregator_message::Body as AggregatorBody;
@@ -127,18 +126,6 @@ impl AgentSource {
     }
 }
 
-/// The identity in the client certificate of `request`.
-pub fn peer_identity<T>(request: &Request<T>) -> Result<String, Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    identity_from_der(leaf.as_ref())
-        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
-}
-
 /// An entry of the per-stream acknowledgement queue, in batch order.
 enum Pending {
     /// A batch applied (or recognised as a replay).
@@ -167,7 +154,8 @@ impl AgentService for AgentSource {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        let identity = peer_identity(&request)?;
+        // The role gate in front of the service read the certificate.
+        let identity = crate::auth::grpc::caller(&request)?.name.clone();
         let remote = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.settings.per_stream_in_flight + 2);
