@@ -38,6 +38,8 @@ pub struct AggregatorConfig {
     pub events: EventsConfig,
     /// Replicas on one database: replica id, leader lease, polling.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Kubernetes clusters to watch, and their health rules.
+    pub kubernetes: crate::sources::k8s::KubernetesConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -51,6 +53,7 @@ impl Default for AggregatorConfig {
             ingest: IngestConfig::default(),
             events: EventsConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            kubernetes: crate::sources::k8s::KubernetesConfig::default(),
         }
     }
 }
@@ -410,6 +413,15 @@ impl AggregatorConfig {
                 preflight::file(&mut p, &format!("events.pulsar.{field}"), path);
             }
         }
+        for (i, c) in self.kubernetes.clusters.iter().enumerate() {
+            if let Some(path) = &c.kubeconfig {
+                preflight::file(
+                    &mut p,
+                    &format!("kubernetes.clusters[{i}].kubeconfig"),
+                    path,
+                );
+            }
+        }
         p.finish()
     }
 
@@ -418,6 +430,9 @@ impl AggregatorConfig {
         let mut p = Problems::default();
         for (field, problem) in self.cluster.problems() {
             p.check(false, field, || problem.clone());
+        }
+        for (field, problem) in self.kubernetes.problems() {
+            p.push(field, problem);
         }
         p.check(self.storage.backend().is_some(), "storage.url", || {
             format!(

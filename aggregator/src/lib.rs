@@ -222,6 +222,22 @@ pub async fn run(
         .run(staleness_stop.clone()),
     );
 
+    // Kubernetes watches run on the leader only; they stop before the writer.
+    let k8s_stop = CancellationToken::new();
+    let k8s_task = tokio::spawn(cluster::leader::while_leader(
+        leader_rx.clone(),
+        k8s_stop.clone(),
+        "kubernetes",
+        {
+            let config = config.kubernetes.clone();
+            let state = state.clone();
+            let planner = planner.clone();
+            move |_lease, term| {
+                sources::k8s::run(config.clone(), state.clone(), planner.clone(), term)
+            }
+        },
+    ));
+
     let limits = Limits::for_ingest(&config.ingest);
     let servers_stop = CancellationToken::new();
     let event_api = server::events::EventApi::new(
@@ -301,6 +317,8 @@ pub async fn run(
     }
     staleness_stop.cancel();
     let _ = staleness_task.await;
+    k8s_stop.cancel();
+    let _ = k8s_task.await;
     writer_stop.cancel();
     let _ = writer_task.await;
     // Streams made their batches durable while they drained where they could;
@@ -441,12 +459,13 @@ async fn restore(store: &Store, state: &State) -> Result<(), StoreError> {
     let loaded = store.load().await?;
     let now = now_unix_ms();
     let mut model = state.write();
-    let n = loaded.resources.len();
-    for record in loaded.resources {
+    let n = loaded.records.len();
+    for record in loaded.records {
         model
             .resources
             .insert(record.id.clone(), Tracked::new(record, now));
     }
+    model.tombstones.extend(loaded.tombstones);
     tracing::info!(resources = n, "State restored from the database.");
     Ok(())
 }

@@ -4,13 +4,14 @@
 //! change. Streams note under the read lock, through atomics, when a resource was
 //! last seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::model::ResourceRecord;
 use crate::samples::SampleStore;
+use crate::store::Tombstone;
 
 /// A resource and when data for it last arrived.
 #[derive(Debug)]
@@ -61,6 +62,9 @@ impl Tracked {
 pub struct Model {
     /// Resources by id, so listing is ordered and cursor pagination is a range scan.
     pub resources: BTreeMap<String, Tracked>,
+    /// Deleted resources by id: a resource created again continues from the
+    /// tombstone's version.
+    pub tombstones: HashMap<String, Tombstone>,
 }
 
 /// What the aggregator knows about one agent (by cursor key: identity and
@@ -105,6 +109,7 @@ impl State {
         Self {
             model: RwLock::new(Model {
                 resources: BTreeMap::new(),
+                tombstones: HashMap::new(),
             }),
             samples: Arc::new(SampleStore::new(hot_window_ms)),
             connected_agents: AtomicU64::new(0),

@@ -33,6 +33,17 @@ impl WarnEvery {
     }
 }
 
+/// Counter by `cluster` and `kind`: complete Kubernetes lists (the first, and
+/// every relist after `410 Gone` or a broken watch).
+pub const K8S_LISTS: &str = "infrawatch_aggregator_k8s_lists_total";
+/// Counter by `cluster` and `kind`: failed Kubernetes list or watch calls.
+pub const K8S_WATCH_ERRORS: &str = "infrawatch_aggregator_k8s_watch_errors_total";
+/// Gauge by `cluster`: objects in the Kubernetes cache.
+pub const K8S_OBJECTS: &str = "infrawatch_aggregator_k8s_objects";
+/// Histogram by `cluster`: from a watch delivering a change to its report being
+/// committed (batching included), seconds.
+pub const K8S_CHANGE_TO_COMMIT: &str = "infrawatch_aggregator_k8s_change_to_commit_seconds";
+
 /// Gauge: agents with an open stream.
 pub const CONNECTED_AGENTS: &str = "infrawatch_aggregator_connected_agents";
 /// Counter by `result` (applied, duplicate, rejected, failed): batches received.

@@ -3,15 +3,25 @@
 //! model the same way.
 
 use super::plan::Applied;
-use crate::model::ResourceRecord;
 use crate::state::{State, Tracked};
-use crate::store::Commit;
+use crate::store::{Commit, Fetched, Tombstone};
 use crate::telemetry;
 
 /// Puts `applied` into the model at `now_ms`.
 pub fn apply(state: &State, applied: Applied, now_ms: i64) {
     let mut model = state.write();
+    for record in applied.removed {
+        model.resources.remove(&record.id);
+        model.tombstones.insert(
+            record.id,
+            Tombstone {
+                version: record.version,
+                deleted_at_ms: now_ms,
+            },
+        );
+    }
     for (id, record) in applied.records {
+        model.tombstones.remove(&id);
         let observed = record.observed_at_ms;
         match model.resources.get_mut(&id) {
             Some(t) => {
@@ -35,11 +45,28 @@ pub fn apply(state: &State, applied: Applied, now_ms: i64) {
 }
 
 /// Puts records read back from the database (written by another replica) into
-/// the model, keeping when each was last seen here.
-pub fn refresh(state: &State, records: Vec<ResourceRecord>) {
+/// the model, keeping when each was last seen here; resources deleted there
+/// leave the model.
+pub fn refresh(state: &State, fetched: Fetched) {
     let now = infrawatch_common::time::now_unix_ms();
     let mut model = state.write();
-    for record in records {
+    for (id, tombstone) in fetched.tombstones {
+        let newer = model
+            .resources
+            .get(&id)
+            .is_none_or(|t| t.record.version < tombstone.version);
+        if newer {
+            model.resources.remove(&id);
+            model.tombstones.insert(id, tombstone);
+        }
+    }
+    for record in fetched.records {
+        if let Some(t) = model.tombstones.get(&record.id) {
+            if t.version >= record.version {
+                continue;
+            }
+            model.tombstones.remove(&record.id);
+        }
         match model.resources.get_mut(&record.id) {
             Some(t) if t.record.version >= record.version => {}
             Some(t) => {
@@ -65,6 +92,7 @@ pub fn count_rows(commit: &Commit) {
         ("cursors", commit.state_cursors.len()),
         ("events", commit.events.len() + commit.dead_letters.len()),
         ("gaps", commit.gaps.len()),
+        ("tombstones", commit.removed.len()),
     ] {
         if rows > 0 {
             metrics::counter!(telemetry::STORE_ROWS, "table" => table).increment(rows as u64);

@@ -56,6 +56,8 @@ pub struct Plan {
     /// One event per new version, with the version it follows.
     events: Vec<(pb::InfrastructureStatusUpdatedEvent, u64)>,
     gaps: Vec<GapRow>,
+    /// Ids deleted at their source, with their tombstone state.
+    removed: HashMap<String, ResourceRecord>,
 }
 
 /// What goes into the model once the commit succeeded.
@@ -67,6 +69,8 @@ pub struct Applied {
     pub changed: usize,
     /// Resources with fresh data: (id, observed at).
     pub seen: Vec<(String, i64)>,
+    /// Resources deleted, at their tombstone version.
+    pub removed: Vec<ResourceRecord>,
 }
 
 /// Checks that `source` may report every resource `report` observes: a resource
@@ -109,7 +113,7 @@ fn owner_ok(
 impl Plan {
     /// True when the plan writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.changed.is_empty() && self.gaps.is_empty()
+        self.changed.is_empty() && self.gaps.is_empty() && self.removed.is_empty()
     }
 
     /// New versions planned so far.
@@ -123,9 +127,22 @@ impl Plan {
     }
 
     fn record<'a>(&'a self, model: &'a Model, id: &str) -> Option<&'a ResourceRecord> {
+        if self.removed.contains_key(id) {
+            return None;
+        }
         self.records
             .get(id)
             .or_else(|| model.resources.get(id).map(|t| &t.record))
+    }
+
+    /// The version a resource created under `id` follows: its tombstone's, if
+    /// it was deleted before.
+    fn base_version(&self, model: &Model, id: &str) -> u64 {
+        self.removed
+            .get(id)
+            .map(|r| r.version)
+            .or_else(|| model.tombstones.get(id).map(|t| t.version))
+            .unwrap_or(0)
     }
 
     /// Plans `report` on top of what the plan holds. On error nothing of the
@@ -145,6 +162,7 @@ impl Plan {
                     last_seen_ms,
                     reason,
                 } => self.stale(ctx, id, *last_seen_ms, reason),
+                Change::Removed { id, reason } => self.removed(ctx, &report.source, id, reason),
                 Change::DataGap { row, gap } => {
                     self.gaps.push(row.clone());
                     if !row.host_id.is_empty() {
@@ -166,14 +184,11 @@ impl Plan {
         if let Some(existing) = self.record(ctx.model, &obs.id)
             && same_as_reported(existing, source, obs)
         {
-            let unchanged = if obs.observed_at_ms >= window_start || existing.version == 0 {
+            let unchanged = if let Some(verdict) = &obs.verdict {
+                verdict.health == existing.health && same_codes(&verdict.reasons, &existing.reasons)
+            } else if obs.observed_at_ms >= window_start || existing.version == 0 {
                 let (health, reasons) = evaluate(ctx, existing, window_start);
-                health == existing.health
-                    && reasons.len() == existing.reasons.len()
-                    && reasons
-                        .iter()
-                        .zip(&existing.reasons)
-                        .all(|(a, b)| a.code == b.code)
+                health == existing.health && same_codes(&reasons, &existing.reasons)
             } else {
                 true
             };
@@ -183,6 +198,7 @@ impl Plan {
             }
         }
         let existing = self.record(ctx.model, &obs.id).cloned();
+        let base_version = self.base_version(ctx.model, &obs.id);
         let mut next = existing.unwrap_or_else(|| ResourceRecord {
             id: obs.id.clone(),
             kind: obs.kind.clone(),
@@ -192,10 +208,11 @@ impl Plan {
             health: Health::Unknown,
             reasons: Vec::new(),
             observed_at_ms: obs.observed_at_ms,
-            version: 0,
+            version: base_version,
             source: source.to_string(),
             interval_ms: 0,
         });
+        let created = self.record(ctx.model, &obs.id).is_none();
         if !obs.kind.is_empty() {
             next.kind = obs.kind.clone();
             next.labels = obs.labels.clone();
@@ -207,13 +224,39 @@ impl Plan {
         next.observed_at_ms = obs.observed_at_ms;
         // A replayed backlog holds only samples older than the window: they say
         // nothing about the present, so the health stays as it is.
-        if obs.observed_at_ms >= window_start || next.version == 0 {
+        if let Some(verdict) = &obs.verdict {
+            next.health = verdict.health;
+            next.reasons = verdict.reasons.clone();
+        } else if obs.observed_at_ms >= window_start || created {
             let (health, reasons) = evaluate(ctx, &next, window_start);
             next.health = health;
             next.reasons = reasons;
         }
         self.seen.push((next.id.clone(), obs.observed_at_ms));
         self.update(ctx, next, None);
+    }
+
+    /// Plans the deletion of `id` by its source: a last version, UNKNOWN with
+    /// `reason`, that becomes its tombstone. Nothing if it is not in the model,
+    /// or another source reports it.
+    fn removed(&mut self, ctx: &Context<'_>, source: &str, id: &str, reason: &Reason) {
+        let Some(before) = self.record(ctx.model, id).cloned() else {
+            return;
+        };
+        if before.source != source {
+            return;
+        }
+        let mut next = before.clone();
+        next.version += 1;
+        next.health = Health::Unknown;
+        next.reasons = vec![reason.clone()];
+        next.observed_at_ms = ctx.now_ms;
+        self.push_version(ctx, Some(&before), next, &["deleted"], None, None);
+        self.changed.remove(id);
+        self.relations_changed.remove(id);
+        if let Some(tombstone) = self.records.remove(id) {
+            self.removed.insert(id.to_string(), tombstone);
+        }
     }
 
     fn stale(&mut self, ctx: &Context<'_>, id: &str, last_seen_ms: i64, reason: &Reason) {
@@ -246,7 +289,11 @@ impl Plan {
             self.records.insert(next.id.clone(), next);
             return;
         }
-        next.version = before.as_ref().map_or(0, |b| b.version) + 1;
+        next.version = match &before {
+            Some(b) => b.version + 1,
+            None => self.base_version(ctx.model, &next.id) + 1,
+        };
+        self.removed.remove(&next.id);
         if changed.contains(&"relations")
             || (changed.contains(&"created") && !next.relations.is_empty())
         {
@@ -293,7 +340,9 @@ impl Plan {
         let mut event = build::event_for(&next, previous_health, changed, &source, ctx.now_ms);
         event.gap = gap;
         event.observed_at_unix_ms = observed_at_ms;
-        self.events.push((event, before.map_or(0, |b| b.version)));
+        // A resource created again after a deletion follows its tombstone.
+        let previous_version = before.map_or(next.version.saturating_sub(1), |b| b.version);
+        self.events.push((event, previous_version));
         self.history.push(HistoryEntry {
             resource_id: next.id.clone(),
             resource_version: next.version,
@@ -351,14 +400,21 @@ impl Plan {
             events,
             dead_letters,
             gaps: self.gaps,
+            removed: self.removed.values().cloned().collect(),
         };
         let applied = Applied {
             records: self.records,
             changed: self.changed.len(),
             seen: self.seen,
+            removed: self.removed.into_values().collect(),
         };
         (commit, applied)
     }
+}
+
+/// True when both lists name the same reason codes in the same order.
+fn same_codes(a: &[Reason], b: &[Reason]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.code == y.code)
 }
 
 /// True when `obs` from `source` describes `existing` as it is stored (kind,
@@ -413,6 +469,7 @@ mod tests {
 
     fn host(id: &str, observed_at_ms: i64) -> Observation {
         Observation {
+            verdict: None,
             id: id.into(),
             kind: kind::HOST.into(),
             labels: BTreeMap::new(),
@@ -437,6 +494,7 @@ mod tests {
 
     fn model_with(records: Vec<ResourceRecord>) -> Model {
         Model {
+            tombstones: Default::default(),
             resources: records
                 .into_iter()
                 .map(|r| (r.id.clone(), Tracked::new(r, 0)))
@@ -484,6 +542,116 @@ mod tests {
             }]
         );
         assert_eq!(applied.changed, 1);
+    }
+
+    fn deleted() -> Reason {
+        Reason {
+            code: "deleted".into(),
+            message: "gone".into(),
+            metric: String::new(),
+            observed: 0.0,
+            threshold: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_removed_resource_becomes_a_tombstone_and_comes_back_after_it() {
+        let samples = SampleStore::new(60_000);
+        let created = planned(
+            &model_with(Vec::new()),
+            &samples,
+            &report("k8s/a", 1, vec![Change::Observed(host("pod/x", NOW))]),
+        )
+        .0;
+        let mut model = model_with(created.resources);
+        let (commit, applied) = planned(
+            &model,
+            &samples,
+            &report(
+                "k8s/a",
+                2,
+                vec![Change::Removed {
+                    id: "pod/x".into(),
+                    reason: deleted(),
+                }],
+            ),
+        );
+        assert!(commit.resources.is_empty());
+        assert_eq!(commit.removed.len(), 1);
+        assert_eq!(commit.removed[0].version, 2);
+        assert_eq!(commit.removed[0].health, Health::Unknown);
+        assert_eq!(commit.history[0].changed, vec!["deleted".to_string()]);
+        assert_eq!(commit.events.len(), 1, "{:?}", commit.dead_letters);
+        assert_eq!(applied.removed.len(), 1);
+        model.resources.remove("pod/x");
+        model.tombstones.insert(
+            "pod/x".into(),
+            crate::store::Tombstone {
+                version: 2,
+                deleted_at_ms: NOW,
+            },
+        );
+        // Another source cannot delete it, and a deleted one is not deleted twice.
+        let other = planned(
+            &model,
+            &samples,
+            &report(
+                "k8s/b",
+                1,
+                vec![Change::Removed {
+                    id: "pod/x".into(),
+                    reason: deleted(),
+                }],
+            ),
+        )
+        .0;
+        assert!(other.removed.is_empty() && other.events.is_empty());
+        let (again, _) = planned(
+            &model,
+            &samples,
+            &report("k8s/a", 3, vec![Change::Observed(host("pod/x", NOW))]),
+        );
+        assert_eq!(
+            again.resources[0].version, 3,
+            "continues from the tombstone"
+        );
+        assert_eq!(again.history[0].changed, vec!["created".to_string()]);
+        assert_eq!(again.events.len(), 1, "{:?}", again.dead_letters);
+    }
+
+    #[test]
+    fn a_source_verdict_replaces_the_rules_of_the_kind() {
+        let samples = SampleStore::new(60_000);
+        let mut obs = host("pod/x", NOW);
+        obs.kind = "k8s_pod".into();
+        obs.verdict = Some(crate::sources::Verdict {
+            health: Health::Unhealthy,
+            reasons: vec![deleted()],
+        });
+        let (commit, _) = planned(
+            &model_with(Vec::new()),
+            &samples,
+            &report("k8s/a", 1, vec![Change::Observed(obs.clone())]),
+        );
+        assert_eq!(commit.resources[0].health, Health::Unhealthy);
+        let model = model_with(commit.resources);
+        let (same, _) = planned(
+            &model,
+            &samples,
+            &report("k8s/a", 2, vec![Change::Observed(obs.clone())]),
+        );
+        assert!(
+            same.resources.is_empty(),
+            "the same verdict changes nothing"
+        );
+        obs.verdict = None;
+        let (healed, _) = planned(
+            &model,
+            &samples,
+            &report("k8s/a", 3, vec![Change::Observed(obs)]),
+        );
+        assert_eq!(healed.resources[0].health, Health::Healthy);
+        assert_eq!(healed.history[0].changed, vec!["health", "reasons"]);
     }
 
     #[test]

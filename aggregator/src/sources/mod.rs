@@ -6,6 +6,8 @@
 //!
 //! - [`agent`]: agent streams (mTLS gRPC): batch checks, series budgets, the
 //!   per-agent ledger of the sample path, two-level acknowledgements.
+//! - [`k8s`]: Kubernetes watches, on the elected leader, one source
+//!   `k8s/<cluster>` per cluster.
 //! - [`staleness`]: the aggregator itself, marking resources without fresh data
 //!   UNKNOWN.
 //!
@@ -15,13 +17,14 @@
 //! state path needs to change.
 
 pub mod agent;
+pub mod k8s;
 pub mod staleness;
 
 use std::collections::BTreeMap;
 
 use infrawatch_proto::v1::DataGap;
 
-use crate::model::{Reason, Relation};
+use crate::model::{Health, Reason, Relation};
 use crate::store::GapRow;
 
 /// A resource as a source observed it, checked.
@@ -43,6 +46,19 @@ pub struct Observation {
     /// When it was observed (Unix ms): the newest sample of it, or the time the
     /// source looked.
     pub observed_at_ms: i64,
+    /// The health the source assessed itself (a Kubernetes object's conditions
+    /// judged against its cluster); `None`: the planner applies the rules of
+    /// the kind.
+    pub verdict: Option<Verdict>,
+}
+
+/// A health state with its reasons, sorted by code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The health.
+    pub health: Health,
+    /// Why, when not healthy.
+    pub reasons: Vec<Reason>,
 }
 
 /// One change a source reports.
@@ -59,6 +75,15 @@ pub enum Change {
         /// When data for it last arrived, as the check saw it.
         last_seen_ms: i64,
         /// Why.
+        reason: Reason,
+    },
+    /// The resource no longer exists at its source (a deleted Kubernetes
+    /// object): it leaves the model, its row becomes a tombstone, and an event
+    /// (`changed` = `deleted`, health UNKNOWN with `reason`) announces it.
+    Removed {
+        /// The resource.
+        id: String,
+        /// Why, e.g. `deleted`.
         reason: Reason,
     },
     /// The source lost data before it could send it: stored, and announced by

@@ -154,6 +154,44 @@ pub struct Commit {
     pub dead_letters: Vec<DeadLetter>,
     /// Data gaps reported by agents.
     pub gaps: Vec<GapRow>,
+    /// Resources deleted at their source: their tombstone state, at the version
+    /// after the stored one.
+    pub removed: Vec<ResourceRecord>,
+}
+
+/// What is left of a deleted resource: its id, its last version and when it
+/// went away. A resource created again under the same id continues from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The version of the deletion.
+    pub version: u64,
+    /// When it was deleted (Unix ms).
+    pub deleted_at_ms: i64,
+}
+
+/// Resources as stored: live ones, and tombstones of deleted ones by id.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Live resources with their relations.
+    pub records: Vec<ResourceRecord>,
+    /// Deleted resources.
+    pub tombstones: Vec<(String, Tombstone)>,
+}
+
+impl Fetched {
+    fn push(&mut self, row: rows::ResourceRow) -> Result<(), StoreError> {
+        match row.deleted_at_ms {
+            Some(deleted_at_ms) => self.tombstones.push((
+                row.id,
+                Tombstone {
+                    version: u64::try_from(row.resource_version).unwrap_or(0),
+                    deleted_at_ms,
+                },
+            )),
+            None => self.records.push(row.into_record()?),
+        }
+        Ok(())
+    }
 }
 
 /// An agent's state position as a commit writes it.
@@ -176,6 +214,7 @@ impl Commit {
             && self.events.is_empty()
             && self.dead_letters.is_empty()
             && self.gaps.is_empty()
+            && self.removed.is_empty()
     }
 }
 
@@ -191,13 +230,6 @@ pub struct FlushSource {
     pub seq: u64,
     /// Rollup increments, added to the stored rows of their minute.
     pub rollups: Vec<RollupDelta>,
-}
-
-/// What a restarted aggregator reloads.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// Every resource with its relations.
-    pub resources: Vec<ResourceRecord>,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +419,18 @@ impl Store {
                     conflicts.push(r.id.clone());
                 }
             }
+            let now = infrawatch_common::time::now_unix_ms();
+            for r in in_lock_order(&c.removed, |r| &r.id) {
+                let row = rows::ResourceRow::from_record(r)?;
+                let written = sqlx::query(rows::TOMBSTONE_RESOURCE)
+                    .bind(&row.id).bind(&row.health).bind(&row.reasons).bind(row.observed_at_ms)
+                    .bind(row.resource_version).bind(&row.source).bind(now)
+                    .execute(&mut *tx).await?.rows_affected();
+                if written == 0 {
+                    conflicts.push(r.id.clone());
+                }
+                sqlx::query("DELETE FROM relations WHERE from_id = $1").bind(&row.id).execute(&mut *tx).await?;
+            }
             if !conflicts.is_empty() {
                 return Err(StoreError::Conflict(conflicts));
             }
@@ -408,7 +452,6 @@ impl Store {
                     .bind(row.observed_at_ms).bind(row.recorded_at_ms).bind(&row.source)
                     .execute(&mut *tx).await?;
             }
-            let now = infrawatch_common::time::now_unix_ms();
             for p in in_lock_order(&c.state_cursors, |p| &p.key) {
                 let written = sqlx::query(rows::ADVANCE_STATE_CURSOR)
                     .bind(&p.key).bind(rows::seq_to_db(p.seq)).bind(now).bind(rows::seq_to_db(p.epoch))
@@ -446,12 +489,10 @@ impl Store {
         })
     }
 
-    /// Resources `ids` with their relations, as stored now (those that exist).
-    pub async fn load_resources(&self, ids: &[String]) -> Result<Vec<ResourceRecord>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(ids.len());
+    /// Resources `ids` as stored now: live ones with their relations, and the
+    /// tombstones of deleted ones (ids never stored are in neither).
+    pub async fn load_resources(&self, ids: &[String]) -> Result<Fetched, StoreError> {
+        let mut out = Fetched::default();
         for chunk in ids.chunks(500) {
             on_pool!(self, pool => {
                 let mut qb: QueryBuilder<Db> = QueryBuilder::new(rows::SELECT_RESOURCES_WHERE_ID_IN);
@@ -460,10 +501,9 @@ impl Store {
                     list.push_bind(id.clone());
                 }
                 qb.push(")");
-                let found = qb.build().fetch_all(pool).await?;
-                let mut records = Vec::with_capacity(found.len());
-                for row in found {
-                    records.push(rows::ResourceRow::read(&row)?.into_record()?);
+                let mut found = Fetched::default();
+                for row in qb.build().fetch_all(pool).await? {
+                    found.push(rows::ResourceRow::read(&row)?)?;
                 }
                 let mut qb: QueryBuilder<Db> = QueryBuilder::new("SELECT from_id, relation_type, to_id FROM relations WHERE from_id IN (");
                 let mut list = qb.separated(", ");
@@ -478,10 +518,11 @@ impl Store {
                         to_id: row.try_get("to_id")?,
                     });
                 }
-                for mut r in records {
+                for mut r in found.records {
                     r.relations = by_id.remove(&r.id).unwrap_or_default();
-                    out.push(r);
+                    out.records.push(r);
                 }
+                out.tombstones.extend(found.tombstones);
             });
         }
         Ok(out)
@@ -532,19 +573,18 @@ impl Store {
     }
 
     /// Every resource, for a restarted aggregator.
-    pub async fn load(&self) -> Result<Loaded, StoreError> {
+    pub async fn load(&self) -> Result<Fetched, StoreError> {
         let started = Instant::now();
         let result = self.load_inner().await;
         observe("load", started, result.is_ok());
         result
     }
 
-    async fn load_inner(&self) -> Result<Loaded, StoreError> {
+    async fn load_inner(&self) -> Result<Fetched, StoreError> {
         on_pool!(self, pool => {
-            let mut resources = Vec::new();
-            let rows = sqlx::query(rows::SELECT_RESOURCES).fetch_all(pool).await?;
-            for row in rows {
-                resources.push(rows::ResourceRow::read(&row)?.into_record()?);
+            let mut out = Fetched::default();
+            for row in sqlx::query(rows::SELECT_RESOURCES).fetch_all(pool).await? {
+                out.push(rows::ResourceRow::read(&row)?)?;
             }
             let relations = sqlx::query("SELECT from_id, relation_type, to_id FROM relations ORDER BY from_id, relation_type, to_id")
                 .fetch_all(pool).await?;
@@ -555,12 +595,12 @@ impl Store {
                     to_id: row.try_get("to_id")?,
                 });
             }
-            for r in &mut resources {
+            for r in &mut out.records {
                 if let Some(rels) = by_id.remove(&r.id) {
                     r.relations = rels;
                 }
             }
-            Ok(Loaded { resources })
+            Ok(out)
         })
     }
 

@@ -14,14 +14,20 @@ pub(super) const UPSERT_RESOURCE: &str = "INSERT INTO resources \
     ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, labels = excluded.labels, \
     attributes = excluded.attributes, health = excluded.health, reasons = excluded.reasons, \
     observed_at_ms = excluded.observed_at_ms, resource_version = excluded.resource_version, \
-    source = excluded.source, interval_ms = excluded.interval_ms \
+    source = excluded.source, interval_ms = excluded.interval_ms, deleted_at_ms = NULL \
     WHERE resources.resource_version = excluded.resource_version - 1";
 
+/// A resource deleted at its source becomes a tombstone: its last state, marked
+/// deleted, at the version after the stored one (or nothing is written).
+pub(super) const TOMBSTONE_RESOURCE: &str = "UPDATE resources SET health = $2, reasons = $3, \
+    observed_at_ms = $4, resource_version = $5, source = $6, deleted_at_ms = $7 \
+    WHERE id = $1 AND resource_version = $5 - 1";
+
 pub(super) const SELECT_RESOURCES_WHERE_ID_IN: &str = "SELECT id, kind, labels, attributes, health, reasons, \
-    observed_at_ms, resource_version, source, interval_ms FROM resources WHERE id IN (";
+    observed_at_ms, resource_version, source, interval_ms, deleted_at_ms FROM resources WHERE id IN (";
 
 pub(super) const SELECT_RESOURCES: &str = "SELECT id, kind, labels, attributes, health, reasons, \
-    observed_at_ms, resource_version, source, interval_ms FROM resources ORDER BY id";
+    observed_at_ms, resource_version, source, interval_ms, deleted_at_ms FROM resources ORDER BY id";
 
 pub(super) const INSERT_HISTORY: &str = "INSERT INTO health_history \
     (resource_id, resource_version, previous_health, health, reasons, changed, observed_at_ms, recorded_at_ms, source) \
@@ -105,6 +111,8 @@ pub(super) struct ResourceRow {
     pub resource_version: i64,
     pub source: String,
     pub interval_ms: i64,
+    /// Set on a tombstone: when the resource was deleted.
+    pub deleted_at_ms: Option<i64>,
 }
 
 impl ResourceRow {
@@ -116,6 +124,7 @@ impl ResourceRow {
         &'static str: sqlx::ColumnIndex<R>,
         String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     {
         Ok(Self {
             id: row.try_get("id")?,
@@ -128,6 +137,7 @@ impl ResourceRow {
             resource_version: row.try_get("resource_version")?,
             source: row.try_get("source")?,
             interval_ms: row.try_get("interval_ms")?,
+            deleted_at_ms: row.try_get("deleted_at_ms")?,
         })
     }
 
@@ -143,6 +153,7 @@ impl ResourceRow {
             resource_version: seq_to_db(r.version),
             source: r.source.clone(),
             interval_ms: i64::from(r.interval_ms),
+            deleted_at_ms: None,
         })
     }
 

@@ -200,11 +200,12 @@ async fn state_round_trips(db: TestDb) {
     .unwrap();
 
     let loaded = s.load().await.unwrap();
-    assert_eq!(loaded.resources, vec![v2.clone()]);
+    assert_eq!(loaded.records, vec![v2.clone()]);
     assert_eq!(
         s.load_resources(&["host/a".to_string(), "host/none".to_string()])
             .await
-            .unwrap(),
+            .unwrap()
+            .records,
         vec![v2.clone()]
     );
     assert_eq!(
@@ -250,7 +251,7 @@ async fn versions_follow_the_stored_one(db: TestDb) {
     );
     let loaded = s.load().await.unwrap();
     let kept: Vec<(&str, u64, Health)> = loaded
-        .resources
+        .records
         .iter()
         .map(|r| (r.id.as_str(), r.version, r.health))
         .collect();
@@ -268,6 +269,59 @@ async fn versions_follow_the_stored_one(db: TestDb) {
         .await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+async fn a_deleted_resource_leaves_a_tombstone(db: TestDb) {
+    let s = &db.store;
+    let v1 = record("pod/a", 1, Health::Healthy);
+    s.commit(&Commit {
+        resources: vec![v1.clone()],
+        relations_changed: vec!["pod/a".into()],
+        history: vec![history(&v1, Health::Unknown)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let gone = record("pod/a", 2, Health::Unknown);
+    s.commit(&Commit {
+        removed: vec![gone.clone()],
+        history: vec![history(&gone, Health::Healthy)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let loaded = s.load().await.unwrap();
+    assert!(loaded.records.is_empty(), "{:?}", loaded.records);
+    assert_eq!(loaded.tombstones.len(), 1);
+    assert_eq!(loaded.tombstones[0].0, "pod/a");
+    assert_eq!(loaded.tombstones[0].1.version, 2);
+    let fetched = s.load_resources(&["pod/a".to_string()]).await.unwrap();
+    assert!(fetched.records.is_empty());
+    assert_eq!(fetched.tombstones.len(), 1);
+    // A deletion that does not follow the stored version is a conflict.
+    let err = s
+        .commit(&Commit {
+            removed: vec![record("pod/a", 2, Health::Unknown)],
+            ..Commit::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // Created again: it continues from the tombstone and is live again.
+    let v3 = record("pod/a", 3, Health::Healthy);
+    s.commit(&Commit {
+        resources: vec![v3.clone()],
+        relations_changed: vec!["pod/a".into()],
+        history: vec![history(&v3, Health::Unknown)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let loaded = s.load().await.unwrap();
+    assert_eq!(loaded.records, vec![v3]);
+    assert!(loaded.tombstones.is_empty());
+    let history = s.history("pod/a", 10).await.unwrap();
+    assert_eq!(history.len(), 3, "the deleted version's history stays");
 }
 
 async fn cursors_never_move_back(db: TestDb) {
@@ -361,7 +415,7 @@ async fn a_taken_over_session_is_fenced(db: TestDb) {
         .await,
         Err(StoreError::SessionFenced { key }) if key == "agent-c"
     ));
-    assert!(s.load().await.unwrap().resources.is_empty());
+    assert!(s.load().await.unwrap().records.is_empty());
     assert!(matches!(
         s.reset_cursor("agent-c", 0, old.epoch).await,
         Err(StoreError::SessionFenced { .. })
@@ -636,7 +690,7 @@ async fn commits_lock_rows_in_one_order(db: TestDb) {
                 .load()
                 .await
                 .unwrap()
-                .resources
+                .records
                 .into_iter()
                 .map(|r| (r.id, r.version))
                 .collect();
@@ -666,7 +720,7 @@ async fn commits_lock_rows_in_one_order(db: TestDb) {
         .load()
         .await
         .unwrap()
-        .resources
+        .records
         .iter()
         .map(|r| r.version)
         .collect();
@@ -708,6 +762,7 @@ macro_rules! suite {
 
 suite!(
     state_round_trips,
+    a_deleted_resource_leaves_a_tombstone,
     versions_follow_the_stored_one,
     cursors_never_move_back,
     a_taken_over_session_is_fenced,

@@ -249,6 +249,7 @@ pub fn decode(mut batch: Batch, now_ms: i64, limits: &Limits) -> Result<DecodedB
         relations.sort();
         relations.dedup();
         resources.push(Observation {
+            verdict: None,
             id: r.id,
             kind: r.kind,
             labels: r.labels.into_iter().collect(),

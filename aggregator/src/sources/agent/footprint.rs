@@ -127,6 +127,7 @@ mod tests {
 
     fn observation(id: &str, relations: usize) -> Observation {
         Observation {
+            verdict: None,
             id: id.into(),
             kind: "probe".into(),
             labels: Default::default(),
@@ -145,6 +146,7 @@ mod tests {
     fn model_with(ids: &[(&str, usize)]) -> Model {
         let mut model = Model {
             resources: Default::default(),
+            tombstones: Default::default(),
         };
         for (id, relations) in ids {
             let o = observation(id, *relations);

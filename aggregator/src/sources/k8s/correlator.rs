@@ -1,0 +1,661 @@
+//! One cluster's correlator: applies what the watches deliver to the cache,
+//! finds every object whose observation may have changed (the object and its
+//! dependents), and, a short batch later, evaluates their rules and submits one
+//! report to the planner. Conditions that must hold for a while (the alerts'
+//! `for:`) are re-evaluated when they mature. Nothing is reported before every
+//! kind has been listed once, so a half-read cluster never shows a Service
+//! without its pods.
+//!
+//! A new leader starts with an empty cache and lists everything: what it
+//! reports again unchanged changes nothing (the planner compares), resources
+//! of the cluster that no longer exist are removed, and reasons already in the
+//! model keep counting as held, so taking over repeats and loses nothing.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use infrawatch_common::time::now_unix_ms;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{Cache, Update};
+use super::config::RuleConfig;
+use super::objects::{Key, Kind, Object};
+use super::rules::{self, Finding};
+use super::{ids, observe};
+use crate::model::{Health, Reason};
+use crate::planner::PlannerHandle;
+use crate::sources::{Change, Report, Verdict};
+use crate::state::State;
+use crate::telemetry;
+
+/// How long a failed report waits before it is sent again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A cluster's correlator.
+pub struct Correlator {
+    cluster: String,
+    source: String,
+    rules: RuleConfig,
+    batch: Duration,
+    cache: Cache,
+    state: Arc<State>,
+    planner: PlannerHandle,
+    /// Objects to evaluate again at the next report.
+    dirty: BTreeSet<Key>,
+    /// The cluster summary must be evaluated again.
+    cluster_dirty: bool,
+    /// When the oldest unreported change arrived.
+    dirty_since: Option<Instant>,
+    /// First sight of conditions the API gives no start time for.
+    first_seen: HashMap<Key, Vec<(&'static str, i64)>>,
+    /// Pending conditions mature at these times (Unix ms).
+    wakes: BTreeSet<(i64, Key)>,
+    /// Ready transitions per node (Unix ms), within the flapping window.
+    ready_changes: HashMap<String, VecDeque<i64>>,
+    /// Restart counts per pod over the restart window: (Unix ms, total).
+    restarts: HashMap<Key, VecDeque<(i64, i32)>>,
+    /// The first report after the initial sync also removes what went away.
+    swept: bool,
+}
+
+impl Correlator {
+    /// A correlator for `cluster`.
+    pub fn new(
+        cluster: &str,
+        rules: RuleConfig,
+        batch: Duration,
+        state: Arc<State>,
+        planner: PlannerHandle,
+    ) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            source: ids::source(cluster),
+            rules,
+            batch,
+            cache: Cache::default(),
+            state,
+            planner,
+            dirty: BTreeSet::new(),
+            cluster_dirty: false,
+            dirty_since: None,
+            first_seen: HashMap::new(),
+            wakes: BTreeSet::new(),
+            ready_changes: HashMap::new(),
+            restarts: HashMap::new(),
+            swept: false,
+        }
+    }
+
+    /// Runs until `stop` or until the watches end.
+    pub async fn run(mut self, mut updates: mpsc::Receiver<Update>, stop: CancellationToken) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                update = updates.recv() => {
+                    let Some(update) = update else { return };
+                    self.take(update);
+                    // Take what else is queued before looking at the clock.
+                    while let Ok(update) = updates.try_recv() {
+                        self.take(update);
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    if let Err(e) = self.report().await {
+                        tracing::warn!(cluster = %self.cluster, error = %e, "Kubernetes report not committed; sending it again.");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(RETRY) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the next report is due: a batch after the oldest unreported
+    /// change, or when the next pending condition matures.
+    fn next_deadline(&self) -> Option<Instant> {
+        if !self.cache.synced() {
+            return None;
+        }
+        let batch = self.dirty_since.map(|t| t + self.batch);
+        let wake = self.wakes.first().map(|(at, _)| {
+            let wait = (*at - now_unix_ms()).max(0);
+            Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+        });
+        match (batch, wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Applies one update to the cache and marks what it touches.
+    pub fn take(&mut self, update: Update) {
+        let now = now_unix_ms();
+        for (key, old) in self.cache.apply(update) {
+            self.note_history(&key, old.as_ref(), now);
+            if matches!(key.kind, Kind::Node | Kind::Pod) {
+                self.cluster_dirty = true;
+            }
+            self.cache.touched(&key, old.as_ref(), &mut self.dirty);
+        }
+        if !self.dirty.is_empty() || self.cluster_dirty {
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
+        metrics::gauge!(telemetry::K8S_OBJECTS, "cluster" => self.cluster.clone())
+            .set(self.cache.len() as f64);
+    }
+
+    /// Keeps the node readiness transitions and pod restart counts the rules
+    /// count over a window.
+    fn note_history(&mut self, key: &Key, old: Option<&Object>, now: i64) {
+        match (old, self.cache.get(key)) {
+            (Some(Object::Node(before)), Some(Object::Node(after)))
+                if before.ready.status != after.ready.status =>
+            {
+                self.ready_changes
+                    .entry(key.name.clone())
+                    .or_default()
+                    .push_back(now);
+            }
+            (_, Some(Object::Pod(p))) => {
+                let total: i32 = p.containers.iter().map(|c| c.restarts).sum();
+                let history = self.restarts.entry(key.clone()).or_default();
+                if history.back().is_none_or(|(_, t)| *t != total) {
+                    history.push_back((now, total));
+                }
+            }
+            (_, None) => {
+                self.ready_changes.remove(&key.name);
+                self.restarts.remove(key);
+            }
+            _ => {}
+        }
+    }
+
+    /// Evaluates what is dirty or due and submits it as one report.
+    pub async fn report(&mut self) -> Result<(), crate::planner::StateError> {
+        let now = now_unix_ms();
+        self.prune_history(now);
+        let mut keys = std::mem::take(&mut self.dirty);
+        while let Some((at, _)) = self.wakes.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, key)) = self.wakes.pop_first() {
+                keys.insert(key);
+            }
+        }
+        let mut changes = Vec::with_capacity(keys.len() + 1);
+        if !self.swept {
+            changes.extend(self.removed_while_away());
+        }
+        for key in &keys {
+            if !key.kind.is_resource() {
+                continue;
+            }
+            match self.cache.get(key).map(|object| self.findings(object, now)) {
+                Some(findings) => {
+                    let verdict = self.resolve(key, &ids::of(&self.cluster, key), findings, now);
+                    if let Some(object) = self.cache.get(key) {
+                        changes.push(Change::Observed(observe::observation(
+                            &self.cache,
+                            &self.cluster,
+                            object,
+                            verdict,
+                            now,
+                        )));
+                    }
+                }
+                None => {
+                    self.first_seen.remove(key);
+                    changes.push(Change::Removed {
+                        id: ids::of(&self.cluster, key),
+                        reason: deleted(&self.cluster),
+                    });
+                }
+            }
+        }
+        if self.cluster_dirty || !self.swept {
+            let (findings, figures) = rules::cluster(&self.cache);
+            let key = Key::new(Kind::Namespace, "", "");
+            let verdict = self.resolve(&key, &ids::cluster(&self.cluster), findings, now);
+            changes.push(Change::Observed(observe::cluster_observation(
+                &self.cluster,
+                &figures,
+                verdict,
+                now,
+            )));
+        }
+        let since = self.dirty_since.take();
+        let submitted = self
+            .planner
+            .submit(Report {
+                source: self.source.clone(),
+                changes,
+                position: None,
+            })
+            .await;
+        match submitted {
+            Ok(_) => {
+                self.swept = true;
+                self.cluster_dirty = false;
+                if let Some(since) = since {
+                    metrics::histogram!(telemetry::K8S_CHANGE_TO_COMMIT, "cluster" => self.cluster.clone())
+                        .record(since.elapsed().as_secs_f64());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty.extend(keys);
+                self.dirty_since = since.or_else(|| Some(Instant::now()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Resources of this cluster in the model that the cache no longer has
+    /// (deleted while no replica watched).
+    fn removed_while_away(&self) -> Vec<Change> {
+        let known: std::collections::HashSet<String> = self
+            .cache
+            .keys()
+            .filter(|k| k.kind.is_resource())
+            .map(|k| ids::of(&self.cluster, k))
+            .chain(std::iter::once(ids::cluster(&self.cluster)))
+            .collect();
+        let model = self.state.read();
+        model
+            .resources
+            .values()
+            .filter(|t| t.record.source == self.source && !known.contains(&t.record.id))
+            .map(|t| Change::Removed {
+                id: t.record.id.clone(),
+                reason: deleted(&self.cluster),
+            })
+            .collect()
+    }
+
+    /// What the rules find for `object` now.
+    fn findings(&self, object: &Object, now: i64) -> Vec<Finding> {
+        let ready_changes = &self.ready_changes;
+        let restarts = &self.restarts;
+        let flaps = |node: &str| {
+            ready_changes
+                .get(node)
+                .map_or(0, |v| u32::try_from(v.len()).unwrap_or(u32::MAX))
+        };
+        let pod_restarts = |k: &Key| {
+            restarts
+                .get(k)
+                .and_then(|h| Some(h.back()?.1 - h.front()?.1))
+                .unwrap_or(0)
+        };
+        let ctx = rules::Context {
+            cache: &self.cache,
+            cluster: &self.cluster,
+            rules: &self.rules,
+            now_ms: now,
+            node_flaps: &flaps,
+            pod_restarts: &pod_restarts,
+        };
+        rules::evaluate(&ctx, object)
+    }
+
+    /// The verdict from `findings`: those that held long enough count; the
+    /// others are due again when they mature. A reason the stored resource
+    /// already has counts as held (it matured before, maybe on another leader).
+    fn resolve(&mut self, key: &Key, id: &str, findings: Vec<Finding>, now: i64) -> Verdict {
+        let stored: Vec<String> = {
+            let model = self.state.read();
+            model
+                .resources
+                .get(id)
+                .map(|t| t.record.reasons.iter().map(|r| r.code.clone()).collect())
+                .unwrap_or_default()
+        };
+        let mut health = Health::Healthy;
+        let mut reasons: Vec<Reason> = Vec::new();
+        let mut pending = Vec::new();
+        let present: Vec<&'static str> = findings.iter().map(|f| f.code).collect();
+        for f in findings {
+            let hold = i64::try_from(f.hold_ms).unwrap_or(i64::MAX);
+            let since = match f.since_ms {
+                Some(s) => s,
+                None if hold == 0 => now,
+                None => {
+                    let seen = self.first_seen.entry(key.clone()).or_default();
+                    match seen.iter().find(|(c, _)| *c == f.code) {
+                        Some((_, at)) => *at,
+                        None => {
+                            seen.push((f.code, now));
+                            now
+                        }
+                    }
+                }
+            };
+            let held = hold == 0
+                || stored.iter().any(|c| c == f.code)
+                || now.saturating_sub(since) >= hold;
+            if !held {
+                pending.push(since.saturating_add(hold));
+                continue;
+            }
+            if reasons.iter().any(|r| r.code == f.code) {
+                continue;
+            }
+            health = crate::health::worse(health, f.health);
+            reasons.push(Reason {
+                code: f.code.to_string(),
+                message: f.message,
+                metric: String::new(),
+                observed: f.observed,
+                threshold: f.threshold,
+            });
+        }
+        // Forget the first sight of conditions that are gone.
+        if let Some(seen) = self.first_seen.get_mut(key) {
+            seen.retain(|(code, _)| present.contains(code));
+            if seen.is_empty() {
+                self.first_seen.remove(key);
+            }
+        }
+        for at in pending {
+            self.wakes.insert((at, key.clone()));
+        }
+        reasons.sort_by(|a, b| a.code.cmp(&b.code));
+        Verdict { health, reasons }
+    }
+
+    fn prune_history(&mut self, now: i64) {
+        let flap_window = i64::try_from(self.rules.node_flapping_window_ms).unwrap_or(i64::MAX);
+        for v in self.ready_changes.values_mut() {
+            while v.front().is_some_and(|t| now - t > flap_window) {
+                v.pop_front();
+            }
+        }
+        self.ready_changes.retain(|_, v| !v.is_empty());
+        let restart_window = i64::try_from(self.rules.restart_window_ms).unwrap_or(i64::MAX);
+        for v in self.restarts.values_mut() {
+            while v.len() > 1 && v.front().is_some_and(|(t, _)| now - t > restart_window) {
+                v.pop_front();
+            }
+        }
+    }
+}
+
+fn deleted(cluster: &str) -> Reason {
+    Reason {
+        code: "deleted".into(),
+        message: format!("deleted from the Kubernetes API of cluster {cluster}"),
+        metric: String::new(),
+        observed: 0.0,
+        threshold: 0.0,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::planner::{Outcome, Submission};
+    use crate::sources::k8s::objects::{
+        Condition, ContainerState, Meta, Node, Pod, Service, Status, Workload,
+    };
+
+    fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> Meta {
+        Meta {
+            name: name.into(),
+            namespace: ns.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            generation: 1,
+            ..Meta::default()
+        }
+    }
+
+    fn node(name: &str, ready: Status) -> Object {
+        Object::Node(Node {
+            meta: meta("", name, &[]),
+            ready: Condition {
+                status: ready,
+                since_ms: Some(0),
+                ..Condition::default()
+            },
+            ..Node::default()
+        })
+    }
+
+    fn pod(name: &str, node: &str, waiting: Option<&str>) -> Object {
+        Object::Pod(Pod {
+            meta: Meta {
+                owner: Some(("ReplicaSet".into(), "web-1".into())),
+                ..meta("shop", name, &[("app", "web")])
+            },
+            node: node.into(),
+            phase: "Running".into(),
+            ready: Condition {
+                status: if waiting.is_some() {
+                    Status::False
+                } else {
+                    Status::True
+                },
+                since_ms: Some(0),
+                ..Condition::default()
+            },
+            containers: vec![ContainerState {
+                name: "web".into(),
+                waiting: waiting.map(|w| (w.to_string(), String::new())),
+                ..ContainerState::default()
+            }],
+            ..Pod::default()
+        })
+    }
+
+    fn service() -> Object {
+        Object::Service(Service {
+            meta: meta("shop", "web", &[]),
+            selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
+            service_type: "ClusterIP".into(),
+            ..Service::default()
+        })
+    }
+
+    /// A correlator whose planner accepts everything and keeps the reports.
+    fn correlator(rules: RuleConfig) -> (Correlator, mpsc::Receiver<Submission>) {
+        let (tx, rx) = mpsc::channel(16);
+        let c = Correlator::new(
+            "test",
+            rules,
+            Duration::from_millis(1),
+            Arc::new(State::new(60_000)),
+            PlannerHandle::new(tx),
+        );
+        (c, rx)
+    }
+
+    fn synced(c: &mut Correlator, objects: Vec<Object>) {
+        for kind in Kind::ALL {
+            c.take(Update::ListStart(kind));
+            for o in objects.iter().filter(|o| o.kind() == kind) {
+                c.take(Update::Listed(o.clone()));
+            }
+            c.take(Update::ListDone(kind));
+        }
+    }
+
+    /// Runs one report of `c`, answering its submission; the report.
+    async fn submitted(c: &mut Correlator, rx: &mut mpsc::Receiver<Submission>) -> Report {
+        let answer = async {
+            let Submission { report, reply } = rx.recv().await.unwrap();
+            let _ = reply.send(Ok(Outcome::default()));
+            report
+        };
+        let (sent, report) = tokio::join!(c.report(), answer);
+        sent.unwrap();
+        report
+    }
+
+    async fn report(
+        c: &mut Correlator,
+        rx: &mut mpsc::Receiver<Submission>,
+    ) -> BTreeMap<String, crate::sources::Observation> {
+        submitted(c, rx)
+            .await
+            .changes
+            .into_iter()
+            .filter_map(|ch| match ch {
+                Change::Observed(o) => Some((o.id.clone(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn codes(o: &crate::sources::Observation) -> Vec<String> {
+        o.verdict
+            .as_ref()
+            .unwrap()
+            .reasons
+            .iter()
+            .map(|r| r.code.clone())
+            .collect()
+    }
+
+    fn instant() -> RuleConfig {
+        RuleConfig {
+            node_not_ready_for_ms: 0,
+            pod_not_ready_for_ms: 0,
+            container_waiting_for_ms: 0,
+            workload_mismatch_for_ms: 0,
+            ..RuleConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_going_not_ready_reaches_its_pods_and_their_service() {
+        let (mut c, rx) = correlator(instant());
+        let mut rx = rx;
+        synced(
+            &mut c,
+            vec![
+                node("n1", Status::True),
+                node("n2", Status::True),
+                pod("web-a", "n1", None),
+                pod("web-b", "n2", None),
+                service(),
+            ],
+        );
+        let first = report(&mut c, &mut rx).await;
+        assert!(
+            first
+                .values()
+                .all(|o| o.verdict.as_ref().unwrap().health == Health::Healthy),
+            "{first:#?}"
+        );
+        assert!(
+            first["k8s/test/service/shop/web"]
+                .relations
+                .iter()
+                .any(|r| r.relation_type == "selects" && r.to_id == "k8s/test/pod/shop/web-a")
+        );
+        assert!(
+            first["k8s/test/pod/shop/web-a"]
+                .relations
+                .iter()
+                .any(|r| r.relation_type == "runs_on" && r.to_id == "k8s/test/node/n1")
+        );
+
+        c.take(Update::Apply(node("n1", Status::False)));
+        let second = report(&mut c, &mut rx).await;
+        assert_eq!(codes(&second["k8s/test/node/n1"]), vec!["node_not_ready"]);
+        assert_eq!(
+            second["k8s/test/node/n1"].verdict.as_ref().unwrap().health,
+            Health::Unhealthy
+        );
+        let pod = &second["k8s/test/pod/shop/web-a"];
+        assert_eq!(codes(pod), vec!["node_not_ready"]);
+        assert!(
+            pod.verdict.as_ref().unwrap().reasons[0]
+                .message
+                .contains("k8s/test/node/n1")
+        );
+        let svc = &second["k8s/test/service/shop/web"];
+        assert_eq!(svc.verdict.as_ref().unwrap().health, Health::Degraded);
+        assert!(codes(svc).contains(&"node_not_ready".to_string()));
+        assert!(
+            !second.contains_key("k8s/test/pod/shop/web-b"),
+            "untouched pods are not evaluated again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crash_looping_pod_is_unhealthy_only_after_the_hold() {
+        let rules = RuleConfig {
+            container_waiting_for_ms: 3_600_000,
+            ..instant()
+        };
+        let (mut c, mut rx) = correlator(rules);
+        synced(
+            &mut c,
+            vec![
+                node("n1", Status::True),
+                pod("web-a", "n1", Some("CrashLoopBackOff")),
+                service(),
+            ],
+        );
+        let first = report(&mut c, &mut rx).await;
+        let pod = &first["k8s/test/pod/shop/web-a"];
+        assert!(
+            !codes(pod).contains(&"crash_loop_back_off".to_string()),
+            "pending for an hour: {:?}",
+            codes(pod)
+        );
+        assert_eq!(c.wakes.len(), 1, "it is due again when the hold ends");
+        assert_eq!(
+            codes(&first["k8s/test/service/shop/web"]),
+            vec!["no_ready_endpoints"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deployment_below_desired_is_degraded_and_deletions_are_reported() {
+        let (mut c, mut rx) = correlator(instant());
+        let deployment = Object::Workload(
+            Kind::Deployment,
+            Workload {
+                meta: meta("shop", "web", &[]),
+                desired: 3,
+                ready: 2,
+                available: 2,
+                updated: 3,
+                observed_generation: 1,
+                ..Workload::default()
+            },
+        );
+        synced(&mut c, vec![node("n1", Status::True), deployment]);
+        let first = report(&mut c, &mut rx).await;
+        let d = &first["k8s/test/deployment/shop/web"];
+        assert_eq!(codes(d), vec!["replicas_unavailable"]);
+        assert_eq!(d.verdict.as_ref().unwrap().health, Health::Degraded);
+
+        c.take(Update::Delete(Key::new(Kind::Deployment, "shop", "web")));
+        let report = submitted(&mut c, &mut rx).await;
+        assert!(report.changes.iter().any(
+            |ch| matches!(ch, Change::Removed { id, .. } if id == "k8s/test/deployment/shop/web")
+        ));
+    }
+}
