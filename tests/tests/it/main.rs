@@ -13,6 +13,8 @@ mod faults;
 mod health;
 mod hostile;
 mod icmp;
+mod kubernetes;
+mod manifests;
 mod outage;
 mod partition;
 mod pipeline;

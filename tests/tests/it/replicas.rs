@@ -1052,6 +1052,7 @@ fn change_report(ids: &[String], generation: u64) -> Report {
             .iter()
             .map(|id| {
                 Change::Observed(Observation {
+                    verdict: None,
                     id: id.clone(),
                     kind: "service".into(),
                     labels: Default::default(),

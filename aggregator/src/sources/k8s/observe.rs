@@ -2,6 +2,10 @@
 //! [`Observation`] the planner takes: id, kind, labels (the object's own that
 //! fit, plus `k8s.cluster.name`, `k8s.namespace.name`, `k8s.node.name`),
 //! attributes with the figures people ask for, relations, and the verdict.
+//!
+//! Attributes hold state, not load: a node's pod count or a cluster's sum of
+//! requests would make a new version (and an event) of the node or cluster at
+//! every pod change, so those figures show only in reasons when a rule fires.
 
 use std::collections::BTreeMap;
 
@@ -56,11 +60,6 @@ pub fn observation(
                 n.allocatable.memory.to_string(),
             );
             attr("k8s.node.allocatable.pods", n.allocatable_pods.to_string());
-            let pods = cache
-                .pods_on(&n.meta.name)
-                .filter(|p| p.is_active())
-                .count();
-            attr("k8s.node.pods", pods.to_string());
             if !n.machine_id.is_empty() {
                 attr("host.id", n.machine_id.clone());
                 relations.push(rel("runs_on", host_id(&n.machine_id)));
@@ -259,22 +258,13 @@ pub fn cluster_observation(
             "k8s.cluster.nodes.ready".to_string(),
             figures.nodes_ready.to_string(),
         ),
-        ("k8s.cluster.pods".to_string(), figures.pods.to_string()),
         (
             "k8s.cluster.cpu.allocatable".to_string(),
             figures.allocatable.cpu.to_string(),
         ),
         (
-            "k8s.cluster.cpu.requests".to_string(),
-            figures.requests.cpu.to_string(),
-        ),
-        (
             "k8s.cluster.memory.allocatable".to_string(),
             figures.allocatable.memory.to_string(),
-        ),
-        (
-            "k8s.cluster.memory.requests".to_string(),
-            figures.requests.memory.to_string(),
         ),
     ]);
     Observation {

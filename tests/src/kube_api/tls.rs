@@ -1,0 +1,40 @@
+//! The fake API server's certificates: a CA of its own, which the kubeconfig
+//! embeds, and a server certificate for `127.0.0.1` and `localhost`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use infrawatch_common::certs::DevCa;
+use rustls::ServerConfig;
+
+/// The server's TLS configuration and the CA that clients trust.
+pub(crate) struct ServerTls {
+    /// The CA certificate, PEM.
+    pub(crate) ca_pem: String,
+    pub(crate) config: Arc<ServerConfig>,
+}
+
+/// A fresh CA and server certificate.
+pub(crate) fn generate() -> anyhow::Result<ServerTls> {
+    // The process-wide default may be set already; either way it is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = DevCa::generate()?;
+    let issued = ca.issue_server(&[])?;
+    let certs = rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the generated server certificate")?;
+    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())?
+        .context("the generated server key is missing")?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+    // Watches are chunked HTTP/1.1 responses, as the real API server sends
+    // them to clients that do not speak HTTP/2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(ServerTls {
+        ca_pem: ca.cert_pem().to_string(),
+        config: Arc::new(config),
+    })
+}

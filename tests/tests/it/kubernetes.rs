@@ -1,0 +1,343 @@
+//! Kubernetes end to end: the real aggregator watches the fake API server
+//! (`infrawatch_e2e::kube_api`, list and watch over HTTPS with
+//! resourceVersions, bookmarks and `410 Gone`) through a kubeconfig, and the
+//! scenarios an operator cares about turn into health, reasons and events:
+//! a node going NotReady reaches its pods and their Services, a crash-looping
+//! pod makes its Service DEGRADED and its Deployment below desired, a Service
+//! without a ready endpoint is UNHEALTHY, a deleted object leaves the model
+//! with a `deleted` event, and an expired watch relists with no duplicate and
+//! no missed change.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use infrawatch_e2e::kube_api::FakeKube;
+use infrawatch_e2e::{Aggregator, Pki, eventually};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn node(name: &str, ready: &str) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"providerID": format!("fake://{name}")},
+        "status": {
+            "conditions": [{"type": "Ready", "status": ready, "reason": if ready == "True" {"KubeletReady"} else {"KubeletNotReady"},
+                            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+            "nodeInfo": {"machineID": format!("machine-{name}"), "kubeletVersion": "v1.35.0", "architecture": "amd64",
+                         "bootID": "b", "containerRuntimeVersion": "c", "kernelVersion": "k", "kubeProxyVersion": "",
+                         "operatingSystem": "linux", "osImage": "o", "systemUUID": "u"}
+        }
+    }))
+    .unwrap()
+}
+
+fn pod(name: &str, node: &str, waiting: Option<&str>) -> Pod {
+    let ready = if waiting.is_some() { "False" } else { "True" };
+    let state = match waiting {
+        Some(reason) => json!({"waiting": {"reason": reason, "message": "back-off restarting"}}),
+        None => json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}}),
+    };
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-uid", "controller": true}]},
+        "spec": {"nodeName": node, "containers": [{"name": "web", "image": "web:1",
+                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "containerStatuses": [{"name": "web", "image": "web:1", "imageID": "", "ready": waiting.is_none(),
+                                   "restartCount": if waiting.is_some() { 5 } else { 0 }, "state": state}]
+        }
+    }))
+    .unwrap()
+}
+
+fn service() -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "type": "ClusterIP", "clusterIP": "10.0.0.10", "ports": [{"port": 80}]}
+    }))
+    .unwrap()
+}
+
+fn deployment(available: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop", "generation": 1},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:1"}]}}},
+        "status": {"observedGeneration": 1, "replicas": 2, "readyReplicas": available, "availableReplicas": available, "updatedReplicas": 2}
+    }))
+    .unwrap()
+}
+
+fn replica_set() -> ReplicaSet {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": "shop", "generation": 1,
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d-uid", "controller": true}]},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}},
+        "status": {"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "availableReplicas": 2}
+    }))
+    .unwrap()
+}
+
+fn slice(ready: &[(&str, bool)]) -> EndpointSlice {
+    let endpoints: Vec<Value> = ready
+        .iter()
+        .map(|(pod, ready)| {
+            json!({"addresses": ["10.1.0.1"], "conditions": {"ready": ready},
+                   "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints
+    }))
+    .unwrap()
+}
+
+/// The aggregator's `[kubernetes]` section: cluster `test` through
+/// `kubeconfig`, every hold switched off so transitions show at once.
+fn kubernetes_config(kubeconfig: &Path) -> String {
+    format!(
+        "[kubernetes]\nbatch_ms = 20\n[[kubernetes.clusters]]\nname = \"test\"\nkubeconfig = {:?}\n\
+         [kubernetes.rules]\nnode_not_ready_for_ms = 0\npod_not_ready_for_ms = 0\ncontainer_waiting_for_ms = 0\n\
+         workload_mismatch_for_ms = 0\n",
+        kubeconfig.display().to_string()
+    )
+}
+
+fn codes(r: &Value) -> Vec<String> {
+    r["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["code"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until resource `id` has `health`, and returns it.
+fn wait_health(agg: &Aggregator, id: &str, health: &str) -> Value {
+    eventually(WAIT, &format!("{id} {health}"), || {
+        let (status, r) = agg.get(&format!("/api/v1/resources/{id}"));
+        (status == 200 && r["health"] == health).then_some(r)
+    })
+}
+
+/// Every event the aggregator kept, oldest first.
+fn events(agg: &Aggregator) -> Vec<Value> {
+    let (status, page) = agg.get("/api/v1/events?after=0&limit=1000");
+    assert_eq!(status, 200, "{page}");
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn event_count(events: &[Value], id: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"]["resourceId"] == id)
+        .count()
+}
+
+async fn cluster_with_web() -> (tempfile::TempDir, FakeKube, Aggregator) {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-k"]).unwrap();
+    let kube = FakeKube::start().await.unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, "test").unwrap();
+    kube.apply(node("n1", "True"));
+    kube.apply(node("n2", "True"));
+    kube.apply(pod("web-a", "n1", None));
+    kube.apply(pod("web-b", "n2", None));
+    kube.apply(service());
+    kube.apply(deployment(2));
+    kube.apply(replica_set());
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, &kubernetes_config(&kubeconfig)).unwrap();
+    wait_health(&agg, "k8s/test/service/shop/web", "healthy");
+    (dir, kube, agg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_going_not_ready_reaches_its_pods_and_their_services() {
+    let (_dir, kube, agg) = cluster_with_web().await;
+    let (_, n1) = agg.get("/api/v1/resources/k8s/test/node/n1");
+    assert_eq!(n1["kind"], "k8s_node");
+    assert_eq!(n1["labels"]["k8s.cluster.name"], "test");
+    assert!(
+        n1["relations"].to_string().contains("host/machine-n1"),
+        "a node runs on its agent's host: {n1}"
+    );
+    let (_, web_a) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-a");
+    let relations = web_a["relations"].to_string();
+    assert!(relations.contains("k8s/test/node/n1"), "{relations}");
+    assert!(
+        relations.contains("k8s/test/replicaset/shop/web-1"),
+        "{relations}"
+    );
+    let (_, rs) = agg.get("/api/v1/resources/k8s/test/replicaset/shop/web-1");
+    assert!(
+        rs["relations"]
+            .to_string()
+            .contains("k8s/test/deployment/shop/web"),
+        "{rs}"
+    );
+
+    kube.apply(node("n1", "False"));
+    let n1 = wait_health(&agg, "k8s/test/node/n1", "unhealthy");
+    assert_eq!(codes(&n1), vec!["node_not_ready"]);
+    let web_a = wait_health(&agg, "k8s/test/pod/shop/web-a", "degraded");
+    assert_eq!(codes(&web_a), vec!["node_not_ready"]);
+    assert!(
+        web_a["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("k8s/test/node/n1"),
+        "{web_a}"
+    );
+    let svc = wait_health(&agg, "k8s/test/service/shop/web", "degraded");
+    assert!(codes(&svc).contains(&"node_not_ready".to_string()), "{svc}");
+    let (_, web_b) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-b");
+    assert_eq!(
+        web_b["health"], "healthy",
+        "the pod on the other node is untouched"
+    );
+    let events = events(&agg);
+    for id in [
+        "k8s/test/node/n1",
+        "k8s/test/pod/shop/web-a",
+        "k8s/test/service/shop/web",
+    ] {
+        assert!(
+            events.iter().any(|e| {
+                e["event"]["resourceId"] == id
+                    && e["event"]["changed"].to_string().contains("health")
+            }),
+            "a status event for {id}"
+        );
+    }
+
+    kube.apply(node("n1", "True"));
+    wait_health(&agg, "k8s/test/service/shop/web", "healthy");
+    wait_health(&agg, "k8s/test/pod/shop/web-a", "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_pod_degrades_its_service_and_deployment() {
+    let (_dir, kube, agg) = cluster_with_web().await;
+    kube.apply(pod("web-b", "n2", Some("CrashLoopBackOff")));
+    kube.apply(deployment(1));
+    let web_b = wait_health(&agg, "k8s/test/pod/shop/web-b", "unhealthy");
+    assert!(
+        codes(&web_b).contains(&"crash_loop_back_off".to_string()),
+        "{web_b}"
+    );
+    let svc = wait_health(&agg, "k8s/test/service/shop/web", "degraded");
+    assert_eq!(codes(&svc), vec!["endpoints_not_ready"]);
+    let d = wait_health(&agg, "k8s/test/deployment/shop/web", "degraded");
+    assert_eq!(codes(&d), vec!["replicas_unavailable"]);
+
+    // With EndpointSlices the Service follows them: the last ready endpoint
+    // gone makes it UNHEALTHY.
+    kube.apply(slice(&[("web-a", true), ("web-b", false)]));
+    let svc = eventually(WAIT, "the service backed by its slice's pods", || {
+        let (_, r) = agg.get("/api/v1/resources/k8s/test/service/shop/web");
+        r["relations"]
+            .to_string()
+            .contains("backed_by")
+            .then_some(r)
+    });
+    assert_eq!(svc["health"], "degraded", "{svc}");
+    assert_eq!(
+        svc["attributes"]["k8s.service.endpoints.ready"], "1",
+        "{svc}"
+    );
+    kube.apply(slice(&[("web-a", false), ("web-b", false)]));
+    let svc = wait_health(&agg, "k8s/test/service/shop/web", "unhealthy");
+    assert_eq!(codes(&svc), vec!["no_ready_endpoints"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_object_leaves_with_an_event_and_comes_back_at_the_next_version() {
+    let (_dir, kube, agg) = cluster_with_web().await;
+    let (_, before) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-b");
+    let version = before["resource_version"].as_u64().unwrap();
+    assert!(kube.delete::<Pod>(Some("shop"), "web-b"));
+    eventually(WAIT, "web-b gone", || {
+        let (status, _) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-b");
+        (status == 404).then_some(())
+    });
+    let deleted: Vec<Value> = events(&agg)
+        .into_iter()
+        .map(|e| e["event"].clone())
+        .filter(|e| {
+            e["resourceId"] == "k8s/test/pod/shop/web-b"
+                && e["changed"].to_string().contains("deleted")
+        })
+        .collect();
+    assert_eq!(deleted.len(), 1, "one deleted event");
+    assert_eq!(deleted[0]["health"], "HEALTH_UNKNOWN");
+    kube.apply(pod("web-b", "n2", None));
+    let again = wait_health(&agg, "k8s/test/pod/shop/web-b", "healthy");
+    assert_eq!(
+        again["resource_version"].as_u64().unwrap(),
+        version + 2,
+        "it continues after its tombstone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_watch_relists_without_duplicates_or_missed_changes() {
+    let (_dir, kube, agg) = cluster_with_web().await;
+    let lists_before = kube.requests("pods", "list");
+    let before = events(&agg);
+    // The history is forgotten and the watches end: the watchers' next watch
+    // gets 410 Gone and they list again. Changes made meanwhile must arrive.
+    kube.compact();
+    kube.close_watches();
+    kube.apply(pod("web-c", "n2", None));
+    assert!(kube.delete::<Pod>(Some("shop"), "web-a"));
+    eventually(WAIT, "web-c created and web-a deleted", || {
+        let (c, _) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-c");
+        let (a, _) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-a");
+        (c == 200 && a == 404).then_some(())
+    });
+    eventually(WAIT, "a relist of pods", || {
+        (kube.requests("pods", "list") > lists_before).then_some(())
+    });
+    // Let every kind finish its relist, then compare.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = events(&agg);
+    let new: Vec<&Value> = after[before.len()..].iter().collect();
+    let ids: BTreeMap<String, usize> = new.iter().fold(BTreeMap::new(), |mut m, e| {
+        let id = e["event"]["resourceId"].as_str().unwrap_or_default();
+        *m.entry(id.to_string()).or_default() += 1;
+        m
+    });
+    assert_eq!(ids.get("k8s/test/pod/shop/web-c"), Some(&1), "{ids:?}");
+    assert_eq!(ids.get("k8s/test/pod/shop/web-a"), Some(&1), "{ids:?}");
+    assert_eq!(
+        ids.get("k8s/test/node/n1"),
+        None,
+        "unchanged objects are not reported again: {:#?}",
+        new.iter()
+            .map(|e| (
+                &e["event"]["resourceId"],
+                &e["event"]["changed"],
+                &e["event"]["reasons"]
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(ids.get("k8s/test/deployment/shop/web"), None, "{ids:?}");
+    assert_eq!(
+        event_count(&after, "k8s/test/node/n2"),
+        event_count(&before, "k8s/test/node/n2")
+    );
+}
