@@ -266,6 +266,13 @@ pub async fn run(
         },
         servers_stop.clone(),
     );
+    let ingest = if config.kubernetes.clusters.is_empty() {
+        ingest
+    } else {
+        ingest.with_pod_identities(Arc::new(
+            sources::k8s::pod_identity::PodIdentities::new(&config.kubernetes).await,
+        ))
+    };
     let query_api = server::query::QueryApi::new(state.clone(), store.clone());
     let rest_state = server::rest::RestState {
         state: state.clone(),

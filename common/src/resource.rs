@@ -22,6 +22,12 @@ pub const MAX_INTERVAL_MS: u32 = 3_600_000;
 pub mod kind {
     /// A machine running an agent: `host/<machine-id>`.
     pub const HOST: &str = "host";
+    /// A pod's usage as its node's kubelet reports it:
+    /// `host/<machine-id>/pod/<namespace>/<pod>`.
+    pub const K8S_POD_USAGE: &str = "k8s_pod_usage";
+    /// A PVC-backed volume's usage as the kubelet of the node mounting it reports
+    /// it: `host/<machine-id>/volume/<namespace>/<claim>`.
+    pub const K8S_VOLUME_USAGE: &str = "k8s_volume_usage";
 }
 
 /// Metric names, following the OpenTelemetry semantic conventions.
@@ -50,6 +56,33 @@ pub mod metric {
     pub const PAGING_UTILIZATION: &str = "system.paging.utilization";
     /// Seconds since boot.
     pub const UPTIME: &str = "system.uptime";
+
+    // Kubelet Summary API figures, named as the OpenTelemetry kubeletstats
+    // receiver names them.
+
+    /// CPU in use by a pod, in cores.
+    pub const K8S_POD_CPU_USAGE: &str = "k8s.pod.cpu.usage";
+    /// A pod's memory working set, bytes.
+    pub const K8S_POD_MEMORY_WORKING_SET: &str = "k8s.pod.memory.working_set";
+    /// A pod's memory usage (page cache included), bytes.
+    pub const K8S_POD_MEMORY_USAGE: &str = "k8s.pod.memory.usage";
+    /// Bytes a pod received or sent since it started, by `direction`
+    /// (`receive`, `transmit`); cumulative.
+    pub const K8S_POD_NETWORK_IO: &str = "k8s.pod.network.io";
+    /// A pod's ephemeral storage in use, bytes.
+    pub const K8S_POD_FILESYSTEM_USAGE: &str = "k8s.pod.filesystem.usage";
+    /// CPU in use by a container, in cores; attribute `k8s.container.name`.
+    pub const K8S_CONTAINER_CPU_USAGE: &str = "k8s.container.cpu.usage";
+    /// A container's memory working set, bytes; attribute `k8s.container.name`.
+    pub const K8S_CONTAINER_MEMORY_WORKING_SET: &str = "k8s.container.memory.working_set";
+    /// Bytes still available on a volume.
+    pub const K8S_VOLUME_AVAILABLE: &str = "k8s.volume.available";
+    /// A volume's size, bytes.
+    pub const K8S_VOLUME_CAPACITY: &str = "k8s.volume.capacity";
+    /// Free inodes of a volume.
+    pub const K8S_VOLUME_INODES_FREE: &str = "k8s.volume.inodes.free";
+    /// Inodes of a volume.
+    pub const K8S_VOLUME_INODES: &str = "k8s.volume.inodes";
 }
 
 /// Lower-case name of a health value as used in REST, the CLI and the database.
@@ -207,6 +240,8 @@ mod tests {
         for own in [
             "host/m1",
             "host/m1/listening",
+            "host/m1/pod/default/web-0",
+            "host/m1/volume/default/data-web-0",
             "agent/m1",
             "gpu/m1/GPU-0",
             "probe/m1/icmp/198.18.0.2",

@@ -24,7 +24,7 @@ async fn try_report(endpoint: &str, files: &TlsFiles, id: &str) -> Result<(), St
 }
 
 /// [`try_report`] announcing `machine` in `Hello`.
-async fn try_report_as(
+pub(crate) async fn try_report_as(
     endpoint: &str,
     files: &TlsFiles,
     machine: &str,

@@ -341,3 +341,170 @@ async fn an_expired_watch_relists_without_duplicates_or_missed_changes() {
         event_count(&before, "k8s/test/node/n2")
     );
 }
+
+/// Writes a client certificate whose role URI names pod `ns/pod` of cluster
+/// `test`, as the cert-manager CSI driver issues them to agent pods.
+fn pod_certificate(pki: &Pki, dir: &Path, ns: &str, pod: &str) -> infrawatch_common::tls::TlsFiles {
+    let ca = pki.trusted.ensure_ca().unwrap();
+    let issued = ca
+        .issue_client(
+            &format!("k8s/test/{ns}/{pod}"),
+            infrawatch_common::role::Role::Agent,
+        )
+        .unwrap();
+    let cert = dir.join(format!("{pod}.pem"));
+    let key = dir.join(format!("{pod}-key.pem"));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    infrawatch_common::tls::TlsFiles {
+        ca: pki.trusted.ca_cert(),
+        cert,
+        key,
+    }
+}
+
+fn agent_pod(name: &str, node: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "infrawatch", "labels": {"app.kubernetes.io/component": "agent"}},
+        "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "infrawatch-agent"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_pod_reports_for_its_own_node_only() {
+    let (dir, kube, agg) = cluster_with_web().await;
+    kube.apply(agent_pod("agent-a", "n1"));
+    let pki = Pki::new(dir.path(), &["agent-k"]).unwrap();
+    let files = pod_certificate(&pki, dir.path(), "infrawatch", "agent-a");
+    let endpoint = agg.endpoint();
+
+    // On node n1 it may report n1's machine, and nothing else.
+    let other =
+        super::auth::try_report_as(&endpoint, &files, "machine-n2", "host/machine-n2").await;
+    let refused = other.expect_err("an agent on n1 reporting for n2");
+    assert!(
+        refused.contains("PermissionDenied") || refused.contains("permission"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("node n1"),
+        "the refusal names the pod's node: {refused}"
+    );
+    super::auth::try_report_as(&endpoint, &files, "machine-n1", "host/machine-n1")
+        .await
+        .unwrap();
+
+    // A certificate for a pod that does not exist, or of a cluster that is
+    // not watched, is refused.
+    let ghost = pod_certificate(&pki, dir.path(), "infrawatch", "agent-ghost");
+    let refused = super::auth::try_report_as(&endpoint, &ghost, "machine-n1", "host/machine-n1")
+        .await
+        .expect_err("a pod that does not exist");
+    assert!(refused.contains("does not exist"), "{refused}");
+    let ca = pki.trusted.ensure_ca().unwrap();
+    let issued = ca
+        .issue_client(
+            "k8s/elsewhere/infrawatch/agent-a",
+            infrawatch_common::role::Role::Agent,
+        )
+        .unwrap();
+    std::fs::write(dir.path().join("elsewhere.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("elsewhere-key.pem"), &issued.key_pem).unwrap();
+    let elsewhere = infrawatch_common::tls::TlsFiles {
+        ca: pki.trusted.ca_cert(),
+        cert: dir.path().join("elsewhere.pem"),
+        key: dir.path().join("elsewhere-key.pem"),
+    };
+    let refused =
+        super::auth::try_report_as(&endpoint, &elsewhere, "machine-n1", "host/machine-n1")
+            .await
+            .expect_err("a cluster that is not watched");
+    assert!(refused.contains("does not watch"), "{refused}");
+}
+
+fn metric(agg: &Aggregator, name: &str) -> Option<f64> {
+    let (_, text) = agg.get_text("/metrics");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_leader_hands_the_watches_over_without_losing_or_repeating_a_change() {
+    super::init();
+    const LEASE_TTL_MS: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-k"]).unwrap();
+    let db = infrawatch_e2e::TestDatabase::create("k8s_leader")
+        .await
+        .unwrap();
+    let kube = FakeKube::start().await.unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, "test").unwrap();
+    kube.apply(node("n1", "True"));
+    kube.apply(node("n2", "True"));
+    kube.apply(pod("web-a", "n1", None));
+    kube.apply(pod("web-b", "n2", None));
+    kube.apply(service());
+    kube.apply(deployment(2));
+    kube.apply(replica_set());
+    let extra = format!(
+        "[cluster]\nlease_ttl_ms = {LEASE_TTL_MS}\n{}",
+        kubernetes_config(&kubeconfig)
+    );
+    let x = Aggregator::start(dir.path(), &pki, &db.url, &extra).unwrap();
+    let y = Aggregator::start(dir.path(), &pki, &db.url, &extra).unwrap();
+    let leads = |a: &Aggregator| metric(a, "infrawatch_aggregator_leader") == Some(1.0);
+    let x_leads = eventually(WAIT, "a leader", || match (leads(&x), leads(&y)) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    });
+    let (mut leader, follower) = if x_leads { (x, y) } else { (y, x) };
+    wait_health(&follower, "k8s/test/service/shop/web", "healthy");
+    wait_health(&follower, "k8s/test/deployment/shop/web", "healthy");
+    let before = events(&follower);
+
+    let killed = std::time::Instant::now();
+    leader.process.kill();
+    // Changed while no replica watches: the next leader must see it.
+    kube.apply(node("n1", "False"));
+    eventually(WAIT, "the survivor leads", || {
+        leads(&follower).then_some(())
+    });
+    let took_over = killed.elapsed();
+    assert!(
+        took_over <= Duration::from_millis(LEASE_TTL_MS * 2) + Duration::from_secs(2),
+        "took over after {took_over:?}"
+    );
+    wait_health(&follower, "k8s/test/node/n1", "unhealthy");
+    wait_health(&follower, "k8s/test/pod/shop/web-a", "degraded");
+    wait_health(&follower, "k8s/test/service/shop/web", "degraded");
+    // Let the new leader's lists settle, then count what it emitted.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = events(&follower);
+    let new = |id: &str| event_count(&after, id) - event_count(&before, id);
+    assert_eq!(new("k8s/test/node/n1"), 1, "the missed change arrives once");
+    assert_eq!(new("k8s/test/pod/shop/web-a"), 1);
+    assert_eq!(new("k8s/test/service/shop/web"), 1);
+    for unchanged in [
+        "k8s/test/node/n2",
+        "k8s/test/pod/shop/web-b",
+        "k8s/test/deployment/shop/web",
+        "k8s/test/replicaset/shop/web-1",
+    ] {
+        assert_eq!(
+            new(unchanged),
+            0,
+            "{unchanged} is not reported again by the new leader"
+        );
+    }
+    drop(follower);
+    db.drop_now().await.unwrap();
+}

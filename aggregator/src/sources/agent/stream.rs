@@ -49,6 +49,7 @@ use crate::config::{HealthConfig, MachineBinding};
 use crate::planner::plan::{Context, Plan, check_owner};
 use crate::planner::{PlannerHandle, StateError};
 use crate::samples::ledger::{Begun, Ledger};
+use crate::sources::k8s::pod_identity::{PodIdentities, PodIdentityError};
 use crate::sources::{Change, Position, Report};
 use crate::state::State;
 use crate::store::{Binding, GapRow, Store};
@@ -75,6 +76,8 @@ pub struct AgentSource {
     budgets: Arc<SeriesBudgets>,
     gap_budget: Arc<GapBudget>,
     settings: StreamSettings,
+    /// Verifies agents whose certificates name a Kubernetes pod.
+    pod_identities: Option<Arc<PodIdentities>>,
     shutdown: CancellationToken,
 }
 
@@ -121,8 +124,16 @@ impl AgentSource {
                 per_stream_in_flight: settings.per_stream_in_flight.max(1),
                 ..settings
             },
+            pod_identities: None,
             shutdown,
         }
+    }
+
+    /// Verifies agents whose certificate identity names a Kubernetes pod
+    /// (`k8s/<cluster>/<namespace>/<pod>`) against that cluster's API.
+    pub fn with_pod_identities(mut self, pods: Arc<PodIdentities>) -> Self {
+        self.pod_identities = Some(pods);
+        self
     }
 }
 
@@ -272,13 +283,32 @@ impl AgentSource {
     /// stream for another machine than the pinned one, or for a machine
     /// another identity speaks for.
     async fn bind_machine(&self, identity: &str, machine_id: &str) -> Result<(), Status> {
+        let pod_agent = PodIdentities::applies(identity);
+        if pod_agent {
+            let checked = match &self.pod_identities {
+                Some(pods) => pods.check(identity, machine_id).await,
+                None => Err(PodIdentityError::Refused(format!(
+                    "certificate {identity} names a Kubernetes pod, and no cluster is configured to verify it (kubernetes.clusters)"
+                ))),
+            };
+            match checked {
+                Ok(()) => {}
+                Err(PodIdentityError::Refused(message)) => {
+                    refused(Refusal::Scope, identity, &message);
+                    return Err(Status::permission_denied(message));
+                }
+                Err(PodIdentityError::Unavailable(message)) => {
+                    tracing::warn!(%identity, %message, "Agent pod not verified; the agent will try again.");
+                    return Err(Status::unavailable(message));
+                }
+            }
+        }
+        // A verified pod speaks for its node; pods come and go with new
+        // names, so the machine is not pinned to one of them.
+        let exclusive = self.settings.machine_binding == MachineBinding::Exclusive && !pod_agent;
         let binding = self
             .store
-            .bind_machine(
-                identity,
-                machine_id,
-                self.settings.machine_binding == MachineBinding::Exclusive,
-            )
+            .bind_machine(identity, machine_id, exclusive)
             .await
             .map_err(|e| {
                 tracing::warn!(

@@ -18,8 +18,10 @@ pub struct Cache {
     objects: HashMap<Key, Object>,
     /// Pod names by node.
     pods_by_node: HashMap<String, BTreeSet<Key>>,
-    /// Keys by namespace (every namespaced kind).
-    by_namespace: HashMap<String, BTreeSet<Key>>,
+    /// Names by kind and namespace (every namespaced kind).
+    by_namespace: HashMap<(Kind, String), BTreeSet<String>>,
+    /// Keys by kind.
+    by_kind: HashMap<Kind, HashSet<Key>>,
     /// Relists in progress, by kind.
     relisting: HashMap<Kind, HashMap<Key, Object>>,
     /// Kinds whose first list completed.
@@ -82,16 +84,19 @@ impl Cache {
     /// Objects of `kind` in `namespace`.
     pub fn in_namespace(&self, namespace: &str, kind: Kind) -> impl Iterator<Item = &Object> {
         self.by_namespace
-            .get(namespace)
+            .get(&(kind, namespace.to_string()))
             .into_iter()
             .flatten()
-            .filter(move |k| k.kind == kind)
-            .filter_map(|k| self.objects.get(k))
+            .filter_map(move |name| self.objects.get(&Key::new(kind, namespace, name)))
     }
 
     /// Every object of `kind`.
     pub fn all(&self, kind: Kind) -> impl Iterator<Item = &Object> {
-        self.objects.values().filter(move |o| o.kind() == kind)
+        self.by_kind
+            .get(&kind)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.objects.get(k))
     }
 
     /// Pods in `namespace` whose labels match `selector` (never all of them for
@@ -154,9 +159,11 @@ impl Cache {
                 let listed = self.relisting.remove(&kind).unwrap_or_default();
                 self.synced.insert(kind);
                 let gone: Vec<Key> = self
-                    .objects
-                    .keys()
-                    .filter(|k| k.kind == kind && !listed.contains_key(k))
+                    .by_kind
+                    .get(&kind)
+                    .into_iter()
+                    .flatten()
+                    .filter(|k| !listed.contains_key(k))
                     .cloned()
                     .collect();
                 let mut changed: Vec<(Key, Option<Object>)> =
@@ -181,10 +188,14 @@ impl Cache {
         }
         if !key.namespace.is_empty() {
             self.by_namespace
-                .entry(key.namespace.clone())
+                .entry((key.kind, key.namespace.clone()))
                 .or_default()
-                .insert(key.clone());
+                .insert(key.name.clone());
         }
+        self.by_kind
+            .entry(key.kind)
+            .or_default()
+            .insert(key.clone());
         let old = self.objects.insert(key.clone(), object);
         if let Some(Object::Pod(p)) = &old {
             let moved = match self.objects.get(&key) {
@@ -203,11 +214,15 @@ impl Cache {
         if let Object::Pod(p) = &old {
             self.index_pod(key, p, false);
         }
-        if let Some(keys) = self.by_namespace.get_mut(&key.namespace) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_namespace.remove(&key.namespace);
+        let by_ns = (key.kind, key.namespace.clone());
+        if let Some(names) = self.by_namespace.get_mut(&by_ns) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.by_namespace.remove(&by_ns);
             }
+        }
+        if let Some(keys) = self.by_kind.get_mut(&key.kind) {
+            keys.remove(key);
         }
         Some((key.clone(), Some(old)))
     }

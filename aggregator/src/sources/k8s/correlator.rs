@@ -22,17 +22,29 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::{Cache, Update};
 use super::config::RuleConfig;
+use super::objects::Pvc;
 use super::objects::{Key, Kind, Object};
-use super::rules::{self, Finding};
+use super::rules::{self, Finding, VolumeUsage};
 use super::{ids, observe};
 use crate::model::{Health, Reason};
 use crate::planner::PlannerHandle;
+use crate::samples::SeriesKey;
 use crate::sources::{Change, Report, Verdict};
 use crate::state::State;
 use crate::telemetry;
+use infrawatch_common::resource::metric;
 
 /// How long a failed report waits before it is sent again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// The cluster as a whole (requests against allocatable over every pod and
+/// node) is evaluated at most this often: it changes with every pod, and its
+/// rules are about minutes, not milliseconds.
+const CLUSTER_EVERY: Duration = Duration::from_secs(1);
+
+/// Bound claims are evaluated again this often: their volumes fill without any
+/// change in the Kubernetes API (the samples come from the agents).
+const VOLUMES_EVERY: Duration = Duration::from_secs(30);
 
 /// A cluster's correlator.
 pub struct Correlator {
@@ -45,8 +57,12 @@ pub struct Correlator {
     planner: PlannerHandle,
     /// Objects to evaluate again at the next report.
     dirty: BTreeSet<Key>,
-    /// The cluster summary must be evaluated again.
-    cluster_dirty: bool,
+    /// When the cluster summary is due to be evaluated again.
+    cluster_due: Option<Instant>,
+    /// When it was last evaluated.
+    cluster_evaluated: Option<Instant>,
+    /// When bound claims are next evaluated against their volumes' use.
+    volumes_due: Option<Instant>,
     /// When the oldest unreported change arrived.
     dirty_since: Option<Instant>,
     /// First sight of conditions the API gives no start time for.
@@ -79,7 +95,9 @@ impl Correlator {
             state,
             planner,
             dirty: BTreeSet::new(),
-            cluster_dirty: false,
+            cluster_due: None,
+            cluster_evaluated: None,
+            volumes_due: None,
             dirty_since: None,
             first_seen: HashMap::new(),
             wakes: BTreeSet::new(),
@@ -127,10 +145,13 @@ impl Correlator {
             let wait = (*at - now_unix_ms()).max(0);
             Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
         });
-        match (batch, wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let volumes = self
+            .volumes_due
+            .or_else(|| Some(Instant::now() + VOLUMES_EVERY));
+        [batch, wake, self.cluster_due, volumes]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Applies one update to the cache and marks what it touches.
@@ -138,12 +159,14 @@ impl Correlator {
         let now = now_unix_ms();
         for (key, old) in self.cache.apply(update) {
             self.note_history(&key, old.as_ref(), now);
-            if matches!(key.kind, Kind::Node | Kind::Pod) {
-                self.cluster_dirty = true;
+            if matches!(key.kind, Kind::Node | Kind::Pod) && self.cluster_due.is_none() {
+                let earliest = self.cluster_evaluated.map(|t| t + CLUSTER_EVERY);
+                self.cluster_due =
+                    Some(earliest.map_or_else(Instant::now, |t| t.max(Instant::now())));
             }
             self.cache.touched(&key, old.as_ref(), &mut self.dirty);
         }
-        if !self.dirty.is_empty() || self.cluster_dirty {
+        if !self.dirty.is_empty() {
             self.dirty_since.get_or_insert_with(Instant::now);
         }
         metrics::gauge!(telemetry::K8S_OBJECTS, "cluster" => self.cluster.clone())
@@ -182,6 +205,15 @@ impl Correlator {
         let now = now_unix_ms();
         self.prune_history(now);
         let mut keys = std::mem::take(&mut self.dirty);
+        if self.volumes_due.is_none_or(|t| t <= Instant::now()) {
+            keys.extend(
+                self.cache
+                    .all(Kind::Pvc)
+                    .filter(|o| matches!(o, Object::Pvc(c) if c.phase == "Bound"))
+                    .map(Object::key),
+            );
+            self.volumes_due = Some(Instant::now() + VOLUMES_EVERY);
+        }
         while let Some((at, _)) = self.wakes.first() {
             if *at > now {
                 break;
@@ -195,7 +227,8 @@ impl Correlator {
             changes.extend(self.removed_while_away());
         }
         for key in &keys {
-            if !key.kind.is_resource() {
+            // The cluster's own pseudo key (empty name) is evaluated below.
+            if !key.kind.is_resource() || key.name.is_empty() {
                 continue;
             }
             match self.cache.get(key).map(|object| self.findings(object, now)) {
@@ -220,7 +253,8 @@ impl Correlator {
                 }
             }
         }
-        if self.cluster_dirty || !self.swept {
+        let cluster_due = !self.swept || self.cluster_due.is_some_and(|t| t <= Instant::now());
+        if cluster_due {
             let (findings, figures) = rules::cluster(&self.cache);
             let key = Key::new(Kind::Namespace, "", "");
             let verdict = self.resolve(&key, &ids::cluster(&self.cluster), findings, now);
@@ -232,6 +266,9 @@ impl Correlator {
             )));
         }
         let since = self.dirty_since.take();
+        if changes.is_empty() {
+            return Ok(());
+        }
         let submitted = self
             .planner
             .submit(Report {
@@ -243,7 +280,10 @@ impl Correlator {
         match submitted {
             Ok(_) => {
                 self.swept = true;
-                self.cluster_dirty = false;
+                if cluster_due {
+                    self.cluster_due = None;
+                    self.cluster_evaluated = Some(Instant::now());
+                }
                 if let Some(since) = since {
                     metrics::histogram!(telemetry::K8S_CHANGE_TO_COMMIT, "cluster" => self.cluster.clone())
                         .record(since.elapsed().as_secs_f64());
@@ -295,6 +335,7 @@ impl Correlator {
                 .and_then(|h| Some(h.back()?.1 - h.front()?.1))
                 .unwrap_or(0)
         };
+        let volume_usage = |c: &Pvc| volume_usage(&self.cache, &self.state, c, now);
         let ctx = rules::Context {
             cache: &self.cache,
             cluster: &self.cluster,
@@ -302,6 +343,7 @@ impl Correlator {
             now_ms: now,
             node_flaps: &flaps,
             pod_restarts: &pod_restarts,
+            volume_usage: &volume_usage,
         };
         rules::evaluate(&ctx, object)
     }
@@ -396,6 +438,64 @@ fn deleted(cluster: &str) -> Reason {
         observed: 0.0,
         threshold: 0.0,
     }
+}
+
+/// The use of claim `c`'s volume, as the agent of the node that mounts it
+/// reports it from the kubelet (`host/<machine>/volume/<namespace>/<claim>`):
+/// the newest available bytes and capacity, and the trend of the available
+/// bytes over the samples kept in memory (a least-squares slope per minute).
+fn volume_usage(cache: &Cache, state: &State, c: &Pvc, now: i64) -> Option<VolumeUsage> {
+    let machine = cache
+        .in_namespace(&c.meta.namespace, Kind::Pod)
+        .find_map(|o| match o {
+            Object::Pod(p) if p.is_active() && p.claims.contains(&c.meta.name) => {
+                match cache.get(&Key::new(Kind::Node, "", &p.node)) {
+                    Some(Object::Node(n)) if !n.machine_id.is_empty() => Some(n.machine_id.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })?;
+    let id = format!("host/{machine}/volume/{}/{}", c.meta.namespace, c.meta.name);
+    let latest = state.samples.latest_of(&id);
+    let value = |metric: &str| {
+        latest
+            .iter()
+            .filter(|(k, _, _)| k.metric.as_ref() == metric)
+            .max_by_key(|(_, ts, _)| *ts)
+            .map(|(_, _, v)| *v)
+    };
+    let available = value(metric::K8S_VOLUME_AVAILABLE)?;
+    let capacity = value(metric::K8S_VOLUME_CAPACITY)?;
+    let key = SeriesKey::new(&id, metric::K8S_VOLUME_AVAILABLE, "");
+    let horizon = state.samples.horizon(now);
+    let points: Vec<(f64, f64)> = state
+        .samples
+        .range(&key, horizon, now, 60_000)
+        .into_iter()
+        .filter_map(|p| Some((p.timestamp_ms as f64, p.stats.mean()?)))
+        .collect();
+    Some(VolumeUsage {
+        available,
+        capacity,
+        trend_per_ms: slope(&points),
+    })
+}
+
+/// The least-squares slope of `points` (x, y); `None` below two distinct x.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (x, y) in points {
+        num += (x - mean_x) * (y - mean_y);
+        den += (x - mean_x) * (x - mean_x);
+    }
+    (den > 0.0).then(|| num / den)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -543,6 +643,16 @@ mod tests {
             workload_mismatch_for_ms: 0,
             ..RuleConfig::default()
         }
+    }
+
+    #[test]
+    fn the_trend_is_a_least_squares_slope() {
+        assert_eq!(slope(&[]), None);
+        assert_eq!(slope(&[(1.0, 5.0)]), None);
+        assert_eq!(slope(&[(0.0, 10.0), (10.0, 0.0)]), Some(-1.0));
+        let noisy = [(0.0, 100.0), (1.0, 99.0), (2.0, 97.0), (3.0, 97.0)];
+        let s = slope(&noisy).unwrap();
+        assert!((s - -1.1).abs() < 1e-9, "{s}");
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 //! - [`cache`]: a cluster's objects, indexes and dependents.
 //! - [`rules`]: health findings; [`observe`]: observations; [`ids`]: ids.
 //! - [`correlator`]: batches changes into reports.
+//! - [`pod_identity`]: agents with pod certificates speak for their node only.
 
 pub mod cache;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod correlator;
 pub mod ids;
 pub mod objects;
 pub mod observe;
+pub mod pod_identity;
 pub mod quantity;
 pub mod rules;
 pub mod watch;

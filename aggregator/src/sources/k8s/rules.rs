@@ -73,6 +73,28 @@ pub struct Context<'a> {
     pub node_flaps: &'a dyn Fn(&str) -> u32,
     /// Restarts of a pod's containers within the restart window.
     pub pod_restarts: &'a dyn Fn(&Key) -> i32,
+    /// What the agents say of a claim's volume, if they report it.
+    pub volume_usage: &'a dyn Fn(&Pvc) -> Option<VolumeUsage>,
+}
+
+/// A volume's use as the kubelet reports it through the node's agent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VolumeUsage {
+    /// Bytes available now.
+    pub available: f64,
+    /// Capacity in bytes.
+    pub capacity: f64,
+    /// Change of the available bytes per ms over the recent window (negative
+    /// while it fills), if there are enough samples to tell.
+    pub trend_per_ms: Option<f64>,
+}
+
+impl VolumeUsage {
+    /// When it will be full at the current trend (ms from now), if it fills.
+    pub fn full_in_ms(&self) -> Option<f64> {
+        let trend = self.trend_per_ms?;
+        (trend < 0.0).then(|| self.available / -trend)
+    }
 }
 
 /// The findings for `object`.
@@ -600,8 +622,49 @@ fn pvc(ctx: &Context<'_>, c: &Pvc) -> Vec<Finding> {
             )
             .held(ctx.rules.pvc_pending_for_ms, Some(c.meta.created_ms)),
         ],
+        "Bound" => volume_filling(ctx, c),
         _ => Vec::new(),
     }
+}
+
+/// KubePersistentVolumeFillingUp: under 3% free is UNHEALTHY; under 15% free
+/// and full within four days at the current trend is DEGRADED.
+fn volume_filling(ctx: &Context<'_>, c: &Pvc) -> Vec<Finding> {
+    let Some(usage) = (ctx.volume_usage)(c) else {
+        return Vec::new();
+    };
+    if usage.capacity <= 0.0 {
+        return Vec::new();
+    }
+    let free = usage.available / usage.capacity;
+    let r = ctx.rules;
+    let full_in = usage.full_in_ms();
+    let predicted = full_in.map_or_else(
+        || "not filling".to_string(),
+        |ms| format!("full in {:.1} h at the current rate", ms / 3_600_000.0),
+    );
+    if free < r.volume_free_critical {
+        return vec![
+            Finding::new(
+                "volume_almost_full",
+                Health::Unhealthy,
+                format!("{:.1}% free ({predicted})", free * 100.0),
+            )
+            .figures(free, r.volume_free_critical),
+        ];
+    }
+    let soon = full_in.is_some_and(|ms| ms <= r.volume_full_within_ms as f64);
+    if free < r.volume_free_warning && soon {
+        return vec![
+            Finding::new(
+                "volume_filling_up",
+                Health::Degraded,
+                format!("{:.1}% free, {predicted}", free * 100.0),
+            )
+            .figures(free, r.volume_free_warning),
+        ];
+    }
+    Vec::new()
 }
 
 fn pv(v: &Pv) -> Vec<Finding> {
@@ -695,4 +758,89 @@ pub struct ClusterFigures {
     pub allocatable: super::objects::Resources,
     /// Sum of active pods' requests.
     pub requests: super::objects::Resources,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::k8s::objects::Meta;
+
+    fn findings_for(object: &Object, usage: Option<VolumeUsage>) -> Vec<Finding> {
+        let cache = Cache::default();
+        let rules = RuleConfig::default();
+        let no_flaps = |_: &str| 0;
+        let no_restarts = |_: &Key| 0;
+        let volume = move |_: &Pvc| usage;
+        let ctx = Context {
+            cache: &cache,
+            cluster: "c",
+            rules: &rules,
+            now_ms: 1_000_000,
+            node_flaps: &no_flaps,
+            pod_restarts: &no_restarts,
+            volume_usage: &volume,
+        };
+        evaluate(&ctx, object)
+    }
+
+    fn bound() -> Object {
+        Object::Pvc(Pvc {
+            meta: Meta {
+                name: "data".into(),
+                namespace: "db".into(),
+                ..Meta::default()
+            },
+            phase: "Bound".into(),
+            ..Pvc::default()
+        })
+    }
+
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    const HOUR_MS: f64 = 3_600_000.0;
+
+    #[test]
+    fn a_filling_volume_is_degraded_with_its_predicted_time_to_full() {
+        // 10% free of 100 GiB, losing 1 GiB an hour: full in 10 hours.
+        let filling = VolumeUsage {
+            available: 10.0 * GIB,
+            capacity: 100.0 * GIB,
+            trend_per_ms: Some(-GIB / HOUR_MS),
+        };
+        let f = findings_for(&bound(), Some(filling));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].code, "volume_filling_up");
+        assert_eq!(f[0].health, Health::Degraded);
+        assert!(f[0].message.contains("full in 10.0 h"), "{}", f[0].message);
+        // The same free space, not filling: nothing to say.
+        let steady = VolumeUsage {
+            trend_per_ms: Some(0.0),
+            ..filling
+        };
+        assert!(findings_for(&bound(), Some(steady)).is_empty());
+        // Under 3% free is UNHEALTHY whatever the trend.
+        let full = VolumeUsage {
+            available: 2.0 * GIB,
+            trend_per_ms: None,
+            ..filling
+        };
+        let f = findings_for(&bound(), Some(full));
+        assert_eq!(f[0].code, "volume_almost_full");
+        assert_eq!(f[0].health, Health::Unhealthy);
+        // No agent reports the volume: no finding.
+        assert!(findings_for(&bound(), None).is_empty());
+    }
+
+    #[test]
+    fn a_claim_not_bound_or_lost_is_named() {
+        let mut pending = bound();
+        if let Object::Pvc(c) = &mut pending {
+            c.phase = "Pending".into();
+        }
+        assert_eq!(findings_for(&pending, None)[0].code, "pvc_not_bound");
+        let mut lost = bound();
+        if let Object::Pvc(c) = &mut lost {
+            c.phase = "Lost".into();
+        }
+        assert_eq!(findings_for(&lost, None)[0].health, Health::Unhealthy);
+    }
 }
