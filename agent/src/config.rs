@@ -143,6 +143,8 @@ pub struct CollectorsConfig {
     pub tcp: ProbeSet<crate::collector::tcp::TcpProbeConfig>,
     /// ICMP echo probes (none by default).
     pub icmp: ProbeSet<crate::collector::icmp::IcmpProbeConfig>,
+    /// Per-pod and per-claim usage from the node's kubelet (off by default).
+    pub kubelet: crate::collector::kubelet::KubeletConfig,
 }
 
 /// A schedule and a list of probes; the collector runs only when the list is not empty.
@@ -211,13 +213,14 @@ impl Default for CollectorsConfig {
             dns: ProbeSet::empty(),
             tcp: ProbeSet::empty(),
             icmp: ProbeSet::empty(),
+            kubelet: crate::collector::kubelet::KubeletConfig::default(),
         }
     }
 }
 
 impl CollectorsConfig {
     /// Every collector's schedule with its config key.
-    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 10] {
+    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 11] {
         [
             ("host", self.host),
             ("disk", self.disk.schedule()),
@@ -229,6 +232,7 @@ impl CollectorsConfig {
             ("dns", self.dns.schedule()),
             ("tcp", self.tcp.schedule()),
             ("icmp", self.icmp.schedule()),
+            ("kubelet", self.kubelet.schedule()),
         ]
     }
 }
@@ -399,6 +403,9 @@ impl AgentConfig {
             "collectors",
             || "at least one collector must be enabled".into(),
         );
+        for (field, problem) in self.collectors.kubelet.problems() {
+            p.push(format!("collectors.kubelet.{field}"), problem);
+        }
         for (i, probe) in self.collectors.dns.probes.iter().enumerate() {
             for problem in probe.problems() {
                 p.push(format!("collectors.dns.probes[{i}]"), problem);
@@ -511,6 +518,7 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::build_collectors;
     use infrawatch_common::config::{ConfigSources, load};
 
     #[test]
@@ -563,6 +571,56 @@ mod tests {
             fields.contains(&"collectors.host.interval_ms"),
             "{fields:?}"
         );
+    }
+
+    #[test]
+    fn kubelet_settings_load_and_are_checked() {
+        let load_with = |overrides: &[&str]| -> Result<AgentConfig, ConfigErrors> {
+            let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+            load(ConfigSources {
+                file: None,
+                env_prefix: "INFRAWATCH_AGENT_TEST_UNSET_",
+                overrides: &overrides,
+            })
+        };
+        let cfg = load_with(&[]).unwrap();
+        assert!(!cfg.collectors.kubelet.enabled, "off unless configured");
+        cfg.validate().unwrap();
+
+        // An IPv6 node address put into the URL as it is, as $(HOST_IP) does.
+        let cfg = load_with(&[
+            "collectors.kubelet.enabled=true",
+            "collectors.kubelet.url=https://fd00::7:10250/stats/summary",
+            "collectors.kubelet.insecure_skip_verify=true",
+        ])
+        .unwrap();
+        assert_eq!(cfg.collectors.kubelet.interval_ms, 15_000);
+        cfg.validate().unwrap();
+        assert!(
+            build_collectors(&cfg, "host/m")
+                .unwrap()
+                .iter()
+                .any(|c| c.collector.name() == "kubelet")
+        );
+
+        let cfg = load_with(&[
+            "collectors.kubelet.enabled=true",
+            "collectors.kubelet.url=http://127.0.0.1:10250/stats/summary",
+            "collectors.kubelet.interval_ms=50",
+            "collectors.kubelet.timeout_ms=20000",
+        ])
+        .unwrap();
+        let err = cfg.validate().unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        for field in [
+            "collectors.kubelet.url",
+            "collectors.kubelet.timeout_ms",
+            "collectors.kubelet.interval_ms",
+        ] {
+            assert!(fields.contains(&field), "{field} in {fields:?}");
+        }
+        let err = load_with(&["collectors.kubelet.tokenfile=/x"]).unwrap_err();
+        assert!(err.to_string().contains("tokenfile"), "{err}");
     }
 
     mod fuzz {

@@ -28,7 +28,19 @@ pub mod kind {
     /// A PVC-backed volume's usage as the kubelet of the node mounting it reports
     /// it: `host/<machine-id>/volume/<namespace>/<claim>`.
     pub const K8S_VOLUME_USAGE: &str = "k8s_volume_usage";
+
+    /// Kinds whose resources come and go with what they measure (a pod's usage
+    /// ends with the pod): once such a resource has been silent for
+    /// [`super::TRANSIENT_REMOVE_AFTER_INTERVALS`] intervals (ten minutes at
+    /// least), the aggregator removes it, so an agent's footprint follows what
+    /// its node runs now.
+    pub const TRANSIENT: [&str; 2] = [K8S_POD_USAGE, K8S_VOLUME_USAGE];
 }
+
+/// Silent intervals after which a resource of a transient kind is removed.
+pub const TRANSIENT_REMOVE_AFTER_INTERVALS: i64 = 20;
+/// ... but never sooner than this (ms).
+pub const TRANSIENT_REMOVE_AFTER_MIN_MS: i64 = 600_000;
 
 /// Metric names, following the OpenTelemetry semantic conventions.
 pub mod metric {

@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod brokers;
 pub mod events;
+pub mod fake_kubelet;
 pub mod kube_api;
 pub mod loadgen;
 pub mod netns;

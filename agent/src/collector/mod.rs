@@ -10,6 +10,7 @@ pub mod filter;
 pub mod gpu;
 pub mod host;
 pub mod icmp;
+pub mod kubelet;
 pub mod network;
 pub mod pressure;
 pub mod tcp;
@@ -101,6 +102,15 @@ pub enum CollectError {
         /// The file.
         path: String,
         /// What was wrong.
+        reason: String,
+    },
+    /// A remote source (an HTTP endpoint) could not be reached, refused the
+    /// request or did not answer in time.
+    #[error("{url}: {reason}")]
+    Remote {
+        /// The endpoint.
+        url: String,
+        /// What went wrong.
         reason: String,
     },
 }
@@ -226,6 +236,14 @@ pub fn build_collectors(
             id.clone(),
             interval(&c.icmp.schedule()),
             &c.icmp.probes,
+        )),
+    );
+    add(
+        c.kubelet.schedule(),
+        Box::new(kubelet::KubeletCollector::new(
+            id.clone(),
+            interval(&c.kubelet.schedule()),
+            &c.kubelet,
         )),
     );
     add(

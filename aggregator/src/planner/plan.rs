@@ -236,14 +236,18 @@ impl Plan {
         self.update(ctx, next, None);
     }
 
-    /// Plans the deletion of `id` by its source: a last version, UNKNOWN with
-    /// `reason`, that becomes its tombstone. Nothing if it is not in the model,
-    /// or another source reports it.
+    /// Plans the deletion of `id` by its source (or by the staleness check): a
+    /// last version, UNKNOWN with `reason`, that becomes its tombstone. Nothing
+    /// if it is not in the model, or another source reports it. A source sends
+    /// at most one change per resource in one report.
     fn removed(&mut self, ctx: &Context<'_>, source: &str, id: &str, reason: &Reason) {
         let Some(before) = self.record(ctx.model, id).cloned() else {
             return;
         };
-        if before.source != source {
+        // The staleness check removes what went away with its reporter
+        // (transient kinds, see `resource::TRANSIENT_KINDS`).
+        let observer = (source == STALENESS_SOURCE).then_some(STALENESS_SOURCE);
+        if before.source != source && observer.is_none() {
             return;
         }
         let mut next = before.clone();
@@ -251,7 +255,7 @@ impl Plan {
         next.health = Health::Unknown;
         next.reasons = vec![reason.clone()];
         next.observed_at_ms = ctx.now_ms;
-        self.push_version(ctx, Some(&before), next, &["deleted"], None, None);
+        self.push_version(ctx, Some(&before), next, &["deleted"], None, observer);
         self.changed.remove(id);
         self.relations_changed.remove(id);
         if let Some(tombstone) = self.records.remove(id) {
@@ -544,6 +548,18 @@ mod tests {
         assert_eq!(applied.changed, 1);
     }
 
+    fn created_record() -> ResourceRecord {
+        let samples = SampleStore::new(60_000);
+        planned(
+            &model_with(Vec::new()),
+            &samples,
+            &report("k8s/a", 1, vec![Change::Observed(host("pod/x", NOW))]),
+        )
+        .0
+        .resources
+        .remove(0)
+    }
+
     fn deleted() -> Reason {
         Reason {
             code: "deleted".into(),
@@ -606,6 +622,23 @@ mod tests {
         )
         .0;
         assert!(other.removed.is_empty() && other.events.is_empty());
+        // The staleness check may remove it (transient kinds gone silent).
+        let model_again = model_with(vec![created_record()]);
+        let swept = planned(
+            &model_again,
+            &samples,
+            &report(
+                STALENESS_SOURCE,
+                1,
+                vec![Change::Removed {
+                    id: "pod/x".into(),
+                    reason: deleted(),
+                }],
+            ),
+        )
+        .0;
+        assert_eq!(swept.removed.len(), 1);
+        assert_eq!(swept.history[0].source, STALENESS_SOURCE);
         let (again, _) = planned(
             &model,
             &samples,

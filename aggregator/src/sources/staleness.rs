@@ -18,15 +18,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use infrawatch_common::resource;
 use infrawatch_common::time::now_unix_ms;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Change, Report};
 use crate::health;
-use crate::model::Health;
+use crate::model::{Health, Reason};
 use crate::planner::{PlannerHandle, STALENESS_SOURCE};
-use crate::state::State;
+use crate::state::{State, Tracked};
 use crate::store::{LeaseHold, Store, StoreError};
 use crate::telemetry;
 
@@ -232,7 +233,7 @@ impl Staleness {
         let orphaned_since = &mut self.orphaned_since;
         let missed = self.missed_intervals;
         let mut still_orphaned = HashSet::new();
-        let changes: Vec<Change> = model
+        let mut changes: Vec<Change> = model
             .resources
             .values()
             .filter(|t| t.record.health != Health::Unknown)
@@ -257,6 +258,30 @@ impl Staleness {
                 })
             })
             .collect();
+        changes.extend(
+            model
+                .resources
+                .values()
+                .filter(|t| transient_gone(t, now_ms))
+                .filter(|t| {
+                    duty.here.contains(&t.record.source)
+                        || duty
+                            .anywhere
+                            .as_ref()
+                            .is_some_and(|served| !served.contains(&t.record.source))
+                })
+                .map(|t| Change::Removed {
+                    id: t.record.id.clone(),
+                    reason: Reason {
+                        code: "gone".into(),
+                        message: "no longer reported by its agent (what it measured went away)"
+                            .into(),
+                        metric: String::new(),
+                        observed: 0.0,
+                        threshold: 0.0,
+                    },
+                }),
+        );
         drop(model);
         self.orphaned_since
             .retain(|id, _| still_orphaned.contains(id));
@@ -265,5 +290,64 @@ impl Staleness {
             changes,
             position: None,
         })
+    }
+}
+
+/// True when `t` is of a transient kind (a pod's usage, ...), UNKNOWN, and
+/// silent for [`resource::TRANSIENT_REMOVE_AFTER_INTERVALS`] intervals (and at
+/// least [`resource::TRANSIENT_REMOVE_AFTER_MIN_MS`]) at `now_ms`: what it
+/// measured went away, and it leaves the model.
+fn transient_gone(t: &Tracked, now_ms: i64) -> bool {
+    if t.record.health != Health::Unknown
+        || !resource::kind::TRANSIENT.contains(&t.record.kind.as_str())
+    {
+        return false;
+    }
+    let silent = now_ms - t.last_seen_ms().max(t.observed_at_ms());
+    let after = (i64::from(t.record.interval_ms) * resource::TRANSIENT_REMOVE_AFTER_INTERVALS)
+        .max(resource::TRANSIENT_REMOVE_AFTER_MIN_MS);
+    silent > after
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::ResourceRecord;
+
+    fn tracked(kind: &str, health: Health, seen_ms: i64) -> Tracked {
+        Tracked::new(
+            ResourceRecord {
+                id: "host/m/pod/ns/p".into(),
+                kind: kind.into(),
+                labels: BTreeMap::new(),
+                attributes: BTreeMap::new(),
+                relations: Vec::new(),
+                health,
+                reasons: Vec::new(),
+                observed_at_ms: seen_ms,
+                version: 3,
+                source: "agent-m".into(),
+                interval_ms: 15_000,
+            },
+            seen_ms,
+        )
+    }
+
+    #[test]
+    fn only_silent_unknown_resources_of_transient_kinds_go() {
+        let kind = resource::kind::K8S_POD_USAGE;
+        // 20 intervals of 15 s are 5 min; the floor of 10 min applies.
+        assert!(transient_gone(&tracked(kind, Health::Unknown, 0), 600_001));
+        assert!(!transient_gone(&tracked(kind, Health::Unknown, 0), 599_000));
+        assert!(!transient_gone(
+            &tracked(kind, Health::Healthy, 0),
+            10_000_000
+        ));
+        assert!(!transient_gone(
+            &tracked("host", Health::Unknown, 0),
+            10_000_000
+        ));
     }
 }

@@ -22,7 +22,7 @@ mod selector;
 mod shared;
 mod status;
 mod store;
-mod tls;
+pub(crate) mod tls;
 mod watch;
 
 #[cfg(test)]

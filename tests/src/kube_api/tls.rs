@@ -1,5 +1,6 @@
 //! The fake API server's certificates: a CA of its own, which the kubeconfig
-//! embeds, and a server certificate for `127.0.0.1` and `localhost`.
+//! embeds, and a server certificate for `127.0.0.1` and `localhost`. The fake
+//! kubelet ([`crate::fake_kubelet`]) serves with the same kind of pair.
 
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ mod faults;
 mod health;
 mod hostile;
 mod icmp;
+mod kubelet;
 mod kubernetes;
 mod manifests;
 mod outage;

@@ -16,6 +16,9 @@ pub struct KubernetesConfig {
     /// How long changes are gathered before they are planned, in ms: a burst
     /// (a rollout, a node going away with its pods) becomes one report.
     pub batch_ms: u64,
+    /// How often bound claims are judged against their volumes' use, in ms
+    /// (volumes fill without any change in the Kubernetes API).
+    pub volume_check_ms: u64,
     /// Thresholds and durations of the health rules.
     pub rules: RuleConfig,
 }
@@ -25,6 +28,7 @@ impl Default for KubernetesConfig {
         Self {
             clusters: Vec::new(),
             batch_ms: 20,
+            volume_check_ms: 30_000,
             rules: RuleConfig::default(),
         }
     }
@@ -152,6 +156,12 @@ impl KubernetesConfig {
             out.push((
                 "kubernetes.batch_ms".into(),
                 "must be between 1 and 10000".into(),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.volume_check_ms) {
+            out.push((
+                "kubernetes.volume_check_ms".into(),
+                "must be between 100 and 3600000".into(),
             ));
         }
         let r = &self.rules;

@@ -42,10 +42,6 @@ const RETRY: Duration = Duration::from_secs(1);
 /// rules are about minutes, not milliseconds.
 const CLUSTER_EVERY: Duration = Duration::from_secs(1);
 
-/// Bound claims are evaluated again this often: their volumes fill without any
-/// change in the Kubernetes API (the samples come from the agents).
-const VOLUMES_EVERY: Duration = Duration::from_secs(30);
-
 /// A cluster's correlator.
 pub struct Correlator {
     cluster: String,
@@ -61,8 +57,11 @@ pub struct Correlator {
     cluster_due: Option<Instant>,
     /// When it was last evaluated.
     cluster_evaluated: Option<Instant>,
-    /// When bound claims are next evaluated against their volumes' use.
+    /// When bound claims are next evaluated against their volumes' use (they
+    /// fill without any change in the Kubernetes API).
     volumes_due: Option<Instant>,
+    /// How often that is.
+    volumes_every: Duration,
     /// When the oldest unreported change arrived.
     dirty_since: Option<Instant>,
     /// First sight of conditions the API gives no start time for.
@@ -98,6 +97,7 @@ impl Correlator {
             cluster_due: None,
             cluster_evaluated: None,
             volumes_due: None,
+            volumes_every: Duration::from_secs(30),
             dirty_since: None,
             first_seen: HashMap::new(),
             wakes: BTreeSet::new(),
@@ -105,6 +105,12 @@ impl Correlator {
             restarts: HashMap::new(),
             swept: false,
         }
+    }
+
+    /// Judges bound claims against their volumes' use every `every`.
+    pub fn volumes_every(mut self, every: Duration) -> Self {
+        self.volumes_every = every;
+        self
     }
 
     /// Runs until `stop` or until the watches end.
@@ -145,10 +151,7 @@ impl Correlator {
             let wait = (*at - now_unix_ms()).max(0);
             Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
         });
-        let volumes = self
-            .volumes_due
-            .or_else(|| Some(Instant::now() + VOLUMES_EVERY));
-        [batch, wake, self.cluster_due, volumes]
+        [batch, wake, self.cluster_due, self.volumes_due]
             .into_iter()
             .flatten()
             .min()
@@ -212,7 +215,7 @@ impl Correlator {
                     .filter(|o| matches!(o, Object::Pvc(c) if c.phase == "Bound"))
                     .map(Object::key),
             );
-            self.volumes_due = Some(Instant::now() + VOLUMES_EVERY);
+            self.volumes_due = Some(Instant::now() + self.volumes_every);
         }
         while let Some((at, _)) = self.wakes.first() {
             if *at > now {
@@ -468,10 +471,9 @@ fn volume_usage(cache: &Cache, state: &State, c: &Pvc, now: i64) -> Option<Volum
     let available = value(metric::K8S_VOLUME_AVAILABLE)?;
     let capacity = value(metric::K8S_VOLUME_CAPACITY)?;
     let key = SeriesKey::new(&id, metric::K8S_VOLUME_AVAILABLE, "");
-    let horizon = state.samples.horizon(now);
     let points: Vec<(f64, f64)> = state
         .samples
-        .range(&key, horizon, now, 60_000)
+        .range(&key, state.samples.retention_start(now), now, 60_000)
         .into_iter()
         .filter_map(|p| Some((p.timestamp_ms as f64, p.stats.mean()?)))
         .collect();

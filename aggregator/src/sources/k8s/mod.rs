@@ -107,7 +107,8 @@ pub async fn run(
             Duration::from_millis(config.batch_ms),
             state.clone(),
             planner.clone(),
-        );
+        )
+        .volumes_every(Duration::from_millis(config.volume_check_ms));
         tasks.spawn(correlator.run(rx, stop.clone()));
         tracing::info!(cluster = %source.name, "Watching Kubernetes cluster.");
     }
