@@ -232,8 +232,15 @@ pub async fn run(
             let config = config.kubernetes.clone();
             let state = state.clone();
             let planner = planner.clone();
+            let store = store.clone();
             move |_lease, term| {
-                sources::k8s::run(config.clone(), state.clone(), planner.clone(), term)
+                sources::k8s::run(
+                    config.clone(),
+                    state.clone(),
+                    planner.clone(),
+                    store.clone(),
+                    term,
+                )
             }
         },
     ));

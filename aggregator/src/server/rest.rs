@@ -55,6 +55,7 @@ pub fn router(shared: RestState) -> Router {
     let protected = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/gaps", get(gaps))
+        .route("/api/v1/kubernetes/events", get(kubernetes_events))
         .route("/api/v1/agents", get(agents))
         .route(
             "/api/v1/agents/{identity}/machine",
@@ -427,6 +428,74 @@ async fn gaps_page(
             "cause": g.cause,
             "exact": g.exact,
             "recordedAtUnixMs": g.recorded_at_ms.to_string(),
+        })).collect::<Vec<_>>()
+    })))
+}
+
+/// `GET /api/v1/kubernetes/events`: the Warning events of the watched
+/// clusters, newest first, by `cluster`, `namespace`, `resource` (an id),
+/// `reason` and `since` (Unix ms); a restricted token sees its clusters and
+/// namespaces only.
+async fn kubernetes_events(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+    Params(params): Params,
+) -> Result<Json<Value>, QueryError> {
+    reject_unknown(
+        &params,
+        &[
+            "cluster",
+            "namespace",
+            "resource",
+            "reason",
+            "since",
+            "limit",
+        ],
+    )?;
+    let given = |name: &str| Some(param(&params, name).to_string()).filter(|v| !v.is_empty());
+    let mut filter = crate::store::WarningFilter {
+        cluster: given("cluster"),
+        resource_id: given("resource"),
+        reason: given("reason"),
+        since_ms: number::<i64>(&params, "since", "a time in Unix ms")?,
+        limit: page_limit(&params)?.unwrap_or(query::DEFAULT_LIMIT as u32),
+        ..Default::default()
+    };
+    let asked: Vec<String> = given("namespace").into_iter().collect();
+    match who.scope.as_deref() {
+        Some(scope) => {
+            // The asked namespace must lie inside the scope; no namespace
+            // asked: all of the scope's.
+            filter.namespaces = match (asked.is_empty(), scope.namespaces.is_empty()) {
+                (true, _) => scope.namespaces.clone(),
+                (false, true) => asked,
+                (false, false) => asked
+                    .into_iter()
+                    .filter(|n| scope.namespaces.contains(n))
+                    .collect(),
+            };
+            if filter.namespaces.is_empty() && !scope.namespaces.is_empty() {
+                return Ok(Json(json!({ "events": [] })));
+            }
+            filter.clusters = scope.clusters.clone();
+        }
+        None => filter.namespaces = asked,
+    }
+    let rows = shared
+        .store
+        .warnings(&filter)
+        .await
+        .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({
+        "events": rows.iter().map(|w| json!({
+            "cluster": w.cluster,
+            "namespace": w.namespace,
+            "name": w.name,
+            "resourceId": w.resource_id,
+            "reason": w.reason,
+            "note": w.note,
+            "count": w.count,
+            "lastSeenUnixMs": w.last_seen_ms.to_string(),
         })).collect::<Vec<_>>()
     })))
 }

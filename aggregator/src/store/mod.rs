@@ -300,12 +300,14 @@ mod cluster;
 mod events;
 mod gaps;
 mod machines;
+mod warnings;
 
 pub use cluster::{LeaseHold, OpenedSession, SessionOwner};
 
 pub use events::{CursorKind, CursorRow, DeadLetter};
 pub use gaps::GapRow;
 pub use machines::Binding;
+pub use warnings::{WarningFilter, WarningRow};
 
 /// Rows per multi-row rollup INSERT on SQLite (it allows 32766 parameters; 10
 /// per row).

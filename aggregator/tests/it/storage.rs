@@ -324,6 +324,70 @@ async fn a_deleted_resource_leaves_a_tombstone(db: TestDb) {
     assert_eq!(history.len(), 3, "the deleted version's history stays");
 }
 
+async fn warnings_are_replaced_filtered_and_deleted(db: TestDb) {
+    use infrawatch_aggregator::store::{WarningFilter, WarningRow};
+    let s = &db.store;
+    let row = |ns: &str, name: &str, reason: &str, at: i64| WarningRow {
+        cluster: "c".into(),
+        namespace: ns.into(),
+        name: name.into(),
+        resource_id: format!("k8s/c/pod/{ns}/{name}"),
+        reason: reason.into(),
+        note: "n".into(),
+        count: 1,
+        last_seen_ms: at,
+    };
+    let all = |limit| WarningFilter {
+        limit,
+        ..WarningFilter::default()
+    };
+    s.write_warnings(
+        "c",
+        &[row("a", "x", "BackOff", 1), row("b", "y", "FailedMount", 2)],
+        &[],
+        false,
+    )
+    .await
+    .unwrap();
+    let got = s.warnings(&all(10)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        vec!["y", "x"],
+        "newest first"
+    );
+    let only_a = WarningFilter {
+        namespaces: vec!["a".into()],
+        ..all(10)
+    };
+    assert_eq!(s.warnings(&only_a).await.unwrap().len(), 1);
+    let backoff = WarningFilter {
+        reason: Some("BackOff".into()),
+        ..all(10)
+    };
+    assert_eq!(s.warnings(&backoff).await.unwrap()[0].name, "x");
+    assert_eq!(s.warnings(&all(1)).await.unwrap().len(), 1);
+    // Updated in place, deleted, then replaced whole.
+    s.write_warnings(
+        "c",
+        &[row("a", "x", "BackOff", 5)],
+        &[("b".into(), "y".into())],
+        false,
+    )
+    .await
+    .unwrap();
+    let got = s.warnings(&all(10)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].last_seen_ms, 5);
+    s.write_warnings("c", &[row("z", "new", "Evicted", 9)], &[], true)
+        .await
+        .unwrap();
+    let got = s.warnings(&all(10)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        vec!["new"]
+    );
+}
+
 async fn cursors_never_move_back(db: TestDb) {
     let s = &db.store;
     let epoch = s.open_session("agent-b", "replica-1").await.unwrap().epoch;
@@ -763,6 +827,7 @@ macro_rules! suite {
 suite!(
     state_round_trips,
     a_deleted_resource_leaves_a_tombstone,
+    warnings_are_replaced_filtered_and_deleted,
     versions_follow_the_stored_one,
     cursors_never_move_back,
     a_taken_over_session_is_fenced,

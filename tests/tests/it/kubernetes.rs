@@ -605,6 +605,10 @@ async fn a_filling_volume_gets_a_reason_with_its_predicted_time_to_full() {
             .contains("k8s/test/pv/pv-data"),
         "{claim}"
     );
+    assert_eq!(
+        claim["attributes"]["k8s.pvc.usage.resource"], "host/machine-n1/volume/db/data",
+        "the claim names where its node's agent reports its use: {claim}"
+    );
 
     // The node's agent reports the volume: 10% free, a GiB less every minute.
     let files = pki.client("agent-machine-n1");
@@ -625,4 +629,65 @@ async fn a_filling_volume_gets_a_reason_with_its_predicted_time_to_full() {
         message.contains("10.0% free") && message.contains("full in 0.2 h"),
         "{message}"
     );
+}
+
+fn event(name: &str, kind: &str, about: &str, reason: &str) -> k8s_openapi::api::events::v1::Event {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop"},
+        "type": kind,
+        "reason": reason,
+        "note": format!("{reason} on {about}"),
+        "action": "Observed",
+        "regarding": {"kind": "Pod", "namespace": "shop", "name": about},
+        "eventTime": "2026-12-05T03:00:00.000000Z",
+        "reportingController": "kubelet",
+        "reportingInstance": "n1"
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warning_events_are_attached_to_their_objects_and_queryable() {
+    let (_dir, kube, agg) = cluster_with_web().await;
+    kube.apply(event("web-a.1", "Warning", "web-a", "BackOff"));
+    kube.apply(event("web-a.2", "Normal", "web-a", "Pulled"));
+    kube.apply(event("web-b.1", "Warning", "web-b", "FailedMount"));
+    let pod = eventually(WAIT, "the warning on web-a", || {
+        let (_, r) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-a");
+        (r["attributes"]["k8s.warnings"] == "BackOff").then_some(r)
+    });
+    assert_eq!(
+        pod["health"], "healthy",
+        "a warning alone changes no health"
+    );
+    let list = |query: &str| {
+        let (status, body) = agg.get(&format!("/api/v1/kubernetes/events{query}"));
+        assert_eq!(status, 200, "{body}");
+        body["events"].as_array().cloned().unwrap_or_default()
+    };
+    eventually(WAIT, "both warnings stored", || {
+        (list("").len() == 2).then_some(())
+    });
+    let backoff = list("?reason=BackOff");
+    assert_eq!(backoff.len(), 1, "Normal events are not kept: {backoff:?}");
+    assert_eq!(backoff[0]["resourceId"], "k8s/test/pod/shop/web-a");
+    assert_eq!(backoff[0]["note"], "BackOff on web-a");
+    assert_eq!(
+        list("?resource=k8s/test/pod/shop/web-b")[0]["reason"],
+        "FailedMount"
+    );
+    assert_eq!(list("?namespace=shop&cluster=test").len(), 2);
+    assert!(list("?namespace=other").is_empty());
+    let (status, _) = agg.get("/api/v1/kubernetes/events?colour=red");
+    assert_eq!(status, 400, "unknown parameters are refused");
+
+    // The API server expires the event: gone from the pod and the stream.
+    assert!(kube.delete::<k8s_openapi::api::events::v1::Event>(Some("shop"), "web-a.1"));
+    eventually(WAIT, "the warning gone from web-a", || {
+        let (_, r) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-a");
+        r["attributes"].get("k8s.warnings").is_none().then_some(())
+    });
+    eventually(WAIT, "one warning left", || {
+        (list("").len() == 1).then_some(())
+    });
 }

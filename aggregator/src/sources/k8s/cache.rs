@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::objects::{EndpointSlice, Key, Kind, Object, Pod, Quota};
+use super::objects::{EndpointSlice, Key, Kind, Object, Pod, Quota, Warning};
 
 /// A cluster's objects.
 #[derive(Debug, Default)]
@@ -22,6 +22,8 @@ pub struct Cache {
     by_namespace: HashMap<(Kind, String), BTreeSet<String>>,
     /// Keys by kind.
     by_kind: HashMap<Kind, HashSet<Key>>,
+    /// Warning events by the object they are about.
+    warnings: HashMap<Key, BTreeSet<Key>>,
     /// Relists in progress, by kind.
     relisting: HashMap<Kind, HashMap<Key, Object>>,
     /// Kinds whose first list completed.
@@ -128,6 +130,18 @@ impl Cache {
             .filter(move |s| s.service == service)
     }
 
+    /// The Warning events about `key`.
+    pub fn warnings_about(&self, key: &Key) -> impl Iterator<Item = &Warning> {
+        self.warnings
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| match self.objects.get(k) {
+                Some(Object::Warning(w)) => Some(w),
+                _ => None,
+            })
+    }
+
     /// The ResourceQuotas of a namespace.
     pub fn quotas_of(&self, namespace: &str) -> impl Iterator<Item = &Quota> {
         self.in_namespace(namespace, Kind::ResourceQuota)
@@ -186,6 +200,14 @@ impl Cache {
         if let Object::Pod(p) = &object {
             self.index_pod(&key, p, true);
         }
+        if let Object::Warning(w) = &object
+            && let Some(about) = &w.about
+        {
+            self.warnings
+                .entry(about.clone())
+                .or_default()
+                .insert(key.clone());
+        }
         if !key.namespace.is_empty() {
             self.by_namespace
                 .entry((key.kind, key.namespace.clone()))
@@ -206,6 +228,12 @@ impl Cache {
                 self.index_pod(&key, p, false);
             }
         }
+        if let Some(Object::Warning(w)) = &old {
+            let same = matches!(self.objects.get(&key), Some(Object::Warning(now)) if now.about == w.about);
+            if !same {
+                self.unindex_warning(&key, w);
+            }
+        }
         Some((key, old))
     }
 
@@ -213,6 +241,9 @@ impl Cache {
         let old = self.objects.remove(key)?;
         if let Object::Pod(p) = &old {
             self.index_pod(key, p, false);
+        }
+        if let Object::Warning(w) = &old {
+            self.unindex_warning(key, w);
         }
         let by_ns = (key.kind, key.namespace.clone());
         if let Some(names) = self.by_namespace.get_mut(&by_ns) {
@@ -225,6 +256,17 @@ impl Cache {
             keys.remove(key);
         }
         Some((key.clone(), Some(old)))
+    }
+
+    fn unindex_warning(&mut self, key: &Key, w: &Warning) {
+        if let Some(about) = &w.about
+            && let Some(set) = self.warnings.get_mut(about)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.warnings.remove(about);
+            }
+        }
     }
 
     fn index_pod(&mut self, key: &Key, pod: &Pod, add: bool) {
@@ -294,6 +336,11 @@ impl Cache {
                 Object::Pv(v) => {
                     if let Some((ns, name)) = &v.claim {
                         out.insert(Key::new(Kind::Pvc, ns, name));
+                    }
+                }
+                Object::Warning(w) => {
+                    if let Some(about) = &w.about {
+                        out.insert(about.clone());
                     }
                 }
                 _ => {}

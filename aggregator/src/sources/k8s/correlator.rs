@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::{Cache, Update};
 use super::config::RuleConfig;
-use super::objects::Pvc;
 use super::objects::{Key, Kind, Object};
+use super::objects::{Pvc, Warning};
 use super::rules::{self, Finding, VolumeUsage};
 use super::{ids, observe};
 use crate::model::{Health, Reason};
@@ -31,6 +31,7 @@ use crate::planner::PlannerHandle;
 use crate::samples::SeriesKey;
 use crate::sources::{Change, Report, Verdict};
 use crate::state::State;
+use crate::store::{Store, WarningRow};
 use crate::telemetry;
 use infrawatch_common::resource::metric;
 
@@ -74,6 +75,13 @@ pub struct Correlator {
     restarts: HashMap<Key, VecDeque<(i64, i32)>>,
     /// The first report after the initial sync also removes what went away.
     swept: bool,
+    /// Where Warning events are kept for queries (none in unit tests).
+    store: Option<Store>,
+    /// Warning events to store, by namespace and name (`None`: delete).
+    warnings: HashMap<(String, String), Option<WarningRow>>,
+    /// The stored Warning events are replaced whole at the next write (a new
+    /// leader's first complete list).
+    warnings_replace: bool,
 }
 
 impl Correlator {
@@ -104,7 +112,16 @@ impl Correlator {
             ready_changes: HashMap::new(),
             restarts: HashMap::new(),
             swept: false,
+            store: None,
+            warnings: HashMap::new(),
+            warnings_replace: true,
         }
+    }
+
+    /// Keeps the cluster's Warning events in `store` for queries.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Judges bound claims against their volumes' use every `every`.
@@ -161,6 +178,14 @@ impl Correlator {
     pub fn take(&mut self, update: Update) {
         let now = now_unix_ms();
         for (key, old) in self.cache.apply(update) {
+            if key.kind == Kind::Event {
+                let row = match self.cache.get(&key) {
+                    Some(Object::Warning(w)) => self.warning_row(w),
+                    _ => None,
+                };
+                self.warnings
+                    .insert((key.namespace.clone(), key.name.clone()), row);
+            }
             self.note_history(&key, old.as_ref(), now);
             if matches!(key.kind, Kind::Node | Kind::Pod) && self.cluster_due.is_none() {
                 let earliest = self.cluster_evaluated.map(|t| t + CLUSTER_EVERY);
@@ -169,11 +194,72 @@ impl Correlator {
             }
             self.cache.touched(&key, old.as_ref(), &mut self.dirty);
         }
-        if !self.dirty.is_empty() {
+        if !self.dirty.is_empty() || !self.warnings.is_empty() {
             self.dirty_since.get_or_insert_with(Instant::now);
         }
         metrics::gauge!(telemetry::K8S_OBJECTS, "cluster" => self.cluster.clone())
             .set(self.cache.len() as f64);
+    }
+
+    fn warning_row(&self, w: &Warning) -> Option<WarningRow> {
+        Some(WarningRow {
+            cluster: self.cluster.clone(),
+            namespace: w.meta.namespace.clone(),
+            name: w.meta.name.clone(),
+            resource_id: ids::of(&self.cluster, w.about.as_ref()?),
+            reason: w.reason.clone(),
+            note: w.note.clone(),
+            count: w.count,
+            last_seen_ms: w.last_ms,
+        })
+    }
+
+    /// Stores the Warning events that changed (all of them, replacing what is
+    /// stored, after a new leader's first list). Kept for the next report if
+    /// the database fails.
+    async fn write_warnings(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if self.warnings.is_empty() && !self.warnings_replace {
+            return;
+        }
+        let (upserts, deletes): (Vec<WarningRow>, Vec<(String, String)>) = if self.warnings_replace
+        {
+            let all = self
+                .cache
+                .all(Kind::Event)
+                .filter_map(|o| match o {
+                    Object::Warning(w) => self.warning_row(w),
+                    _ => None,
+                })
+                .collect();
+            (all, Vec::new())
+        } else {
+            let mut upserts = Vec::new();
+            let mut deletes = Vec::new();
+            for ((ns, name), row) in &self.warnings {
+                match row {
+                    Some(r) => upserts.push(r.clone()),
+                    None => deletes.push((ns.clone(), name.clone())),
+                }
+            }
+            (upserts, deletes)
+        };
+        match store
+            .write_warnings(&self.cluster, &upserts, &deletes, self.warnings_replace)
+            .await
+        {
+            Ok(()) => {
+                self.warnings.clear();
+                self.warnings_replace = false;
+            }
+            Err(e) => tracing::warn!(
+                cluster = %self.cluster,
+                error = &e as &dyn std::error::Error,
+                "Kubernetes Warning events not stored; trying again with the next report."
+            ),
+        }
     }
 
     /// Keeps the node readiness transitions and pod restart counts the rules
@@ -269,6 +355,7 @@ impl Correlator {
             )));
         }
         let since = self.dirty_since.take();
+        self.write_warnings().await;
         if changes.is_empty() {
             return Ok(());
         }
@@ -452,10 +539,7 @@ fn volume_usage(cache: &Cache, state: &State, c: &Pvc, now: i64) -> Option<Volum
         .in_namespace(&c.meta.namespace, Kind::Pod)
         .find_map(|o| match o {
             Object::Pod(p) if p.is_active() && p.claims.contains(&c.meta.name) => {
-                match cache.get(&Key::new(Kind::Node, "", &p.node)) {
-                    Some(Object::Node(n)) if !n.machine_id.is_empty() => Some(n.machine_id.clone()),
-                    _ => None,
-                }
+                observe::machine_of(cache, &p.node)
             }
             _ => None,
         })?;

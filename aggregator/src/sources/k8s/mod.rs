@@ -37,6 +37,7 @@ pub use config::KubernetesConfig;
 
 use crate::planner::PlannerHandle;
 use crate::state::State;
+use crate::store::Store;
 
 /// Updates queued between the watches of a cluster and its correlator.
 const QUEUE: usize = 8_192;
@@ -88,6 +89,7 @@ pub async fn run(
     config: KubernetesConfig,
     state: Arc<State>,
     planner: PlannerHandle,
+    store: Store,
     stop: CancellationToken,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -108,7 +110,8 @@ pub async fn run(
             state.clone(),
             planner.clone(),
         )
-        .volumes_every(Duration::from_millis(config.volume_check_ms));
+        .volumes_every(Duration::from_millis(config.volume_check_ms))
+        .with_store(store.clone());
         tasks.spawn(correlator.run(rx, stop.clone()));
         tracing::info!(cluster = %source.name, "Watching Kubernetes cluster.");
     }

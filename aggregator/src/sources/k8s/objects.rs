@@ -51,11 +51,14 @@ pub enum Kind {
     Pvc,
     /// `v1/PersistentVolume`.
     Pv,
+    /// `events.k8s.io/v1/Event`, Warnings only (attached to the object they
+    /// are about).
+    Event,
 }
 
 impl Kind {
     /// Every watched kind.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Node,
         Kind::Pod,
         Kind::Service,
@@ -72,6 +75,7 @@ impl Kind {
         Kind::Pdb,
         Kind::Pvc,
         Kind::Pv,
+        Kind::Event,
     ];
 
     /// The segment of resource ids and the suffix of resource kinds
@@ -94,6 +98,7 @@ impl Kind {
             Kind::Pdb => "pdb",
             Kind::Pvc => "pvc",
             Kind::Pv => "pv",
+            Kind::Event => "event",
         }
     }
 
@@ -116,6 +121,7 @@ impl Kind {
             Kind::Pdb => "PodDisruptionBudget",
             Kind::Pvc => "PersistentVolumeClaim",
             Kind::Pv => "PersistentVolume",
+            Kind::Event => "Event",
         }
     }
 
@@ -125,9 +131,13 @@ impl Kind {
     }
 
     /// True for kinds that are resources of their own (EndpointSlices and
-    /// ResourceQuotas are folded into their Service and Namespace).
+    /// ResourceQuotas are folded into their Service and Namespace, Warning
+    /// events into the object they are about).
     pub fn is_resource(self) -> bool {
-        !matches!(self, Kind::EndpointSlice | Kind::ResourceQuota)
+        !matches!(
+            self,
+            Kind::EndpointSlice | Kind::ResourceQuota | Kind::Event
+        )
     }
 }
 
@@ -494,6 +504,25 @@ pub struct Pv {
     pub storage_class: String,
 }
 
+/// A Warning event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Warning {
+    /// Metadata (the event object's namespace and name).
+    pub meta: Meta,
+    /// The object it is about, if watched.
+    pub about: Option<Key>,
+    /// Why (`BackOff`, `FailedMount`, ...).
+    pub reason: String,
+    /// What happened.
+    pub note: String,
+    /// How many times (a series counts its repeats).
+    pub count: i64,
+    /// When it last happened (Unix ms).
+    pub last_ms: i64,
+    /// False for `Normal` events, which are not kept.
+    pub is_warning: bool,
+}
+
 /// Any watched object.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
@@ -523,6 +552,8 @@ pub enum Object {
     Pvc(Pvc),
     /// A PV.
     Pv(Pv),
+    /// A Warning event.
+    Warning(Warning),
 }
 
 impl Object {
@@ -542,6 +573,7 @@ impl Object {
             Object::Pdb(o) => &o.meta,
             Object::Pvc(o) => &o.meta,
             Object::Pv(o) => &o.meta,
+            Object::Warning(o) => &o.meta,
         }
     }
 
@@ -561,6 +593,7 @@ impl Object {
             Object::Pdb(_) => Kind::Pdb,
             Object::Pvc(_) => Kind::Pvc,
             Object::Pv(_) => Kind::Pv,
+            Object::Warning(_) => Kind::Event,
         }
     }
 
@@ -964,6 +997,42 @@ impl Compact for core::PersistentVolume {
                 .and_then(|r| Some((r.namespace.unwrap_or_default(), r.name?))),
             capacity_bytes: storage_bytes(spec.capacity.as_ref()),
             storage_class: spec.storage_class_name.unwrap_or_default(),
+        })
+    }
+}
+
+impl Compact for k8s_openapi::api::events::v1::Event {
+    fn compact(self) -> Object {
+        let about = self.regarding.and_then(|r| {
+            let kind = Kind::from_api_kind(r.kind.as_deref()?)?;
+            Some(Key::new(
+                kind,
+                r.namespace.as_deref().unwrap_or_default(),
+                r.name.as_deref()?,
+            ))
+        });
+        let last_ms = self
+            .series
+            .as_ref()
+            .map(|s| s.last_observed_time.0.as_millisecond())
+            .or_else(|| self.event_time.as_ref().map(|t| t.0.as_millisecond()))
+            .or_else(|| time_ms(self.deprecated_last_timestamp.as_ref()))
+            .or_else(|| time_ms(self.metadata.creation_timestamp.as_ref()))
+            .unwrap_or(0);
+        let count = self
+            .series
+            .as_ref()
+            .map(|s| i64::from(s.count))
+            .or(self.deprecated_count.map(i64::from))
+            .unwrap_or(1);
+        Object::Warning(Warning {
+            is_warning: self.type_.as_deref() == Some("Warning"),
+            meta: Meta::from(self.metadata),
+            about,
+            reason: self.reason.unwrap_or_default(),
+            note: self.note.unwrap_or_default(),
+            count,
+            last_ms,
         })
     }
 }

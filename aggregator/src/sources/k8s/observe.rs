@@ -75,6 +75,18 @@ pub fn observation(
             if !p.node.is_empty() {
                 labels.insert("k8s.node.name".into(), p.node.clone());
                 relations.push(rel("runs_on", ids::node(cluster, &p.node)));
+                if let Some(machine) = machine_of(cache, &p.node) {
+                    // Where the node's agent reports the pod's use (kubelet).
+                    attr(
+                        "k8s.pod.usage.resource",
+                        format!(
+                            "{}/pod/{}/{}",
+                            host_id(machine),
+                            p.meta.namespace,
+                            p.meta.name
+                        ),
+                    );
+                }
             }
             attr("k8s.pod.phase", p.phase.clone());
             attr("k8s.pod.ready", status_name(p.ready.status).into());
@@ -210,6 +222,27 @@ pub fn observation(
             }
         }
         Object::Pvc(c) => {
+            let mounted_on =
+                cache
+                    .in_namespace(&c.meta.namespace, Kind::Pod)
+                    .find_map(|o| match o {
+                        Object::Pod(p) if p.is_active() && p.claims.contains(&c.meta.name) => {
+                            machine_of(cache, &p.node)
+                        }
+                        _ => None,
+                    });
+            if let Some(machine) = mounted_on {
+                // Where the agent of the node mounting it reports its use.
+                attr(
+                    "k8s.pvc.usage.resource",
+                    format!(
+                        "{}/volume/{}/{}",
+                        host_id(machine),
+                        c.meta.namespace,
+                        c.meta.name
+                    ),
+                );
+            }
             attr("k8s.pvc.phase", c.phase.clone());
             attr("k8s.pvc.capacity", c.capacity_bytes.to_string());
             if !c.storage_class.is_empty() {
@@ -229,7 +262,18 @@ pub fn observation(
                 attr("k8s.pv.storage_class", v.storage_class.clone());
             }
         }
-        Object::EndpointSlice(_) | Object::Quota(_) => {}
+        Object::EndpointSlice(_) | Object::Quota(_) | Object::Warning(_) => {}
+    }
+    let mut warnings: Vec<&str> = cache
+        .warnings_about(&key)
+        .map(|w| w.reason.as_str())
+        .collect();
+    if !warnings.is_empty() {
+        warnings.sort_unstable();
+        warnings.dedup();
+        // The reasons only: counts and times change with every repeat, and
+        // the events themselves are at GET /api/v1/kubernetes/events.
+        attributes.insert("k8s.warnings".into(), warnings.join(","));
     }
     relations.sort();
     relations.dedup();
@@ -276,6 +320,14 @@ pub fn cluster_observation(
         interval_ms: 0,
         observed_at_ms: now_ms,
         verdict: Some(verdict),
+    }
+}
+
+/// The machine id of node `name`, if the cache knows it.
+pub fn machine_of<'a>(cache: &'a Cache, name: &str) -> Option<&'a str> {
+    match cache.get(&Key::new(Kind::Node, "", name)) {
+        Some(Object::Node(n)) if !n.machine_id.is_empty() => Some(&n.machine_id),
+        _ => None,
     }
 }
 

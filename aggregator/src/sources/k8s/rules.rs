@@ -110,7 +110,9 @@ pub fn evaluate(ctx: &Context<'_>, object: &Object) -> Vec<Finding> {
         Object::Pdb(p) => pdb(p),
         Object::Pvc(c) => pvc(ctx, c),
         Object::Pv(v) => pv(v),
-        Object::CronJob(_) | Object::EndpointSlice(_) | Object::Quota(_) => Vec::new(),
+        Object::CronJob(_) | Object::EndpointSlice(_) | Object::Quota(_) | Object::Warning(_) => {
+            Vec::new()
+        }
     }
 }
 

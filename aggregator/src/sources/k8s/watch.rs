@@ -11,6 +11,7 @@ use k8s_openapi::api::autoscaling::v2 as autoscaling;
 use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::events::v1 as events;
 use k8s_openapi::api::policy::v1 as policy;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Update;
-use super::objects::{Compact, Kind};
+use super::objects::{Compact, Kind, Object};
 use crate::telemetry;
 
 /// Starts a watch of every kind on `client`; updates go to `tx` until `stop`.
@@ -56,6 +57,7 @@ pub fn spawn_all(
             Kind::Pdb => tasks.spawn(w.run::<policy::PodDisruptionBudget>()),
             Kind::Pvc => tasks.spawn(w.run::<core::PersistentVolumeClaim>()),
             Kind::Pv => tasks.spawn(w.run::<core::PersistentVolume>()),
+            Kind::Event => tasks.spawn(w.run::<events::Event>()),
         };
     }
 }
@@ -91,10 +93,16 @@ impl Watch {
             };
             let update = match event {
                 None => return,
-                Some(Ok(Event::Apply(o))) => Update::Apply(o.compact()),
+                Some(Ok(Event::Apply(o))) => match kept(o.compact()) {
+                    Some(o) => Update::Apply(o),
+                    None => continue,
+                },
                 Some(Ok(Event::Delete(o))) => Update::Delete(o.compact().key()),
                 Some(Ok(Event::Init)) => Update::ListStart(self.kind),
-                Some(Ok(Event::InitApply(o))) => Update::Listed(o.compact()),
+                Some(Ok(Event::InitApply(o))) => match kept(o.compact()) {
+                    Some(o) => Update::Listed(o),
+                    None => continue,
+                },
                 Some(Ok(Event::InitDone)) => {
                     metrics::counter!(telemetry::K8S_LISTS, "cluster" => self.cluster.clone(), "kind" => kind)
                         .increment(1);
@@ -118,5 +126,13 @@ impl Watch {
                 return;
             }
         }
+    }
+}
+
+/// `object`, unless it is an event of type Normal (only Warnings are kept).
+fn kept(object: Object) -> Option<Object> {
+    match &object {
+        Object::Warning(w) if !w.is_warning => None,
+        _ => Some(object),
     }
 }
