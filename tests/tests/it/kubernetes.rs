@@ -691,3 +691,44 @@ async fn warning_events_are_attached_to_their_objects_and_queryable() {
         (list("").len() == 1).then_some(())
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_aggregator_watches_several_clusters_apart() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-k"]).unwrap();
+    let east = FakeKube::start().await.unwrap();
+    let west = FakeKube::start().await.unwrap();
+    let (east_config, west_config) = (dir.path().join("east"), dir.path().join("west"));
+    east.write_kubeconfig(&east_config, "east").unwrap();
+    west.write_kubeconfig(&west_config, "west").unwrap();
+    // The same names in both clusters: the ids keep them apart.
+    for kube in [&east, &west] {
+        kube.apply(node("n1", "True"));
+        kube.apply(pod("web-a", "n1", None));
+    }
+    let extra = format!(
+        "[kubernetes]\nbatch_ms = 20\n\
+         [[kubernetes.clusters]]\nname = \"east\"\nkubeconfig = {:?}\n\
+         [[kubernetes.clusters]]\nname = \"west\"\nkubeconfig = {:?}\n",
+        east_config.display().to_string(),
+        west_config.display().to_string()
+    );
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, &extra).unwrap();
+    wait_health(&agg, "k8s/east/pod/shop/web-a", "healthy");
+    wait_health(&agg, "k8s/west/pod/shop/web-a", "healthy");
+    west.apply(node("n1", "Unknown"));
+    let n1 = wait_health(&agg, "k8s/west/node/n1", "unhealthy");
+    assert_eq!(n1["labels"]["k8s.cluster.name"], "west");
+    let (_, east_n1) = agg.get("/api/v1/resources/k8s/east/node/n1");
+    assert_eq!(
+        east_n1["health"], "healthy",
+        "the other cluster is untouched"
+    );
+    // The default holds apply here (15 minutes), counted from the condition's
+    // lastTransitionTime, which the fixture puts long ago: it counts at once.
+    let west_pod = wait_health(&agg, "k8s/west/pod/shop/web-a", "degraded");
+    assert_eq!(codes(&west_pod), vec!["node_not_ready"]);
+    let (_, east_pod) = agg.get("/api/v1/resources/k8s/east/pod/shop/web-a");
+    assert_eq!(east_pod["health"], "healthy", "{east_pod}");
+}
