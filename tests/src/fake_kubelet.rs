@@ -5,17 +5,14 @@
 //! It runs on a small runtime of its own, so it keeps answering while a test
 //! body blocks the runtime it runs on, and it listens on loopback only.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -116,32 +113,9 @@ fn lock(m: &Mutex<Value>) -> std::sync::MutexGuard<'_, Value> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Accepts connections on `listener` until the runtime running it stops.
+/// Serves the Summary API on `listener` until the runtime running it stops.
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
-            });
-            // A connection error is the client's business.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
+    crate::kube_api::tls::serve(listener, acceptor, move |req| handle(&shared, req)).await;
 }
 
 fn answer(status: StatusCode, content_type: &str, body: String) -> Response<String> {

@@ -146,13 +146,9 @@ fn event_count(events: &[Value], id: &str) -> usize {
         .count()
 }
 
-async fn cluster_with_web() -> (tempfile::TempDir, FakeKube, Aggregator) {
-    super::init();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), &["agent-k"]).unwrap();
-    let kube = FakeKube::start().await.unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, "test").unwrap();
+/// Two nodes, and a Deployment `shop/web` of two pods (one per node) behind
+/// a Service.
+fn apply_web(kube: &FakeKube) {
     kube.apply(node("n1", "True"));
     kube.apply(node("n2", "True"));
     kube.apply(pod("web-a", "n1", None));
@@ -160,6 +156,16 @@ async fn cluster_with_web() -> (tempfile::TempDir, FakeKube, Aggregator) {
     kube.apply(service());
     kube.apply(deployment(2));
     kube.apply(replica_set());
+}
+
+async fn cluster_with_web() -> (tempfile::TempDir, FakeKube, Aggregator) {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-k"]).unwrap();
+    let kube = FakeKube::start().await.unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, "test").unwrap();
+    apply_web(&kube);
     let agg = Aggregator::start_sqlite(dir.path(), &pki, &kubernetes_config(&kubeconfig)).unwrap();
     wait_health(&agg, "k8s/test/service/shop/web", "healthy");
     (dir, kube, agg)
@@ -454,13 +460,7 @@ async fn a_killed_leader_hands_the_watches_over_without_losing_or_repeating_a_ch
     let kube = FakeKube::start().await.unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, "test").unwrap();
-    kube.apply(node("n1", "True"));
-    kube.apply(node("n2", "True"));
-    kube.apply(pod("web-a", "n1", None));
-    kube.apply(pod("web-b", "n2", None));
-    kube.apply(service());
-    kube.apply(deployment(2));
-    kube.apply(replica_set());
+    apply_web(&kube);
     let extra = format!(
         "[cluster]\nlease_ttl_ms = {LEASE_TTL_MS}\n{}",
         kubernetes_config(&kubeconfig)

@@ -281,8 +281,10 @@ impl Correlator {
                     history.push_back((now, total));
                 }
             }
-            (_, None) => {
+            (_, None) if key.kind == Kind::Node => {
                 self.ready_changes.remove(&key.name);
+            }
+            (_, None) if key.kind == Kind::Pod => {
                 self.restarts.remove(key);
             }
             _ => {}
@@ -316,8 +318,8 @@ impl Correlator {
             changes.extend(self.removed_while_away());
         }
         for key in &keys {
-            // The cluster's own pseudo key (empty name) is evaluated below.
-            if !key.kind.is_resource() || key.name.is_empty() {
+            // The cluster itself is evaluated below.
+            if !key.kind.is_resource() || *key == cluster_key() {
                 continue;
             }
             match self.cache.get(key).map(|object| self.findings(object, now)) {
@@ -345,8 +347,7 @@ impl Correlator {
         let cluster_due = !self.swept || self.cluster_due.is_some_and(|t| t <= Instant::now());
         if cluster_due {
             let (findings, figures) = rules::cluster(&self.cache);
-            let key = Key::new(Kind::Namespace, "", "");
-            let verdict = self.resolve(&key, &ids::cluster(&self.cluster), findings, now);
+            let verdict = self.resolve(&cluster_key(), &ids::cluster(&self.cluster), findings, now);
             changes.push(Change::Observed(observe::cluster_observation(
                 &self.cluster,
                 &figures,
@@ -518,6 +519,12 @@ impl Correlator {
             }
         }
     }
+}
+
+/// The key the cluster itself goes by in the correlator's bookkeeping (first
+/// sight of its conditions); no object has an empty name.
+fn cluster_key() -> Key {
+    Key::new(Kind::Namespace, "", "")
 }
 
 fn deleted(cluster: &str) -> Reason {
