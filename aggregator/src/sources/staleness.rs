@@ -236,7 +236,9 @@ impl Staleness {
         let mut changes: Vec<Change> = model
             .resources
             .values()
-            .filter(|t| t.record.health != Health::Unknown)
+            // Resources without an interval (Kubernetes objects, ...) are
+            // never stale: skipped first, they cost nothing here.
+            .filter(|t| t.record.interval_ms > 0 && t.record.health != Health::Unknown)
             .filter_map(|t| {
                 let source = &t.record.source;
                 let mut last_seen_ms = t.last_seen_ms();

@@ -436,9 +436,13 @@ impl Store {
             if !conflicts.is_empty() {
                 return Err(StoreError::Conflict(conflicts));
             }
+            // By id: a commit may hold tens of thousands of resources (a
+            // cluster's first list), and a scan per id would be quadratic.
+            let by_id: std::collections::HashMap<&str, &ResourceRecord> =
+                c.resources.iter().map(|r| (r.id.as_str(), r)).collect();
             for id in in_lock_order(&c.relations_changed, |id| id) {
                 sqlx::query("DELETE FROM relations WHERE from_id = $1").bind(id).execute(&mut *tx).await?;
-                if let Some(r) = c.resources.iter().find(|r| &r.id == id) {
+                if let Some(r) = by_id.get(id.as_str()) {
                     for rel in &r.relations {
                         sqlx::query("INSERT INTO relations (from_id, relation_type, to_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                             .bind(id).bind(&rel.relation_type).bind(&rel.to_id)
