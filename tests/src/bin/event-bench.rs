@@ -69,7 +69,7 @@ fn args() -> anyhow::Result<Args> {
 /// Quantile `q` from Prometheus histogram lines `name_bucket{...,le="x"} count`,
 /// interpolating linearly inside the bucket.
 fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = text
+    let buckets: Vec<(f64, f64)> = text
         .lines()
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
         .filter_map(|l| {
@@ -83,29 +83,7 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
             Some((le, count))
         })
         .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last()?.1;
-    if total == 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let share = if count > below {
-                (rank - below) / (count - below)
-            } else {
-                1.0
-            };
-            return Some(lower + (le - lower) * share);
-        }
-        lower = le;
-        below = count;
-    }
-    None
+    infrawatch_e2e::loadgen::histogram::bucket_quantile(buckets, q)
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

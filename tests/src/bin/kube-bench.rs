@@ -824,7 +824,7 @@ fn bucket_quantile(
     q: f64,
 ) -> Option<f64> {
     let prefix = format!("{name}_bucket{{");
-    let mut buckets: Vec<(f64, f64)> = after
+    let buckets: Vec<(f64, f64)> = after
         .range(prefix.clone()..)
         .take_while(|(k, _)| k.starts_with(&prefix))
         .filter(|(k, _)| k.contains(labels))
@@ -838,29 +838,7 @@ fn bucket_quantile(
             Some((le, v - before.get(k).copied().unwrap_or(0.0)))
         })
         .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let share = if count > below {
-                (rank - below) / (count - below)
-            } else {
-                1.0
-            };
-            return Some(lower + (le - lower) * share);
-        }
-        lower = le;
-        below = count;
-    }
-    None
+    infrawatch_e2e::loadgen::histogram::bucket_quantile(buckets, q)
 }
 
 /// The sum of every series of `prefix` (a name with its opening `{`).

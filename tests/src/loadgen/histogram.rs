@@ -139,6 +139,35 @@ impl Histogram {
     }
 }
 
+/// Quantile `q` of a Prometheus histogram given as its cumulative buckets
+/// `(le, count)` (`+Inf` as infinity), interpolating linearly inside the
+/// bucket, as PromQL's `histogram_quantile` does; `None` without samples.
+pub fn bucket_quantile(mut buckets: Vec<(f64, f64)>, q: f64) -> Option<f64> {
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let share = if count > below {
+                (rank - below) / (count - below)
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * share);
+        }
+        lower = le;
+        below = count;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
