@@ -162,6 +162,12 @@ pub async fn run(
         poll,
         background_stop.clone(),
     )));
+    background.push(tokio::spawn(events::retention::forget_tombstones(
+        state.clone(),
+        config.events.max_retention_ms,
+        Duration::from_secs(60),
+        background_stop.clone(),
+    )));
     let sink_status: Vec<Arc<SinkStatus>> = build_sinks(&config.events)
         .iter()
         .map(|sink| {

@@ -67,6 +67,33 @@ pub struct Model {
     pub tombstones: HashMap<String, Tombstone>,
 }
 
+impl Model {
+    /// Ids of the tombstones of resources deleted before `cutoff_ms`.
+    pub fn expired_tombstones(&self, cutoff_ms: i64) -> Vec<String> {
+        self.tombstones
+            .iter()
+            .filter(|(_, t)| t.deleted_at_ms < cutoff_ms)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Drops the tombstones `ids` that are still of deletions before
+    /// `cutoff_ms`; returns how many went.
+    pub fn drop_tombstones(&mut self, ids: &[String], cutoff_ms: i64) -> usize {
+        let before = self.tombstones.len();
+        for id in ids {
+            if self
+                .tombstones
+                .get(id)
+                .is_some_and(|t| t.deleted_at_ms < cutoff_ms)
+            {
+                self.tombstones.remove(id);
+            }
+        }
+        before - self.tombstones.len()
+    }
+}
+
 /// What the aggregator knows about one agent (by cursor key: identity and
 /// machine id), for operators: `GET /api/v1/agents`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -207,6 +234,17 @@ impl State {
         self.model.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets the tombstones of resources deleted before `cutoff_ms`; returns
+    /// how many. They are looked for under the read lock, so queries go on
+    /// meanwhile, and only those found are removed under the write lock.
+    pub fn prune_tombstones(&self, cutoff_ms: i64) -> usize {
+        let expired = self.read().expired_tombstones(cutoff_ms);
+        if expired.is_empty() {
+            return 0;
+        }
+        self.write().drop_tombstones(&expired, cutoff_ms)
+    }
+
     /// Agents with an open stream.
     pub fn connected_agents(&self) -> u64 {
         self.connected_agents.load(Ordering::Relaxed)
@@ -257,6 +295,51 @@ impl Drop for ConnectedGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tombstone(version: u64, deleted_at_ms: i64) -> Tombstone {
+        Tombstone {
+            version,
+            deleted_at_ms,
+        }
+    }
+
+    #[test]
+    fn tombstones_older_than_the_cutoff_are_forgotten() {
+        let state = State::new(60_000);
+        {
+            let mut model = state.write();
+            model
+                .tombstones
+                .insert("pod/old".into(), tombstone(3, 1_000));
+            model
+                .tombstones
+                .insert("pod/edge".into(), tombstone(2, 2_000));
+            model
+                .tombstones
+                .insert("pod/new".into(), tombstone(5, 3_000));
+        }
+        assert_eq!(state.prune_tombstones(2_000), 1);
+        let model = state.read();
+        let mut left: Vec<&str> = model.tombstones.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["pod/edge", "pod/new"], "not before the cutoff");
+        drop(model);
+        assert_eq!(state.prune_tombstones(2_000), 0, "nothing left to forget");
+    }
+
+    #[test]
+    fn a_tombstone_renewed_meanwhile_stays() {
+        let mut model = Model {
+            resources: BTreeMap::new(),
+            tombstones: HashMap::from([("pod/a".to_string(), tombstone(1, 1_000))]),
+        };
+        let expired = model.expired_tombstones(2_000);
+        assert_eq!(expired, vec!["pod/a".to_string()]);
+        // Created again and deleted again between the look and the removal.
+        model.tombstones.insert("pod/a".into(), tombstone(3, 5_000));
+        assert_eq!(model.drop_tombstones(&expired, 2_000), 0);
+        assert_eq!(model.tombstones.get("pod/a"), Some(&tombstone(3, 5_000)));
+    }
 
     #[test]
     fn applied_through_waits_for_the_oldest_unapplied_batch() {

@@ -3,12 +3,18 @@
 //! the head position that wakes consumers when new events commit. It also links
 //! this replica's planner to the sequencer and the tail: commits here wake them,
 //! and remember when each event committed (for the publish latency).
+//!
+//! Events in memory are kept as their encoding only and decoded for each read:
+//! the decoded form (its label map above all) would take three times the room,
+//! and a new leader's first list of a large cluster fills the log at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{Notify, watch};
+
+use bytes::Bytes;
 
 use super::StoredEvent;
 use crate::store::{Store, StoreError};
@@ -38,6 +44,33 @@ pub enum LogError {
     /// The outbox could not be read.
     #[error("cannot read the outbox")]
     Store(#[from] StoreError),
+    /// An event kept in memory could not be decoded.
+    #[error("the event at position {position} cannot be decoded: {reason}")]
+    Undecodable {
+        /// Its position.
+        position: u64,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+/// An event as the log keeps it in memory.
+#[derive(Debug, Clone)]
+struct Kept {
+    position: u64,
+    payload: Bytes,
+    committed_at: Option<Instant>,
+}
+
+impl Kept {
+    fn decode(self) -> Result<Arc<StoredEvent>, LogError> {
+        StoredEvent::decode(self.position, self.payload, self.committed_at)
+            .map(Arc::new)
+            .map_err(|e| LogError::Undecodable {
+                position: self.position,
+                reason: e.to_string(),
+            })
+    }
 }
 
 /// Events committed here whose commit time is remembered, at most (older ones
@@ -47,7 +80,7 @@ const COMMIT_TIMES: usize = 100_000;
 /// Recent events and the head position.
 #[derive(Debug)]
 pub struct EventLog {
-    recent: Mutex<VecDeque<Arc<StoredEvent>>>,
+    recent: Mutex<VecDeque<Kept>>,
     capacity: usize,
     head: watch::Sender<u64>,
     store: Store,
@@ -155,7 +188,11 @@ impl EventLog {
                 if recent.len() == self.capacity {
                     recent.pop_front();
                 }
-                recent.push_back(Arc::new(e));
+                recent.push_back(Kept {
+                    position: e.position,
+                    payload: e.payload,
+                    committed_at: e.committed_at,
+                });
                 added += 1;
             }
             if let Some(p) = last {
@@ -183,14 +220,18 @@ impl EventLog {
         if after == head || limit == 0 {
             return Ok(Vec::new());
         }
-        {
+        let kept: Option<Vec<Kept>> = {
             let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(first) = recent.front().map(|e| e.position)
-                && after + 1 >= first
-            {
-                let skip = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
-                return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+            match recent.front().map(|e| e.position) {
+                Some(first) if after + 1 >= first => {
+                    let skip = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
+                    Some(recent.iter().skip(skip).take(limit).cloned().collect())
+                }
+                _ => None,
             }
+        };
+        if let Some(kept) = kept {
+            return kept.into_iter().map(Kept::decode).collect();
         }
         let limit32 = u32::try_from(limit).unwrap_or(u32::MAX);
         let events = self.store.events_after(after, limit32).await?;

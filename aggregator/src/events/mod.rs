@@ -65,6 +65,21 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// An event from its encoding, which it keeps as its payload.
+    pub fn decode(
+        position: u64,
+        payload: Bytes,
+        committed_at: Option<Instant>,
+    ) -> Result<Self, prost::DecodeError> {
+        let event = <pb::InfrastructureStatusUpdatedEvent as prost::Message>::decode(&*payload)?;
+        Ok(Self {
+            position,
+            event,
+            payload,
+            committed_at,
+        })
+    }
+
     /// Wraps an event, encoding it once.
     pub fn new(
         position: u64,

@@ -89,6 +89,7 @@ pub fn log_status(e: &LogError) -> Status {
     match e {
         LogError::Pruned { .. } | LogError::Ahead { .. } => Status::out_of_range(e.to_string()),
         LogError::Store(_) => Status::unavailable(e.to_string()),
+        LogError::Undecodable { .. } => Status::internal(e.to_string()),
     }
 }
 

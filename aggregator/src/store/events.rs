@@ -116,16 +116,13 @@ fn cursor_row(
 }
 
 pub(super) fn event_from_row(position: i64, payload: &[u8]) -> Result<StoredEvent, StoreError> {
-    let event =
-        pb::InfrastructureStatusUpdatedEvent::decode(payload).map_err(|e| StoreError::Corrupt {
+    let position = u64::try_from(position).unwrap_or(0);
+    StoredEvent::decode(position, bytes::Bytes::copy_from_slice(payload), None).map_err(|e| {
+        StoreError::Corrupt {
             id: format!("event position {position}"),
             reason: e.to_string(),
-        })?;
-    Ok(StoredEvent::new(
-        u64::try_from(position).unwrap_or(0),
-        event,
-        None,
-    ))
+        }
+    })
 }
 
 impl Store {
@@ -164,6 +161,14 @@ impl Store {
             let row = sqlx::query("SELECT MIN(position) AS p FROM event_outbox").fetch_one(pool).await?;
             let p: Option<i64> = row.try_get("p")?;
             Ok(p.map(|p| u64::try_from(p).unwrap_or(0)))
+        })
+    }
+
+    /// When the oldest event still in the outbox entered it (Unix ms), if any.
+    pub async fn oldest_event_created_at_ms(&self) -> Result<Option<i64>, StoreError> {
+        on_pool!(self, pool => {
+            let row = sqlx::query("SELECT MIN(created_at_ms) AS t FROM event_outbox").fetch_one(pool).await?;
+            Ok(row.try_get::<Option<i64>, _>("t")?)
         })
     }
 

@@ -300,6 +300,7 @@ mod cluster;
 mod events;
 mod gaps;
 mod machines;
+mod tombstones;
 mod warnings;
 
 pub use cluster::{LeaseHold, OpenedSession, SessionOwner};

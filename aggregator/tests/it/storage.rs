@@ -324,6 +324,132 @@ async fn a_deleted_resource_leaves_a_tombstone(db: TestDb) {
     assert_eq!(history.len(), 3, "the deleted version's history stays");
 }
 
+/// A rollup of `resource_id` (one minute, one sample).
+fn rollup_of(resource_id: &str) -> RollupDelta {
+    let mut d = delta(60_000, &[0.5], 61_000);
+    d.key.resource_id = resource_id.into();
+    d
+}
+
+/// Commits `id` at version 1 with its history, then deletes it (version 2).
+async fn create_and_delete(s: &Store, id: &str) {
+    let v1 = record(id, 1, Health::Healthy);
+    s.commit(&Commit {
+        resources: vec![v1.clone()],
+        relations_changed: vec![id.into()],
+        history: vec![history(&v1, Health::Unknown)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let gone = record(id, 2, Health::Unknown);
+    s.commit(&Commit {
+        removed: vec![gone.clone()],
+        history: vec![history(&gone, Health::Healthy)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// When each stored tombstone was deleted, by id.
+async fn deletion_times(s: &Store) -> BTreeMap<String, i64> {
+    s.load()
+        .await
+        .unwrap()
+        .tombstones
+        .into_iter()
+        .map(|(id, t)| (id, t.deleted_at_ms))
+        .collect()
+}
+
+async fn old_tombstones_are_pruned_with_their_rows(db: TestDb) {
+    let s = &db.store;
+    let epoch = s.open_session("agent-t", "replica-1").await.unwrap().epoch;
+    let rollups = ["pod/old", "pod/new", "host/live"].map(rollup_of);
+    s.flush(&[source("agent-t", epoch, 1, rollups.to_vec())])
+        .await
+        .unwrap();
+    create_and_delete(s, "pod/old").await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    create_and_delete(s, "pod/new").await;
+    let live = record("host/live", 1, Health::Healthy);
+    s.commit(&Commit {
+        resources: vec![live.clone()],
+        relations_changed: vec!["host/live".into()],
+        history: vec![history(&live, Health::Unknown)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let deleted = deletion_times(s).await;
+    let cutoff = deleted["pod/old"] + 1;
+    assert!(deleted["pod/new"] >= cutoff, "{deleted:?}");
+
+    assert_eq!(
+        s.prune_tombstones(cutoff - 1).await.unwrap(),
+        0,
+        "a deletion at the cutoff is not before it"
+    );
+    assert_eq!(s.prune_tombstones(cutoff).await.unwrap(), 1);
+    let loaded = s.load().await.unwrap();
+    assert_eq!(loaded.records, vec![live]);
+    assert_eq!(
+        loaded
+            .tombstones
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["pod/new"]
+    );
+    assert!(s.history("pod/old", 10).await.unwrap().is_empty());
+    assert_eq!(s.history("pod/new", 10).await.unwrap().len(), 2);
+    assert_eq!(s.history("host/live", 10).await.unwrap().len(), 1);
+    let stored = |i: usize| s.rollups(&rollups[i].key, 0, 200_000);
+    assert!(stored(0).await.unwrap().is_empty(), "pod/old's rollups go");
+    assert_eq!(stored(1).await.unwrap().len(), 1);
+    assert_eq!(stored(2).await.unwrap().len(), 1);
+    assert_eq!(s.prune_tombstones(cutoff).await.unwrap(), 0);
+
+    // Created again, it starts over at version 1, and its history is written
+    // (the old rows would have taken its versions).
+    let again = record("pod/old", 1, Health::Healthy);
+    s.commit(&Commit {
+        resources: vec![again.clone()],
+        history: vec![history(&again, Health::Unknown)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let h = s.history("pod/old", 10).await.unwrap();
+    assert_eq!(h, vec![history(&again, Health::Unknown)]);
+}
+
+async fn a_prune_beyond_one_batch_takes_every_tombstone(db: TestDb) {
+    let s = &db.store;
+    let records: Vec<ResourceRecord> = (0..1005)
+        .map(|i| record(&format!("pod/{i:04}"), 1, Health::Healthy))
+        .collect();
+    s.commit(&Commit {
+        resources: records.clone(),
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    s.commit(&Commit {
+        removed: records
+            .iter()
+            .map(|r| record(&r.id, 2, Health::Unknown))
+            .collect(),
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let cutoff = infrawatch_common::time::now_unix_ms() + 1;
+    assert_eq!(s.prune_tombstones(cutoff).await.unwrap(), 1005);
+    assert!(s.load().await.unwrap().tombstones.is_empty());
+}
+
 async fn warnings_are_replaced_filtered_and_deleted(db: TestDb) {
     use infrawatch_aggregator::store::{WarningFilter, WarningRow};
     let s = &db.store;
@@ -827,6 +953,8 @@ macro_rules! suite {
 suite!(
     state_round_trips,
     a_deleted_resource_leaves_a_tombstone,
+    old_tombstones_are_pruned_with_their_rows,
+    a_prune_beyond_one_batch_takes_every_tombstone,
     warnings_are_replaced_filtered_and_deleted,
     versions_follow_the_stored_one,
     cursors_never_move_back,

@@ -90,7 +90,7 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     duration_s: u64,
     /// The aggregator's `kubernetes.batch_ms`.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 5)]
     batch_ms: u64,
     /// Flip only the pods, leaving their EndpointSlices as they are.
     #[arg(long)]

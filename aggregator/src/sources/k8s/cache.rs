@@ -18,8 +18,8 @@ pub struct Cache {
     objects: HashMap<Key, Object>,
     /// Pod names by node.
     pods_by_node: HashMap<String, BTreeSet<Key>>,
-    /// Names by kind and namespace (every namespaced kind).
-    by_namespace: HashMap<(Kind, String), BTreeSet<String>>,
+    /// Keys by kind and namespace (every namespaced kind).
+    by_namespace: HashMap<(Kind, String), BTreeSet<Key>>,
     /// Keys by kind.
     by_kind: HashMap<Kind, HashSet<Key>>,
     /// Warning events by the object they are about.
@@ -78,7 +78,7 @@ impl Cache {
             .into_iter()
             .flatten()
             .filter_map(|k| match self.objects.get(k) {
-                Some(Object::Pod(p)) => Some(p),
+                Some(Object::Pod(p)) => Some(&**p),
                 _ => None,
             })
     }
@@ -89,7 +89,7 @@ impl Cache {
             .get(&(kind, namespace.to_string()))
             .into_iter()
             .flatten()
-            .filter_map(move |name| self.objects.get(&Key::new(kind, namespace, name)))
+            .filter_map(|key| self.objects.get(key))
     }
 
     /// Every object of `kind`.
@@ -110,7 +110,7 @@ impl Cache {
     ) -> impl Iterator<Item = &'a Pod> {
         self.in_namespace(namespace, Kind::Pod)
             .filter_map(|o| match o {
-                Object::Pod(p) => Some(p),
+                Object::Pod(p) => Some(&**p),
                 _ => None,
             })
             .filter(move |p| matches(selector, &p.meta.labels))
@@ -124,7 +124,7 @@ impl Cache {
     ) -> impl Iterator<Item = &'a EndpointSlice> {
         self.in_namespace(namespace, Kind::EndpointSlice)
             .filter_map(|o| match o {
-                Object::EndpointSlice(s) => Some(s),
+                Object::EndpointSlice(s) => Some(&**s),
                 _ => None,
             })
             .filter(move |s| s.service == service)
@@ -137,7 +137,7 @@ impl Cache {
             .into_iter()
             .flatten()
             .filter_map(|k| match self.objects.get(k) {
-                Some(Object::Warning(w)) => Some(w),
+                Some(Object::Warning(w)) => Some(&**w),
                 _ => None,
             })
     }
@@ -146,7 +146,7 @@ impl Cache {
     pub fn quotas_of(&self, namespace: &str) -> impl Iterator<Item = &Quota> {
         self.in_namespace(namespace, Kind::ResourceQuota)
             .filter_map(|o| match o {
-                Object::Quota(q) => Some(q),
+                Object::Quota(q) => Some(&**q),
                 _ => None,
             })
     }
@@ -212,7 +212,7 @@ impl Cache {
             self.by_namespace
                 .entry((key.kind, key.namespace.clone()))
                 .or_default()
-                .insert(key.name.clone());
+                .insert(key.clone());
         }
         self.by_kind
             .entry(key.kind)
@@ -247,7 +247,7 @@ impl Cache {
         }
         let by_ns = (key.kind, key.namespace.clone());
         if let Some(names) = self.by_namespace.get_mut(&by_ns) {
-            names.remove(&key.name);
+            names.remove(key);
             if names.is_empty() {
                 self.by_namespace.remove(&by_ns);
             }
@@ -404,28 +404,28 @@ mod tests {
     }
 
     fn pod(name: &str, node: &str) -> Object {
-        Object::Pod(Pod {
+        Object::Pod(Box::new(Pod {
             meta: meta("shop", name, &[("app", "web")]),
             node: node.into(),
             phase: "Running".into(),
             ..Pod::default()
-        })
+        }))
     }
 
     #[test]
     fn a_node_change_touches_its_pods_and_their_services() {
         let mut c = Cache::default();
-        c.apply(Update::Apply(Object::Node(Node {
+        c.apply(Update::Apply(Object::Node(Box::new(Node {
             meta: meta("", "n1", &[]),
             ..Node::default()
-        })));
+        }))));
         c.apply(Update::Apply(pod("web-1", "n1")));
         c.apply(Update::Apply(pod("web-2", "n2")));
-        c.apply(Update::Apply(Object::Service(Service {
+        c.apply(Update::Apply(Object::Service(Box::new(Service {
             meta: meta("shop", "web", &[]),
             selector: [("app".to_string(), "web".to_string())].into(),
             ..Service::default()
-        })));
+        }))));
         let key = Key::new(Kind::Node, "", "n1");
         let mut out = BTreeSet::new();
         c.touched(&key, None, &mut out);

@@ -14,7 +14,8 @@ pub struct KubernetesConfig {
     /// The clusters to watch (none: the Kubernetes source is off).
     pub clusters: Vec<ClusterSource>,
     /// How long changes are gathered before they are planned, in ms: a burst
-    /// (a rollout, a node going away with its pods) becomes one report.
+    /// (a rollout, a node going away with its pods) becomes one report. While
+    /// a report commits, what changes meanwhile gathers for the next one.
     pub batch_ms: u64,
     /// How often bound claims are judged against their volumes' use, in ms
     /// (volumes fill without any change in the Kubernetes API).
@@ -27,7 +28,7 @@ impl Default for KubernetesConfig {
     fn default() -> Self {
         Self {
             clusters: Vec::new(),
-            batch_ms: 20,
+            batch_ms: 5,
             volume_check_ms: 30_000,
             rules: RuleConfig::default(),
         }

@@ -38,6 +38,12 @@ use infrawatch_common::resource::metric;
 /// How long a failed report waits before it is sent again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Objects evaluated into one report, at most: a new leader's first report
+/// (the whole cluster) goes in parts, so no transaction holds the database
+/// (and the leader lease with it) for long, and the memory a report needs
+/// while it commits stays small.
+const REPORT_MAX: usize = 2_000;
+
 /// The cluster as a whole (requests against allocatable over every pod and
 /// node) is evaluated at most this often: it changes with every pod, and its
 /// rules are about minutes, not milliseconds.
@@ -71,7 +77,8 @@ pub struct Correlator {
     wakes: BTreeSet<(i64, Key)>,
     /// Ready transitions per node (Unix ms), within the flapping window.
     ready_changes: HashMap<String, VecDeque<i64>>,
-    /// Restart counts per pod over the restart window: (Unix ms, total).
+    /// Restart counts over the restart window of pods that restarted within
+    /// it: (Unix ms, total).
     restarts: HashMap<Key, VecDeque<(i64, i32)>>,
     /// The first report after the initial sync also removes what went away.
     swept: bool,
@@ -130,10 +137,18 @@ impl Correlator {
         self
     }
 
-    /// Runs until `stop` or until the watches end.
+    /// Runs until `stop` or until the watches end. Updates keep being taken
+    /// while a report commits; one report is in flight at a time, and the
+    /// next goes as soon as it returns if its batch is due, so what changes
+    /// during a commit waits for that commit at most, not for it and a batch.
     pub async fn run(mut self, mut updates: mpsc::Receiver<Update>, stop: CancellationToken) {
+        let mut in_flight: Option<InFlight> = None;
+        let mut retry_at: Option<Instant> = None;
         loop {
-            let deadline = self.next_deadline();
+            let deadline = match (&in_flight, retry_at) {
+                (Some(_), _) => None,
+                (None, retry) => self.next_deadline().map(|d| retry.map_or(d, |r| d.max(r))),
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
                 update = updates.recv() => {
@@ -144,14 +159,18 @@ impl Correlator {
                         self.take(update);
                     }
                 }
-                _ = sleep_until(deadline) => {
-                    if let Err(e) = self.report().await {
+                answer = answered(&mut in_flight) => {
+                    let Some(sent) = in_flight.take() else { continue };
+                    retry_at = None;
+                    if let Err(e) = self.settle(sent.outgoing, answer) {
                         tracing::warn!(cluster = %self.cluster, error = %e, "Kubernetes report not committed; sending it again.");
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(RETRY) => {}
-                        }
+                        retry_at = Some(Instant::now() + RETRY);
                     }
+                }
+                _ = sleep_until(deadline) => {
+                    let mut outgoing = self.prepare();
+                    let answer = self.send(&mut outgoing);
+                    in_flight = Some(InFlight { outgoing, answer });
                 }
             }
         }
@@ -214,18 +233,17 @@ impl Correlator {
         })
     }
 
-    /// Stores the Warning events that changed (all of them, replacing what is
-    /// stored, after a new leader's first list). Kept for the next report if
-    /// the database fails.
-    async fn write_warnings(&mut self) {
-        let Some(store) = &self.store else {
-            return;
-        };
+    /// The Warning events to store: those that changed, or all of them,
+    /// replacing what is stored, after a new leader's first list. `None`
+    /// when there is nothing to write or nowhere to keep them.
+    fn take_warnings(&mut self) -> Option<WarningWrite> {
+        self.store.as_ref()?;
         if self.warnings.is_empty() && !self.warnings_replace {
-            return;
+            return None;
         }
-        let (upserts, deletes): (Vec<WarningRow>, Vec<(String, String)>) = if self.warnings_replace
-        {
+        let taken = std::mem::take(&mut self.warnings);
+        let replace = std::mem::take(&mut self.warnings_replace);
+        let (upserts, deletes) = if replace {
             let all = self
                 .cache
                 .all(Kind::Event)
@@ -238,7 +256,7 @@ impl Correlator {
         } else {
             let mut upserts = Vec::new();
             let mut deletes = Vec::new();
-            for ((ns, name), row) in &self.warnings {
+            for ((ns, name), row) in &taken {
                 match row {
                     Some(r) => upserts.push(r.clone()),
                     None => deletes.push((ns.clone(), name.clone())),
@@ -246,20 +264,12 @@ impl Correlator {
             }
             (upserts, deletes)
         };
-        match store
-            .write_warnings(&self.cluster, &upserts, &deletes, self.warnings_replace)
-            .await
-        {
-            Ok(()) => {
-                self.warnings.clear();
-                self.warnings_replace = false;
-            }
-            Err(e) => tracing::warn!(
-                cluster = %self.cluster,
-                error = &e as &dyn std::error::Error,
-                "Kubernetes Warning events not stored; trying again with the next report."
-            ),
-        }
+        Some(WarningWrite {
+            upserts,
+            deletes,
+            replace,
+            taken,
+        })
     }
 
     /// Keeps the node readiness transitions and pod restart counts the rules
@@ -274,11 +284,21 @@ impl Correlator {
                     .or_default()
                     .push_back(now);
             }
-            (_, Some(Object::Pod(p))) => {
-                let total: i32 = p.containers.iter().map(|c| c.restarts).sum();
-                let history = self.restarts.entry(key.clone()).or_default();
-                if history.back().is_none_or(|(_, t)| *t != total) {
-                    history.push_back((now, total));
+            (before, Some(Object::Pod(p))) => {
+                // Only pods that restart get a history: the count before
+                // the first restart seen is where it starts.
+                let total = p.restarts();
+                let before = match before {
+                    Some(Object::Pod(b)) => b.restarts(),
+                    _ => total,
+                };
+                if let Some(history) = self.restarts.get_mut(key) {
+                    if history.back().is_none_or(|(_, t)| *t != total) {
+                        history.push_back((now, total));
+                    }
+                } else if before != total {
+                    self.restarts
+                        .insert(key.clone(), VecDeque::from([(now, before), (now, total)]));
                 }
             }
             (_, None) if key.kind == Kind::Node => {
@@ -291,18 +311,27 @@ impl Correlator {
         }
     }
 
-    /// Evaluates what is dirty or due and submits it as one report.
+    /// Evaluates what is dirty or due, submits it and waits for its commit.
     pub async fn report(&mut self) -> Result<(), crate::planner::StateError> {
+        let mut outgoing = self.prepare();
+        let answer = self.send(&mut outgoing).await;
+        self.settle(outgoing, answer)
+    }
+
+    /// What is dirty or due, evaluated: at most [`REPORT_MAX`] objects (the
+    /// rest stay dirty and are due at once), the cluster summary when due,
+    /// and the Warning events to store.
+    fn prepare(&mut self) -> Outgoing {
         let now = now_unix_ms();
         self.prune_history(now);
-        let mut keys = std::mem::take(&mut self.dirty);
         if self.volumes_due.is_none_or(|t| t <= Instant::now()) {
-            keys.extend(
-                self.cache
-                    .all(Kind::Pvc)
-                    .filter(|o| matches!(o, Object::Pvc(c) if c.phase == "Bound"))
-                    .map(Object::key),
-            );
+            let bound: Vec<Key> = self
+                .cache
+                .all(Kind::Pvc)
+                .filter(|o| matches!(o, Object::Pvc(c) if c.phase == "Bound"))
+                .map(Object::key)
+                .collect();
+            self.dirty.extend(bound);
             self.volumes_due = Some(Instant::now() + self.volumes_every);
         }
         while let Some((at, _)) = self.wakes.first() {
@@ -310,8 +339,15 @@ impl Correlator {
                 break;
             }
             if let Some((_, key)) = self.wakes.pop_first() {
-                keys.insert(key);
+                self.dirty.insert(key);
             }
+        }
+        let mut keys = BTreeSet::new();
+        while keys.len() < REPORT_MAX {
+            let Some(key) = self.dirty.pop_first() else {
+                break;
+            };
+            keys.insert(key);
         }
         let mut changes = Vec::with_capacity(keys.len() + 1);
         if !self.swept {
@@ -355,35 +391,97 @@ impl Correlator {
                 now,
             )));
         }
-        let since = self.dirty_since.take();
-        self.write_warnings().await;
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let submitted = self
-            .planner
-            .submit(Report {
+        // What is left of the batch is due at once; otherwise the clock
+        // starts again with the next change.
+        let since = if self.dirty.is_empty() {
+            self.dirty_since.take()
+        } else {
+            self.dirty_since
+        };
+        Outgoing {
+            reported: !changes.is_empty(),
+            report: (!changes.is_empty()).then(|| Report {
                 source: self.source.clone(),
                 changes,
                 position: None,
-            })
-            .await;
-        match submitted {
-            Ok(_) => {
-                self.swept = true;
-                if cluster_due {
+            }),
+            warnings: self.take_warnings(),
+            keys,
+            since,
+            cluster_due,
+        }
+    }
+
+    /// Stores `outgoing`'s Warning events, then submits its report (both
+    /// move into the future); resolves when both are done.
+    fn send(&self, outgoing: &mut Outgoing) -> BoxFuture<Answer> {
+        let store = self.store.clone();
+        let planner = self.planner.clone();
+        let cluster = self.cluster.clone();
+        let warnings = outgoing.warnings.as_mut().map(|w| {
+            (
+                std::mem::take(&mut w.upserts),
+                std::mem::take(&mut w.deletes),
+                w.replace,
+            )
+        });
+        let report = outgoing.report.take();
+        Box::pin(async move {
+            let stored = match (store, warnings) {
+                (Some(store), Some((upserts, deletes, replace))) => Some(
+                    store
+                        .write_warnings(&cluster, &upserts, &deletes, replace)
+                        .await,
+                ),
+                _ => None,
+            };
+            let committed = match report {
+                Some(report) => Some(planner.submit(report).await),
+                None => None,
+            };
+            Answer { stored, committed }
+        })
+    }
+
+    /// Books what came of a report: on success the batch is done; on failure
+    /// its objects are dirty again and its Warning events kept for the next.
+    fn settle(
+        &mut self,
+        outgoing: Outgoing,
+        answer: Answer,
+    ) -> Result<(), crate::planner::StateError> {
+        if let (Some(Err(e)), Some(w)) = (answer.stored, outgoing.warnings) {
+            tracing::warn!(
+                cluster = %self.cluster,
+                error = &e as &dyn std::error::Error,
+                "Kubernetes Warning events not stored; trying again with the next report."
+            );
+            self.warnings_replace |= w.replace;
+            for (key, row) in w.taken {
+                self.warnings.entry(key).or_insert(row);
+            }
+        }
+        match answer.committed {
+            None | Some(Ok(_)) => {
+                if outgoing.reported {
+                    self.swept = true;
+                }
+                if outgoing.cluster_due && outgoing.reported {
                     self.cluster_due = None;
                     self.cluster_evaluated = Some(Instant::now());
                 }
-                if let Some(since) = since {
+                if let Some(since) = outgoing.since {
                     metrics::histogram!(telemetry::K8S_CHANGE_TO_COMMIT, "cluster" => self.cluster.clone())
                         .record(since.elapsed().as_secs_f64());
                 }
                 Ok(())
             }
-            Err(e) => {
-                self.dirty.extend(keys);
-                self.dirty_since = since.or_else(|| Some(Instant::now()));
+            Some(Err(e)) => {
+                self.dirty.extend(outgoing.keys);
+                self.dirty_since = outgoing
+                    .since
+                    .or(self.dirty_since)
+                    .or_else(|| Some(Instant::now()));
                 Err(e)
             }
         }
@@ -513,11 +611,15 @@ impl Correlator {
         }
         self.ready_changes.retain(|_, v| !v.is_empty());
         let restart_window = i64::try_from(self.rules.restart_window_ms).unwrap_or(i64::MAX);
+        // The newest count from before the window stays as the baseline the
+        // window's restarts are counted from.
         for v in self.restarts.values_mut() {
-            while v.len() > 1 && v.front().is_some_and(|(t, _)| now - t > restart_window) {
+            while v.get(1).is_some_and(|(t, _)| now - t > restart_window) {
                 v.pop_front();
             }
         }
+        // One entry left: no restart within the window.
+        self.restarts.retain(|_, v| v.len() > 1);
     }
 }
 
@@ -591,6 +693,54 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
+/// A report on its way to the planner.
+struct InFlight {
+    outgoing: Outgoing,
+    answer: BoxFuture<Answer>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// One report and what it stands for.
+struct Outgoing {
+    /// The changes, if there are any (until sent).
+    report: Option<Report>,
+    /// Whether there were changes.
+    reported: bool,
+    /// Warning events to store first.
+    warnings: Option<WarningWrite>,
+    /// The objects it evaluated (dirty again if it fails).
+    keys: BTreeSet<Key>,
+    /// When its oldest change arrived.
+    since: Option<Instant>,
+    /// Whether it carries the cluster summary.
+    cluster_due: bool,
+}
+
+/// Warning events to write.
+struct WarningWrite {
+    upserts: Vec<WarningRow>,
+    deletes: Vec<(String, String)>,
+    replace: bool,
+    /// The changes they came from, kept again if the write fails.
+    taken: HashMap<(String, String), Option<WarningRow>>,
+}
+
+/// What came back: the Warning events' write and the report's commit
+/// (`None` where there was none).
+struct Answer {
+    stored: Option<Result<(), crate::store::StoreError>>,
+    committed: Option<Result<crate::planner::Outcome, crate::planner::StateError>>,
+}
+
+/// Resolves with the answer of the report in flight; never without one.
+async fn answered(in_flight: &mut Option<InFlight>) -> Answer {
+    match in_flight {
+        Some(sent) => (&mut sent.answer).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -622,7 +772,7 @@ mod tests {
     }
 
     fn node(name: &str, ready: Status) -> Object {
-        Object::Node(Node {
+        Object::Node(Box::new(Node {
             meta: meta("", name, &[]),
             ready: Condition {
                 status: ready,
@@ -630,11 +780,11 @@ mod tests {
                 ..Condition::default()
             },
             ..Node::default()
-        })
+        }))
     }
 
     fn pod(name: &str, node: &str, waiting: Option<&str>) -> Object {
-        Object::Pod(Pod {
+        Object::Pod(Box::new(Pod {
             meta: Meta {
                 owner: Some(("ReplicaSet".into(), "web-1".into())),
                 ..meta("shop", name, &[("app", "web")])
@@ -656,16 +806,16 @@ mod tests {
                 ..ContainerState::default()
             }],
             ..Pod::default()
-        })
+        }))
     }
 
     fn service() -> Object {
-        Object::Service(Service {
+        Object::Service(Box::new(Service {
             meta: meta("shop", "web", &[]),
             selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
             service_type: "ClusterIP".into(),
             ..Service::default()
-        })
+        }))
     }
 
     /// A correlator whose planner accepts everything and keeps the reports.
@@ -835,11 +985,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_large_first_report_goes_in_parts() {
+        let (mut c, mut rx) = correlator(instant());
+        let pods: Vec<Object> = (0..REPORT_MAX + 10)
+            .map(|i| pod(&format!("web-{i}"), "n1", None))
+            .collect();
+        synced(&mut c, [vec![node("n1", Status::True)], pods].concat());
+        let first = submitted(&mut c, &mut rx).await;
+        assert!(
+            first.changes.len() <= REPORT_MAX + 1,
+            "{}",
+            first.changes.len()
+        );
+        assert!(
+            c.next_deadline().is_some_and(|d| d <= Instant::now()),
+            "the rest is due at once"
+        );
+        let second = submitted(&mut c, &mut rx).await;
+        let observed = |r: &Report| {
+            r.changes
+                .iter()
+                .filter(|ch| matches!(ch, Change::Observed(_)))
+                .count()
+        };
+        assert_eq!(
+            observed(&first) + observed(&second),
+            REPORT_MAX + 10 + 2,
+            "every pod, the node and the cluster, once"
+        );
+        assert!(c.dirty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_pods_that_restart_keep_a_restart_history() {
+        let (mut c, mut rx) = correlator(instant());
+        synced(
+            &mut c,
+            vec![
+                node("n1", Status::True),
+                pod("web-a", "n1", None),
+                pod("web-b", "n1", None),
+            ],
+        );
+        report(&mut c, &mut rx).await;
+        assert!(c.restarts.is_empty(), "no pod restarted");
+        let Some(Object::Pod(mut restarted)) =
+            c.cache.get(&Key::new(Kind::Pod, "shop", "web-a")).cloned()
+        else {
+            panic!("web-a is cached");
+        };
+        restarted.containers[0].restarts = 3;
+        c.take(Update::Apply(Object::Pod(restarted)));
+        let pod = Key::new(Kind::Pod, "shop", "web-a");
+        let history: Vec<i32> = c.restarts[&pod].iter().map(|(_, n)| *n).collect();
+        assert_eq!(history, vec![0, 3], "counted from the count before");
+        c.prune_history(now_unix_ms() + i64::try_from(c.rules.restart_window_ms).unwrap() + 1);
+        assert!(c.restarts.is_empty(), "no restart within the window");
+    }
+
+    #[tokio::test]
     async fn a_deployment_below_desired_is_degraded_and_deletions_are_reported() {
         let (mut c, mut rx) = correlator(instant());
         let deployment = Object::Workload(
             Kind::Deployment,
-            Workload {
+            Box::new(Workload {
                 meta: meta("shop", "web", &[]),
                 desired: 3,
                 ready: 2,
@@ -847,7 +1056,7 @@ mod tests {
                 updated: 3,
                 observed_generation: 1,
                 ..Workload::default()
-            },
+            }),
         );
         synced(&mut c, vec![node("n1", Status::True), deployment]);
         let first = report(&mut c, &mut rx).await;

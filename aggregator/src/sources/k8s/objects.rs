@@ -332,6 +332,11 @@ impl Pod {
     pub fn is_active(&self) -> bool {
         !self.node.is_empty() && !matches!(self.phase.as_str(), "Succeeded" | "Failed")
     }
+
+    /// Restarts of all its containers.
+    pub fn restarts(&self) -> i32 {
+        self.containers.iter().map(|c| c.restarts).sum()
+    }
 }
 
 /// A service.
@@ -523,37 +528,38 @@ pub struct Warning {
     pub is_warning: bool,
 }
 
-/// Any watched object.
+/// Any watched object. Each kind is boxed: the cache holds tens of thousands
+/// of objects, and an enum is as large as its largest variant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     /// A node.
-    Node(Node),
+    Node(Box<Node>),
     /// A pod.
-    Pod(Pod),
+    Pod(Box<Pod>),
     /// A service.
-    Service(Service),
+    Service(Box<Service>),
     /// An EndpointSlice.
-    EndpointSlice(EndpointSlice),
+    EndpointSlice(Box<EndpointSlice>),
     /// A namespace.
-    Namespace(Namespace),
+    Namespace(Box<Namespace>),
     /// A ResourceQuota.
-    Quota(Quota),
+    Quota(Box<Quota>),
     /// A Deployment, ReplicaSet, StatefulSet or DaemonSet.
-    Workload(Kind, Workload),
+    Workload(Kind, Box<Workload>),
     /// A Job.
-    Job(Job),
+    Job(Box<Job>),
     /// A CronJob.
-    CronJob(CronJob),
+    CronJob(Box<CronJob>),
     /// An HPA.
-    Hpa(Hpa),
+    Hpa(Box<Hpa>),
     /// A PDB.
-    Pdb(Pdb),
+    Pdb(Box<Pdb>),
     /// A PVC.
-    Pvc(Pvc),
+    Pvc(Box<Pvc>),
     /// A PV.
-    Pv(Pv),
+    Pv(Box<Pv>),
     /// A Warning event.
-    Warning(Warning),
+    Warning(Box<Warning>),
 }
 
 impl Object {
@@ -669,7 +675,7 @@ impl Compact for core::Node {
             }
             node.pressure.sort_by(|a, b| a.0.cmp(&b.0));
         }
-        Object::Node(node)
+        Object::Node(Box::new(node))
     }
 }
 
@@ -737,19 +743,19 @@ impl Compact for core::Pod {
                 pod.containers.push(container_state(s, ""));
             }
         }
-        Object::Pod(pod)
+        Object::Pod(Box::new(pod))
     }
 }
 
 impl Compact for core::Service {
     fn compact(self) -> Object {
         let spec = self.spec.unwrap_or_default();
-        Object::Service(Service {
+        Object::Service(Box::new(Service {
             meta: Meta::from(self.metadata),
             selector: spec.selector.unwrap_or_default(),
             service_type: spec.type_.unwrap_or_else(|| "ClusterIP".into()),
             cluster_ip: spec.cluster_ip.unwrap_or_default(),
-        })
+        }))
     }
 }
 
@@ -772,20 +778,20 @@ impl Compact for discovery::EndpointSlice {
                     .and_then(|r| r.name),
             })
             .collect();
-        Object::EndpointSlice(EndpointSlice {
+        Object::EndpointSlice(Box::new(EndpointSlice {
             meta,
             service,
             endpoints,
-        })
+        }))
     }
 }
 
 impl Compact for core::Namespace {
     fn compact(self) -> Object {
-        Object::Namespace(Namespace {
+        Object::Namespace(Box::new(Namespace {
             meta: Meta::from(self.metadata),
             phase: self.status.and_then(|s| s.phase).unwrap_or_default(),
-        })
+        }))
     }
 }
 
@@ -799,11 +805,11 @@ fn quantities(map: Option<BTreeMap<String, Quantity>>) -> BTreeMap<String, f64> 
 impl Compact for core::ResourceQuota {
     fn compact(self) -> Object {
         let status = self.status.unwrap_or_default();
-        Object::Quota(Quota {
+        Object::Quota(Box::new(Quota {
             meta: Meta::from(self.metadata),
             hard: quantities(status.hard),
             used: quantities(status.used),
-        })
+        }))
     }
 }
 
@@ -816,7 +822,7 @@ impl Compact for apps::Deployment {
         });
         Object::Workload(
             Kind::Deployment,
-            Workload {
+            Box::new(Workload {
                 meta: Meta::from(self.metadata),
                 desired,
                 ready: status.ready_replicas.unwrap_or(0),
@@ -825,7 +831,7 @@ impl Compact for apps::Deployment {
                 observed_generation: status.observed_generation.unwrap_or(0),
                 progress_deadline_exceeded,
                 ..Workload::default()
-            },
+            }),
         )
     }
 }
@@ -836,7 +842,7 @@ impl Compact for apps::ReplicaSet {
         let status = self.status.unwrap_or_default();
         Object::Workload(
             Kind::ReplicaSet,
-            Workload {
+            Box::new(Workload {
                 meta: Meta::from(self.metadata),
                 desired,
                 ready: status.ready_replicas.unwrap_or(0),
@@ -844,7 +850,7 @@ impl Compact for apps::ReplicaSet {
                 updated: status.replicas,
                 observed_generation: status.observed_generation.unwrap_or(0),
                 ..Workload::default()
-            },
+            }),
         )
     }
 }
@@ -857,7 +863,7 @@ impl Compact for apps::StatefulSet {
             status.update_revision.is_some() && status.current_revision != status.update_revision;
         Object::Workload(
             Kind::StatefulSet,
-            Workload {
+            Box::new(Workload {
                 meta: Meta::from(self.metadata),
                 desired,
                 ready: status.ready_replicas.unwrap_or(0),
@@ -866,7 +872,7 @@ impl Compact for apps::StatefulSet {
                 observed_generation: status.observed_generation.unwrap_or(0),
                 revision_pending,
                 ..Workload::default()
-            },
+            }),
         )
     }
 }
@@ -876,7 +882,7 @@ impl Compact for apps::DaemonSet {
         let status = self.status.unwrap_or_default();
         Object::Workload(
             Kind::DaemonSet,
-            Workload {
+            Box::new(Workload {
                 meta: Meta::from(self.metadata),
                 desired: status.desired_number_scheduled,
                 ready: status.number_ready,
@@ -887,7 +893,7 @@ impl Compact for apps::DaemonSet {
                     .max(0),
                 misscheduled: status.number_misscheduled,
                 ..Workload::default()
-            },
+            }),
         )
     }
 }
@@ -915,18 +921,18 @@ impl Compact for batch::Job {
                 _ => {}
             }
         }
-        Object::Job(job)
+        Object::Job(Box::new(job))
     }
 }
 
 impl Compact for batch::CronJob {
     fn compact(self) -> Object {
         let spec = self.spec.unwrap_or_default();
-        Object::CronJob(CronJob {
+        Object::CronJob(Box::new(CronJob {
             meta: Meta::from(self.metadata),
             suspended: spec.suspend.unwrap_or(false),
             schedule: spec.schedule,
-        })
+        }))
     }
 }
 
@@ -934,14 +940,14 @@ impl Compact for autoscaling::HorizontalPodAutoscaler {
     fn compact(self) -> Object {
         let spec = self.spec.unwrap_or_default();
         let status = self.status.unwrap_or_default();
-        Object::Hpa(Hpa {
+        Object::Hpa(Box::new(Hpa {
             meta: Meta::from(self.metadata),
             target: (spec.scale_target_ref.kind, spec.scale_target_ref.name),
             min: spec.min_replicas.unwrap_or(1),
             max: spec.max_replicas,
             current: status.current_replicas.unwrap_or(0),
             desired: status.desired_replicas,
-        })
+        }))
     }
 }
 
@@ -953,14 +959,14 @@ impl Compact for policy::PodDisruptionBudget {
             .and_then(|s| s.match_labels)
             .unwrap_or_default();
         let status = self.status.unwrap_or_default();
-        Object::Pdb(Pdb {
+        Object::Pdb(Box::new(Pdb {
             meta: Meta::from(self.metadata),
             selector,
             current_healthy: status.current_healthy,
             desired_healthy: status.desired_healthy,
             expected_pods: status.expected_pods,
             disruptions_allowed: status.disruptions_allowed,
-        })
+        }))
     }
 }
 
@@ -974,13 +980,13 @@ impl Compact for core::PersistentVolumeClaim {
     fn compact(self) -> Object {
         let spec = self.spec.unwrap_or_default();
         let status = self.status.unwrap_or_default();
-        Object::Pvc(Pvc {
+        Object::Pvc(Box::new(Pvc {
             meta: Meta::from(self.metadata),
             phase: status.phase.unwrap_or_default(),
             volume: spec.volume_name.unwrap_or_default(),
             storage_class: spec.storage_class_name.unwrap_or_default(),
             capacity_bytes: storage_bytes(status.capacity.as_ref()),
-        })
+        }))
     }
 }
 
@@ -988,7 +994,7 @@ impl Compact for core::PersistentVolume {
     fn compact(self) -> Object {
         let spec = self.spec.unwrap_or_default();
         let status = self.status.unwrap_or_default();
-        Object::Pv(Pv {
+        Object::Pv(Box::new(Pv {
             meta: Meta::from(self.metadata),
             phase: status.phase.unwrap_or_default(),
             message: status.message.or(status.reason).unwrap_or_default(),
@@ -997,7 +1003,7 @@ impl Compact for core::PersistentVolume {
                 .and_then(|r| Some((r.namespace.unwrap_or_default(), r.name?))),
             capacity_bytes: storage_bytes(spec.capacity.as_ref()),
             storage_class: spec.storage_class_name.unwrap_or_default(),
-        })
+        }))
     }
 }
 
@@ -1025,7 +1031,7 @@ impl Compact for k8s_openapi::api::events::v1::Event {
             .map(|s| i64::from(s.count))
             .or(self.deprecated_count.map(i64::from))
             .unwrap_or(1);
-        Object::Warning(Warning {
+        Object::Warning(Box::new(Warning {
             is_warning: self.type_.as_deref() == Some("Warning"),
             meta: Meta::from(self.metadata),
             about,
@@ -1033,6 +1039,6 @@ impl Compact for k8s_openapi::api::events::v1::Event {
             note: self.note.unwrap_or_default(),
             count,
             last_ms,
-        })
+        }))
     }
 }

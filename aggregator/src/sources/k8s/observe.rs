@@ -90,7 +90,7 @@ pub fn observation(
             }
             attr("k8s.pod.phase", p.phase.clone());
             attr("k8s.pod.ready", status_name(p.ready.status).into());
-            let restarts: i32 = p.containers.iter().map(|c| c.restarts).sum();
+            let restarts = p.restarts();
             attr("k8s.pod.restarts", restarts.to_string());
             attr("k8s.pod.cpu.request", p.requests.cpu.to_string());
             attr("k8s.pod.cpu.limit", p.limits.cpu.to_string());

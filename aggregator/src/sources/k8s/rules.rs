@@ -786,7 +786,7 @@ mod tests {
     }
 
     fn bound() -> Object {
-        Object::Pvc(Pvc {
+        Object::Pvc(Box::new(Pvc {
             meta: Meta {
                 name: "data".into(),
                 namespace: "db".into(),
@@ -794,7 +794,7 @@ mod tests {
             },
             phase: "Bound".into(),
             ..Pvc::default()
-        })
+        }))
     }
 
     const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
