@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 use bytes::Bytes;
 
 use super::StoredEvent;
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseHold, Store, StoreError};
 
 /// Why events could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,28 @@ pub struct EventLog {
     staged: Notify,
     /// Wakes the tail: the sequencer gave events positions.
     sequenced: Notify,
+    /// The lease the sequencer here runs under, if it runs.
+    sequencing: Mutex<Option<LeaseHold>>,
+}
+
+/// Ends [`EventLog::sequencing_under`] when dropped (the sequencer stopped).
+#[derive(Debug)]
+pub struct SequencingGuard {
+    log: Arc<EventLog>,
+    lease: LeaseHold,
+}
+
+impl Drop for SequencingGuard {
+    fn drop(&mut self) {
+        let mut held = self
+            .log
+            .sequencing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if held.as_ref() == Some(&self.lease) {
+            *held = None;
+        }
+    }
 }
 
 impl EventLog {
@@ -104,12 +126,23 @@ impl EventLog {
             committed_at: Mutex::new(HashMap::new()),
             staged: Notify::new(),
             sequenced: Notify::new(),
+            sequencing: Mutex::new(None),
         }
     }
 
     /// Notes events this replica's planner just committed (staged, without
     /// positions yet) and wakes the sequencer.
     pub fn committed_here(&self, events: &[StoredEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        self.note_commit_times(events);
+        self.staged.notify_one();
+    }
+
+    /// Notes when events this replica's planner committed did (for the
+    /// publish latency).
+    pub fn note_commit_times(&self, events: &[StoredEvent]) {
         if events.is_empty() {
             return;
         }
@@ -124,7 +157,25 @@ impl EventLog {
                 times.insert(e.event.event_id.clone(), now);
             }
         }
-        self.staged.notify_one();
+    }
+
+    /// The lease this replica's sequencer runs under, while it runs: the
+    /// planner's commits then give their events positions themselves.
+    pub fn sequencing(&self) -> Option<LeaseHold> {
+        self.sequencing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Marks this replica's sequencer as running under `lease` until the
+    /// returned guard drops.
+    pub fn sequencing_under(self: &Arc<Self>, lease: &LeaseHold) -> SequencingGuard {
+        *self.sequencing.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease.clone());
+        SequencingGuard {
+            log: Arc::clone(self),
+            lease: lease.clone(),
+        }
     }
 
     /// When event `event_id` committed, if it did here (taken: asked once).

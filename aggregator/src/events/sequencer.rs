@@ -2,7 +2,8 @@
 //! outbox, oldest first, in transactions that check the leader lease, and hands
 //! them straight to this replica's event log (publishers, live streams). Woken
 //! at once by this replica's commits, and every poll interval for other
-//! replicas'.
+//! replicas'. While it runs, this replica's own commits on SQLite give their
+//! events positions in their own transaction (`Commit::sequence`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub async fn run(
     poll: Duration,
     stop: CancellationToken,
 ) {
+    let _sequencing = log.sequencing_under(&lease);
     let mut failing = false;
     loop {
         loop {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::events::StoredEvent;
 use crate::store::{Commit, Store, StoreError};
 
 /// Longest pause between two attempts.
@@ -18,22 +19,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Writes `commit`, retrying retryable failures until they pass or `stop` is
 /// cancelled (`retry` false: one attempt, for work that is simply done again
-/// later, such as the staleness check).
+/// later, such as the staleness check). Returns the events that got their
+/// positions in the transaction ([`Commit::sequence`]).
 pub async fn commit_with_retries(
     store: &Store,
     commit: &Commit,
     stop: &CancellationToken,
     retry: bool,
-) -> Result<(), StoreError> {
+) -> Result<Vec<StoredEvent>, StoreError> {
     let mut delay = Duration::from_millis(100);
     let mut attempts = 0u32;
     loop {
         match store.commit(commit).await {
-            Ok(()) => {
+            Ok(sequenced) => {
                 if attempts > 0 {
                     tracing::info!(attempts, "Database write succeeded after retries.");
                 }
-                return Ok(());
+                return Ok(sequenced);
             }
             Err(e) if retry && e.is_retryable() && !stop.is_cancelled() => {
                 if attempts == 0 {

@@ -405,6 +405,7 @@ impl Plan {
             dead_letters,
             gaps: self.gaps,
             removed: self.removed.values().cloned().collect(),
+            sequence: None,
         };
         let applied = Applied {
             records: self.records,

@@ -2,6 +2,9 @@
 //! them together against the model, commits the group in one transaction
 //! ([`super::commit`]), applies it ([`super::apply`]) and answers each report.
 //! Nothing is applied or answered as done unless the transaction committed.
+//! On the leader (SQLite), the transaction also gives the events their
+//! positions, and the writer hands them to the event log itself: one commit
+//! between a change and its event, not two.
 //!
 //! Other replicas write the same database. When a resource's stored version moved
 //! past the model's (a conflict), the writer reads those resources again and
@@ -22,6 +25,7 @@ use super::plan::{Context, Plan};
 use super::{Outcome, StateError, Submission};
 use crate::config::HealthConfig;
 use crate::events::log::EventLog;
+use crate::events::tail::absorb;
 use crate::events::validate::Bounds;
 use crate::state::State;
 use crate::store::{Store, StoreError};
@@ -132,12 +136,21 @@ impl Writer {
                 now_ms: now,
                 max_future_skew_ms: self.config.max_future_skew_ms,
             };
-            let (commit, applied) = plan.into_commit(bounds);
+            let (mut commit, applied) = plan.into_commit(bounds);
+            commit.sequence = self.events.sequencing();
             match commit_with_retries(&self.store, &commit, stop, true).await {
-                Ok(()) => {
+                Ok(sequenced) => {
                     count_rows(&commit);
                     apply(&self.state, applied, now);
-                    self.events.committed_here(&commit.events);
+                    if sequenced.is_empty() {
+                        self.events.committed_here(&commit.events);
+                    } else {
+                        self.events.note_commit_times(&commit.events);
+                        metrics::counter!(telemetry::SEQUENCED).increment(sequenced.len() as u64);
+                        if !absorb(&self.store, &self.events, &self.state, sequenced).await {
+                            self.events.wake_tail();
+                        }
+                    }
                     for (s, outcome) in planned {
                         let _ = s.reply.send(Ok(outcome));
                     }

@@ -337,8 +337,7 @@ const SEQUENCE_PG: &str = "WITH lease AS ( \
     ) \
     SELECT position, payload FROM inserted ORDER BY position";
 
-/// One round of the sequencer on SQLite (a single writer: the rows between the
-/// first and the last id read are exactly those read).
+/// One round of the sequencer on SQLite, in a transaction of its own.
 async fn sequence_sqlite(
     pool: &sqlx::SqlitePool,
     lease: &LeaseHold,
@@ -346,6 +345,26 @@ async fn sequence_sqlite(
     now: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     let mut tx = pool.begin_write().await?;
+    let Some(out) = sequence_sqlite_in(&mut tx, lease, i64::from(max), now).await? else {
+        return Err(StoreError::LeaseLost(format!(
+            "{} at epoch {}",
+            lease.name, lease.epoch
+        )));
+    };
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Gives the oldest staged events (at most `max`) their positions, inside the
+/// write transaction `tx` (a single writer: the rows between the first and
+/// the last id read are exactly those read); `None`, writing nothing, when
+/// `lease` is not held at its epoch.
+async fn sequence_sqlite_in(
+    tx: &mut sqlx::SqliteConnection,
+    lease: &LeaseHold,
+    max: i64,
+    now: i64,
+) -> Result<Option<Vec<(i64, Vec<u8>)>>, StoreError> {
     let held =
         sqlx::query("SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3")
             .bind(&lease.name)
@@ -354,10 +373,7 @@ async fn sequence_sqlite(
             .fetch_optional(&mut *tx)
             .await?;
     if held.is_none() {
-        return Err(StoreError::LeaseLost(format!(
-            "{} at epoch {}",
-            lease.name, lease.epoch
-        )));
+        return Ok(None);
     }
     let head = match sqlx::query("SELECT value FROM aggregator_meta WHERE name = $1")
         .bind(HEAD)
@@ -368,7 +384,7 @@ async fn sequence_sqlite(
         None => 0,
     };
     let staged = sqlx::query("SELECT id, payload FROM event_staging ORDER BY id LIMIT $1")
-        .bind(i64::from(max))
+        .bind(max)
         .fetch_all(&mut *tx)
         .await?;
     let mut out = Vec::with_capacity(staged.len());
@@ -380,7 +396,7 @@ async fn sequence_sqlite(
         out.push((head + i as i64 + 1, r.try_get::<Vec<u8>, _>("payload")?));
     }
     if out.is_empty() {
-        return Ok(out);
+        return Ok(Some(out));
     }
     sqlx::query(
         "INSERT INTO event_outbox (position, event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
@@ -403,6 +419,41 @@ async fn sequence_sqlite(
         .bind(head + out.len() as i64)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok(out)
+    Ok(Some(out))
+}
+
+/// Positions given inside a state commit's transaction ([`super::Commit::sequence`]).
+pub(super) trait SequenceInline {
+    /// Every staged event, positioned while `lease` holds: (position, payload).
+    /// Nothing when the lease is lost (the next leader's sequencer gives them
+    /// positions) or where the backend leaves it to the sequencer.
+    fn sequence_inline(
+        &mut self,
+        lease: &LeaseHold,
+        now: i64,
+    ) -> impl std::future::Future<Output = Result<Vec<(i64, Vec<u8>)>, StoreError>> + Send;
+}
+
+impl SequenceInline for sqlx::SqliteConnection {
+    async fn sequence_inline(
+        &mut self,
+        lease: &LeaseHold,
+        now: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        Ok(sequence_sqlite_in(self, lease, i64::MAX, now)
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+impl SequenceInline for sqlx::PgConnection {
+    /// Two PostgreSQL transactions may run at once; positions stay with the
+    /// sequencer's single statement.
+    async fn sequence_inline(
+        &mut self,
+        _lease: &LeaseHold,
+        _now: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
 }

@@ -157,6 +157,12 @@ pub struct Commit {
     /// Resources deleted at their source: their tombstone state, at the version
     /// after the stored one.
     pub removed: Vec<ResourceRecord>,
+    /// The leader's own commits on SQLite, where one writer at a time makes it
+    /// safe: while this lease is held at its epoch, the staged events (other
+    /// replicas' and this commit's) get their positions in the same
+    /// transaction, so an event needs one commit, not two, before it streams.
+    /// Ignored on PostgreSQL, where the sequencer alone gives positions.
+    pub sequence: Option<LeaseHold>,
 }
 
 /// What is left of a deleted resource: its id, its last version and when it
@@ -299,6 +305,7 @@ impl BeginWrite for SqlitePool {
 mod cluster;
 mod events;
 mod gaps;
+mod latest;
 mod machines;
 mod tombstones;
 mod warnings;
@@ -307,6 +314,7 @@ pub use cluster::{LeaseHold, OpenedSession, SessionOwner};
 
 pub use events::{CursorKind, CursorRow, DeadLetter};
 pub use gaps::GapRow;
+pub use latest::{LatestRollup, RolledUpResources};
 pub use machines::Binding;
 pub use warnings::{WarningFilter, WarningRow};
 
@@ -393,10 +401,11 @@ impl Store {
         on_pool!(self, p => p.close().await)
     }
 
-    /// Writes `commit` in one transaction.
-    pub async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    /// Writes `commit` in one transaction; the events that got positions in
+    /// it (see [`Commit::sequence`]), in position order.
+    pub async fn commit(&self, commit: &Commit) -> Result<Vec<StoredEvent>, StoreError> {
         if commit.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let started = Instant::now();
         let result = self.commit_inner(commit).await;
@@ -404,7 +413,7 @@ impl Store {
         result
     }
 
-    async fn commit_inner(&self, c: &Commit) -> Result<(), StoreError> {
+    async fn commit_inner(&self, c: &Commit) -> Result<Vec<StoredEvent>, StoreError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             // Each version follows the stored one, or nothing is written: the
@@ -491,8 +500,17 @@ impl Store {
                     .bind(&g.cause).bind(g.exact).bind(g.recorded_at_ms)
                     .execute(&mut *tx).await?;
             }
+            let sequenced = match &c.sequence {
+                Some(lease) if !c.events.is_empty() => {
+                    cluster::SequenceInline::sequence_inline(&mut *tx, lease, now).await?
+                }
+                _ => Vec::new(),
+            };
             tx.commit().await?;
-            Ok(())
+            sequenced
+                .iter()
+                .map(|(position, payload)| events::event_from_row(*position, payload))
+                .collect()
         })
     }
 

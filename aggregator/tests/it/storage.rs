@@ -12,8 +12,8 @@ use infrawatch_aggregator::model::{Health, Reason, Relation, ResourceRecord};
 use infrawatch_aggregator::samples::ledger::Cursor;
 use infrawatch_aggregator::samples::{SeriesKey, Stats};
 use infrawatch_aggregator::store::{
-    Commit, CursorKind, DeadLetter, FlushSource, HistoryEntry, LeaseHold, RollupDelta,
-    SessionOwner, StatePosition, Store, StoreError,
+    Commit, CursorKind, DeadLetter, FlushSource, HistoryEntry, LeaseHold, RolledUpResources,
+    RollupDelta, SessionOwner, StatePosition, Store, StoreError,
 };
 use infrawatch_proto::v1 as pb;
 use sqlx::Connection;
@@ -654,6 +654,149 @@ async fn rollups_accumulate(db: TestDb) {
     assert_eq!(s.rollups(&key, 100_000, 200_000).await.unwrap().len(), 1);
 }
 
+/// One rollup minute of `resource_id`'s `metric{attributes}` with last value
+/// `last` sampled at `last_ts`.
+fn minute(
+    resource_id: &str,
+    metric: &str,
+    attributes: &str,
+    bucket: i64,
+    last: f64,
+    last_ts: i64,
+) -> RollupDelta {
+    let mut stats = Stats::default();
+    stats.add(last);
+    RollupDelta {
+        key: SeriesKey::new(resource_id, metric, attributes),
+        bucket_start_ms: bucket,
+        stats,
+        last: (last_ts, last),
+    }
+}
+
+async fn the_newest_rollup_of_many_series_comes_in_one_query(db: TestDb) {
+    let s = &db.store;
+    let epoch = s.open_session("agent-l", "replica-1").await.unwrap().epoch;
+    let (cpu, mem, net) = (
+        "k8s.pod.cpu.usage",
+        "k8s.pod.memory.working_set",
+        "k8s.pod.network.io",
+    );
+    s.flush(&[source(
+        "agent-l",
+        epoch,
+        1,
+        vec![
+            minute("host/m1/pod/shop/a", cpu, "", 60_000, 0.1, 61_000),
+            minute("host/m1/pod/shop/a", cpu, "", 120_000, 0.2, 125_000),
+            minute("host/m1/pod/shop/a", mem, "", 60_000, 500.0, 61_000),
+            minute(
+                "host/m1/pod/shop/a",
+                net,
+                "direction=\"receive\"",
+                120_000,
+                7.0,
+                121_000,
+            ),
+            minute(
+                "host/m1/pod/shop/a",
+                net,
+                "direction=\"transmit\"",
+                120_000,
+                9.0,
+                121_000,
+            ),
+            minute("host/m1/pod/shop/b", cpu, "", 60_000, 0.3, 62_000),
+            minute(
+                "host/m1/volume/shop/data",
+                "k8s.volume.available",
+                "",
+                120_000,
+                1.0,
+                121_000,
+            ),
+            minute("host/m10/pod/shop/c", cpu, "", 120_000, 0.4, 121_000),
+            minute("host/M1/pod/shop/d", cpu, "", 120_000, 0.5, 121_000),
+            minute("host/m_/pod/shop/e", cpu, "", 120_000, 0.6, 121_000),
+            minute("host/mx/pod/shop/f", cpu, "", 120_000, 0.7, 121_000),
+        ],
+    )])
+    .await
+    .unwrap();
+    let brief = |rows: Vec<infrawatch_aggregator::store::LatestRollup>| -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{} {}{{{}}} {}@{} ({})",
+                    r.key.resource_id,
+                    r.key.metric,
+                    r.key.attributes,
+                    r.value,
+                    r.sampled_at_ms,
+                    r.bucket_start_ms
+                )
+            })
+            .collect()
+    };
+    // Ids, among tens of thousands: one parameter, whatever SQLite's limit.
+    let mut ids: Vec<String> = (0..40_000)
+        .map(|i| format!("host/none/pod/x/{i}"))
+        .collect();
+    ids.push("host/m1/pod/shop/a".into());
+    ids.push("host/m1/pod/shop/b".into());
+    let pods = RolledUpResources::Ids(&ids);
+    assert_eq!(
+        brief(s.latest_rollups(pods, &[cpu, mem, net], 0).await.unwrap()),
+        vec![
+            "host/m1/pod/shop/a k8s.pod.cpu.usage{} 0.2@125000 (120000)",
+            "host/m1/pod/shop/a k8s.pod.memory.working_set{} 500@61000 (60000)",
+            "host/m1/pod/shop/a k8s.pod.network.io{direction=\"receive\"} 7@121000 (120000)",
+            "host/m1/pod/shop/a k8s.pod.network.io{direction=\"transmit\"} 9@121000 (120000)",
+            "host/m1/pod/shop/b k8s.pod.cpu.usage{} 0.3@62000 (60000)",
+        ],
+        "the newest minute of every series, in key order"
+    );
+    assert_eq!(
+        brief(s.latest_rollups(pods, &[cpu], 100_000).await.unwrap()),
+        vec!["host/m1/pod/shop/a k8s.pod.cpu.usage{} 0.2@125000 (120000)"],
+        "only that metric, only minutes from `since` on"
+    );
+    assert!(
+        s.latest_rollups(RolledUpResources::Ids(&[]), &[], 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A prefix: exact, case and all, its wildcards taken literally.
+    assert_eq!(
+        brief(
+            s.latest_rollups(RolledUpResources::Prefix("host/m1/pod/"), &[cpu], 0)
+                .await
+                .unwrap()
+        ),
+        vec![
+            "host/m1/pod/shop/a k8s.pod.cpu.usage{} 0.2@125000 (120000)",
+            "host/m1/pod/shop/b k8s.pod.cpu.usage{} 0.3@62000 (60000)",
+        ]
+    );
+    assert_eq!(
+        brief(
+            s.latest_rollups(RolledUpResources::Prefix("host/m_/"), &[], 0)
+                .await
+                .unwrap()
+        ),
+        vec!["host/m_/pod/shop/e k8s.pod.cpu.usage{} 0.6@121000 (120000)"]
+    );
+    assert_eq!(
+        s.latest_rollups(RolledUpResources::Prefix("host/m1/"), &[], 0)
+            .await
+            .unwrap()
+            .len(),
+        6,
+        "every metric when none is named"
+    );
+}
+
 async fn closed_database_is_a_retryable_failure(db: TestDb) {
     let s = &db.store;
     s.close().await;
@@ -813,6 +956,82 @@ async fn outbox_round_trips(db: TestDb) {
     assert!(letters[0].reason.contains("does not follow"));
 }
 
+/// On SQLite, a commit made under the held leader lease gives its events
+/// positions in its own transaction, after what other commits staged; under a
+/// lost lease it leaves them staged for the next leader. On PostgreSQL the
+/// sequencer alone gives positions.
+async fn the_leaders_commit_sequences_its_events(db: TestDb) {
+    let s = &db.store;
+    let epoch = s
+        .take_lease("leader", "replica-1", 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let hold = LeaseHold {
+        name: "leader".into(),
+        holder: "replica-1".into(),
+        epoch,
+    };
+    let lost = LeaseHold {
+        epoch: epoch + 1,
+        ..hold.clone()
+    };
+    // Staged by another replica's commit.
+    s.commit(&Commit {
+        events: vec![event(0, "host/a", 1)],
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let under_lost = s
+        .commit(&Commit {
+            events: vec![event(0, "host/b", 1)],
+            sequence: Some(lost),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert!(under_lost.is_empty(), "a lost lease sequences nothing");
+    assert_eq!(s.event_head().await.unwrap(), 0);
+    let sequenced = s
+        .commit(&Commit {
+            events: vec![event(0, "host/c", 1)],
+            sequence: Some(hold.clone()),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let positions: Vec<(u64, String)> = sequenced
+        .iter()
+        .map(|e| (e.position, e.event.resource_id.clone()))
+        .collect();
+    if s.backend() == infrawatch_aggregator::config::Backend::Postgres {
+        assert!(positions.is_empty(), "the sequencer's work on PostgreSQL");
+        assert_eq!(s.sequence_events(&hold, 10).await.unwrap().len(), 3);
+    } else {
+        assert_eq!(
+            positions,
+            vec![
+                (1, "host/a".to_string()),
+                (2, "host/b".to_string()),
+                (3, "host/c".to_string())
+            ],
+            "what was staged first comes first"
+        );
+        assert_eq!(sequenced[2].event, event(0, "host/c", 1).event);
+        assert!(s.sequence_events(&hold, 10).await.unwrap().is_empty());
+    }
+    assert_eq!(s.event_head().await.unwrap(), 3);
+    let stored: Vec<String> = s
+        .events_after(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.resource_id)
+        .collect();
+    assert_eq!(stored, vec!["host/a", "host/b", "host/c"]);
+}
+
 /// Heartbeats say which replicas are alive; a stopped one is not.
 async fn replicas_are_alive_while_they_beat(db: TestDb) {
     let s = &db.store;
@@ -898,7 +1117,7 @@ async fn commits_lock_rows_in_one_order(db: TestDb) {
                 })
                 .await
             {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(StoreError::Conflict(_)) => conflicts += 1,
                 Err(e) => panic!("a commit failed: {e:?}"),
             }
@@ -961,8 +1180,10 @@ suite!(
     a_taken_over_session_is_fenced,
     a_flush_sent_twice_adds_once,
     rollups_accumulate,
+    the_newest_rollup_of_many_series_comes_in_one_query,
     closed_database_is_a_retryable_failure,
     outbox_round_trips,
+    the_leaders_commit_sequences_its_events,
     replicas_are_alive_while_they_beat,
     commits_lock_rows_in_one_order,
 );
