@@ -27,6 +27,8 @@
 //!   live streams and durable subscriptions.
 //! - [`store`]: PostgreSQL and SQLite through sqlx.
 //! - [`query`], [`selector`]: the query operations.
+//! - [`kubernetes_usage`]: pods' use against their requests, summed per
+//!   namespace, workload or node.
 //! - [`server`]: gRPC (mTLS) and REST front ends.
 //! - [`cli`]: the `infrawatch` command (queries, `up`, certificates).
 //! - [`telemetry`]: the aggregator's own metrics.
@@ -37,6 +39,7 @@ pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod health;
+pub mod kubernetes_usage;
 pub mod model;
 pub mod planner;
 pub mod query;

@@ -56,6 +56,7 @@ pub fn router(shared: RestState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/kubernetes/events", get(kubernetes_events))
+        .route("/api/v1/kubernetes/usage", get(kubernetes_usage))
         .route("/api/v1/agents", get(agents))
         .route(
             "/api/v1/agents/{identity}/machine",
@@ -497,6 +498,102 @@ async fn kubernetes_events(
             "count": w.count,
             "lastSeenUnixMs": w.last_seen_ms.to_string(),
         })).collect::<Vec<_>>()
+    })))
+}
+
+/// `GET /api/v1/kubernetes/usage?cluster=&by=namespace|workload|node&namespace=`:
+/// the active pods' use against their requests and limits, summed per group
+/// (`crate::kubernetes_usage`); a restricted token sums its clusters and
+/// namespaces only.
+async fn kubernetes_usage(
+    AxumState(shared): AxumState<RestState>,
+    Extension(who): Extension<Principal>,
+    Params(params): Params,
+) -> Result<Json<Value>, QueryError> {
+    use crate::kubernetes_usage::{self as usage, GroupBy, UsageError, UsageQuery};
+    reject_unknown(&params, &["cluster", "by", "namespace"])?;
+    let cluster = match param(&params, "cluster") {
+        "" => {
+            return Err(QueryError::InvalidArgument(
+                "parameter \"cluster\" is required: the name of a watched cluster".into(),
+            ));
+        }
+        c => c,
+    };
+    let names = GroupBy::ALL.map(GroupBy::name).join(", ");
+    let by = match param(&params, "by") {
+        "" => {
+            return Err(QueryError::InvalidArgument(format!(
+                "parameter \"by\" is required: one of {names}"
+            )));
+        }
+        b => GroupBy::parse(b).ok_or_else(|| {
+            QueryError::InvalidArgument(format!("by={b:?} is not one of {names}"))
+        })?,
+    };
+    let query = UsageQuery {
+        cluster,
+        by,
+        namespace: Some(param(&params, "namespace")).filter(|n| !n.is_empty()),
+    };
+    let answer = usage::usage(
+        &shared.state,
+        &shared.store,
+        &query,
+        who.scope.as_deref(),
+        now_unix_ms(),
+    )
+    .await
+    .map_err(|e| match e {
+        UsageError::UnknownCluster(_) => QueryError::NotFound(e.to_string()),
+        UsageError::Store(ref source) => {
+            tracing::warn!(
+                error = source as &dyn std::error::Error,
+                "Kubernetes usage: stored rollups unreadable."
+            );
+            QueryError::Unavailable(format!("{e}: {source}"))
+        }
+    })?;
+    // CPU use is `usageCores`; memory use is the working set (what the
+    // kubelet evicts and the kernel OOM-kills by), `workingSetBytes`.
+    let compared = |c: &usage::Compared, used: &str, unit: &str| {
+        json!({
+            used: c.usage,
+            format!("request{unit}"): c.request,
+            format!("limit{unit}"): c.limit,
+            "usageOfRequest": c.usage_of_request(),
+        })
+    };
+    let groups: Vec<Value> = answer
+        .groups
+        .iter()
+        .map(|g| {
+            let mut group = json!({
+                "name": g.name,
+                "pods": g.pods,
+                "podsWithUsage": g.pods_with_usage,
+                "cpu": compared(&g.cpu, "usageCores", "Cores"),
+                "memory": compared(&g.memory, "workingSetBytes", "Bytes"),
+                "network": {
+                    "receiveBytesTotal": g.receive_bytes,
+                    "transmitBytesTotal": g.transmit_bytes,
+                },
+                "ephemeralStorageBytes": g.ephemeral_storage_bytes,
+            });
+            if let Some(namespace) = &g.namespace {
+                group["namespace"] = json!(namespace);
+            }
+            if let Some(kind) = g.kind {
+                group["kind"] = json!(kind);
+            }
+            group
+        })
+        .collect();
+    Ok(Json(json!({
+        "cluster": cluster,
+        "by": by.name(),
+        "groups": groups,
+        "asOfUnixMs": answer.as_of_ms.to_string(),
     })))
 }
 

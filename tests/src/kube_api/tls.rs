@@ -66,6 +66,10 @@ where
                 continue;
             }
         };
+        // As Go's net/http (the API server's) does: a watch writes one small
+        // chunk per event, which Nagle's algorithm would hold back behind the
+        // client's delayed acknowledgement.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let handle = handle.clone();
         tokio::spawn(async move {

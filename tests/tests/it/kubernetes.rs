@@ -732,3 +732,283 @@ async fn one_aggregator_watches_several_clusters_apart() {
     let (_, east_pod) = agg.get("/api/v1/resources/k8s/east/pod/shop/web-a");
     assert_eq!(east_pod["health"], "healthy", "{east_pod}");
 }
+
+/// The fake kubelet's figures of node `n1`: CPU in cores and working set in
+/// bytes of `shop/web-a`, `shop/web-b` and `billing/invoice-0` (the last also
+/// with network counters and ephemeral storage).
+fn usage_summary() -> Value {
+    let pod = |ns: &str, name: &str, cores: f64, working_set: u64| {
+        json!({
+            "podRef": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
+            "cpu": {"usageNanoCores": (cores * 1e9) as u64},
+            "memory": {"usageBytes": working_set + 1_000_000, "workingSetBytes": working_set}
+        })
+    };
+    let mut invoice = pod("billing", "invoice-0", 0.2, 300_000_000);
+    invoice["network"] = json!({"name": "eth0", "rxBytes": 1_000u64, "txBytes": 2_000u64});
+    invoice["ephemeral-storage"] = json!({"usedBytes": 4_096u64});
+    json!({
+        "node": {"nodeName": "n1"},
+        "pods": [
+            pod("shop", "web-a", 0.05, 100_000_000),
+            pod("shop", "web-b", 0.25, 60_000_000),
+            invoice,
+        ]
+    })
+}
+
+/// Asserts that `v` is a number within 1e-6 of `expected`.
+fn assert_close(v: &Value, expected: f64, what: &str) {
+    let got = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: {v} is no number"));
+    assert!(
+        (got - expected).abs() <= 1e-6 * expected.abs().max(1.0),
+        "{what}: {got}, expected {expected}"
+    );
+}
+
+/// The groups of `GET /api/v1/kubernetes/usage?<query>`, by name.
+fn usage_groups(agg: &Aggregator, query: &str) -> BTreeMap<String, Value> {
+    let (status, body) = agg.get(&format!("/api/v1/kubernetes/usage?{query}"));
+    assert_eq!(status, 200, "{body}");
+    body["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap().to_string(), g.clone()))
+        .collect()
+}
+
+/// Asserts the sums of the scenario below: namespaces `shop` (Deployment
+/// `web`: web-a and web-b on n1 with figures, web-c on n2 without) and
+/// `billing` (the bare pod invoice-0 on n1), by namespace, workload and node.
+fn assert_usage_sums(agg: &Aggregator) {
+    const MI: f64 = 1024.0 * 1024.0;
+    let by_ns = usage_groups(agg, "cluster=test&by=namespace");
+    assert_eq!(by_ns.keys().collect::<Vec<_>>(), ["billing", "shop"]);
+    let shop = &by_ns["shop"];
+    assert_eq!(shop["namespace"], "shop");
+    assert_eq!(
+        (shop["pods"].as_u64(), shop["podsWithUsage"].as_u64()),
+        (Some(3), Some(2)),
+        "{shop}"
+    );
+    assert_close(&shop["cpu"]["usageCores"], 0.05 + 0.25, "shop CPU use");
+    assert_close(&shop["cpu"]["requestCores"], 0.3, "shop CPU requests");
+    assert_close(&shop["cpu"]["limitCores"], 0.0, "no CPU limits set");
+    // Over the requests of the two pods with figures: 0.3 of 0.2 cores.
+    assert_close(
+        &shop["cpu"]["usageOfRequest"],
+        1.5,
+        "shop CPU use of request",
+    );
+    assert_close(
+        &shop["memory"]["workingSetBytes"],
+        160e6,
+        "shop working set",
+    );
+    assert_close(
+        &shop["memory"]["requestBytes"],
+        3.0 * 128.0 * MI,
+        "shop memory requests",
+    );
+    assert_close(
+        &shop["memory"]["limitBytes"],
+        3.0 * 256.0 * MI,
+        "shop memory limits",
+    );
+    assert_close(
+        &shop["memory"]["usageOfRequest"],
+        160e6 / (2.0 * 128.0 * MI),
+        "shop memory use of request",
+    );
+    assert!(
+        shop["network"]["receiveBytesTotal"].is_null(),
+        "no figure is not zero: {shop}"
+    );
+    let billing = &by_ns["billing"];
+    assert_eq!(
+        (billing["pods"].as_u64(), billing["podsWithUsage"].as_u64()),
+        (Some(1), Some(1)),
+        "the finished pod does not count: {billing}"
+    );
+    assert_close(&billing["cpu"]["usageCores"], 0.2, "billing CPU use");
+    assert_close(&billing["cpu"]["limitCores"], 0.5, "billing CPU limit");
+    assert_close(
+        &billing["cpu"]["usageOfRequest"],
+        0.8,
+        "billing CPU use of request",
+    );
+    assert_close(
+        &billing["memory"]["workingSetBytes"],
+        300e6,
+        "billing working set",
+    );
+    assert_close(
+        &billing["network"]["receiveBytesTotal"],
+        1_000.0,
+        "billing received",
+    );
+    assert_close(
+        &billing["network"]["transmitBytesTotal"],
+        2_000.0,
+        "billing sent",
+    );
+    assert_close(
+        &billing["ephemeralStorageBytes"],
+        4_096.0,
+        "billing ephemeral storage",
+    );
+
+    let by_workload = usage_groups(agg, "cluster=test&by=workload");
+    assert_eq!(by_workload.keys().collect::<Vec<_>>(), ["invoice-0", "web"]);
+    let web = &by_workload["web"];
+    assert_eq!(
+        (web["kind"].as_str(), web["namespace"].as_str()),
+        (Some("Deployment"), Some("shop")),
+        "the ReplicaSet's pods under its Deployment: {web}"
+    );
+    assert_eq!(web["pods"], 3);
+    assert_close(&web["cpu"]["usageCores"], 0.3, "web CPU use");
+    let invoice = &by_workload["invoice-0"];
+    assert_eq!(
+        (invoice["kind"].as_str(), invoice["namespace"].as_str()),
+        (Some("Pod"), Some("billing")),
+        "{invoice}"
+    );
+
+    let by_node = usage_groups(agg, "cluster=test&by=node");
+    assert_eq!(by_node.keys().collect::<Vec<_>>(), ["n1", "n2"]);
+    let n1 = &by_node["n1"];
+    assert!(
+        n1.get("namespace").is_none() && n1.get("kind").is_none(),
+        "{n1}"
+    );
+    assert_eq!(
+        (n1["pods"].as_u64(), n1["podsWithUsage"].as_u64()),
+        (Some(3), Some(3)),
+        "{n1}"
+    );
+    assert_close(&n1["cpu"]["usageCores"], 0.5, "n1 CPU use");
+    assert_close(&n1["cpu"]["requestCores"], 0.45, "n1 CPU requests");
+    assert_close(&n1["memory"]["workingSetBytes"], 460e6, "n1 working set");
+    let n2 = &by_node["n2"];
+    assert_eq!(
+        (n2["pods"].as_u64(), n2["podsWithUsage"].as_u64()),
+        (Some(1), Some(0)),
+        "{n2}"
+    );
+    assert!(
+        n2["cpu"]["usageCores"].is_null() && n2["cpu"]["usageOfRequest"].is_null(),
+        "{n2}"
+    );
+    assert_close(&n2["cpu"]["requestCores"], 0.1, "n2 CPU requests");
+
+    let billing_nodes = usage_groups(agg, "cluster=test&by=node&namespace=billing");
+    assert_eq!(billing_nodes.keys().collect::<Vec<_>>(), ["n1"]);
+    assert_eq!(billing_nodes["n1"]["pods"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_usage_is_summed_against_requests_per_namespace_workload_and_node() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-usage"]).unwrap();
+    let kube = FakeKube::start().await.unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, "test").unwrap();
+    // Node n1 is this machine, where the agent reads the fake kubelet; n2's
+    // machine runs no agent.
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut n1 = node("n1", "True");
+    if let Some(info) = n1.status.as_mut().and_then(|s| s.node_info.as_mut()) {
+        info.machine_id = machine.clone();
+    }
+    kube.apply(n1);
+    kube.apply(node("n2", "True"));
+    kube.apply(deployment(3));
+    kube.apply(replica_set());
+    kube.apply(pod("web-a", "n1", None));
+    kube.apply(pod("web-b", "n1", None));
+    kube.apply(pod("web-c", "n2", None));
+    let billing_pod = |name: &str, phase: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "billing"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "invoice:1",
+                     "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}}}]},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap()
+    };
+    kube.apply(billing_pod("invoice-0", "Running"));
+    kube.apply(billing_pod("invoice-migrate", "Succeeded"));
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, &kubernetes_config(&kubeconfig)).unwrap();
+
+    let kubelet = infrawatch_e2e::fake_kubelet::FakeKubelet::start("kubelet-token").unwrap();
+    kubelet.set_summary(usage_summary());
+    let (token, ca) = (dir.path().join("token"), dir.path().join("kubelet-ca.crt"));
+    std::fs::write(&token, "kubelet-token\n").unwrap();
+    std::fs::write(&ca, kubelet.ca_pem()).unwrap();
+    let collector = format!(
+        "[collectors.kubelet]\nenabled = true\ninterval_ms = 1000\ndeadline_ms = 900\ntimeout_ms = 800\n\
+         url = {:?}\ntoken_file = {:?}\nca_file = {:?}\n",
+        kubelet.url(),
+        token.display().to_string(),
+        ca.display().to_string(),
+    );
+    let mut agent = infrawatch_e2e::Agent::start_with(
+        dir.path(),
+        &pki,
+        "agent-usage",
+        &[agg.endpoint()],
+        1000,
+        &collector,
+    )
+    .unwrap();
+
+    // The model's pods name where the agent reports their use.
+    let web_a = eventually(WAIT, "web-a's usage resource", || {
+        let (_, r) = agg.get("/api/v1/resources/k8s/test/pod/shop/web-a");
+        r["attributes"]["k8s.pod.usage.resource"]
+            .as_str()
+            .map(|_| r.clone())
+    });
+    assert_eq!(
+        web_a["attributes"]["k8s.pod.usage.resource"],
+        format!("host/{machine}/pod/shop/web-a")
+    );
+    eventually(WAIT, "every figure of n1's pods", || {
+        let n1 = usage_groups(&agg, "cluster=test&by=node").remove("n1")?;
+        (n1["podsWithUsage"] == 3).then_some(())
+    });
+    assert_usage_sums(&agg);
+
+    // Parameters: `by` and `cluster` are required, others refused.
+    for (query, status, names) in [
+        ("cluster=test&by=pod", 400, "by"),
+        ("cluster=test", 400, "by"),
+        ("by=node", 400, "cluster"),
+        ("cluster=test&by=node&colour=red", 400, "colour"),
+        ("cluster=elsewhere&by=node", 404, "elsewhere"),
+    ] {
+        let (got, body) = agg.get(&format!("/api/v1/kubernetes/usage?{query}"));
+        assert_eq!(got, status, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{query}: {message}");
+    }
+
+    // Without the agent and after a restart, this replica's memory holds no
+    // figure: the same sums come from the stored rollups (as on a replica the
+    // agent does not stream to).
+    agent.process.stop().unwrap();
+    let agg = agg.restart(dir.path()).unwrap();
+    eventually(WAIT, "the figures from the stored rollups", || {
+        let n1 = usage_groups(&agg, "cluster=test&by=node").remove("n1")?;
+        (n1["podsWithUsage"] == 3).then_some(())
+    });
+    assert_usage_sums(&agg);
+}
