@@ -24,6 +24,10 @@ pub struct Cache {
     by_kind: HashMap<Kind, HashSet<Key>>,
     /// Warning events by the object they are about.
     warnings: HashMap<Key, BTreeSet<Key>>,
+    /// The pods each Service and PodDisruptionBudget selects, kept as pods and
+    /// selectors change (a Service's health reads them at every change of one
+    /// of its pods).
+    selected: HashMap<Key, BTreeSet<Key>>,
     /// Relists in progress, by kind.
     relisting: HashMap<Kind, HashMap<Key, Object>>,
     /// Kinds whose first list completed.
@@ -101,19 +105,72 @@ impl Cache {
             .filter_map(|k| self.objects.get(k))
     }
 
-    /// Pods in `namespace` whose labels match `selector` (never all of them for
-    /// an empty selector).
-    pub fn pods_selected<'a>(
-        &'a self,
-        namespace: &str,
-        selector: &'a BTreeMap<String, String>,
-    ) -> impl Iterator<Item = &'a Pod> {
-        self.in_namespace(namespace, Kind::Pod)
-            .filter_map(|o| match o {
-                Object::Pod(p) => Some(&**p),
+    /// The pods Service or PodDisruptionBudget `owner` selects (none for an
+    /// empty selector), in key order.
+    pub fn pods_selected(&self, owner: &Key) -> impl Iterator<Item = &Pod> {
+        self.selected
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| match self.objects.get(k) {
+                Some(Object::Pod(p)) => Some(&**p),
                 _ => None,
             })
-            .filter(move |p| matches(selector, &p.meta.labels))
+    }
+
+    /// The selector of a Service or PodDisruptionBudget.
+    fn selector_of(object: &Object) -> Option<&BTreeMap<String, String>> {
+        match object {
+            Object::Service(s) => Some(&s.selector),
+            Object::Pdb(b) => Some(&b.selector),
+            _ => None,
+        }
+    }
+
+    /// Updates [`Cache::pods_selected`] after `key` was stored or removed.
+    fn index_selection(&mut self, key: &Key) {
+        match key.kind {
+            Kind::Pod => {
+                let labels = match self.objects.get(key) {
+                    Some(Object::Pod(p)) => Some(p.meta.labels.clone()),
+                    _ => None,
+                };
+                let owners: Vec<(Key, bool)> = [Kind::Service, Kind::Pdb]
+                    .into_iter()
+                    .flat_map(|kind| self.in_namespace(&key.namespace, kind))
+                    .filter_map(|o| {
+                        let selector = Self::selector_of(o)?;
+                        let selects = labels.as_ref().is_some_and(|l| matches(selector, l));
+                        Some((o.key(), selects))
+                    })
+                    .collect();
+                for (owner, selects) in owners {
+                    if selects {
+                        self.selected.entry(owner).or_default().insert(key.clone());
+                    } else if let Some(set) = self.selected.get_mut(&owner) {
+                        set.remove(key);
+                    }
+                }
+            }
+            Kind::Service | Kind::Pdb => {
+                let pods: BTreeSet<Key> = match self.objects.get(key).and_then(Self::selector_of) {
+                    Some(selector) => self
+                        .in_namespace(&key.namespace, Kind::Pod)
+                        .filter(
+                            |o| matches!(o, Object::Pod(p) if matches(selector, &p.meta.labels)),
+                        )
+                        .map(Object::key)
+                        .collect(),
+                    None => BTreeSet::new(),
+                };
+                if self.objects.contains_key(key) {
+                    self.selected.insert(key.clone(), pods);
+                } else {
+                    self.selected.remove(key);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The EndpointSlices of a service.
@@ -234,6 +291,7 @@ impl Cache {
                 self.unindex_warning(&key, w);
             }
         }
+        self.index_selection(&key);
         Some((key, old))
     }
 
@@ -255,6 +313,7 @@ impl Cache {
         if let Some(keys) = self.by_kind.get_mut(&key.kind) {
             keys.remove(key);
         }
+        self.index_selection(key);
         Some((key.clone(), Some(old)))
     }
 
@@ -432,6 +491,48 @@ mod tests {
         assert!(out.contains(&Key::new(Kind::Pod, "shop", "web-1")));
         assert!(!out.contains(&Key::new(Kind::Pod, "shop", "web-2")));
         assert!(out.contains(&Key::new(Kind::Service, "shop", "web")));
+    }
+
+    #[test]
+    fn selections_follow_pods_and_selectors() {
+        let mut c = Cache::default();
+        let web = Key::new(Kind::Service, "shop", "web");
+        let service = |app: &str| {
+            Object::Service(Box::new(Service {
+                meta: meta("shop", "web", &[]),
+                selector: [("app".to_string(), app.to_string())].into(),
+                ..Service::default()
+            }))
+        };
+        c.apply(Update::Apply(pod("web-1", "n1")));
+        c.apply(Update::Apply(service("web")));
+        c.apply(Update::Apply(pod("web-2", "n1")));
+        let names = |c: &Cache| -> Vec<String> {
+            c.pods_selected(&web).map(|p| p.meta.name.clone()).collect()
+        };
+        assert_eq!(
+            names(&c),
+            vec!["web-1", "web-2"],
+            "pods before and after the Service"
+        );
+        let Some(Object::Pod(mut relabelled)) =
+            c.get(&Key::new(Kind::Pod, "shop", "web-2")).cloned()
+        else {
+            panic!("web-2 is cached");
+        };
+        relabelled.meta.labels = [("app".to_string(), "db".to_string())].into();
+        c.apply(Update::Apply(Object::Pod(relabelled)));
+        assert_eq!(
+            names(&c),
+            vec!["web-1"],
+            "a pod whose labels no longer match leaves"
+        );
+        c.apply(Update::Delete(Key::new(Kind::Pod, "shop", "web-1")));
+        assert!(names(&c).is_empty(), "a deleted pod leaves");
+        c.apply(Update::Apply(service("db")));
+        assert_eq!(names(&c), vec!["web-2"], "a new selector selects again");
+        c.apply(Update::Delete(web.clone()));
+        assert!(names(&c).is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use infrawatch_common::resource::{host_id, validate_label};
 
-use super::cache::{Cache, matches};
+use super::cache::Cache;
 use super::ids;
 use super::objects::{Key, Kind, Object, Status};
 use super::rules::ClusterFigures;
@@ -116,7 +116,7 @@ pub fn observation(
             if !s.cluster_ip.is_empty() {
                 attr("k8s.service.cluster_ip", s.cluster_ip.clone());
             }
-            for pod in cache.pods_selected(&s.meta.namespace, &s.selector) {
+            for pod in cache.pods_selected(&object.key()) {
                 relations.push(rel(
                     "selects",
                     ids::of(
@@ -209,16 +209,14 @@ pub fn observation(
                 "k8s.pdb.disruptions_allowed",
                 b.disruptions_allowed.to_string(),
             );
-            for pod in cache.pods_selected(&b.meta.namespace, &b.selector) {
-                if matches(&b.selector, &pod.meta.labels) {
-                    relations.push(rel(
-                        "selects",
-                        ids::of(
-                            cluster,
-                            &Key::new(Kind::Pod, &pod.meta.namespace, &pod.meta.name),
-                        ),
-                    ));
-                }
+            for pod in cache.pods_selected(&object.key()) {
+                relations.push(rel(
+                    "selects",
+                    ids::of(
+                        cluster,
+                        &Key::new(Kind::Pod, &pod.meta.namespace, &pod.meta.name),
+                    ),
+                ));
             }
         }
         Object::Pvc(c) => {

@@ -357,7 +357,7 @@ fn service(ctx: &Context<'_>, s: &Service) -> Vec<Finding> {
     }
     let pods: Vec<&Pod> = ctx
         .cache
-        .pods_selected(ns, &s.selector)
+        .pods_selected(&Key::new(Kind::Service, ns, &s.meta.name))
         .filter(|p| p.is_active())
         .collect();
     if !sliced {
