@@ -31,7 +31,7 @@ use crate::planner::PlannerHandle;
 use crate::samples::SeriesKey;
 use crate::sources::{Change, Report, Verdict};
 use crate::state::State;
-use crate::store::{Store, WarningRow};
+use crate::store::{RolledUpResources, Store, WarningRow};
 use crate::telemetry;
 use infrawatch_common::resource::metric;
 
@@ -43,6 +43,15 @@ const RETRY: Duration = Duration::from_secs(1);
 /// (and the leader lease with it) for long, and the memory a report needs
 /// while it commits stays small.
 const REPORT_MAX: usize = 2_000;
+
+/// A volume's use read from the stored rollups counts when sampled at most
+/// this long ago (ms).
+const STORED_VOLUME_FRESH_MS: i64 = 5 * 60_000;
+
+/// The trend of a volume's use read from the stored rollups is taken over
+/// this many ms of one-minute buckets (the mixin's `predict_linear` looks 6 h
+/// back).
+const STORED_VOLUME_TREND_MS: i64 = 6 * 3_600_000;
 
 /// The cluster as a whole (requests against allocatable over every pod and
 /// node) is evaluated at most this often: it changes with every pod, and its
@@ -69,6 +78,9 @@ pub struct Correlator {
     volumes_due: Option<Instant>,
     /// How often that is.
     volumes_every: Duration,
+    /// The use of volumes whose agent streams to another replica, read from
+    /// the stored rollups before bound claims are judged (by volume resource).
+    stored_volumes: HashMap<String, VolumeUsage>,
     /// When the oldest unreported change arrived.
     dirty_since: Option<Instant>,
     /// First sight of conditions the API gives no start time for.
@@ -113,6 +125,7 @@ impl Correlator {
             cluster_evaluated: None,
             volumes_due: None,
             volumes_every: Duration::from_secs(30),
+            stored_volumes: HashMap::new(),
             dirty_since: None,
             first_seen: HashMap::new(),
             wakes: BTreeSet::new(),
@@ -168,6 +181,7 @@ impl Correlator {
                     }
                 }
                 _ = sleep_until(deadline) => {
+                    self.read_stored_volumes().await;
                     let mut outgoing = self.prepare();
                     let answer = self.send(&mut outgoing);
                     in_flight = Some(InFlight { outgoing, answer });
@@ -313,9 +327,42 @@ impl Correlator {
 
     /// Evaluates what is dirty or due, submits it and waits for its commit.
     pub async fn report(&mut self) -> Result<(), crate::planner::StateError> {
+        self.read_stored_volumes().await;
         let mut outgoing = self.prepare();
         let answer = self.send(&mut outgoing).await;
         self.settle(outgoing, answer)
+    }
+
+    /// When bound claims are due to be judged: reads the use of the volumes
+    /// this replica has no samples of (their agents stream to another
+    /// replica) from the stored rollups. A failed read keeps what was read
+    /// before.
+    async fn read_stored_volumes(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if self.volumes_due.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        let volumes: Vec<String> = self
+            .cache
+            .all(Kind::Pvc)
+            .filter_map(|o| match o {
+                Object::Pvc(c) if c.phase == "Bound" => volume_resource(&self.cache, c),
+                _ => None,
+            })
+            .filter(|id| self.state.samples.latest_of(id).is_empty())
+            .collect();
+        let now = now_unix_ms();
+        let window_start = now - STORED_VOLUME_TREND_MS;
+        match stored_volume_usage(store, &volumes, window_start, now).await {
+            Ok(read) => self.stored_volumes = read,
+            Err(e) => tracing::warn!(
+                cluster = %self.cluster,
+                error = &e as &dyn std::error::Error,
+                "Cannot read volume use from the stored rollups; judging claims with what was read before."
+            ),
+        }
     }
 
     /// What is dirty or due, evaluated: at most [`REPORT_MAX`] objects (the
@@ -524,7 +571,8 @@ impl Correlator {
                 .and_then(|h| Some(h.back()?.1 - h.front()?.1))
                 .unwrap_or(0)
         };
-        let volume_usage = |c: &Pvc| volume_usage(&self.cache, &self.state, c, now);
+        let volume_usage =
+            |c: &Pvc| volume_usage(&self.cache, &self.state, &self.stored_volumes, c, now);
         let ctx = rules::Context {
             cache: &self.cache,
             cluster: &self.cluster,
@@ -639,11 +687,9 @@ fn deleted(cluster: &str) -> Reason {
     }
 }
 
-/// The use of claim `c`'s volume, as the agent of the node that mounts it
-/// reports it from the kubelet (`host/<machine>/volume/<namespace>/<claim>`):
-/// the newest available bytes and capacity, and the trend of the available
-/// bytes over the samples kept in memory (a least-squares slope per minute).
-fn volume_usage(cache: &Cache, state: &State, c: &Pvc, now: i64) -> Option<VolumeUsage> {
+/// Where the agent of the node that mounts claim `c` reports its volume's
+/// use from the kubelet: `host/<machine>/volume/<namespace>/<claim>`.
+fn volume_resource(cache: &Cache, c: &Pvc) -> Option<String> {
     let machine = cache
         .in_namespace(&c.meta.namespace, Kind::Pod)
         .find_map(|o| match o {
@@ -652,8 +698,29 @@ fn volume_usage(cache: &Cache, state: &State, c: &Pvc, now: i64) -> Option<Volum
             }
             _ => None,
         })?;
-    let id = format!("host/{machine}/volume/{}/{}", c.meta.namespace, c.meta.name);
+    Some(format!(
+        "host/{machine}/volume/{}/{}",
+        c.meta.namespace, c.meta.name
+    ))
+}
+
+/// The use of claim `c`'s volume ([`volume_resource`]): the newest available
+/// bytes and capacity, and the trend of the available bytes (a least-squares
+/// slope) over the samples this replica keeps in memory; where it has none
+/// (the agent streams to another replica), what `stored` read from the
+/// rollups.
+fn volume_usage(
+    cache: &Cache,
+    state: &State,
+    stored: &HashMap<String, VolumeUsage>,
+    c: &Pvc,
+    now: i64,
+) -> Option<VolumeUsage> {
+    let id = volume_resource(cache, c)?;
     let latest = state.samples.latest_of(&id);
+    if latest.is_empty() {
+        return stored.get(&id).cloned();
+    }
     let value = |metric: &str| {
         latest
             .iter()
@@ -675,6 +742,58 @@ fn volume_usage(cache: &Cache, state: &State, c: &Pvc, now: i64) -> Option<Volum
         capacity,
         trend_per_ms: slope(&points),
     })
+}
+
+/// The use of `volumes` (volume resource ids) from the stored rollups: the
+/// newest value of the last [`STORED_VOLUME_FRESH_MS`], and the trend over
+/// the minutes since `window_start`.
+async fn stored_volume_usage(
+    store: &Store,
+    volumes: &[String],
+    window_start: i64,
+    now: i64,
+) -> Result<HashMap<String, VolumeUsage>, crate::store::StoreError> {
+    let latest = store
+        .latest_rollups(
+            RolledUpResources::Ids(volumes),
+            &[metric::K8S_VOLUME_AVAILABLE, metric::K8S_VOLUME_CAPACITY],
+            now - STORED_VOLUME_FRESH_MS,
+        )
+        .await?;
+    let mut newest: HashMap<&str, (Option<f64>, Option<f64>)> = HashMap::new();
+    for r in &latest {
+        if now - r.sampled_at_ms > STORED_VOLUME_FRESH_MS {
+            continue;
+        }
+        let entry = newest.entry(&*r.key.resource_id).or_default();
+        match r.key.metric.as_ref() {
+            metric::K8S_VOLUME_AVAILABLE => entry.0 = Some(r.value),
+            metric::K8S_VOLUME_CAPACITY => entry.1 = Some(r.value),
+            _ => {}
+        }
+    }
+    let mut out = HashMap::new();
+    for (id, values) in newest {
+        let (Some(available), Some(capacity)) = values else {
+            continue;
+        };
+        let key = SeriesKey::new(id, metric::K8S_VOLUME_AVAILABLE, "");
+        let points: Vec<(f64, f64)> = store
+            .rollups(&key, window_start, now)
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((r.bucket_start_ms as f64, r.stats.mean()?)))
+            .collect();
+        out.insert(
+            id.to_string(),
+            VolumeUsage {
+                available,
+                capacity,
+                trend_per_ms: slope(&points),
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// The least-squares slope of `points` (x, y); `None` below two distinct x.
@@ -981,6 +1100,80 @@ mod tests {
         assert_eq!(
             codes(&first["k8s/test/service/shop/web"]),
             vec!["no_ready_endpoints"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_volume_whose_agent_streams_elsewhere_is_judged_from_the_stored_rollups() {
+        use crate::samples::Stats;
+        use crate::store::{FlushSource, RollupDelta};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::config::StorageConfig {
+            url: format!("sqlite://{}", dir.path().join("state.db").display()),
+            ..crate::config::StorageConfig::default()
+        })
+        .unwrap();
+        store.migrate().await.unwrap();
+        let (c, mut rx) = correlator(instant());
+        let mut c = c.with_store(store.clone());
+        let Object::Node(mut n1) = node("n1", Status::True) else {
+            unreachable!()
+        };
+        n1.machine_id = "m1".into();
+        let Object::Pod(mut db) = pod("db-0", "n1", None) else {
+            unreachable!()
+        };
+        db.claims = vec!["data".into()];
+        let claim = Object::Pvc(Box::new(Pvc {
+            meta: meta("shop", "data", &[]),
+            phase: "Bound".into(),
+            ..Pvc::default()
+        }));
+        synced(&mut c, vec![Object::Node(n1), Object::Pod(db), claim]);
+        // Another replica serves the node's agent: its samples are only in
+        // the stored rollups. 10 of 100 bytes free, 2 bytes fewer a minute.
+        let now = now_unix_ms();
+        let minute = |m: i64| now - now.rem_euclid(60_000) - m * 60_000;
+        let id = "host/m1/volume/shop/data";
+        let delta = |metric: &str, bucket: i64, value: f64| {
+            let mut stats = Stats::default();
+            stats.add(value);
+            RollupDelta {
+                key: SeriesKey::new(id, metric, ""),
+                bucket_start_ms: bucket,
+                stats,
+                last: (bucket + 30_000, value),
+            }
+        };
+        let epoch = store
+            .open_session("agent-m1", "replica-2")
+            .await
+            .unwrap()
+            .epoch;
+        let rollups = vec![
+            delta(metric::K8S_VOLUME_AVAILABLE, minute(3), 16.0),
+            delta(metric::K8S_VOLUME_AVAILABLE, minute(2), 14.0),
+            delta(metric::K8S_VOLUME_AVAILABLE, minute(1), 12.0),
+            delta(metric::K8S_VOLUME_CAPACITY, minute(1), 100.0),
+        ];
+        store
+            .flush(&[FlushSource {
+                key: "agent-m1".into(),
+                epoch,
+                seq: 1,
+                rollups,
+            }])
+            .await
+            .unwrap();
+        let first = report(&mut c, &mut rx).await;
+        let claim = &first["k8s/test/pvc/shop/data"];
+        assert_eq!(codes(claim), vec!["volume_filling_up"], "{claim:#?}");
+        assert!(
+            claim.verdict.as_ref().unwrap().reasons[0]
+                .message
+                .contains("full in"),
+            "{:?}",
+            claim.verdict
         );
     }
 
