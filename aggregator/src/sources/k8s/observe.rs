@@ -116,15 +116,7 @@ pub fn observation(
             if !s.cluster_ip.is_empty() {
                 attr("k8s.service.cluster_ip", s.cluster_ip.clone());
             }
-            for pod in cache.pods_selected(&object.key()) {
-                relations.push(rel(
-                    "selects",
-                    ids::of(
-                        cluster,
-                        &Key::new(Kind::Pod, &pod.meta.namespace, &pod.meta.name),
-                    ),
-                ));
-            }
+            relations.extend(selects(cache, cluster, &object.key()));
             let mut total = 0;
             let mut ready = 0;
             for slice in cache.slices_of(&s.meta.namespace, &s.meta.name) {
@@ -209,15 +201,7 @@ pub fn observation(
                 "k8s.pdb.disruptions_allowed",
                 b.disruptions_allowed.to_string(),
             );
-            for pod in cache.pods_selected(&object.key()) {
-                relations.push(rel(
-                    "selects",
-                    ids::of(
-                        cluster,
-                        &Key::new(Kind::Pod, &pod.meta.namespace, &pod.meta.name),
-                    ),
-                ));
-            }
+            relations.extend(selects(cache, cluster, &object.key()));
         }
         Object::Pvc(c) => {
             let mounted_on =
@@ -327,6 +311,23 @@ pub fn machine_of<'a>(cache: &'a Cache, name: &str) -> Option<&'a str> {
         Some(Object::Node(n)) if !n.machine_id.is_empty() => Some(&n.machine_id),
         _ => None,
     }
+}
+
+/// `selects` relations from a Service or PodDisruptionBudget to its pods.
+fn selects<'a>(
+    cache: &'a Cache,
+    cluster: &'a str,
+    owner: &'a Key,
+) -> impl Iterator<Item = Relation> + 'a {
+    cache.pods_selected(owner).map(move |pod| {
+        rel(
+            "selects",
+            ids::of(
+                cluster,
+                &Key::new(Kind::Pod, &pod.meta.namespace, &pod.meta.name),
+            ),
+        )
+    })
 }
 
 fn rel(relation_type: &str, to_id: String) -> Relation {
