@@ -191,6 +191,11 @@ impl EventLog {
         self.staged.notified().await;
     }
 
+    /// Wakes the sequencer: events may be staged.
+    pub fn wake_sequencer(&self) {
+        self.staged.notify_one();
+    }
+
     /// Wakes the tail (the sequencer gave events positions).
     pub fn wake_tail(&self) {
         self.sequenced.notify_one();

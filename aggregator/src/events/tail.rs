@@ -61,7 +61,14 @@ pub async fn absorb(
     for e in &mut events {
         e.committed_at = log.take_commit_time(&e.event.event_id);
     }
+    let last = events.last().map(|e| e.position);
     log.append(events);
+    // The sequencer and the leader's writer both hand events over; the one
+    // whose positions come later may come first and stop at the gap: the tail
+    // then reads them from the outbox.
+    if last.is_some_and(|p| p > log.head()) {
+        log.wake_tail();
+    }
     true
 }
 

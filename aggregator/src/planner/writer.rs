@@ -28,7 +28,7 @@ use crate::events::log::EventLog;
 use crate::events::tail::absorb;
 use crate::events::validate::Bounds;
 use crate::state::State;
-use crate::store::{Store, StoreError};
+use crate::store::{INLINE_ROUND, Store, StoreError};
 use crate::telemetry;
 
 /// Times a group is planned again after conflicts before its reports are
@@ -147,6 +147,10 @@ impl Writer {
                     } else {
                         self.events.note_commit_times(&commit.events);
                         metrics::counter!(telemetry::SEQUENCED).increment(sequenced.len() as u64);
+                        if sequenced.len() >= INLINE_ROUND {
+                            // A backlog may be left: the sequencer's turn.
+                            self.events.wake_sequencer();
+                        }
                         if !absorb(&self.store, &self.events, &self.state, sequenced).await {
                             self.events.wake_tail();
                         }

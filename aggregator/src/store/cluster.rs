@@ -422,9 +422,15 @@ async fn sequence_sqlite_in(
     Ok(Some(out))
 }
 
+/// Staged events one state commit gives positions to, at most; a backlog
+/// beyond it (after a failover) is left to the sequencer's rounds, so no state
+/// commit holds the write lock for long.
+pub const INLINE_ROUND: usize = 2_000;
+
 /// Positions given inside a state commit's transaction ([`super::Commit::sequence`]).
 pub(super) trait SequenceInline {
-    /// Every staged event, positioned while `lease` holds: (position, payload).
+    /// The oldest staged events (at most [`INLINE_ROUND`]), positioned while
+    /// `lease` holds: (position, payload).
     /// Nothing when the lease is lost (the next leader's sequencer gives them
     /// positions) or where the backend leaves it to the sequencer.
     fn sequence_inline(
@@ -440,7 +446,7 @@ impl SequenceInline for sqlx::SqliteConnection {
         lease: &LeaseHold,
         now: i64,
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        Ok(sequence_sqlite_in(self, lease, i64::MAX, now)
+        Ok(sequence_sqlite_in(self, lease, INLINE_ROUND as i64, now)
             .await?
             .unwrap_or_default())
     }

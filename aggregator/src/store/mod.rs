@@ -310,7 +310,7 @@ mod machines;
 mod tombstones;
 mod warnings;
 
-pub use cluster::{LeaseHold, OpenedSession, SessionOwner};
+pub use cluster::{INLINE_ROUND, LeaseHold, OpenedSession, SessionOwner};
 
 pub use events::{CursorKind, CursorRow, DeadLetter};
 pub use gaps::GapRow;
@@ -506,11 +506,14 @@ impl Store {
                 }
                 _ => Vec::new(),
             };
-            tx.commit().await?;
-            sequenced
+            // Decoded before the commit: an error after it would report a
+            // committed transaction as failed.
+            let sequenced = sequenced
                 .iter()
                 .map(|(position, payload)| events::event_from_row(*position, payload))
-                .collect()
+                .collect::<Result<Vec<StoredEvent>, StoreError>>()?;
+            tx.commit().await?;
+            Ok(sequenced)
         })
     }
 

@@ -29,6 +29,7 @@ use super::{ids, observe};
 use crate::model::{Health, Reason};
 use crate::planner::PlannerHandle;
 use crate::samples::SeriesKey;
+use crate::samples::series::ROLLUP_BUCKET_MS;
 use crate::sources::{Change, Report, Verdict};
 use crate::state::State;
 use crate::store::{RolledUpResources, Store, WarningRow};
@@ -355,7 +356,8 @@ impl Correlator {
             .collect();
         let now = now_unix_ms();
         let window_start = now - STORED_VOLUME_TREND_MS;
-        match stored_volume_usage(store, &volumes, window_start, now).await {
+        let trend_below = self.rules.volume_free_warning;
+        match stored_volume_usage(store, &volumes, window_start, trend_below, now).await {
             Ok(read) => self.stored_volumes = read,
             Err(e) => tracing::warn!(
                 cluster = %self.cluster,
@@ -443,7 +445,7 @@ impl Correlator {
         let since = if self.dirty.is_empty() {
             self.dirty_since.take()
         } else {
-            self.dirty_since
+            Some(*self.dirty_since.get_or_insert_with(Instant::now))
         };
         Outgoing {
             reported: !changes.is_empty(),
@@ -745,19 +747,22 @@ fn volume_usage(
 }
 
 /// The use of `volumes` (volume resource ids) from the stored rollups: the
-/// newest value of the last [`STORED_VOLUME_FRESH_MS`], and the trend over
-/// the minutes since `window_start`.
+/// newest value of the last [`STORED_VOLUME_FRESH_MS`], and, for a volume
+/// whose free share is below `trend_below`, the trend over the minutes since
+/// `window_start`.
 async fn stored_volume_usage(
     store: &Store,
     volumes: &[String],
     window_start: i64,
+    trend_below: f64,
     now: i64,
 ) -> Result<HashMap<String, VolumeUsage>, crate::store::StoreError> {
     let latest = store
         .latest_rollups(
             RolledUpResources::Ids(volumes),
             &[metric::K8S_VOLUME_AVAILABLE, metric::K8S_VOLUME_CAPACITY],
-            now - STORED_VOLUME_FRESH_MS,
+            // A minute that started earlier may hold a fresh last sample.
+            now - STORED_VOLUME_FRESH_MS - ROLLUP_BUCKET_MS,
         )
         .await?;
     let mut newest: HashMap<&str, (Option<f64>, Option<f64>)> = HashMap::new();
@@ -777,19 +782,26 @@ async fn stored_volume_usage(
         let (Some(available), Some(capacity)) = values else {
             continue;
         };
-        let key = SeriesKey::new(id, metric::K8S_VOLUME_AVAILABLE, "");
-        let points: Vec<(f64, f64)> = store
-            .rollups(&key, window_start, now)
-            .await?
-            .into_iter()
-            .filter_map(|r| Some((r.bucket_start_ms as f64, r.stats.mean()?)))
-            .collect();
+        // Only a volume below the warning level has a trend that matters
+        // (one query each).
+        let trend_per_ms = if capacity > 0.0 && available / capacity < trend_below {
+            let key = SeriesKey::new(id, metric::K8S_VOLUME_AVAILABLE, "");
+            let points: Vec<(f64, f64)> = store
+                .rollups(&key, window_start, now)
+                .await?
+                .into_iter()
+                .filter_map(|r| Some((r.bucket_start_ms as f64, r.stats.mean()?)))
+                .collect();
+            slope(&points)
+        } else {
+            None
+        };
         out.insert(
             id.to_string(),
             VolumeUsage {
                 available,
                 capacity,
-                trend_per_ms: slope(&points),
+                trend_per_ms,
             },
         );
     }
