@@ -302,6 +302,7 @@ impl BeginWrite for SqlitePool {
     }
 }
 
+mod bulk;
 mod cluster;
 mod events;
 mod gaps;
@@ -419,18 +420,11 @@ impl Store {
             // Each version follows the stored one, or nothing is written: the
             // statement takes the row lock and checks, so two replicas changing
             // a resource at once cannot both write the same version.
-            let mut conflicts = Vec::new();
-            for r in in_lock_order(&c.resources, |r| &r.id) {
-                let row = rows::ResourceRow::from_record(r)?;
-                let written = sqlx::query(rows::UPSERT_RESOURCE)
-                    .bind(&row.id).bind(&row.kind).bind(&row.labels).bind(&row.attributes)
-                    .bind(&row.health).bind(&row.reasons).bind(row.observed_at_ms)
-                    .bind(row.resource_version).bind(&row.source).bind(row.interval_ms)
-                    .execute(&mut *tx).await?.rows_affected();
-                if written == 0 {
-                    conflicts.push(r.id.clone());
-                }
-            }
+            let rows: Vec<rows::ResourceRow> = in_lock_order(&c.resources, |r| &r.id)
+                .into_iter()
+                .map(rows::ResourceRow::from_record)
+                .collect::<Result<_, _>>()?;
+            let mut conflicts = bulk::BulkWrite::upsert_resources(&mut *tx, &rows).await?;
             let now = infrawatch_common::time::now_unix_ms();
             for r in in_lock_order(&c.removed, |r| &r.id) {
                 let row = rows::ResourceRow::from_record(r)?;
@@ -450,24 +444,14 @@ impl Store {
             // cluster's first list), and a scan per id would be quadratic.
             let by_id: std::collections::HashMap<&str, &ResourceRecord> =
                 c.resources.iter().map(|r| (r.id.as_str(), r)).collect();
-            for id in in_lock_order(&c.relations_changed, |id| id) {
-                sqlx::query("DELETE FROM relations WHERE from_id = $1").bind(id).execute(&mut *tx).await?;
-                if let Some(r) = by_id.get(id.as_str()) {
-                    for rel in &r.relations {
-                        sqlx::query("INSERT INTO relations (from_id, relation_type, to_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                            .bind(id).bind(&rel.relation_type).bind(&rel.to_id)
-                            .execute(&mut *tx).await?;
-                    }
-                }
-            }
-            for h in &c.history {
-                let row = rows::HistoryRow::from_entry(h)?;
-                sqlx::query(rows::INSERT_HISTORY)
-                    .bind(&row.resource_id).bind(row.resource_version).bind(&row.previous_health)
-                    .bind(&row.health).bind(&row.reasons).bind(&row.changed)
-                    .bind(row.observed_at_ms).bind(row.recorded_at_ms).bind(&row.source)
-                    .execute(&mut *tx).await?;
-            }
+            let relations_changed = in_lock_order(&c.relations_changed, |id| id);
+            bulk::BulkWrite::replace_relations(&mut *tx, &relations_changed, &by_id).await?;
+            let history: Vec<rows::HistoryRow> = c
+                .history
+                .iter()
+                .map(rows::HistoryRow::from_entry)
+                .collect::<Result<_, _>>()?;
+            bulk::BulkWrite::insert_history(&mut *tx, &history).await?;
             for p in in_lock_order(&c.state_cursors, |p| &p.key) {
                 let written = sqlx::query(rows::ADVANCE_STATE_CURSOR)
                     .bind(&p.key).bind(rows::seq_to_db(p.seq)).bind(now).bind(rows::seq_to_db(p.epoch))
@@ -476,14 +460,7 @@ impl Store {
                     return Err(StoreError::SessionFenced { key: p.key.clone() });
                 }
             }
-            for e in &c.events {
-                sqlx::query(events::STAGE_EVENT)
-                    .bind(&e.event.event_id)
-                    .bind(&e.event.resource_id).bind(&e.event.resource_kind)
-                    .bind(rows::seq_to_db(e.event.resource_version)).bind(e.payload.as_ref())
-                    .bind(now)
-                    .execute(&mut *tx).await?;
-            }
+            bulk::BulkWrite::stage_events(&mut *tx, &c.events, now).await?;
             for d in &c.dead_letters {
                 sqlx::query(events::INSERT_DEAD_LETTER)
                     .bind(&d.event.event_id).bind(&d.event.resource_id)
