@@ -36,15 +36,17 @@ pub(crate) async fn try_report_as(
         Ok(Ok(s)) => s,
     };
     let now = infrawatch_common::time::now_unix_ms();
-    stream
+    let sent = stream
         .send(batch(1, id, "system.cpu.utilization", 0.5, now))
-        .await
-        .map_err(|e| e.to_string())?;
-    stream
-        .next_ack()
-        .await
-        .map(|_| ())
-        .map_err(|s| format!("ack: {s}"))
+        .await;
+    // A refused stream may end before the batch goes out: the status that
+    // ended it says why, whichever came first.
+    let acked = stream.next_ack().await;
+    match (sent, acked) {
+        (_, Err(status)) => Err(format!("ack: {status}")),
+        (Err(e), Ok(_)) => Err(e.to_string()),
+        (Ok(()), Ok(_)) => Ok(()),
+    }
 }
 
 async fn stored_rows(db: &std::path::Path) -> (i64, i64, i64) {
