@@ -128,10 +128,16 @@ pub async fn run(
     migrate_when_ready(&store, &shutdown).await?;
     let replica_id = config.cluster.resolved_replica_id();
     let state = Arc::new(State::new(config.ingest.hot_window_ms));
+    // The head is read before the state: an event positioned in between is
+    // read again by the tail, which reloads its resource if the restored
+    // version is older. Read the other way round, a resource another replica
+    // changed in between would keep its old version here until it changed
+    // again.
+    let head = store.event_head().await?;
     restore(&store, &state).await?;
     let event_log = Arc::new(EventLog::new(
         store.clone(),
-        store.event_head().await?,
+        head,
         config.events.memory_events,
     ));
 

@@ -124,12 +124,23 @@ fn codes(r: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits until resource `id` has `health`, and returns it.
+/// Waits until resource `id` has `health`, and returns it; on a timeout the
+/// panic shows what the aggregator last answered and its log.
 fn wait_health(agg: &Aggregator, id: &str, health: &str) -> Value {
-    eventually(WAIT, &format!("{id} {health}"), || {
+    let start = std::time::Instant::now();
+    loop {
         let (status, r) = agg.get(&format!("/api/v1/resources/{id}"));
-        (status == 200 && r["health"] == health).then_some(r)
-    })
+        if status == 200 && r["health"] == health {
+            return r;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {id} {health}; last answer {status} {r}\n\
+             aggregator log:\n{}",
+            agg.process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Every event the aggregator kept, oldest first.
