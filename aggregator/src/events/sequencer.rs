@@ -2,8 +2,9 @@
 //! outbox, oldest first, in transactions that check the leader lease, and hands
 //! them straight to this replica's event log (publishers, live streams). Woken
 //! at once by this replica's commits, and every poll interval for other
-//! replicas'. While it runs, this replica's own commits on SQLite give their
-//! events positions in their own transaction (`Commit::sequence`).
+//! replicas'. While it runs, this replica's own commits give their events
+//! positions in their own transaction (`Commit::sequence`), so it mostly
+//! positions other replicas' events and a new leader's backlog.
 
 use std::sync::Arc;
 use std::time::Duration;

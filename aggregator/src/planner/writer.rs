@@ -2,7 +2,7 @@
 //! them together against the model, commits the group in one transaction
 //! ([`super::commit`]), applies it ([`super::apply`]) and answers each report.
 //! Nothing is applied or answered as done unless the transaction committed.
-//! On the leader (SQLite), the transaction also gives the events their
+//! On the leader, the transaction also gives the events their
 //! positions, and the writer hands them to the event log itself: one commit
 //! between a change and its event, not two.
 //!

@@ -255,9 +255,11 @@ impl Store {
 
     /// Gives positions to staged events, oldest first, at most `max`, while
     /// `lease` is held, and returns them with their positions (consecutive after
-    /// the head as it was). On PostgreSQL one statement does it all, lease check
-    /// included, in one snapshot: a staged event that commits meanwhile waits for
-    /// the next round, whatever its id; on SQLite (one writer) one transaction.
+    /// the head as it was), in one transaction. On PostgreSQL the transaction
+    /// locks the head row first, as the leader's state commits do when they
+    /// position events themselves, so the two never give out the same
+    /// positions; a staged event that commits meanwhile waits for the next
+    /// round, whatever its id.
     pub async fn sequence_events(
         &self,
         lease: &LeaseHold,
@@ -265,44 +267,7 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let now = infrawatch_common::time::now_unix_ms();
         let rows = match &self.pool {
-            Pool::Postgres(pool) => {
-                // One statement, its own transaction: one round trip and one
-                // WAL flush per round.
-                let rows = sqlx::query(SEQUENCE_PG)
-                    .bind(i64::from(max))
-                    .bind(now)
-                    .bind(HEAD)
-                    .bind(&lease.name)
-                    .bind(&lease.holder)
-                    .bind(seq_to_db(lease.epoch))
-                    .fetch_all(pool)
-                    .await?;
-                if rows.is_empty() {
-                    // Nothing staged, or the lease is not held: tell which.
-                    let held = sqlx::query(
-                        "SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3",
-                    )
-                    .bind(&lease.name)
-                    .bind(&lease.holder)
-                    .bind(seq_to_db(lease.epoch))
-                    .fetch_optional(pool)
-                    .await?;
-                    if held.is_none() {
-                        return Err(StoreError::LeaseLost(format!(
-                            "{} at epoch {}",
-                            lease.name, lease.epoch
-                        )));
-                    }
-                }
-                rows.iter()
-                    .map(|r| {
-                        Ok((
-                            r.try_get::<i64, _>("position")?,
-                            r.try_get::<Vec<u8>, _>("payload")?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?
-            }
+            Pool::Postgres(pool) => sequence_pg(pool, lease, max, now).await?,
             Pool::Sqlite(pool) => sequence_sqlite(pool, lease, max, now).await?,
         };
         rows.iter()
@@ -311,31 +276,114 @@ impl Store {
     }
 }
 
-/// One round of the sequencer on PostgreSQL, in one statement: while lease `$4`
-/// is held by `$5` at epoch `$6` (its row locked FOR SHARE until commit, so a
-/// new leader cannot take it meanwhile), the oldest staged events (at most
-/// `$1`) leave the staging table and enter the outbox with positions after the
-/// head (`$3` in `aggregator_meta`), created at `$2`; the head moves; the moved
-/// events come back in position order.
-const SEQUENCE_PG: &str = "WITH lease AS ( \
-        SELECT epoch FROM leases WHERE name = $4 AND holder = $5 AND epoch = $6 FOR SHARE \
-    ), picked AS ( \
-        SELECT id FROM event_staging WHERE EXISTS (SELECT 1 FROM lease) ORDER BY id LIMIT $1 \
+/// Locks the head row (`$4` in `aggregator_meta`, created at 0 if missing)
+/// and returns its value, while lease `$1` is held by `$2` at epoch `$3` (its
+/// row locked FOR SHARE until commit, so a new leader cannot take it
+/// meanwhile); no row while it is not. Every positioning transaction starts
+/// here: the lock orders them, and the value it returns is the committed head.
+const LOCK_HEAD_PG: &str = "WITH lease AS ( \
+        SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3 FOR SHARE \
+    ) \
+    INSERT INTO aggregator_meta (name, value) SELECT $4, 0 WHERE EXISTS (SELECT 1 FROM lease) \
+    ON CONFLICT (name) DO UPDATE SET value = aggregator_meta.value \
+    RETURNING value";
+
+/// Under the head lock: the oldest staged events (at most `$1`) leave the
+/// staging table and enter the outbox with positions after head `$3`, created
+/// at `$2`; the head (`$4`) moves; the moved events come back in position order.
+const MOVE_STAGED_PG: &str = "WITH picked AS ( \
+        SELECT id FROM event_staging ORDER BY id LIMIT $1 \
     ), moved AS ( \
         DELETE FROM event_staging s USING picked p WHERE s.id = p.id \
         RETURNING s.id, s.event_id, s.resource_id, s.resource_kind, s.resource_version, s.payload \
     ), numbered AS ( \
-        SELECT COALESCE((SELECT value FROM aggregator_meta WHERE name = $3), 0) \
-            + ROW_NUMBER() OVER (ORDER BY id) AS position, moved.* FROM moved \
+        SELECT $3 + ROW_NUMBER() OVER (ORDER BY id) AS position, moved.* FROM moved \
     ), inserted AS ( \
         INSERT INTO event_outbox (position, event_id, resource_id, resource_kind, resource_version, payload, created_at_ms) \
         SELECT position, event_id, resource_id, resource_kind, resource_version, payload, $2 FROM numbered \
         RETURNING position, payload \
     ), head AS ( \
-        INSERT INTO aggregator_meta (name, value) SELECT $3, MAX(position) FROM inserted HAVING COUNT(*) > 0 \
-        ON CONFLICT (name) DO UPDATE SET value = excluded.value \
+        UPDATE aggregator_meta SET value = (SELECT MAX(position) FROM inserted) \
+        WHERE name = $4 AND EXISTS (SELECT 1 FROM inserted) \
     ) \
     SELECT position, payload FROM inserted ORDER BY position";
+
+/// One round of the sequencer on PostgreSQL. Idle rounds (nothing staged)
+/// only read, so a quiet cluster writes nothing per poll; otherwise one
+/// transaction positions the events under the head lock.
+async fn sequence_pg(
+    pool: &sqlx::PgPool,
+    lease: &LeaseHold,
+    max: u32,
+    now: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    let staged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM event_staging)")
+        .fetch_one(pool)
+        .await?;
+    if !staged {
+        let held =
+            sqlx::query("SELECT epoch FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3")
+                .bind(&lease.name)
+                .bind(&lease.holder)
+                .bind(seq_to_db(lease.epoch))
+                .fetch_optional(pool)
+                .await?;
+        return match held {
+            Some(_) => Ok(Vec::new()),
+            None => Err(lease_lost(lease)),
+        };
+    }
+    let mut tx = pool.begin().await?;
+    let Some(out) = sequence_pg_in(&mut tx, lease, i64::from(max), now).await? else {
+        return Err(lease_lost(lease));
+    };
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Gives the oldest staged events (at most `max`) their positions inside
+/// transaction `tx`, holding the head row's lock until it ends; `None`,
+/// writing nothing, when `lease` is not held at its epoch. Staged rows another
+/// transaction commits while this one waits for the lock are seen: each
+/// statement after the lock reads what was committed before it.
+async fn sequence_pg_in(
+    tx: &mut sqlx::PgConnection,
+    lease: &LeaseHold,
+    max: i64,
+    now: i64,
+) -> Result<Option<Vec<(i64, Vec<u8>)>>, StoreError> {
+    let head: Option<i64> = sqlx::query_scalar(LOCK_HEAD_PG)
+        .bind(&lease.name)
+        .bind(&lease.holder)
+        .bind(seq_to_db(lease.epoch))
+        .bind(HEAD)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(head) = head else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(MOVE_STAGED_PG)
+        .bind(max)
+        .bind(now)
+        .bind(head)
+        .bind(HEAD)
+        .fetch_all(&mut *tx)
+        .await?;
+    let out = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>("position")?,
+                r.try_get::<Vec<u8>, _>("payload")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(out))
+}
+
+fn lease_lost(lease: &LeaseHold) -> StoreError {
+    StoreError::LeaseLost(format!("{} at epoch {}", lease.name, lease.epoch))
+}
 
 /// One round of the sequencer on SQLite, in a transaction of its own.
 async fn sequence_sqlite(
@@ -346,10 +394,7 @@ async fn sequence_sqlite(
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     let mut tx = pool.begin_write().await?;
     let Some(out) = sequence_sqlite_in(&mut tx, lease, i64::from(max), now).await? else {
-        return Err(StoreError::LeaseLost(format!(
-            "{} at epoch {}",
-            lease.name, lease.epoch
-        )));
+        return Err(lease_lost(lease));
     };
     tx.commit().await?;
     Ok(out)
@@ -453,13 +498,15 @@ impl SequenceInline for sqlx::SqliteConnection {
 }
 
 impl SequenceInline for sqlx::PgConnection {
-    /// Two PostgreSQL transactions may run at once; positions stay with the
-    /// sequencer's single statement.
+    /// Under the head lock, which the sequencer's rounds take first too; taken
+    /// last in the commit, so it is held only for the commit's end.
     async fn sequence_inline(
         &mut self,
-        _lease: &LeaseHold,
-        _now: i64,
+        lease: &LeaseHold,
+        now: i64,
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        Ok(Vec::new())
+        Ok(sequence_pg_in(self, lease, INLINE_ROUND as i64, now)
+            .await?
+            .unwrap_or_default())
     }
 }

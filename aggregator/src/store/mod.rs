@@ -147,8 +147,9 @@ pub struct Commit {
     /// holds (a position never moves back through this), written only while the
     /// session epoch holds.
     pub state_cursors: Vec<StatePosition>,
-    /// Events, one per new resource version that passed validation; staged for
-    /// the sequencer, which gives them positions after commit.
+    /// Events, one per new resource version that passed validation; staged
+    /// for the sequencer, which gives them positions after commit, unless
+    /// [`Commit::sequence`] positions them in the commit itself.
     pub events: Vec<StoredEvent>,
     /// Events that failed validation.
     pub dead_letters: Vec<DeadLetter>,
@@ -157,11 +158,12 @@ pub struct Commit {
     /// Resources deleted at their source: their tombstone state, at the version
     /// after the stored one.
     pub removed: Vec<ResourceRecord>,
-    /// The leader's own commits on SQLite, where one writer at a time makes it
-    /// safe: while this lease is held at its epoch, the staged events (other
-    /// replicas' and this commit's) get their positions in the same
-    /// transaction, so an event needs one commit, not two, before it streams.
-    /// Ignored on PostgreSQL, where the sequencer alone gives positions.
+    /// The leader's own commits: while this lease is held at its epoch, the
+    /// staged events (other replicas' and this commit's) get their positions
+    /// in the same transaction, so an event needs one commit, not two, before
+    /// it streams. SQLite has one writer at a time; on PostgreSQL the commit
+    /// takes the head row's lock last, as the sequencer's rounds take it
+    /// first, so positions are given out by one transaction at a time.
     pub sequence: Option<LeaseHold>,
 }
 

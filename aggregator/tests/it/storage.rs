@@ -956,10 +956,9 @@ async fn outbox_round_trips(db: TestDb) {
     assert!(letters[0].reason.contains("does not follow"));
 }
 
-/// On SQLite, a commit made under the held leader lease gives its events
-/// positions in its own transaction, after what other commits staged; under a
-/// lost lease it leaves them staged for the next leader. On PostgreSQL the
-/// sequencer alone gives positions.
+/// A commit made under the held leader lease gives its events positions in
+/// its own transaction, after what other commits staged; under a lost lease it
+/// leaves them staged for the next leader.
 async fn the_leaders_commit_sequences_its_events(db: TestDb) {
     let s = &db.store;
     let epoch = s
@@ -1005,22 +1004,17 @@ async fn the_leaders_commit_sequences_its_events(db: TestDb) {
         .iter()
         .map(|e| (e.position, e.event.resource_id.clone()))
         .collect();
-    if s.backend() == infrawatch_aggregator::config::Backend::Postgres {
-        assert!(positions.is_empty(), "the sequencer's work on PostgreSQL");
-        assert_eq!(s.sequence_events(&hold, 10).await.unwrap().len(), 3);
-    } else {
-        assert_eq!(
-            positions,
-            vec![
-                (1, "host/a".to_string()),
-                (2, "host/b".to_string()),
-                (3, "host/c".to_string())
-            ],
-            "what was staged first comes first"
-        );
-        assert_eq!(sequenced[2].event, event(0, "host/c", 1).event);
-        assert!(s.sequence_events(&hold, 10).await.unwrap().is_empty());
-    }
+    assert_eq!(
+        positions,
+        vec![
+            (1, "host/a".to_string()),
+            (2, "host/b".to_string()),
+            (3, "host/c".to_string())
+        ],
+        "what was staged first comes first"
+    );
+    assert_eq!(sequenced[2].event, event(0, "host/c", 1).event);
+    assert!(s.sequence_events(&hold, 10).await.unwrap().is_empty());
     assert_eq!(s.event_head().await.unwrap(), 3);
     let stored: Vec<String> = s
         .events_after(0, 10)
@@ -1030,6 +1024,84 @@ async fn the_leaders_commit_sequences_its_events(db: TestDb) {
         .map(|e| e.event.resource_id)
         .collect();
     assert_eq!(stored, vec!["host/a", "host/b", "host/c"]);
+}
+
+/// The leader's commits positioning their own events, the sequencer's rounds
+/// and other replicas' commits staging events, all at once: every event gets
+/// exactly one position, the positions run 1..=n without a gap, and no
+/// transaction fails (on PostgreSQL both take the head row's lock before they
+/// touch the staged events, so they cannot deadlock or hand out a position
+/// twice).
+async fn positions_are_given_once_under_concurrent_commits(db: TestDb) {
+    const EACH: usize = 60;
+    let s = &db.store;
+    let epoch = s
+        .take_lease("leader", "replica-1", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let hold = LeaseHold {
+        name: "leader".into(),
+        holder: "replica-1".into(),
+        epoch,
+    };
+    let hold = &hold;
+    let committer = move |who: &'static str, sequence: bool| async move {
+        let mut positioned = Vec::new();
+        for i in 0..EACH {
+            let got = s
+                .commit(&Commit {
+                    events: vec![event(0, &format!("host/{who}-{i}"), 1)],
+                    sequence: sequence.then(|| hold.clone()),
+                    ..Commit::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{who}'s commit {i} failed: {e:?}"));
+            positioned.extend(got);
+        }
+        positioned
+    };
+    let sequencer = async move {
+        let mut positioned = Vec::new();
+        for _ in 0..EACH {
+            positioned.extend(s.sequence_events(hold, 7).await.unwrap());
+            tokio::task::yield_now().await;
+        }
+        positioned
+    };
+    let (leader, _, _, rounds) = tokio::join!(
+        committer("leader", true),
+        committer("follower-1", false),
+        committer("follower-2", false),
+        sequencer
+    );
+    let mut positioned = leader;
+    positioned.extend(rounds);
+    loop {
+        let round = s.sequence_events(hold, 100).await.unwrap();
+        if round.is_empty() {
+            break;
+        }
+        positioned.extend(round);
+    }
+    positioned.sort_by_key(|e| e.position);
+    let positions: Vec<u64> = positioned.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=3 * EACH as u64).collect::<Vec<_>>());
+    let ids: std::collections::BTreeSet<&str> = positioned
+        .iter()
+        .map(|e| e.event.resource_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 3 * EACH, "each event once");
+    assert_eq!(s.event_head().await.unwrap(), 3 * EACH as u64);
+    let stored = s.events_after(0, 1_000).await.unwrap();
+    assert_eq!(stored.len(), 3 * EACH);
+    assert!(
+        stored
+            .iter()
+            .zip(&positioned)
+            .all(|(a, b)| a.position == b.position && a.event == b.event),
+        "the outbox holds what was handed out"
+    );
 }
 
 /// Heartbeats say which replicas are alive; a stopped one is not.
@@ -1184,6 +1256,7 @@ suite!(
     closed_database_is_a_retryable_failure,
     outbox_round_trips,
     the_leaders_commit_sequences_its_events,
+    positions_are_given_once_under_concurrent_commits,
     replicas_are_alive_while_they_beat,
     commits_lock_rows_in_one_order,
 );
