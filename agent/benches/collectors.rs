@@ -32,12 +32,14 @@ fn collectors(c: &mut Criterion) {
             paths.proc.clone(),
             paths.sys.clone(),
             excl(&disk::DEFAULT_EXCLUDE),
+            1000,
         )),
         Box::new(filesystem::FilesystemCollector::new(
             id(),
             paths.proc.clone(),
             paths.root.clone(),
             excl(&filesystem::DEFAULT_EXCLUDE),
+            1000,
         )),
         Box::new(network::NetworkCollector::new(
             id(),

@@ -187,6 +187,73 @@ pub struct HealthConfig {
     pub memory_pressure: Thresholds,
     /// See `cpu_pressure`.
     pub io_pressure: Thresholds,
+    /// Filesystems of hosts.
+    pub filesystem: FilesystemRules,
+    /// Network interfaces of hosts.
+    pub network_interface: InterfaceRules,
+}
+
+/// Filesystem rules, after the node-exporter mixin's alerts: space or inodes
+/// almost out (free share below a level), filling up (free share below a
+/// level and, at the trend of the free space over the samples kept in memory,
+/// out within a time), and turned read-only. Shares are fractions.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemRules {
+    /// Free space share below which a filesystem is DEGRADED.
+    pub space_free_degraded: f64,
+    /// Free space share below which it is UNHEALTHY.
+    pub space_free_unhealthy: f64,
+    /// Free inode share below which it is DEGRADED.
+    pub inodes_free_degraded: f64,
+    /// Free inode share below which it is UNHEALTHY.
+    pub inodes_free_unhealthy: f64,
+    /// Filling up, DEGRADED: free share below this...
+    pub filling_free_below_degraded: f64,
+    /// ...and out of space within this many ms at the current trend.
+    pub filling_full_within_ms_degraded: u64,
+    /// Filling up, UNHEALTHY: free share below this...
+    pub filling_free_below_unhealthy: f64,
+    /// ...and out of space within this many ms.
+    pub filling_full_within_ms_unhealthy: u64,
+    /// The trend is taken only over samples spanning at least this long.
+    pub trend_min_span_ms: u64,
+}
+
+impl Default for FilesystemRules {
+    fn default() -> Self {
+        Self {
+            space_free_degraded: 0.05,
+            space_free_unhealthy: 0.03,
+            inodes_free_degraded: 0.05,
+            inodes_free_unhealthy: 0.03,
+            filling_free_below_degraded: 0.40,
+            filling_full_within_ms_degraded: 24 * 3_600_000,
+            filling_free_below_unhealthy: 0.20,
+            filling_full_within_ms_unhealthy: 4 * 3_600_000,
+            trend_min_span_ms: 600_000,
+        }
+    }
+}
+
+/// Network interface rules: receive or transmit errors, or drops, as a share
+/// of the packets over the evaluation window (the mixin's 1 %).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterfaceRules {
+    /// Errors per packet above which an interface is DEGRADED.
+    pub error_ratio: f64,
+    /// Drops per packet above which an interface is DEGRADED.
+    pub drop_ratio: f64,
+}
+
+impl Default for InterfaceRules {
+    fn default() -> Self {
+        Self {
+            error_ratio: 0.01,
+            drop_ratio: 0.01,
+        }
+    }
 }
 
 const fn limits(degraded: f64, unhealthy: f64) -> Thresholds {
@@ -209,6 +276,8 @@ impl Default for HealthConfig {
             cpu_pressure: limits(0.25, 0.50),
             memory_pressure: limits(0.10, 0.30),
             io_pressure: limits(0.25, 0.50),
+            filesystem: FilesystemRules::default(),
+            network_interface: InterfaceRules::default(),
         }
     }
 }
@@ -631,6 +700,56 @@ impl AggregatorConfig {
             "health.evaluation_window_ms",
             || "must be at least 1000".into(),
         );
+        let fs = &h.filesystem;
+        for (field, value) in [
+            ("space_free_degraded", fs.space_free_degraded),
+            ("space_free_unhealthy", fs.space_free_unhealthy),
+            ("inodes_free_degraded", fs.inodes_free_degraded),
+            ("inodes_free_unhealthy", fs.inodes_free_unhealthy),
+            (
+                "filling_free_below_degraded",
+                fs.filling_free_below_degraded,
+            ),
+            (
+                "filling_free_below_unhealthy",
+                fs.filling_free_below_unhealthy,
+            ),
+        ] {
+            p.check(
+                (0.0..=1.0).contains(&value),
+                &format!("health.filesystem.{field}"),
+                || format!("must be a share from 0 to 1, not {value}"),
+            );
+        }
+        for (field, degraded, unhealthy) in [
+            (
+                "space_free_unhealthy",
+                fs.space_free_degraded,
+                fs.space_free_unhealthy,
+            ),
+            (
+                "inodes_free_unhealthy",
+                fs.inodes_free_degraded,
+                fs.inodes_free_unhealthy,
+            ),
+        ] {
+            p.check(
+                unhealthy <= degraded,
+                &format!("health.filesystem.{field}"),
+                || format!("must not be above the degraded level {degraded}"),
+            );
+        }
+        let ni = &h.network_interface;
+        for (field, value) in [
+            ("error_ratio", ni.error_ratio),
+            ("drop_ratio", ni.drop_ratio),
+        ] {
+            p.check(
+                (0.0..=1.0).contains(&value),
+                &format!("health.network_interface.{field}"),
+                || format!("must be a share from 0 to 1, not {value}"),
+            );
+        }
         p.finish()
     }
 }

@@ -28,7 +28,7 @@ pub struct Reason {
 /// A typed edge from this resource to another.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Relation {
-    /// runs_on, member_of, selects, backed_by, attached_to or depends_on.
+    /// runs_on, part_of, member_of, selects, backed_by, attached_to or depends_on.
     pub relation_type: String,
     /// Target resource id.
     pub to_id: String,

@@ -29,12 +29,86 @@ pub mod kind {
     /// it: `host/<machine-id>/volume/<namespace>/<claim>`.
     pub const K8S_VOLUME_USAGE: &str = "k8s_volume_usage";
 
+    /// A mounted filesystem of a host: `host/<machine-id>/filesystem/<mount>`
+    /// (see [`super::part_id`]).
+    pub const FILESYSTEM: &str = "filesystem";
+    /// A whole block device of a host: `host/<machine-id>/disk/<device>`.
+    pub const DISK: &str = "disk";
+    /// A network interface of a host: `host/<machine-id>/interface/<name>`.
+    pub const NETWORK_INTERFACE: &str = "network_interface";
+
+    /// The parts of a host: resources of their own (health, events), `part_of`
+    /// the host, whose health the host's rolls up.
+    pub const HOST_PARTS: [&str; 3] = [FILESYSTEM, DISK, NETWORK_INTERFACE];
+
     /// Kinds whose resources come and go with what they measure (a pod's usage
-    /// ends with the pod): once such a resource has been silent for
-    /// [`super::TRANSIENT_REMOVE_AFTER_INTERVALS`] intervals (ten minutes at
-    /// least), the aggregator removes it, so an agent's footprint follows what
-    /// its node runs now.
-    pub const TRANSIENT: [&str; 2] = [K8S_POD_USAGE, K8S_VOLUME_USAGE];
+    /// ends with the pod, a filesystem with its mount): once such a resource has
+    /// been silent for [`super::TRANSIENT_REMOVE_AFTER_INTERVALS`] intervals
+    /// (ten minutes at least), the aggregator removes it, so an agent's
+    /// footprint follows what its node runs now.
+    pub const TRANSIENT: [&str; 5] = [
+        K8S_POD_USAGE,
+        K8S_VOLUME_USAGE,
+        FILESYSTEM,
+        DISK,
+        NETWORK_INTERFACE,
+    ];
+}
+
+/// Relation from a host's part to its host.
+pub const PART_OF: &str = "part_of";
+
+/// The id segment of each part kind: `filesystem`, `disk`, `interface`.
+pub fn part_segment(part_kind: &str) -> &'static str {
+    match part_kind {
+        kind::FILESYSTEM => "filesystem",
+        kind::DISK => "disk",
+        _ => "interface",
+    }
+}
+
+/// The id of part `name` of kind `part_kind` of host `host_id`:
+/// `<host_id>/<segment>/<name>`. A filesystem's name is its mount point with
+/// `/` written as `root` (`/` is `.../filesystem/root`, `/var/lib` is
+/// `.../filesystem/root/var/lib`). Bytes outside printable ASCII, `%`, and a
+/// `/` in another part's name are written `%XX`.
+pub fn part_id(host_id: &str, part_kind: &str, name: &str) -> String {
+    let mut id = format!("{host_id}/{}/", part_segment(part_kind));
+    if part_kind == kind::FILESYSTEM {
+        id.push_str("root");
+        for segment in name.split('/').filter(|s| !s.is_empty()) {
+            id.push('/');
+            escape_into(&mut id, segment);
+        }
+    } else if name.is_empty() {
+        id.push_str("%00");
+    } else {
+        escape_into(&mut id, name);
+    }
+    id
+}
+
+/// Appends `segment`, with bytes outside printable ASCII, `%` and `/` as `%XX`.
+fn escape_into(out: &mut String, segment: &str) {
+    for b in segment.bytes() {
+        if b.is_ascii_graphic() && b != b'%' && b != b'/' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// The host a part belongs to (`host/<machine-id>`), if `id` is the id of a
+/// part ([`part_id`]).
+pub fn host_of_part(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("host/")?;
+    let (machine, rest) = rest.split_once('/')?;
+    let (segment, name) = rest.split_once('/')?;
+    let is_part = [kind::FILESYSTEM, kind::DISK, kind::NETWORK_INTERFACE]
+        .iter()
+        .any(|k| part_segment(k) == segment);
+    (is_part && !name.is_empty()).then(|| &id[..5 + machine.len()])
 }
 
 /// Silent intervals after which a resource of a transient kind is removed.
@@ -245,6 +319,37 @@ pub fn canonical_attributes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a st
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn part_ids_are_valid_and_name_their_host() {
+        let h = "host/m1";
+        assert_eq!(part_id(h, kind::FILESYSTEM, "/"), "host/m1/filesystem/root");
+        assert_eq!(
+            part_id(h, kind::FILESYSTEM, "/var/lib/my disk"),
+            "host/m1/filesystem/root/var/lib/my%20disk"
+        );
+        assert_eq!(
+            part_id(h, kind::FILESYSTEM, "/root"),
+            "host/m1/filesystem/root/root"
+        );
+        assert_eq!(part_id(h, kind::DISK, "nvme0n1"), "host/m1/disk/nvme0n1");
+        assert_eq!(
+            part_id(h, kind::NETWORK_INTERFACE, "a/b%"),
+            "host/m1/interface/a%2Fb%25"
+        );
+        for name in ["/", "//x//y", "/\u{e9}\t", ""] {
+            let id = part_id(h, kind::FILESYSTEM, name);
+            assert!(validate_resource_id(&id).is_ok(), "{id}");
+            assert_eq!(host_of_part(&id), Some(h));
+            assert!(agent_may_report("m1", &id));
+        }
+        assert!(validate_resource_id(&part_id(h, kind::DISK, "")).is_ok());
+        assert_eq!(host_of_part("gpu/m1/0"), None);
+        assert_eq!(host_of_part("host/m1"), None);
+        assert_eq!(host_of_part("host/m1/listening"), None);
+        assert_eq!(host_of_part("host/m1/pod/ns/p"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -1,12 +1,14 @@
-//! Disk I/O from `/proc/diskstats`: per whole device, reads and writes per second,
+//! Disk I/O from `/proc/diskstats`: each whole device is a part of the host
+//! (`host/<id>/disk/<device>`, kind `disk`) with reads and writes per second,
 //! bytes per second, average latency per operation, time busy and queue depth.
 //! Partitions and virtual devices (loop, ram, zram, floppy, optical) are left out
 //! by default; a device counts as whole when `/sys/block/<name>` exists.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use infrawatch_common::resource::kind;
 use infrawatch_common::time::now_unix_ms;
 
 use super::filter::NameFilter;
@@ -129,19 +131,48 @@ pub struct DiskCollector {
     proc_root: PathBuf,
     sys_root: PathBuf,
     filter: NameFilter,
+    interval_ms: u32,
     previous: Option<(HashMap<String, DiskCounters>, Instant)>,
 }
 
 impl DiskCollector {
-    /// Reports series on `host_id` for the devices `filter` allows.
-    pub fn new(host_id: String, proc_root: PathBuf, sys_root: PathBuf, filter: NameFilter) -> Self {
+    /// Reports the whole devices `filter` allows as parts of `host_id`, every
+    /// `interval_ms`.
+    pub fn new(
+        host_id: String,
+        proc_root: PathBuf,
+        sys_root: PathBuf,
+        filter: NameFilter,
+        interval_ms: u32,
+    ) -> Self {
         Self {
             host_id,
             proc_root,
             sys_root,
             filter,
+            interval_ms,
             previous: None,
         }
+    }
+
+    /// Device `name`'s attributes: its name, size and whether it rotates.
+    fn attributes(&self, name: &str) -> BTreeMap<String, String> {
+        let read = |file: &str| {
+            std::fs::read_to_string(self.sys_root.join("block").join(name).join(file))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let mut a = BTreeMap::from([("disk.device".to_string(), name.to_string())]);
+        if let Some(sectors) = read("size").and_then(|s| s.parse::<u64>().ok()) {
+            a.insert(
+                "disk.size_bytes".into(),
+                sectors.saturating_mul(SECTOR_BYTES).to_string(),
+            );
+        }
+        if let Some(r) = read("queue/rotational") {
+            a.insert("disk.rotational".into(), (r == "1").to_string());
+        }
+        a
     }
 
     fn is_whole_device(&self, name: &str) -> bool {
@@ -171,9 +202,15 @@ impl Collector for DiskCollector {
             .into_iter()
             .filter(|(name, _)| self.filter.allows(name) && self.is_whole_device(name))
             .collect();
-        let id = self.host_id.as_str();
         for (name, c) in &current {
             let dev = name.as_str();
+            let id = &out.part(
+                &self.host_id,
+                kind::DISK,
+                dev,
+                self.attributes(dev),
+                self.interval_ms,
+            );
             out.sample(
                 id,
                 "system.disk.pending_operations",

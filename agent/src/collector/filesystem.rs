@@ -1,5 +1,8 @@
-//! Filesystems: per mount, bytes and inodes used, free and total, and whether it is
-//! mounted read-only. Mounts come from the host's mount table (`<proc>/1/mountinfo`,
+//! Filesystems: each mount is a part of the host (`host/<id>/filesystem/root/...`,
+//! kind `filesystem`) with its bytes and inodes used, free and total, and
+//! whether it is mounted read-only; a mount first seen writable that is now
+//! read-only (the kernel remounts a filesystem read-only after errors) says so
+//! in its attributes. Mounts come from the host's mount table (`<proc>/1/mountinfo`,
 //! else `<proc>/self/mountinfo`) and are measured with statvfs under the host root.
 //! Pseudo filesystems and runtime-internal mount points are left out by default.
 //! For network and FUSE filesystems each statvfs runs on the blocking pool with a
@@ -7,10 +10,11 @@
 //! thread, not the collector. A mount the agent may not look at (EACCES) or that
 //! vanished between reading the table and the call is skipped, not an error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use infrawatch_common::resource::kind;
 use infrawatch_common::time::now_unix_ms;
 
 use super::filter::NameFilter;
@@ -192,25 +196,50 @@ pub struct FilesystemCollector {
     proc_root: PathBuf,
     host_root: PathBuf,
     filter: NameFilter,
+    interval_ms: u32,
     /// statvfs calls still running after their timeout, by mount point.
     hung: HashMap<String, tokio::task::JoinHandle<Result<Usage, StatError>>>,
+    /// Mount points seen mounted writable since the agent started.
+    seen_writable: HashSet<String>,
 }
 
 impl FilesystemCollector {
-    /// Reports series on `host_id` for the mount points `filter` allows.
+    /// Reports the mount points `filter` allows as parts of `host_id`, every
+    /// `interval_ms`.
     pub fn new(
         host_id: String,
         proc_root: PathBuf,
         host_root: PathBuf,
         filter: NameFilter,
+        interval_ms: u32,
     ) -> Self {
         Self {
             host_id,
             proc_root,
             host_root,
             filter,
+            interval_ms,
             hung: HashMap::new(),
+            seen_writable: HashSet::new(),
         }
+    }
+
+    /// The attributes of mount `m`; remembers it if it is writable.
+    fn attributes(&mut self, m: &Mount) -> BTreeMap<String, String> {
+        if !m.read_only {
+            self.seen_writable.insert(m.mountpoint.clone());
+        }
+        let turned = m.read_only && self.seen_writable.contains(&m.mountpoint);
+        BTreeMap::from([
+            ("filesystem.mountpoint".into(), m.mountpoint.clone()),
+            ("filesystem.device".into(), m.device.clone()),
+            ("filesystem.type".into(), m.fs_type.clone()),
+            (
+                "filesystem.mode".into(),
+                if m.read_only { "ro" } else { "rw" }.into(),
+            ),
+            ("filesystem.turned_read_only".into(), turned.to_string()),
+        ])
     }
 
     async fn stat_in_pool(&mut self, mountpoint: &str, path: PathBuf) -> Result<Usage, StatError> {
@@ -307,7 +336,14 @@ impl Collector for FilesystemCollector {
                     continue;
                 }
             };
-            let id = self.host_id.as_str();
+            let attributes = self.attributes(&m);
+            let id = &out.part(
+                &self.host_id,
+                kind::FILESYSTEM,
+                &m.mountpoint,
+                attributes,
+                self.interval_ms,
+            );
             let base = [
                 ("device", m.device.as_str()),
                 ("mountpoint", m.mountpoint.as_str()),
@@ -389,6 +425,7 @@ mod tests {
             proc,
             "/".into(),
             NameFilter::new(&[], &exclude),
+            1_000,
         );
         let mut out = Collection::default();
         // /mnt/my disk does not exist here: a mount that vanished is skipped.

@@ -18,6 +18,8 @@ pub mod tcp;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use infrawatch_common::resource;
+
 use crate::config::{AgentConfig, CollectorSchedule};
 
 /// A resource as one collector sees it.
@@ -62,6 +64,28 @@ pub struct Collection {
 }
 
 impl Collection {
+    /// Describes part `name` of kind `part_kind` (a filesystem, disk or
+    /// interface) of host `host_id`, `part_of` the host, and returns its id.
+    pub fn part(
+        &mut self,
+        host_id: &str,
+        part_kind: &'static str,
+        name: &str,
+        attributes: BTreeMap<String, String>,
+        interval_ms: u32,
+    ) -> String {
+        let id = resource::part_id(host_id, part_kind, name);
+        self.resources.push(ObservedResource {
+            id: id.clone(),
+            kind: part_kind,
+            labels: BTreeMap::new(),
+            attributes,
+            relations: vec![(resource::PART_OF.into(), host_id.to_string())],
+            interval_ms,
+        });
+        id
+    }
+
     /// Adds a sample.
     pub fn sample(
         &mut self,
@@ -180,6 +204,7 @@ pub fn build_collectors(
             paths.proc.clone(),
             paths.sys.clone(),
             c.disk.filter(),
+            interval(&c.disk.schedule()),
         )),
     );
     add(
@@ -189,6 +214,7 @@ pub fn build_collectors(
             paths.proc.clone(),
             paths.root.clone(),
             c.filesystem.filter(),
+            interval(&c.filesystem.schedule()),
         )),
     );
     add(

@@ -1,9 +1,11 @@
 //! Network interfaces and the TCP/UDP stack.
 //!
-//! - Per interface (inventory from pnet, counters from `/proc/net/dev`, state, speed
-//!   and MTU from sysfs): bytes, packets,
-//!   errors and drops per second, link state, speed, MTU, and utilization of the
-//!   link speed where the kernel knows it.
+//! - Per interface, a part of the host (`host/<id>/interface/<name>`, kind
+//!   `network_interface`, whose attributes hold its administrative and
+//!   operational state; inventory from pnet, counters from `/proc/net/dev`,
+//!   state, speed and MTU from sysfs): bytes, packets, errors and drops per
+//!   second, link state, speed, MTU, and utilization of the link speed where
+//!   the kernel knows it.
 //! - The stack (`/proc/net/snmp`, `/proc/net/sockstat`): retransmits and resets per
 //!   second, established and time-wait connections, UDP errors per second.
 //! - Listening sockets (`/proc/net/{tcp,tcp6,udp,udp6}`): an inventory resource
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use infrawatch_common::resource::MAX_LABEL_VALUE_LEN;
+use infrawatch_common::resource::{MAX_LABEL_VALUE_LEN, kind};
 use infrawatch_common::time::now_unix_ms;
 
 use super::filter::NameFilter;
@@ -245,7 +247,6 @@ impl NetworkCollector {
         ts: i64,
         out: &mut Collection,
     ) -> HashMap<String, [u64; 8]> {
-        let id = self.host_id.as_str();
         let mut current = HashMap::new();
         // One read of <proc>/net/dev gives every interface's counters (eight sysfs
         // files per interface cost about ten times more).
@@ -259,9 +260,31 @@ impl NetworkCollector {
                 None => ([0u64; 8], false),
             };
             let dev = [("device", name.as_str())];
-            let up = self
+            let oper = self
                 .read_sys(&name, "operstate")
-                .is_some_and(|s| s == "up" || s == "unknown");
+                .unwrap_or_else(|| "unknown".into());
+            // IFF_UP: the administrator's choice; an interface set down is not
+            // a failure.
+            let admin_up = self
+                .read_sys(&name, "flags")
+                .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+                .is_some_and(|f| f & 0x1 != 0);
+            let up = oper == "up" || oper == "unknown";
+            let attributes = BTreeMap::from([
+                ("interface.name".to_string(), name.clone()),
+                (
+                    "interface.admin_state".to_string(),
+                    if admin_up { "up" } else { "down" }.to_string(),
+                ),
+                ("interface.oper_state".to_string(), oper),
+            ]);
+            let id = &out.part(
+                &self.host_id,
+                kind::NETWORK_INTERFACE,
+                &name,
+                attributes,
+                self.interval_ms,
+            );
             out.sample(
                 id,
                 "system.network.link.up",

@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod commit;
+pub mod parts;
 pub mod plan;
 pub mod writer;
 

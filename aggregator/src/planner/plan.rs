@@ -3,12 +3,12 @@
 //! to tell whether a report changes anything before they queue it, and the
 //! writer uses it again, authoritatively, for the transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use infrawatch_common::resource::kind;
+use infrawatch_common::resource::{self, kind};
 use infrawatch_proto::v1 as pb;
 
-use super::{STALENESS_SOURCE, StateError};
+use super::{STALENESS_SOURCE, StateError, parts};
 use crate::config::HealthConfig;
 use crate::events::validate::{Bounds, validate};
 use crate::events::{StoredEvent, build, metric as event_metric};
@@ -58,6 +58,8 @@ pub struct Plan {
     gaps: Vec<GapRow>,
     /// Ids deleted at their source, with their tombstone state.
     removed: HashMap<String, ResourceRecord>,
+    /// Parts of hosts this plan holds a record of, by host.
+    parts: HashMap<String, BTreeSet<String>>,
 }
 
 /// What goes into the model once the commit succeeded.
@@ -154,7 +156,22 @@ impl Plan {
             }
         }
         let window_start = ctx.window_start();
+        let mut hosts_of_parts: BTreeSet<&str> = BTreeSet::new();
         for change in &report.changes {
+            let id = match change {
+                Change::Observed(obs) => Some(&obs.id),
+                Change::Stale { id, .. } | Change::Removed { id, .. } => Some(id),
+                Change::DataGap { .. } => None,
+            };
+            if let Some(id) = id
+                && let Some(host) = resource::host_of_part(id)
+            {
+                hosts_of_parts.insert(host);
+                self.parts
+                    .entry(host.to_string())
+                    .or_default()
+                    .insert(id.clone());
+            }
             match change {
                 Change::Observed(obs) => self.observed(ctx, &report.source, obs, window_start),
                 Change::Stale {
@@ -171,11 +188,107 @@ impl Plan {
                 }
             }
         }
+        // A host's health rolls up its parts': judged again when one changed.
+        for host in hosts_of_parts {
+            self.roll_up(ctx, host, window_start);
+        }
         if let Some(p) = &report.position {
             let at = self.state_cursors.entry(p.key.clone()).or_default();
             *at = (at.0.max(p.seq), p.epoch);
         }
         Ok(())
+    }
+
+    /// Judges host `host_id` again (its rules and its parts), if it is known.
+    fn roll_up(&mut self, ctx: &Context<'_>, host_id: &str, window_start: i64) {
+        let Some(host) = self.record(ctx.model, host_id) else {
+            return;
+        };
+        if host.health == Health::Unknown && !host.reasons.is_empty() {
+            // Stale or removed: its own staleness decides.
+            return;
+        }
+        let (health, reasons) = self.evaluate(ctx, host, window_start);
+        if health == host.health && same_codes(&reasons, &host.reasons) {
+            return;
+        }
+        let mut next = host.clone();
+        next.health = health;
+        next.reasons = reasons;
+        self.update(ctx, next, None);
+    }
+
+    /// Health of a resource that just reported: its probe verdict, the rules
+    /// of its kind over the window's samples (a host's rolling up its parts),
+    /// or healthy for kinds without rules.
+    fn evaluate(
+        &self,
+        ctx: &Context<'_>,
+        record: &ResourceRecord,
+        window_start: i64,
+    ) -> (Health, Vec<Reason>) {
+        if let Some(verdict) = health::evaluate_probe(&record.kind, &record.attributes) {
+            return verdict;
+        }
+        match record.kind.as_str() {
+            kind::HOST => {
+                let series: Vec<(&str, &str)> = health::HOST_RULES
+                    .iter()
+                    .map(|rule| (rule.metric, rule.attributes))
+                    .collect();
+                let figures: Vec<(health::HostRule, f64)> = health::HOST_RULES
+                    .iter()
+                    .zip(ctx.samples.window_stats(&record.id, &series, window_start))
+                    .filter_map(|(rule, stats)| stats.mean().map(|m| (*rule, m)))
+                    .collect();
+                let (own, mut reasons) = health::evaluate_host(&figures, ctx.health);
+                let parts = self.parts_of(ctx.model, &record.id);
+                let (of_parts, more) =
+                    health::parts::roll_up(parts.iter().map(|p| health::parts::PartHealth {
+                        id: &p.id,
+                        health: p.health,
+                        reasons: &p.reasons,
+                    }));
+                reasons.extend(more);
+                reasons.sort_by(|a, b| a.code.cmp(&b.code));
+                (health::worse(own, of_parts), reasons)
+            }
+            kind::FILESYSTEM => health::parts::evaluate_filesystem(
+                &parts::filesystem_figures(
+                    ctx.samples,
+                    record,
+                    window_start,
+                    ctx.now_ms,
+                    &ctx.health.filesystem,
+                ),
+                &record.attributes,
+                &ctx.health.filesystem,
+            ),
+            kind::NETWORK_INTERFACE => health::parts::evaluate_interface(
+                &parts::interface_figures(ctx.samples, record, window_start),
+                &record.attributes,
+                &ctx.health.network_interface,
+            ),
+            _ => (Health::Healthy, Vec::new()),
+        }
+    }
+
+    /// The parts of host `host_id` as this plan sees them.
+    fn parts_of<'a>(&'a self, model: &'a Model, host_id: &str) -> Vec<&'a ResourceRecord> {
+        let prefix = format!("{host_id}/");
+        let mut ids: BTreeSet<&str> = model
+            .resources
+            .range(prefix.clone()..)
+            .map(|(id, _)| id.as_str())
+            .take_while(|id| id.starts_with(&prefix))
+            .filter(|id| resource::host_of_part(id) == Some(host_id))
+            .collect();
+        if let Some(planned) = self.parts.get(host_id) {
+            ids.extend(planned.iter().map(String::as_str));
+        }
+        ids.into_iter()
+            .filter_map(|id| self.record(model, id))
+            .collect()
     }
 
     fn observed(&mut self, ctx: &Context<'_>, source: &str, obs: &Observation, window_start: i64) {
@@ -187,7 +300,7 @@ impl Plan {
             let unchanged = if let Some(verdict) = &obs.verdict {
                 verdict.health == existing.health && same_codes(&verdict.reasons, &existing.reasons)
             } else if obs.observed_at_ms >= window_start || existing.version == 0 {
-                let (health, reasons) = evaluate(ctx, existing, window_start);
+                let (health, reasons) = self.evaluate(ctx, existing, window_start);
                 health == existing.health && same_codes(&reasons, &existing.reasons)
             } else {
                 true
@@ -228,7 +341,7 @@ impl Plan {
             next.health = verdict.health;
             next.reasons = verdict.reasons.clone();
         } else if obs.observed_at_ms >= window_start || created {
-            let (health, reasons) = evaluate(ctx, &next, window_start);
+            let (health, reasons) = self.evaluate(ctx, &next, window_start);
             next.health = health;
             next.reasons = reasons;
         }
@@ -434,36 +547,12 @@ fn same_as_reported(existing: &ResourceRecord, source: &str, obs: &Observation) 
                 && existing.interval_ms == obs.interval_ms))
 }
 
-/// Health of a resource that just reported: its probe verdict, the host rules
-/// over the window's samples, or healthy for kinds without rules.
-fn evaluate(
-    ctx: &Context<'_>,
-    record: &ResourceRecord,
-    window_start: i64,
-) -> (Health, Vec<Reason>) {
-    if let Some(verdict) = health::evaluate_probe(&record.kind, &record.attributes) {
-        return verdict;
-    }
-    if record.kind != kind::HOST {
-        return (Health::Healthy, Vec::new());
-    }
-    let series: Vec<(&str, &str)> = health::HOST_RULES
-        .iter()
-        .map(|rule| (rule.metric, rule.attributes))
-        .collect();
-    let figures: Vec<(health::HostRule, f64)> = health::HOST_RULES
-        .iter()
-        .zip(ctx.samples.window_stats(&record.id, &series, window_start))
-        .filter_map(|(rule, stats)| stats.mean().map(|m| (*rule, m)))
-        .collect();
-    health::evaluate_host(&figures, ctx.health)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::model::Relation;
     use crate::samples::ledger::Cursor;
     use crate::samples::{SeriesKey, SeriesSamples};
     use crate::sources::Position;
@@ -747,6 +836,87 @@ mod tests {
         let (commit, _) = planned(&model, &samples, &r);
         assert_eq!(commit.resources[0].health, Health::Unhealthy);
         assert_eq!(commit.resources[0].reasons[0].code, "cpu_critical");
+    }
+
+    /// A filesystem reported with 2 % free in the same report as its host:
+    /// the filesystem is UNHEALTHY, its host DEGRADED naming it; once it has
+    /// room again the host is HEALTHY again.
+    #[test]
+    fn a_host_rolls_up_the_health_of_its_parts() {
+        let samples = SampleStore::new(600_000);
+        let ledger = samples.open_ledger("agent-a", Cursor::default(), 0, 1);
+        let fs_id = "host/x/filesystem/root";
+        let base = "device=\"/dev/vda\",mountpoint=\"/\",type=\"ext4\"";
+        let fill = |seq: u64, free: f64| {
+            let (_, new) = ledger.begin(
+                seq,
+                &[
+                    SeriesSamples {
+                        key: SeriesKey::new(
+                            fs_id,
+                            "system.filesystem.usage",
+                            "device=\"/dev/vda\",mountpoint=\"/\",state=\"free\",type=\"ext4\"",
+                        ),
+                        points: vec![(NOW - 1_000 * (3 - seq as i64), free)],
+                    },
+                    SeriesSamples {
+                        key: SeriesKey::new(fs_id, "system.filesystem.limit", base),
+                        points: vec![(NOW - 1_000 * (3 - seq as i64), 100.0)],
+                    },
+                ],
+                0,
+            );
+            samples.index(&ledger, new);
+        };
+        let filesystem = Observation {
+            verdict: None,
+            id: fs_id.into(),
+            kind: kind::FILESYSTEM.into(),
+            labels: BTreeMap::new(),
+            attributes: BTreeMap::from([
+                ("filesystem.device".to_string(), "/dev/vda".to_string()),
+                ("filesystem.mountpoint".to_string(), "/".to_string()),
+                ("filesystem.type".to_string(), "ext4".to_string()),
+            ]),
+            relations: vec![Relation {
+                relation_type: "part_of".into(),
+                to_id: "host/x".into(),
+            }],
+            interval_ms: 1000,
+            observed_at_ms: NOW - 1_000,
+        };
+        fill(1, 2.0);
+        let r = report(
+            "agent-a",
+            1,
+            vec![
+                Change::Observed(host("host/x", NOW - 1_000)),
+                Change::Observed(filesystem.clone()),
+            ],
+        );
+        let (commit, applied) = planned(&model_with(Vec::new()), &samples, &r);
+        let fs = commit.resources.iter().find(|r| r.id == fs_id).unwrap();
+        assert_eq!(fs.health, Health::Unhealthy);
+        assert_eq!(fs.reasons[0].code, "filesystem_almost_out_of_space");
+        let host = &applied.records["host/x"];
+        assert_eq!(host.health, Health::Degraded);
+        assert_eq!(host.reasons[0].code, "filesystem_almost_out_of_space");
+        assert!(
+            host.reasons[0]
+                .message
+                .starts_with("host/x/filesystem/root: / has 2.0%"),
+            "{}",
+            host.reasons[0].message
+        );
+        // Room again (the window now averages 2 % and 98 %): both recover,
+        // the host without reporting itself.
+        let model = model_with(applied.records.into_values().collect());
+        fill(2, 98.0);
+        let r = report("agent-a", 2, vec![Change::Observed(filesystem)]);
+        let (_, applied) = planned(&model, &samples, &r);
+        assert_eq!(applied.records[fs_id].health, Health::Healthy);
+        assert_eq!(applied.records["host/x"].health, Health::Healthy);
+        assert!(applied.records["host/x"].reasons.is_empty());
     }
 
     #[test]

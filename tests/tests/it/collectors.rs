@@ -1,5 +1,6 @@
 //! The agent's collectors against what /proc, /sys and statvfs say, and a generated
-//! disk load showing up in the disk figures.
+//! disk load showing up in the disk figures. Filesystems, disks and interfaces
+//! are parts of the host: resources of their own, `part_of` it.
 
 use std::time::Duration;
 
@@ -72,19 +73,25 @@ async fn collectors_agree_with_the_kernel_and_see_a_disk_load() {
         || {
             let (status, r) = agg.get(&host);
             let ready = status == 200
-                && !latest_where(&r, "system.network.io.rate", "").is_empty()
+                && !latest_where(&r, "system.network.connections", "").is_empty()
                 && !latest_where(&r, "system.cpu.utilization", "state=\"steal\"").is_empty();
             ready.then_some(r)
         },
     );
 
-    // Filesystem: the root mount's size equals statvfs.
+    // Filesystem: the root mount is a part of the host, its size equals statvfs.
+    let (status, root) = agg.get(&format!("{host}/filesystem/root"));
+    assert_eq!(status, 200, "{root}");
+    assert_eq!(root["kind"], "filesystem");
+    assert_eq!(root["attributes"]["filesystem.mountpoint"], "/");
+    assert_eq!(root["relations"][0]["type"], "part_of");
+    assert_eq!(root["relations"][0]["to"], format!("host/{}", machine_id()));
     let st = nix::sys::statvfs::statvfs("/").unwrap();
-    let limit = latest_where(&r, "system.filesystem.limit", "mountpoint=\"/\"");
+    let limit = latest_where(&root, "system.filesystem.limit", "mountpoint=\"/\"");
     assert_eq!(limit, vec![(st.blocks() * st.fragment_size()) as f64]);
     let free_now = (st.blocks_available() * st.fragment_size()) as f64;
     let free = latest_where(
-        &r,
+        &root,
         "system.filesystem.usage",
         "mountpoint=\"/\",state=\"free\"",
     );
@@ -92,16 +99,21 @@ async fn collectors_agree_with_the_kernel_and_see_a_disk_load() {
         (free[0] - free_now).abs() < 2e9,
         "free {free:?} vs statvfs {free_now}"
     );
-    assert!(
-        latest_where(&r, "system.filesystem.limit", "mountpoint=\"/proc\"").is_empty(),
-        "pseudo filesystems are left out"
-    );
+    let (status, _) = agg.get(&format!("{host}/filesystem/root/proc"));
+    assert_eq!(status, 404, "pseudo filesystems are left out");
 
     // Network: every interface in /sys (but lo) has a link state matching operstate.
     for entry in std::fs::read_dir("/sys/class/net").unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        let state = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate")).unwrap();
-        let up = latest_where(&r, "system.network.link.up", &format!("device=\"{name}\""));
+        let Ok(state) = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate")) else {
+            continue;
+        };
+        let (_, part) = agg.get(&format!("{host}/interface/{name}"));
+        let up = latest_where(
+            &part,
+            "system.network.link.up",
+            &format!("device=\"{name}\""),
+        );
         if name == "lo" {
             assert!(up.is_empty(), "lo is excluded by default");
             continue;
@@ -120,13 +132,15 @@ async fn collectors_agree_with_the_kernel_and_see_a_disk_load() {
             0.0
         };
         assert_eq!(up, vec![expected], "{name} operstate {}", state.trim());
+        assert_eq!(part["kind"], "network_interface");
+        assert_eq!(part["attributes"]["interface.oper_state"], state.trim());
         let mtu: f64 = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
             .unwrap()
             .trim()
             .parse()
             .unwrap();
         assert_eq!(
-            latest_where(&r, "system.network.mtu", &format!("device=\"{name}\"")),
+            latest_where(&part, "system.network.mtu", &format!("device=\"{name}\"")),
             vec![mtu]
         );
     }
@@ -206,7 +220,7 @@ async fn collectors_agree_with_the_kernel_and_see_a_disk_load() {
         "/proc/diskstats saw {written} bytes on {dev}"
     );
     let series = format!(
-        "{host}/metrics?name=system.disk.io.rate&attributes=device%3D%22{dev}%22%2Cdirection%3D%22write%22&step=1000&from={from}"
+        "{host}/disk/{dev}/metrics?name=system.disk.io.rate&attributes=device%3D%22{dev}%22%2Cdirection%3D%22write%22&step=1000&from={from}"
     );
     let peak = eventually(
         Duration::from_secs(10),

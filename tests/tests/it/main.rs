@@ -11,6 +11,7 @@ mod events;
 mod failover;
 mod faults;
 mod health;
+mod host_parts;
 mod hostile;
 mod icmp;
 mod kubelet;

@@ -18,8 +18,9 @@ use crate::samples::{SeriesKey, SeriesSamples};
 use crate::sources::Observation;
 
 /// Relation types the model knows.
-pub const RELATION_TYPES: [&str; 6] = [
+pub const RELATION_TYPES: [&str; 7] = [
     "runs_on",
+    "part_of",
     "member_of",
     "selects",
     "backed_by",

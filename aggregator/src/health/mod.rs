@@ -1,5 +1,9 @@
-//! Health rules: thresholds on host utilizations, and staleness. Pure functions of
-//! their inputs, so every rule is unit-tested without I/O.
+//! Health rules: thresholds on host utilizations, the parts of hosts
+//! ([`parts`]), probes, and staleness. Pure functions of their inputs, so every
+//! rule is unit-tested without I/O.
+
+pub mod parts;
+pub mod trend;
 
 use infrawatch_common::resource::metric;
 
