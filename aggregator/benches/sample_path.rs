@@ -168,6 +168,9 @@ fn hot_path(c: &mut Criterion) {
         let state = State::new(15 * 60 * 1000);
         let budgets = SeriesBudgets::new(SeriesLimits::for_ingest(&IngestConfig::default()));
         let health = HealthConfig::default();
+        // The built-in rule files, as a running aggregator judges hosts.
+        let rules = infrawatch_aggregator::rules::load(&Default::default(), 900_000)
+            .expect("the built-in rules load");
         let limits = Limits::default();
         let ledger = state
             .samples
@@ -192,6 +195,7 @@ fn hot_path(c: &mut Criterion) {
                 model: &model,
                 samples: &state.samples,
                 health: &health,
+                rules: &rules,
                 now_ms: now0,
             };
             let mut plan = Plan::default();
@@ -243,6 +247,7 @@ fn hot_path(c: &mut Criterion) {
                         model: &model,
                         samples: &state.samples,
                         health: &health,
+                        rules: &rules,
                         now_ms: now,
                     };
                     let mut plan = Plan::default();

@@ -40,6 +40,8 @@ pub struct AggregatorConfig {
     pub cluster: crate::cluster::ClusterConfig,
     /// Kubernetes clusters to watch, and their health rules.
     pub kubernetes: crate::sources::k8s::KubernetesConfig,
+    /// Rule files (health rules as data).
+    pub rules: crate::rules::RulesConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -54,6 +56,7 @@ impl Default for AggregatorConfig {
             events: EventsConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             kubernetes: crate::sources::k8s::KubernetesConfig::default(),
+            rules: crate::rules::RulesConfig::default(),
         }
     }
 }
@@ -482,6 +485,11 @@ impl AggregatorConfig {
                 preflight::file(&mut p, &format!("events.pulsar.{field}"), path);
             }
         }
+        if let Err(errors) = crate::rules::load(&self.rules, self.ingest.hot_window_ms) {
+            for e in errors {
+                p.push("rules.paths", e.to_string());
+            }
+        }
         for (i, c) in self.kubernetes.clusters.iter().enumerate() {
             if let Some(path) = &c.kubeconfig {
                 preflight::file(
@@ -699,6 +707,11 @@ impl AggregatorConfig {
             h.evaluation_window_ms >= 1_000,
             "health.evaluation_window_ms",
             || "must be at least 1000".into(),
+        );
+        p.check(
+            self.rules.reload_interval_ms >= 100,
+            "rules.reload_interval_ms",
+            || "must be at least 100".into(),
         );
         let fs = &h.filesystem;
         for (field, value) in [

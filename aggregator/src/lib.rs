@@ -43,6 +43,7 @@ pub mod kubernetes_usage;
 pub mod model;
 pub mod planner;
 pub mod query;
+pub mod rules;
 pub mod samples;
 pub mod selector;
 pub mod server;
@@ -104,6 +105,9 @@ pub enum AggregatorError {
     /// A configured token hash does not parse (validation reports it first).
     #[error("{0}")]
     Tokens(String),
+    /// A rule file does not load (validation reports it first).
+    #[error("rules: {0}")]
+    Rules(String),
     /// The database could not be opened, migrated or read.
     #[error("storage failed")]
     Store(#[from] StoreError),
@@ -128,6 +132,17 @@ pub async fn run(
     migrate_when_ready(&store, &shutdown).await?;
     let replica_id = config.cluster.resolved_replica_id();
     let state = Arc::new(State::new(config.ingest.hot_window_ms));
+    let rule_set = rules::load(&config.rules, config.ingest.hot_window_ms).map_err(|errors| {
+        AggregatorError::Rules(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    metrics::gauge!(telemetry::RULES_LOADED).set(rule_set.len() as f64);
+    state.rules.replace(rule_set);
     // The head is read before the state: an event positioned in between is
     // read again by the tail, which reloads its resource if the restored
     // version is older. Read the other way round, a resource another replica
@@ -171,6 +186,14 @@ pub async fn run(
         poll,
         background_stop.clone(),
     )));
+    if !config.rules.paths.is_empty() {
+        background.push(tokio::spawn(rules::reload::run(
+            state.rules.clone(),
+            config.rules.clone(),
+            config.ingest.hot_window_ms,
+            background_stop.clone(),
+        )));
+    }
     background.push(tokio::spawn(events::retention::forget_tombstones(
         state.clone(),
         config.events.max_retention_ms,

@@ -84,6 +84,7 @@ impl ResourceRecord {
                 })
                 .collect(),
             latest,
+            parts: Vec::new(),
         }
     }
 }

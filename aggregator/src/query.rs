@@ -176,7 +176,32 @@ pub fn resource_view(model: &Model, samples: &SampleStore, id: &str) -> Option<p
         .collect();
     let mut view = tracked.record.to_proto(latest);
     view.observed_at_unix_ms = tracked.observed_at_ms();
+    if tracked.record.kind == infrawatch_common::resource::kind::HOST {
+        view.parts = parts_of(model, id);
+    }
     Some(view)
+}
+
+/// The parts of host `host_id`, by id.
+fn parts_of(model: &Model, host_id: &str) -> Vec<pb::Part> {
+    let prefix = format!("{host_id}/");
+    model
+        .resources
+        .range(prefix.clone()..)
+        .take_while(|(id, _)| id.starts_with(&prefix))
+        .filter(|(id, _)| infrawatch_common::resource::host_of_part(id) == Some(host_id))
+        .map(|(id, t)| pb::Part {
+            id: id.clone(),
+            kind: t.record.kind.clone(),
+            health: t.record.health as i32,
+            reasons: t
+                .record
+                .reasons
+                .iter()
+                .map(crate::model::reason_to_proto)
+                .collect(),
+        })
+        .collect()
 }
 
 /// One page of resources ordered by id, and the cursor of the next page.

@@ -124,6 +124,8 @@ pub struct State {
     model: RwLock<Model>,
     /// Recent samples and unflushed rollups (their own locks, not the model's).
     pub samples: Arc<SampleStore>,
+    /// The health rules in force (built-in and from rule files).
+    pub rules: Arc<crate::rules::Rules>,
     connected_agents: AtomicU64,
     agents: Mutex<BTreeMap<String, AgentStatus>>,
     /// Batches received and not yet applied, by arrival time (Unix ms).
@@ -139,6 +141,7 @@ impl State {
                 tombstones: HashMap::new(),
             }),
             samples: Arc::new(SampleStore::new(hot_window_ms)),
+            rules: Arc::default(),
             connected_agents: AtomicU64::new(0),
             agents: Mutex::new(BTreeMap::new()),
             unapplied: Arc::new(Mutex::new(BTreeMap::new())),

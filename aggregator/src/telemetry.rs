@@ -84,6 +84,11 @@ pub const FLUSH_FENCED: &str = "infrawatch_aggregator_flush_fenced_total";
 pub const LEADER: &str = "infrawatch_aggregator_leader";
 /// Counter: events the sequencer gave positions.
 pub const SEQUENCED: &str = "infrawatch_aggregator_events_sequenced_total";
+/// Gauge: health rules in force (built-in and from rule files).
+pub const RULES_LOADED: &str = "infrawatch_aggregator_rules_loaded";
+/// Counter: reloads of changed rule files that failed (the rules loaded
+/// before stay in force).
+pub const RULES_RELOAD_FAILURES: &str = "infrawatch_aggregator_rules_reload_failures_total";
 /// Counter: resources the staleness sweep marked UNKNOWN.
 pub const MARKED_STALE: &str = "infrawatch_aggregator_resources_marked_stale_total";
 /// Counter by `operation`: failed database operations.

@@ -6,6 +6,7 @@ use std::io::Write;
 use infrawatch_common::resource::health_name;
 use infrawatch_common::time::now_unix_ms;
 use infrawatch_proto::v1 as pb;
+use pb::Health;
 use serde_json::json;
 
 use super::OutputFormat;
@@ -147,6 +148,26 @@ pub(super) fn resource(r: &pb::Resource, format: OutputFormat) -> anyhow::Result
     }
     table(&rows)?;
     writeln!(out())?;
+    if !r.parts.is_empty() {
+        let mut parts = vec![vec![
+            "PART".to_string(),
+            "KIND".into(),
+            "HEALTH".into(),
+            "REASONS".into(),
+        ]];
+        for p in &r.parts {
+            let health = Health::try_from(p.health).unwrap_or(Health::Unknown);
+            let codes: Vec<&str> = p.reasons.iter().map(|x| x.code.as_str()).collect();
+            parts.push(vec![
+                p.id.clone(),
+                p.kind.clone(),
+                health_name(health).to_uppercase(),
+                codes.join(","),
+            ]);
+        }
+        table(&parts)?;
+        writeln!(out())?;
+    }
     let mut latest = vec![vec![
         "METRIC".to_string(),
         "ATTRIBUTES".into(),

@@ -14,6 +14,7 @@ use crate::events::validate::{Bounds, validate};
 use crate::events::{StoredEvent, build, metric as event_metric};
 use crate::health;
 use crate::model::{Health, Reason, ResourceRecord, changed_fields};
+use crate::rules::{self, RuleSet};
 use crate::samples::SampleStore;
 use crate::sources::{Change, Observation, Report};
 use crate::state::Model;
@@ -29,6 +30,8 @@ pub struct Context<'a> {
     pub samples: &'a SampleStore,
     /// Health rules.
     pub health: &'a HealthConfig,
+    /// Health rules as data, by kind.
+    pub rules: &'a RuleSet,
     /// Now (Unix ms).
     pub now_ms: i64,
 }
@@ -230,6 +233,33 @@ impl Plan {
         if let Some(verdict) = health::evaluate_probe(&record.kind, &record.attributes) {
             return verdict;
         }
+        let (own, mut reasons) = self.evaluate_in_code(ctx, record, window_start);
+        let found = rules::eval::evaluate(
+            ctx.rules.of_kind(&record.kind),
+            ctx.samples,
+            &record.id,
+            ctx.now_ms,
+        );
+        if found.is_empty() {
+            return (own, reasons);
+        }
+        let mut health = own;
+        for (h, reason) in found {
+            health = health::worse(health, h);
+            reasons.push(reason);
+        }
+        reasons.sort_by(|a, b| a.code.cmp(&b.code));
+        (health, reasons)
+    }
+
+    /// Health by the rules written in code: a host's thresholds and its parts,
+    /// a filesystem's and an interface's rules; healthy for other kinds.
+    fn evaluate_in_code(
+        &self,
+        ctx: &Context<'_>,
+        record: &ResourceRecord,
+        window_start: i64,
+    ) -> (Health, Vec<Reason>) {
         match record.kind.as_str() {
             kind::HOST => {
                 let series: Vec<(&str, &str)> = health::HOST_RULES
@@ -602,6 +632,7 @@ mod tests {
             model,
             samples,
             health: &health,
+            rules: &RuleSet::default(),
             now_ms: NOW,
         };
         let mut plan = Plan::default();
@@ -793,6 +824,7 @@ mod tests {
             model: &model,
             samples: &samples,
             health: &health,
+            rules: &RuleSet::default(),
             now_ms: NOW,
         };
         let mut plan = Plan::default();

@@ -113,10 +113,12 @@ impl Writer {
             let mut planned: Vec<(Submission, Outcome)> = Vec::with_capacity(group.len());
             {
                 let model = self.state.read();
+                let rules = self.state.rules.current();
                 let ctx = Context {
                     model: &model,
                     samples: &self.state.samples,
                     health: &self.config.health,
+                    rules: &rules,
                     now_ms: now,
                 };
                 for s in group.drain(..) {

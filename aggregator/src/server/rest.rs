@@ -683,6 +683,14 @@ pub fn resource_json(r: &pb::Resource) -> Value {
             "metric": x.metric, "attributes": x.attributes,
             "value": x.value, "timestamp_unix_ms": x.timestamp_unix_ms,
         })).collect::<Vec<_>>(),
+        "parts": r.parts.iter().map(|p| json!({
+            "id": p.id,
+            "kind": p.kind,
+            "health": health_name(Health::try_from(p.health).unwrap_or(Health::Unknown)),
+            "reasons": p.reasons.iter().map(|x| json!({
+                "code": x.code, "message": x.message,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 

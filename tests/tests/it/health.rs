@@ -55,7 +55,10 @@ async fn thresholds_and_silence_change_health_with_reasons() {
         let (status, r) = agg.get(&path);
         (status == 200 && r["health"] == "unhealthy").then_some(r)
     });
-    assert_eq!(reason_codes(&unhealthy), vec!["memory_critical"]);
+    // The memory rule fires (the built-in rule files may say more of a busy
+    // machine: its load, its page faults).
+    let codes = reason_codes(&unhealthy);
+    assert!(codes.contains(&"memory_critical".to_string()), "{codes:?}");
     let reason = unhealthy["reasons"]
         .as_array()
         .unwrap()

@@ -1,47 +1,16 @@
 //! A host's parts end to end: a real filesystem (a small tmpfs this test
 //! mounts) almost full is a filesystem resource of its own, UNHEALTHY with its
 //! reason, and its host is DEGRADED naming it; remounted read-only, it says
-//! so. Needs root (mount), as CI runs.
+//! so. An interface in a namespace of the test's own whose link goes down is
+//! UNHEALTHY, and its host names it until the link is back. Need root (mount,
+//! namespaces), as CI runs.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use infrawatch_e2e::netns::{Netns, Tmpfs};
 use infrawatch_e2e::{Agent, Aggregator, Pki, eventually};
 use serde_json::Value;
-
-/// A tmpfs mounted for the test, lazily unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs on {} (the test needs root)", at.display());
-        Self(at.to_path_buf())
-    }
-
-    fn remount(&self, options: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remount {} {options}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn machine_id() -> String {
     std::fs::read_to_string("/etc/machine-id")
@@ -66,7 +35,7 @@ async fn a_full_filesystem_is_unhealthy_and_degrades_its_host_and_read_only_is_n
     super::init();
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("data");
-    let fs = Tmpfs::mount(&mountpoint, "4m");
+    let _fs = Tmpfs::mount(&mountpoint, 4 << 20).unwrap();
     // 98 % full before the agent starts, so every sample of the window says so.
     let ok = Command::new("dd")
         .args(["if=/dev/zero", "bs=4k", "count=1003", "status=none"])
@@ -105,9 +74,25 @@ async fn a_full_filesystem_is_unhealthy_and_degrades_its_host_and_read_only_is_n
         named.then_some(r)
     });
     assert_ne!(host_state["health"], "healthy", "{host_state}");
+    // The host lists its parts with their health.
+    let listed = host_state["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == part.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed["kind"], "filesystem", "{host_state}");
+    assert_eq!(listed["health"], "unhealthy");
 
     // Remounted read-only while the agent watches: it was writable, so it is named.
-    fs.remount("ro");
+    let ok = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mountpoint)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount read-only");
     let ro = eventually(Duration::from_secs(20), "the read-only reason", || {
         let (_, r) = agg.get(&format!("/api/v1/resources/{part}"));
         codes(&r)
@@ -117,4 +102,80 @@ async fn a_full_filesystem_is_unhealthy_and_degrades_its_host_and_read_only_is_n
     assert_eq!(ro["attributes"]["filesystem.mode"], "ro");
     assert_eq!(ro["attributes"]["filesystem.turned_read_only"], "true");
     assert_eq!(ro["health"], "unhealthy");
+}
+
+/// The host's reasons whose message starts with `part`.
+fn reasons_naming(host: &Value, part: &str) -> Vec<String> {
+    host["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["message"].as_str().unwrap_or("").starts_with(part))
+                .filter_map(|x| x["code"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interface_whose_link_goes_down_is_unhealthy_and_named_by_its_host() {
+    super::init();
+    let ns = Netns::create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-n"]).unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
+    let to_aggregator = ns
+        .proxy_to_root(
+            infrawatch_e2e::netns::Side::Inner,
+            [127, 0, 0, 1].into(),
+            agg.grpc,
+        )
+        .unwrap();
+    let _agent = ns
+        .start_agent(
+            dir.path(),
+            &pki,
+            "agent-n",
+            &[to_aggregator.endpoint()],
+            500,
+            "",
+        )
+        .unwrap();
+    let host = format!("host/{}", machine_id());
+    let part = format!("{host}/interface/{}", infrawatch_e2e::netns::LINK_IF);
+    let get = |id: &str| agg.get(&format!("/api/v1/resources/{id}")).1;
+
+    let up = eventually(Duration::from_secs(20), "the link's part, up", || {
+        let r = get(&part);
+        (r["health"] == "healthy" && r["attributes"]["interface.oper_state"] == "up").then_some(r)
+    });
+    assert_eq!(up["kind"], "network_interface");
+    assert_eq!(up["relations"][0]["type"], "part_of");
+
+    // The cable pulled at the far end: set up, no carrier.
+    ns.set_link(false).unwrap();
+    let down = eventually(Duration::from_secs(20), "the interface UNHEALTHY", || {
+        let r = get(&part);
+        (r["health"] == "unhealthy").then_some(r)
+    });
+    assert_eq!(codes(&down), vec!["interface_down"], "{down}");
+    assert_eq!(down["attributes"]["interface.admin_state"], "up");
+    let named = eventually(Duration::from_secs(10), "the host naming it", || {
+        let r = get(&host);
+        (reasons_naming(&r, &part) == vec!["interface_down"]).then_some(r)
+    });
+    assert_ne!(named["health"], "healthy", "{named}");
+
+    // Back up: the interface recovers, and the host stops naming it.
+    ns.set_link(true).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the interface HEALTHY again",
+        || (get(&part)["health"] == "healthy").then_some(()),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the host no longer naming it",
+        || reasons_naming(&get(&host), &part).is_empty().then_some(()),
+    );
 }

@@ -24,6 +24,7 @@ mod probes;
 mod replicas;
 mod restart;
 mod rotation;
+mod rules;
 mod up;
 
 /// Every test installs the ring provider first (idempotent).

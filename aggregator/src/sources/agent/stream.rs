@@ -596,10 +596,12 @@ impl AgentSource {
     async fn apply_state(&self, report: Report, now: i64) -> Result<(), StateError> {
         let needs_commit = {
             let model = self.state.read();
+            let rules = self.state.rules.current();
             let ctx = Context {
                 model: &model,
                 samples: &self.state.samples,
                 health: &self.health,
+                rules: &rules,
                 now_ms: now,
             };
             let mut plan = Plan::default();
