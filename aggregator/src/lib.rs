@@ -34,6 +34,7 @@
 //! - [`telemetry`]: the aggregator's own metrics.
 
 pub mod auth;
+pub mod availability;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -151,4 +151,23 @@ impl Client {
             .map_err(status)?;
         Ok(r.into_inner())
     }
+
+    /// The availability of `id` over the last `window_ms`.
+    pub(super) async fn availability(
+        &mut self,
+        id: &str,
+        window_ms: i64,
+    ) -> anyhow::Result<pb::Availability> {
+        let now = now_unix_ms();
+        let r = self
+            .inner
+            .get_availability(pb::GetAvailabilityRequest {
+                resource_id: id.to_string(),
+                from_unix_ms: now - window_ms,
+                to_unix_ms: now,
+            })
+            .await
+            .map_err(status)?;
+        Ok(r.into_inner())
+    }
 }

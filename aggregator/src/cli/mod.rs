@@ -77,6 +77,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         step_secs: i64,
     },
+    /// How long one resource spent in each health over a window (its SLA).
+    Availability {
+        #[command(flatten)]
+        query: QueryArgs,
+        /// Resource id.
+        id: String,
+        /// The window, ending now: days (30d), hours (6h) or milliseconds.
+        #[arg(long, default_value = "1d")]
+        window: String,
+    },
     /// Create development certificates (a CA, a server certificate, client certificates).
     Certs(certs::CertsArgs),
     /// Make REST bearer tokens and their hashes.
@@ -194,6 +204,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .metric(&id, &name, &attributes, since_secs, step_secs)
                 .await?;
             output::metric(&r, query.output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Availability { query, id, window } => {
+            let window_ms = crate::availability::parse_window(&window).ok_or_else(|| {
+                anyhow::anyhow!("--window {window:?} is not days (30d), hours (6h) or milliseconds")
+            })?;
+            let mut c = client::connect(&query).await?;
+            let a = c.availability(&id, window_ms).await?;
+            output::availability(&a, query.output)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -10,7 +10,7 @@ use pb::Health;
 use serde_json::json;
 
 use super::OutputFormat;
-use crate::server::rest::{metric_json, resource_json};
+use crate::server::rest::{availability_json, metric_json, resource_json};
 
 fn out() -> std::io::StdoutLock<'static> {
     std::io::stdout().lock()
@@ -197,6 +197,44 @@ fn format_value(metric: &str, v: f64) -> String {
 }
 
 /// `infrawatch metrics`.
+pub(super) fn availability(a: &pb::Availability, format: OutputFormat) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        return print_json(&availability_json(a));
+    }
+    let existing = a.healthy_ms + a.degraded_ms + a.unhealthy_ms + a.unknown_ms;
+    let share = |ms: i64| {
+        if existing > 0 {
+            format!("{:.3}%", ms as f64 * 100.0 / existing as f64)
+        } else {
+            "-".to_string()
+        }
+    };
+    let hours = |ms: i64| format!("{:.2} h", ms as f64 / 3_600_000.0);
+    let mut rows = vec![vec!["HEALTH".to_string(), "TIME".into(), "SHARE".into()]];
+    for (name, ms) in [
+        ("HEALTHY", a.healthy_ms),
+        ("DEGRADED", a.degraded_ms),
+        ("UNHEALTHY", a.unhealthy_ms),
+        ("UNKNOWN", a.unknown_ms),
+    ] {
+        rows.push(vec![name.to_string(), hours(ms), share(ms)]);
+    }
+    writeln!(
+        out(),
+        "{} over {:.1} days: {} healthy{}",
+        a.resource_id,
+        (a.to_unix_ms - a.from_unix_ms) as f64 / 86_400_000.0,
+        share(a.healthy_ms),
+        if a.complete {
+            ""
+        } else {
+            " (history too long: its oldest part only)"
+        }
+    )?;
+    table(&rows)?;
+    Ok(())
+}
+
 pub(super) fn metric(r: &pb::QueryMetricResponse, format: OutputFormat) -> anyhow::Result<()> {
     if format == OutputFormat::Json {
         return print_json(&metric_json(r));

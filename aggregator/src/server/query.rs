@@ -87,4 +87,23 @@ impl QueryService for QueryApi {
             query::metric(&self.state, &self.store, &params, None).await?,
         ))
     }
+
+    async fn get_availability(
+        &self,
+        request: Request<pb::GetAvailabilityRequest>,
+    ) -> Result<Response<pb::Availability>, Status> {
+        let r = request.into_inner();
+        let (from, to) = crate::availability::window(r.from_unix_ms, r.to_unix_ms, now_unix_ms());
+        Ok(Response::new(
+            crate::availability::of_resource(
+                &self.state,
+                &self.store,
+                &r.resource_id,
+                from,
+                to,
+                None,
+            )
+            .await?,
+        ))
+    }
 }

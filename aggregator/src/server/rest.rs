@@ -606,6 +606,15 @@ async fn resource_or_metrics(
     let Path(path) = path.map_err(|e| QueryError::InvalidArgument(format!("resource id: {e}")))?;
     // `<id>/metrics` is a metric query when it has a name, or when `<id>` exists and
     // `<id>/metrics` itself is no resource (then the missing name is the error).
+    if let Some(id) = path.strip_suffix("/availability") {
+        let is_availability_query = {
+            let model = shared.state.read();
+            model.resources.contains_key(id) && !model.resources.contains_key(&path)
+        };
+        if is_availability_query {
+            return availability_of(&shared, &who, id, &params).await;
+        }
+    }
     if let Some(id) = path.strip_suffix("/metrics") {
         let is_metrics_query = params.contains_key("name") || {
             let model = shared.state.read();
@@ -620,6 +629,61 @@ async fn resource_or_metrics(
         &path,
         who.scope.as_deref(),
     )?)))
+}
+
+/// `<id>/availability?from=&to=` or `?window=1d|7d|30d|<ms>` (ending now).
+async fn availability_of(
+    shared: &RestState,
+    who: &Principal,
+    id: &str,
+    params: &HashMap<String, String>,
+) -> Result<Json<Value>, QueryError> {
+    reject_unknown(params, &["from", "to", "window"])?;
+    let ms = "a time in Unix milliseconds";
+    let now = now_unix_ms();
+    let to = number::<i64>(params, "to", ms)?.unwrap_or(0);
+    let from = match params.get("window") {
+        Some(w) => {
+            if params.contains_key("from") {
+                return Err(QueryError::InvalidArgument(
+                    "give either from or window, not both".into(),
+                ));
+            }
+            let span = crate::availability::parse_window(w).ok_or_else(|| {
+                QueryError::InvalidArgument(format!(
+                    "window {w:?} is not a number of days (1d, 30d) or milliseconds"
+                ))
+            })?;
+            (if to == 0 { now } else { to }) - span
+        }
+        None => number::<i64>(params, "from", ms)?.unwrap_or(0),
+    };
+    let (from, to) = crate::availability::window(from, to, now);
+    let a = crate::availability::of_resource(
+        &shared.state,
+        &shared.store,
+        id,
+        from,
+        to,
+        who.scope.as_deref(),
+    )
+    .await?;
+    Ok(Json(availability_json(&a)))
+}
+
+/// The JSON form of an availability.
+pub fn availability_json(a: &pb::Availability) -> Value {
+    json!({
+        "resource_id": a.resource_id,
+        "from_unix_ms": a.from_unix_ms,
+        "to_unix_ms": a.to_unix_ms,
+        "healthy_ms": a.healthy_ms,
+        "degraded_ms": a.degraded_ms,
+        "unhealthy_ms": a.unhealthy_ms,
+        "unknown_ms": a.unknown_ms,
+        "healthy_share": a.healthy_share,
+        "complete": a.complete,
+    })
 }
 
 async fn metrics_of(

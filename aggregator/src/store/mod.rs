@@ -676,6 +676,43 @@ impl Store {
         observe("history", started, result.is_ok());
         result
     }
+
+    /// The health history of `resource_id` that a window `(from_ms, to_ms]`
+    /// needs, oldest first: the newest entry observed at or before `from_ms`
+    /// (the state the window starts in), then those observed within it, at
+    /// most `max` of them.
+    pub async fn history_window(
+        &self,
+        resource_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        max: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let started = Instant::now();
+        let result: Result<Vec<HistoryEntry>, StoreError> = on_pool!(self, pool => {
+            let before = sqlx::query(rows::SELECT_HISTORY_BEFORE)
+                .bind(resource_id).bind(from_ms)
+                .fetch_all(pool).await?;
+            let within = sqlx::query(rows::SELECT_HISTORY_WITHIN)
+                .bind(resource_id).bind(from_ms).bind(to_ms).bind(i64::from(max))
+                .fetch_all(pool).await?;
+            before.iter().chain(within.iter()).map(|row| {
+                rows::HistoryRow {
+                    resource_id: row.try_get("resource_id")?,
+                    resource_version: row.try_get("resource_version")?,
+                    previous_health: row.try_get("previous_health")?,
+                    health: row.try_get("health")?,
+                    reasons: row.try_get("reasons")?,
+                    changed: row.try_get("changed")?,
+                    observed_at_ms: row.try_get("observed_at_ms")?,
+                    recorded_at_ms: row.try_get("recorded_at_ms")?,
+                    source: row.try_get("source")?,
+                }.into_entry()
+            }).collect()
+        });
+        observe("history_window", started, result.is_ok());
+        result
+    }
 }
 
 /// Merges rows of one series and minute (given sorted by series and minute:

@@ -33,6 +33,17 @@ pub(super) const INSERT_HISTORY: &str = "INSERT INTO health_history \
     (resource_id, resource_version, previous_health, health, reasons, changed, observed_at_ms, recorded_at_ms, source) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
 
+/// The newest history entry of `$1` observed at or before `$2`.
+pub(super) const SELECT_HISTORY_BEFORE: &str = "SELECT resource_id, resource_version, previous_health, \
+    health, reasons, changed, observed_at_ms, recorded_at_ms, source FROM health_history \
+    WHERE resource_id = $1 AND observed_at_ms <= $2 ORDER BY resource_version DESC LIMIT 1";
+
+/// The history entries of `$1` observed in `($2, $3]`, oldest first, at most `$4`.
+pub(super) const SELECT_HISTORY_WITHIN: &str = "SELECT resource_id, resource_version, previous_health, \
+    health, reasons, changed, observed_at_ms, recorded_at_ms, source FROM health_history \
+    WHERE resource_id = $1 AND observed_at_ms > $2 AND observed_at_ms <= $3 \
+    ORDER BY resource_version LIMIT $4";
+
 pub(super) const SELECT_HISTORY: &str = "SELECT resource_id, resource_version, previous_health, health, \
     reasons, changed, observed_at_ms, recorded_at_ms, source FROM health_history \
     WHERE resource_id = $1 ORDER BY resource_version DESC LIMIT $2";

@@ -1,7 +1,7 @@
 //! Health end to end: thresholds give DEGRADED/UNHEALTHY with machine-readable
 //! reasons, silence gives UNKNOWN, and each transition is a new resource version.
-//! Also: an agent fails over past a dead endpoint, and the standard gRPC health
-//! service answers.
+//! Also: an agent fails over past a dead endpoint, the standard gRPC health
+//! service answers, and availability adds up the time in each health.
 
 use std::time::Duration;
 
@@ -95,4 +95,76 @@ async fn thresholds_and_silence_change_health_with_reasons() {
         answer.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+}
+
+/// Availability (SLA) from the health history: a host UNHEALTHY (the memory
+/// rule set to fire) then UNKNOWN (its agent stopped) spent its time in those
+/// two, the window's time before the host existed counts for nothing, and bad
+/// windows are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn availability_adds_up_the_time_in_each_health() {
+    super::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["agent-s"]).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("iw.db").display());
+    let rules = "[health]\nstale_after_missed_intervals = 2\nmemory = { degraded = 0.0005, unhealthy = 0.001 }\n";
+    let agg = Aggregator::start(dir.path(), &pki, &db, rules).unwrap();
+    let mut agent = Agent::start(dir.path(), &pki, "agent-s", &[agg.endpoint()], 500).unwrap();
+    let path = host_path();
+    eventually(Duration::from_secs(15), "an UNHEALTHY host", || {
+        (agg.get(&path).1["health"] == "unhealthy").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.process.stop().unwrap().success());
+    eventually(Duration::from_secs(10), "an UNKNOWN host", || {
+        (agg.get(&path).1["health"] == "unknown").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    let (status, a) = agg.get(&format!("{path}/availability?window=1h"));
+    assert_eq!(status, 200, "{a}");
+    let ms = |k: &str| a[k].as_i64().unwrap();
+    assert_eq!(ms("to_unix_ms") - ms("from_unix_ms"), 3_600_000);
+    assert!(ms("unhealthy_ms") >= 1_500, "{a}");
+    assert!(ms("unknown_ms") >= 500, "{a}");
+    let existing = ms("healthy_ms") + ms("degraded_ms") + ms("unhealthy_ms") + ms("unknown_ms");
+    assert!(
+        existing < 120_000,
+        "only the time since the host appeared counts: {a}"
+    );
+    let share = a["healthy_share"].as_f64().unwrap();
+    assert!(
+        (share - ms("healthy_ms") as f64 / existing as f64).abs() < 1e-9,
+        "{a}"
+    );
+    assert_eq!(a["complete"], true);
+
+    // The same over gRPC.
+    let channel = infrawatch_e2e::channel(&agg.endpoint(), &pki.client("cli"))
+        .await
+        .unwrap();
+    let mut q = infrawatch_proto::v1::query_service_client::QueryServiceClient::new(channel);
+    let now = infrawatch_common::time::now_unix_ms();
+    let g = q
+        .get_availability(infrawatch_proto::v1::GetAvailabilityRequest {
+            resource_id: path.trim_start_matches("/api/v1/resources/").to_string(),
+            from_unix_ms: now - 3_600_000,
+            to_unix_ms: now,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.unhealthy_ms, ms("unhealthy_ms"), "no change since: {a} {g:?}");
+
+    // Bad windows and unknown resources.
+    for (query, code) in [
+        (format!("{path}/availability?window=week"), 400),
+        (format!("{path}/availability?window=91d"), 400),
+        (format!("{path}/availability?from=2000&to=1000"), 400),
+        (format!("{path}/availability?window=1d&from=5"), 400),
+        (format!("{path}/availability?since=5"), 400),
+        ("/api/v1/resources/host/nope/availability".to_string(), 404),
+    ] {
+        assert_eq!(agg.get(&query).0, code, "{query}");
+    }
 }
