@@ -131,8 +131,14 @@ pub struct CollectorsConfig {
     /// How often the network collector re-reads the listening sockets (costly:
     /// the kernel walks its whole socket table); described in every batch anyway.
     pub listening_interval_ms: u64,
+    /// How the time to full of each filesystem is fitted.
+    pub filesystem_trend: crate::collector::fill_trend::TrendConfig,
     /// Steal, iowait, pressure stall information, paging, run queue.
     pub pressure: CollectorSchedule,
+    /// Kernel tables and hardware health: conntrack, file handles, sockets,
+    /// listen queue drops, OOM kills, boot time, temperatures, EDAC memory
+    /// errors, md RAID and bonding (each only where the kernel has it).
+    pub kernel: CollectorSchedule,
     /// NVIDIA GPUs through NVML (quiet where there is no driver).
     pub gpu: CollectorSchedule,
     /// The agent's own health: collector runs, CPU, memory, dropped batches.
@@ -207,7 +213,9 @@ impl Default for CollectorsConfig {
             filesystem: filtered(&crate::collector::filesystem::DEFAULT_EXCLUDE),
             network: filtered(&crate::collector::network::DEFAULT_EXCLUDE),
             listening_interval_ms: crate::collector::network::LISTENING_INTERVAL_MS,
+            filesystem_trend: crate::collector::fill_trend::TrendConfig::default(),
             pressure: every_10s(true),
+            kernel: every_10s(true),
             gpu: every_10s(true),
             agent: every_10s(true),
             dns: ProbeSet::empty(),
@@ -220,13 +228,14 @@ impl Default for CollectorsConfig {
 
 impl CollectorsConfig {
     /// Every collector's schedule with its config key.
-    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 11] {
+    pub fn schedules(&self) -> [(&'static str, CollectorSchedule); 12] {
         [
             ("host", self.host),
             ("disk", self.disk.schedule()),
             ("filesystem", self.filesystem.schedule()),
             ("network", self.network.schedule()),
             ("pressure", self.pressure),
+            ("kernel", self.kernel),
             ("gpu", self.gpu),
             ("agent", self.agent),
             ("dns", self.dns.schedule()),
@@ -392,6 +401,13 @@ impl AgentConfig {
                     self.metrics_listen
                 )
             },
+        );
+        p.check(
+            self.collectors.filesystem_trend.point_ms >= 1_000
+                && self.collectors.filesystem_trend.min_span_ms
+                    <= self.collectors.filesystem_trend.window_ms,
+            "collectors.filesystem_trend",
+            || "point_ms must be at least 1000 and min_span_ms at most window_ms".into(),
         );
         p.check(
             self.collectors.listening_interval_ms >= 1_000,

@@ -198,8 +198,8 @@ pub struct HealthConfig {
 
 /// Filesystem rules, after the node-exporter mixin's alerts: space or inodes
 /// almost out (free share below a level), filling up (free share below a
-/// level and, at the trend of the free space over the samples kept in memory,
-/// out within a time), and turned read-only. Shares are fractions.
+/// level and, at the trend of the free space over the last six hours, out
+/// within a time), and turned read-only. Shares are fractions.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilesystemRules {
@@ -219,8 +219,6 @@ pub struct FilesystemRules {
     pub filling_free_below_unhealthy: f64,
     /// ...and out of space within this many ms.
     pub filling_full_within_ms_unhealthy: u64,
-    /// The trend is taken only over samples spanning at least this long.
-    pub trend_min_span_ms: u64,
 }
 
 impl Default for FilesystemRules {
@@ -234,7 +232,6 @@ impl Default for FilesystemRules {
             filling_full_within_ms_degraded: 24 * 3_600_000,
             filling_free_below_unhealthy: 0.20,
             filling_full_within_ms_unhealthy: 4 * 3_600_000,
-            trend_min_span_ms: 600_000,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`process`]: error printing and termination signals for the binaries.
 //! - [`telemetry`]: tracing set-up for the binaries.
 //! - [`time`]: wall-clock helpers in Unix milliseconds.
+//! - [`trend`]: the least-squares slope of a series.
 
 pub mod ack;
 pub mod certs;
@@ -30,6 +31,7 @@ pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod tls_reload;
+pub mod trend;
 
 /// Installs ring as the process-wide rustls crypto provider.
 ///

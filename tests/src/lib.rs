@@ -473,15 +473,23 @@ impl Agent {
     ) -> anyhow::Result<PathBuf> {
         let config = dir.join(format!("agent-{name}.toml"));
         let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-        let schedules: String = ["host", "disk", "filesystem", "network", "pressure", "agent"]
-            .iter()
-            .map(|c| {
-                format!(
-                    "[collectors.{c}]\ninterval_ms = {interval_ms}\ndeadline_ms = {}\n",
-                    interval_ms / 2
-                )
-            })
-            .collect();
+        let schedules: String = [
+            "host",
+            "disk",
+            "filesystem",
+            "network",
+            "pressure",
+            "kernel",
+            "agent",
+        ]
+        .iter()
+        .map(|c| {
+            format!(
+                "[collectors.{c}]\ninterval_ms = {interval_ms}\ndeadline_ms = {}\n",
+                interval_ms / 2
+            )
+        })
+        .collect();
         std::fs::write(
             &config,
             format!(

@@ -2,7 +2,9 @@
 //! kind `filesystem`) with its bytes and inodes used, free and total, and
 //! whether it is mounted read-only; a mount first seen writable that is now
 //! read-only (the kernel remounts a filesystem read-only after errors) says so
-//! in its attributes. Mounts come from the host's mount table (`<proc>/1/mountinfo`,
+//! in its attributes. Each mount also gets its time to full at the trend of
+//! its free space over the last six hours (`system.filesystem.predicted_full_in`,
+//! seconds, while it fills; [`super::fill_trend`]). Mounts come from the host's mount table (`<proc>/1/mountinfo`,
 //! else `<proc>/self/mountinfo`) and are measured with statvfs under the host root.
 //! Pseudo filesystems and runtime-internal mount points are left out by default.
 //! For network and FUSE filesystems each statvfs runs on the blocking pool with a
@@ -17,6 +19,7 @@ use std::time::Duration;
 use infrawatch_common::resource::kind;
 use infrawatch_common::time::now_unix_ms;
 
+use super::fill_trend::{FillTrends, TrendConfig};
 use super::filter::NameFilter;
 use super::{CollectError, Collection, Collector};
 
@@ -201,6 +204,8 @@ pub struct FilesystemCollector {
     hung: HashMap<String, tokio::task::JoinHandle<Result<Usage, StatError>>>,
     /// Mount points seen mounted writable since the agent started.
     seen_writable: HashSet<String>,
+    /// Free space over the last hours, for the time to full.
+    trends: FillTrends,
 }
 
 impl FilesystemCollector {
@@ -213,6 +218,25 @@ impl FilesystemCollector {
         filter: NameFilter,
         interval_ms: u32,
     ) -> Self {
+        Self::with_trend(
+            host_id,
+            proc_root,
+            host_root,
+            filter,
+            interval_ms,
+            Default::default(),
+        )
+    }
+
+    /// Like [`FilesystemCollector::new`], fitting the time to full as `trend` says.
+    pub fn with_trend(
+        host_id: String,
+        proc_root: PathBuf,
+        host_root: PathBuf,
+        filter: NameFilter,
+        interval_ms: u32,
+        trend: TrendConfig,
+    ) -> Self {
         Self {
             host_id,
             proc_root,
@@ -221,6 +245,7 @@ impl FilesystemCollector {
             interval_ms,
             hung: HashMap::new(),
             seen_writable: HashSet::new(),
+            trends: FillTrends::new(trend),
         }
     }
 
@@ -314,7 +339,9 @@ impl Collector for FilesystemCollector {
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
         let ts = now_unix_ms();
         let mut failed: Option<CollectError> = None;
-        for m in self.mounts()? {
+        let mounts = self.mounts()?;
+        let present: HashSet<String> = mounts.iter().map(|m| m.mountpoint.clone()).collect();
+        for m in mounts {
             let path = self.host_root.join(m.mountpoint.trim_start_matches('/'));
             // Local filesystems answer statvfs at once; only those that can hang
             // (network and FUSE mounts) go to the blocking pool, with a timeout, and
@@ -383,7 +410,21 @@ impl Collector for FilesystemCollector {
                 ts,
                 if m.read_only { 1.0 } else { 0.0 },
             );
+            if let Some(seconds) = self
+                .trends
+                .observe(&m.mountpoint, ts, usage.available as f64)
+            {
+                out.sample(
+                    id,
+                    "system.filesystem.predicted_full_in",
+                    &base,
+                    ts,
+                    seconds,
+                );
+            }
         }
+        self.trends
+            .retain(&present.iter().map(String::as_str).collect());
         failed.map_or(Ok(()), Err)
     }
 }

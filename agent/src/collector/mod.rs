@@ -6,10 +6,12 @@ pub mod agent;
 pub mod disk;
 pub mod dns;
 pub mod filesystem;
+pub mod fill_trend;
 pub mod filter;
 pub mod gpu;
 pub mod host;
 pub mod icmp;
+pub mod kernel;
 pub mod kubelet;
 pub mod network;
 pub mod pressure;
@@ -209,12 +211,13 @@ pub fn build_collectors(
     );
     add(
         c.filesystem.schedule(),
-        Box::new(filesystem::FilesystemCollector::new(
+        Box::new(filesystem::FilesystemCollector::with_trend(
             id.clone(),
             paths.proc.clone(),
             paths.root.clone(),
             c.filesystem.filter(),
             interval(&c.filesystem.schedule()),
+            c.filesystem_trend,
         )),
     );
     add(
@@ -235,6 +238,14 @@ pub fn build_collectors(
         Box::new(pressure::PressureCollector::new(
             id.clone(),
             paths.proc.clone(),
+        )),
+    );
+    add(
+        c.kernel,
+        Box::new(kernel::KernelCollector::new(
+            id.clone(),
+            paths.proc.clone(),
+            paths.sys.clone(),
         )),
     );
     if c.dns.schedule().enabled {

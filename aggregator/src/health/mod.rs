@@ -3,7 +3,6 @@
 //! rule is unit-tested without I/O.
 
 pub mod parts;
-pub mod trend;
 
 use infrawatch_common::resource::metric;
 

@@ -109,9 +109,9 @@ pub fn evaluate_filesystem(
                 reason(
                     "filesystem_filling_up",
                     format!(
-                        "{mount} has {:.1}% free and will be full in {:.1} h at the current rate",
+                        "{mount} has {:.1}% free and will be full in {} at the current rate",
                         free * 100.0,
-                        full_in / 3_600_000.0
+                        human_duration(full_in)
                     ),
                     "system.filesystem.full_in",
                     full_in / 1000.0,
@@ -242,6 +242,20 @@ pub fn roll_up<'a>(parts: impl IntoIterator<Item = PartHealth<'a>>) -> (Health, 
     (health, reasons)
 }
 
+/// `ms` as people say it: seconds, minutes, hours or days.
+pub fn human_duration(ms: f64) -> String {
+    let s = ms / 1000.0;
+    if s < 90.0 {
+        format!("{s:.0} s")
+    } else if s < 90.0 * 60.0 {
+        format!("{:.0} min", s / 60.0)
+    } else if s < 48.0 * 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.1} days", s / 86_400.0)
+    }
+}
+
 fn reason(code: &str, message: String, metric: &str, observed: f64, threshold: f64) -> Reason {
     Reason {
         code: code.to_string(),
@@ -338,6 +352,9 @@ mod tests {
             (Health::Degraded, vec!["filesystem_filling_up"])
         );
         assert!(r[0].message.contains("full in 20.0 h"), "{}", r[0].message);
+        assert_eq!(human_duration(30_000.0), "30 s");
+        assert_eq!(human_duration(600_000.0), "10 min");
+        assert_eq!(human_duration(3.0 * 86_400_000.0), "3.0 days");
         // 30 % free, full in two days: nothing yet.
         assert_eq!(at(0.3, Some(48.0 * HOUR)).0, Health::Healthy);
         // 10 % free, full in 3 h: critical.

@@ -1,26 +1,20 @@
 //! The figures the rules of a host's parts read ([`crate::health::parts`]),
 //! taken from the samples this replica keeps: a filesystem's free shares and
-//! the trend of its free space, an interface's errors and drops per packet.
+//! its time to full, an interface's errors and drops per packet.
 
 use infrawatch_common::resource::canonical_attributes;
 
-use crate::config::FilesystemRules;
 use crate::health::parts::{FilesystemFigures, InterfaceFigures};
-use crate::health::trend::{slope, time_to_zero_ms};
 use crate::model::ResourceRecord;
-use crate::samples::{SampleStore, SeriesKey};
+use crate::samples::SampleStore;
 
-/// Steps of the free-space trend: one point per step of the samples kept.
-const TREND_STEP_MS: i64 = 10_000;
-
-/// Figures of filesystem `record` since `window_start`; the trend over every
-/// sample kept, read only when the free share is below the filling-up level.
+/// Figures of filesystem `record` since `window_start`: its free shares, and
+/// the time to full its agent fits over the last six hours
+/// (`system.filesystem.predicted_full_in`, reported while it fills).
 pub fn filesystem_figures(
     samples: &SampleStore,
     record: &ResourceRecord,
     window_start: i64,
-    now_ms: i64,
-    rules: &FilesystemRules,
 ) -> FilesystemFigures {
     let attribute = |key: &str| record.attributes.get(key).map_or("", String::as_str);
     let base = [
@@ -31,16 +25,16 @@ pub fn filesystem_figures(
     let with_state =
         |state: &'static str| canonical_attributes(base.iter().copied().chain([("state", state)]));
     let free = with_state("free");
+    let used = with_state("used");
     let whole = canonical_attributes(base);
-    let inodes_free = with_state("free");
-    let inodes_used = with_state("used");
     let stats = samples.window_stats(
         &record.id,
         &[
             ("system.filesystem.usage", &free),
             ("system.filesystem.limit", &whole),
-            ("system.filesystem.inodes.usage", &inodes_free),
-            ("system.filesystem.inodes.usage", &inodes_used),
+            ("system.filesystem.inodes.usage", &free),
+            ("system.filesystem.inodes.usage", &used),
+            ("system.filesystem.predicted_full_in", &whole),
         ],
         window_start,
     );
@@ -49,32 +43,10 @@ pub fn filesystem_figures(
         (Some(p), Some(w)) if w > 0.0 => Some((p / w).clamp(0.0, 1.0)),
         _ => None,
     };
-    let space_free = share(means[0], means[1]);
-    let inodes_free = share(means[2], means[2].zip(means[3]).map(|(f, u)| f + u));
-    let full_in_ms = match (space_free, means[0]) {
-        (Some(share), Some(free_bytes)) if share < rules.filling_free_below_degraded => {
-            let key = SeriesKey::new(&record.id, "system.filesystem.usage", &free);
-            let points: Vec<(f64, f64)> = samples
-                .range(&key, samples.retention_start(now_ms), now_ms, TREND_STEP_MS)
-                .into_iter()
-                .filter_map(|p| Some((p.timestamp_ms as f64, p.stats.mean()?)))
-                .collect();
-            let span = match (points.first(), points.last()) {
-                (Some(a), Some(b)) => b.0 - a.0,
-                _ => 0.0,
-            };
-            if span >= rules.trend_min_span_ms as f64 {
-                slope(&points).and_then(|s| time_to_zero_ms(free_bytes, s))
-            } else {
-                None
-            }
-        }
-        _ => None,
-    };
     FilesystemFigures {
-        space_free,
-        inodes_free,
-        full_in_ms,
+        space_free: share(means[0], means[1]),
+        inodes_free: share(means[2], means[2].zip(means[3]).map(|(f, u)| f + u)),
+        full_in_ms: means[4].map(|seconds| seconds * 1000.0),
     }
 }
 

@@ -284,13 +284,7 @@ impl Plan {
                 (health::worse(own, of_parts), reasons)
             }
             kind::FILESYSTEM => health::parts::evaluate_filesystem(
-                &parts::filesystem_figures(
-                    ctx.samples,
-                    record,
-                    window_start,
-                    ctx.now_ms,
-                    &ctx.health.filesystem,
-                ),
+                &parts::filesystem_figures(ctx.samples, record, window_start),
                 &record.attributes,
                 &ctx.health.filesystem,
             ),

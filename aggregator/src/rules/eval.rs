@@ -6,8 +6,9 @@
 //! evaluations: a replica that takes an agent over judges it from the same
 //! samples.
 
+use infrawatch_common::trend::slope;
+
 use super::spec::{ConditionSpec, Function, Rule};
-use crate::health::trend::slope;
 use crate::model::{Health, Reason};
 use crate::samples::{Point, SampleStore, SeriesKey};
 
@@ -97,13 +98,19 @@ fn holds<'a>(
         let divisor = match &c.divide_by {
             Some(d) => {
                 let own = parse_attributes(&key.attributes);
+                // The keys of the divisor's own filter (the `kind` of a
+                // limit, say) need not be among the first series'.
                 let pair = keys.iter().find(|k| {
                     &*k.metric == d.metric.as_str()
                         && has_all(&k.attributes, &d.attributes)
                         && parse_attributes(&k.attributes)
                             .iter()
+                            .filter(|(name, _)| !d.attributes.contains_key(name))
                             .all(|kv| own.contains(kv))
-                })?;
+                });
+                // A series without a divisor (a sensor without that limit)
+                // is not judged; the others still are.
+                let Some(pair) = pair else { continue };
                 Some(samples.range(pair, from, now_ms, RAW))
             }
             None => None,
@@ -390,6 +397,67 @@ threshold = 0.05
         let found = evaluate(&rules(text), &s, "host/x", NOW);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].1.message, "/data has 1.0% free");
+    }
+
+    #[test]
+    fn a_divisor_filtered_on_its_own_attribute_pairs_and_a_series_without_one_is_skipped() {
+        let text = r#"
+[[rule]]
+code = "too_hot"
+kind = "host"
+health = "unhealthy"
+message = "{attr.chip} {attr.sensor} at {value_percent} of its critical temperature"
+[[rule.when]]
+metric = "temp"
+function = "last"
+over_ms = 10000
+divide_by = { metric = "temp.limit", attributes = { kind = "crit" } }
+op = ">="
+threshold = 1.0
+"#;
+        // "a" has no critical limit (only a maximum): it is skipped, and "b",
+        // at its critical limit, still fires; "c" is below its own.
+        let s = store(&[
+            ("temp", "chip=\"x\",sensor=\"a\"", every_5s(10, |_| 99.0)),
+            (
+                "temp.limit",
+                "chip=\"x\",kind=\"max\",sensor=\"a\"",
+                every_5s(10, |_| 80.0),
+            ),
+            ("temp", "chip=\"x\",sensor=\"b\"", every_5s(10, |_| 105.0)),
+            (
+                "temp.limit",
+                "chip=\"x\",kind=\"max\",sensor=\"b\"",
+                every_5s(10, |_| 90.0),
+            ),
+            (
+                "temp.limit",
+                "chip=\"x\",kind=\"crit\",sensor=\"b\"",
+                every_5s(10, |_| 100.0),
+            ),
+            ("temp", "chip=\"x\",sensor=\"c\"", every_5s(10, |_| 50.0)),
+            (
+                "temp.limit",
+                "chip=\"x\",kind=\"crit\",sensor=\"c\"",
+                every_5s(10, |_| 100.0),
+            ),
+        ]);
+        let found = evaluate(&rules(text), &s, "host/x", NOW);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].1.message,
+            "x b at 105.0% of its critical temperature"
+        );
+        // Another sensor's limit is never taken.
+        let s = store(&[
+            ("temp", "chip=\"x\",sensor=\"a\"", every_5s(10, |_| 99.0)),
+            (
+                "temp.limit",
+                "chip=\"x\",kind=\"crit\",sensor=\"b\"",
+                every_5s(10, |_| 90.0),
+            ),
+        ]);
+        assert!(evaluate(&rules(text), &s, "host/x", NOW).is_empty());
     }
 
     #[test]

@@ -230,14 +230,28 @@ mod tests {
     /// What the built-in rules find on `id` of `kind` given `series` (metric,
     /// attributes, value) sampled every 5 s for the last 15 minutes.
     fn built_in_findings(id: &str, kind: &str, series: &[(&str, &str, f64)]) -> Vec<String> {
+        let steady: Vec<(&str, &str, f64, f64)> =
+            series.iter().map(|(m, a, v)| (*m, *a, *v, 0.0)).collect();
+        built_in_findings_rising(id, kind, &steady)
+    }
+
+    /// [`built_in_findings`] with series (metric, attributes, first value,
+    /// increase per sample) that may rise, as counters do.
+    fn built_in_findings_rising(
+        id: &str,
+        kind: &str,
+        series: &[(&str, &str, f64, f64)],
+    ) -> Vec<String> {
         let set = load(&RulesConfig::default(), 900_000).unwrap();
         let samples = SampleStore::new(900_000);
         let ledger = samples.open_ledger("a", Cursor::default(), 0, 1);
         let batch: Vec<SeriesSamples> = series
             .iter()
-            .map(|(metric, attributes, v)| SeriesSamples {
+            .map(|(metric, attributes, v, step)| SeriesSamples {
                 key: SeriesKey::new(id, metric, attributes),
-                points: (0..180).map(|i| (NOW - 895_000 + i * 5_000, *v)).collect(),
+                points: (0..180)
+                    .map(|i| (NOW - 895_000 + i * 5_000, v + step * i as f64))
+                    .collect(),
             })
             .collect();
         let (_, new) = ledger.begin(1, &batch, 0);
@@ -288,6 +302,205 @@ mod tests {
             &[("system.disk.pending_operations", "device=\"vda\"", 40.0)],
         );
         assert_eq!(disk, vec!["disk_io_saturated"]);
+    }
+
+    /// The kernel collector's series on a quiet host, with `changes` put in
+    /// place of those of the same metric and attributes.
+    fn kernel_series<'a>(
+        changes: &[(&'a str, &'a str, f64, f64)],
+    ) -> Vec<(&'a str, &'a str, f64, f64)> {
+        let quiet = [
+            ("system.network.conntrack.count", "", 1_200.0, 0.0),
+            ("system.network.conntrack.limit", "", 262_144.0, 0.0),
+            ("system.linux.file_descriptors.allocated", "", 5_000.0, 0.0),
+            ("system.linux.file_descriptors.limit", "", 1_000_000.0, 0.0),
+            ("system.clock.synchronized", "", 1.0, 0.0),
+            ("system.clock.max_error", "", 0.01, 0.0),
+            ("system.clock.offset", "", 0.001, 0.0),
+            ("system.md.degraded", "device=\"md0\"", 0.0, 0.0),
+            (
+                "system.md.disks",
+                "device=\"md0\",state=\"active\"",
+                2.0,
+                0.0,
+            ),
+            (
+                "system.md.disks",
+                "device=\"md0\",state=\"failed\"",
+                0.0,
+                0.0,
+            ),
+            ("system.linux.oom_kills", "", 3.0, 0.0),
+            ("system.network.tcp.listen_overflows.rate", "", 0.0, 0.0),
+            (
+                "system.memory.edac.errors",
+                "controller=\"mc0\",type=\"corrected\"",
+                7.0,
+                0.0,
+            ),
+            (
+                "system.memory.edac.errors",
+                "controller=\"mc0\",type=\"uncorrected\"",
+                0.0,
+                0.0,
+            ),
+            (
+                "system.hardware.temperature",
+                "chip=\"coretemp\",sensor=\"Core 0\"",
+                45.0,
+                0.0,
+            ),
+            (
+                "system.hardware.temperature.limit",
+                "chip=\"coretemp\",kind=\"max\",sensor=\"Core 0\"",
+                80.0,
+                0.0,
+            ),
+            (
+                "system.hardware.temperature.limit",
+                "chip=\"coretemp\",kind=\"crit\",sensor=\"Core 0\"",
+                100.0,
+                0.0,
+            ),
+            // A sensor with a maximum but no critical limit.
+            (
+                "system.hardware.temperature",
+                "chip=\"nvme\",sensor=\"Composite\"",
+                40.0,
+                0.0,
+            ),
+            (
+                "system.hardware.temperature.limit",
+                "chip=\"nvme\",kind=\"max\",sensor=\"Composite\"",
+                70.0,
+                0.0,
+            ),
+            (
+                "system.network.bond.slaves",
+                "bond=\"bond0\",state=\"up\"",
+                2.0,
+                0.0,
+            ),
+            (
+                "system.network.bond.slaves",
+                "bond=\"bond0\",state=\"down\"",
+                0.0,
+                0.0,
+            ),
+        ];
+        quiet
+            .into_iter()
+            .map(|q| {
+                changes
+                    .iter()
+                    .find(|c| c.0 == q.0 && c.1 == q.1)
+                    .copied()
+                    .unwrap_or(q)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_kernel_rule_fires_on_its_input_and_not_on_a_quiet_host() {
+        let quiet = built_in_findings_rising("host/x", "host", &kernel_series(&[]));
+        assert!(quiet.is_empty(), "{quiet:?}");
+
+        let bad = kernel_series(&[
+            ("system.network.conntrack.count", "", 250_000.0, 0.0),
+            (
+                "system.linux.file_descriptors.allocated",
+                "",
+                950_000.0,
+                0.0,
+            ),
+            ("system.clock.synchronized", "", 0.0, 0.0),
+            ("system.clock.max_error", "", 16.0, 0.0),
+            ("system.clock.offset", "", 0.2, 0.0),
+            ("system.md.degraded", "device=\"md0\"", 1.0, 0.0),
+            (
+                "system.md.disks",
+                "device=\"md0\",state=\"failed\"",
+                1.0,
+                0.0,
+            ),
+            // One OOM kill a minute: a counter rising by 1 every 12 samples.
+            ("system.linux.oom_kills", "", 3.0, 1.0 / 12.0),
+            ("system.network.tcp.listen_overflows.rate", "", 0.5, 0.0),
+            (
+                "system.memory.edac.errors",
+                "controller=\"mc0\",type=\"corrected\"",
+                7.0,
+                1.0,
+            ),
+            (
+                "system.memory.edac.errors",
+                "controller=\"mc0\",type=\"uncorrected\"",
+                0.0,
+                1.0,
+            ),
+            (
+                "system.hardware.temperature",
+                "chip=\"coretemp\",sensor=\"Core 0\"",
+                101.0,
+                0.0,
+            ),
+            (
+                "system.network.bond.slaves",
+                "bond=\"bond0\",state=\"down\"",
+                1.0,
+                0.0,
+            ),
+        ]);
+        assert_eq!(
+            built_in_findings_rising("host/x", "host", &bad),
+            vec![
+                "host_conntrack_almost_full",
+                "host_file_descriptors_high",
+                "host_file_descriptors_critical",
+                "host_clock_not_synchronized",
+                "host_clock_skew",
+                "host_raid_degraded",
+                "host_raid_disk_failed",
+                "host_oom_kill",
+                "host_tcp_listen_overflows",
+                "host_memory_corrected_errors",
+                "host_memory_uncorrected_errors",
+                "host_temperature_critical",
+                "host_temperature_high",
+                "host_bond_degraded",
+            ]
+        );
+
+        // The milder and the other-direction cases.
+        let some = kernel_series(&[
+            (
+                "system.linux.file_descriptors.allocated",
+                "",
+                800_000.0,
+                0.0,
+            ),
+            ("system.clock.offset", "", -0.2, 0.0),
+            // Unsynchronised but still within the kernel's error bound.
+            ("system.clock.synchronized", "", 0.0, 0.0),
+            ("system.clock.max_error", "", 2.0, 0.0),
+            (
+                "system.hardware.temperature",
+                "chip=\"nvme\",sensor=\"Composite\"",
+                75.0,
+                0.0,
+            ),
+        ]);
+        assert_eq!(
+            built_in_findings_rising("host/x", "host", &some),
+            vec![
+                "host_file_descriptors_high",
+                "host_clock_skew_behind",
+                "host_temperature_high",
+            ]
+        );
+        // A clock whose offset is being corrected is not skewed.
+        let shrinking = kernel_series(&[("system.clock.offset", "", 0.2, -0.0001)]);
+        assert!(built_in_findings_rising("host/x", "host", &shrinking).is_empty());
     }
 
     #[test]

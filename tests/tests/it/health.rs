@@ -154,7 +154,11 @@ async fn availability_adds_up_the_time_in_each_health() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(g.unhealthy_ms, ms("unhealthy_ms"), "no change since: {a} {g:?}");
+    assert_eq!(
+        g.unhealthy_ms,
+        ms("unhealthy_ms"),
+        "no change since: {a} {g:?}"
+    );
 
     // Bad windows and unknown resources.
     for (query, code) in [

@@ -93,12 +93,22 @@ async fn a_full_filesystem_is_unhealthy_and_degrades_its_host_and_read_only_is_n
         .unwrap()
         .success();
     assert!(ok, "remount read-only");
-    let ro = eventually(Duration::from_secs(20), "the read-only reason", || {
+    let mut last = Value::Null;
+    let started = std::time::Instant::now();
+    let ro = loop {
         let (_, r) = agg.get(&format!("/api/v1/resources/{part}"));
-        codes(&r)
-            .contains(&"filesystem_read_only".to_string())
-            .then_some(r)
-    });
+        if codes(&r).contains(&"filesystem_read_only".to_string()) {
+            break r;
+        }
+        last = r;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no read-only reason after 20 s; the part: {last}\nagent log:\n{}",
+            _agent.process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = last;
     assert_eq!(ro["attributes"]["filesystem.mode"], "ro");
     assert_eq!(ro["attributes"]["filesystem.turned_read_only"], "true");
     assert_eq!(ro["health"], "unhealthy");
@@ -178,4 +188,78 @@ async fn an_interface_whose_link_goes_down_is_unhealthy_and_named_by_its_host() 
         "the host no longer naming it",
         || reasons_naming(&get(&host), &part).is_empty().then_some(()),
     );
+}
+
+/// A filesystem at 70 % and filling at a steady rate: the agent's fitted time
+/// to full (a series, `system.filesystem.predicted_full_in`) is plausible, and
+/// the filesystem is DEGRADED with `filesystem_filling_up`. The agent fits over
+/// one point a second here instead of one a minute over six hours.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filesystem_filling_at_a_steady_rate_gets_its_time_to_full() {
+    super::init();
+    const SIZE: u64 = 8 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("filling");
+    let _fs = Tmpfs::mount(&mountpoint, SIZE).unwrap();
+    std::fs::write(mountpoint.join("base"), vec![0u8; (SIZE * 7 / 10) as usize]).unwrap();
+    let pki = Pki::new(dir.path(), &["agent-f"]).unwrap();
+    let agg = Aggregator::start_sqlite(dir.path(), &pki, "").unwrap();
+    let trend =
+        "[collectors.filesystem_trend]\nwindow_ms = 60000\npoint_ms = 1000\nmin_span_ms = 5000\n";
+    let _agent =
+        Agent::start_with(dir.path(), &pki, "agent-f", &[agg.endpoint()], 500, trend).unwrap();
+    let part = format!(
+        "host/{}/filesystem/root{}",
+        machine_id(),
+        mountpoint.display()
+    );
+    // 64 KiB every 500 ms (128 KiB/s) for at most 15 s: about 2.4 MiB free
+    // at the start, so full in about 19 s at the start and never full.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), mountpoint.join("growing"));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(path).unwrap();
+            for _ in 0..30 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                f.write_all(&[1u8; 64 << 10]).unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let filling = eventually(Duration::from_secs(20), "filesystem_filling_up", || {
+        let (_, r) = agg.get(&format!("/api/v1/resources/{part}"));
+        codes(&r)
+            .contains(&"filesystem_filling_up".to_string())
+            .then_some(r)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(filling["health"], "degraded", "30 % free: the 24 h warning");
+    let predicted: Vec<f64> = filling["latest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["metric"] == "system.filesystem.predicted_full_in")
+        .filter_map(|l| l["value"].as_f64())
+        .collect();
+    assert_eq!(predicted.len(), 1, "{filling}");
+    assert!(
+        (3.0..=120.0).contains(&predicted[0]),
+        "full in {} s at about 128 KiB/s with about 2 MiB free",
+        predicted[0]
+    );
+    let message = filling["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == "filesystem_filling_up")
+        .and_then(|r| r["message"].as_str())
+        .unwrap()
+        .to_string();
+    assert!(message.contains(" s at the current rate"), "{message}");
 }

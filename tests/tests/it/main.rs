@@ -17,6 +17,7 @@ mod icmp;
 mod kubelet;
 mod kubernetes;
 mod manifests;
+mod node_exporter;
 mod outage;
 mod partition;
 mod pipeline;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infrawatch_common::time::now_unix_ms;
+use infrawatch_common::trend::slope;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,6 @@ use super::objects::{Key, Kind, Object};
 use super::objects::{Pvc, Warning};
 use super::rules::{self, Finding, VolumeUsage};
 use super::{ids, observe};
-use crate::health::trend::slope;
 use crate::model::{Health, Reason};
 use crate::planner::PlannerHandle;
 use crate::samples::SeriesKey;

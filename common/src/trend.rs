@@ -1,5 +1,5 @@
-//! Trends of a series: the least-squares slope of its points, and when a
-//! falling value reaches zero at that slope.
+//! Trends of a series: the least-squares slope of its points (a volume or a
+//! filesystem filling up, a rule's prediction).
 
 /// The least-squares slope of `points` (x, y); `None` below two distinct x.
 pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
@@ -17,12 +17,6 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
-/// Time until `value` reaches zero falling at `slope_per_ms` (in ms), if it
-/// falls.
-pub fn time_to_zero_ms(value: f64, slope_per_ms: f64) -> Option<f64> {
-    (slope_per_ms < 0.0).then(|| value.max(0.0) / -slope_per_ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,13 +30,5 @@ mod tests {
         let noisy = [(0.0, 100.0), (1.0, 99.0), (2.0, 97.0), (3.0, 97.0)];
         let s = slope(&noisy).unwrap();
         assert!((s - -1.1).abs() < 1e-9, "{s}");
-    }
-
-    #[test]
-    fn only_a_falling_value_reaches_zero() {
-        assert_eq!(time_to_zero_ms(100.0, -2.0), Some(50.0));
-        assert_eq!(time_to_zero_ms(100.0, 0.0), None);
-        assert_eq!(time_to_zero_ms(100.0, 1.0), None);
-        assert_eq!(time_to_zero_ms(-5.0, -1.0), Some(0.0));
     }
 }
