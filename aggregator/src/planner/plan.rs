@@ -471,6 +471,10 @@ impl Plan {
         gap: Option<pb::DataGap>,
         observer: Option<&str>,
     ) {
+        if self.changed.contains(&next.id) {
+            self.amend(ctx, before, next, changed, gap, observer);
+            return;
+        }
         let previous_health = before.map_or(Health::Unknown, |b| b.health);
         let source = observer.unwrap_or(&next.source).to_string();
         let observed_at_ms = if observer.is_some() {
@@ -496,6 +500,68 @@ impl Plan {
             source,
         });
         self.changed.insert(next.id.clone());
+        self.records.insert(next.id.clone(), next);
+    }
+
+    /// Folds a second change of a resource in this plan into the version the
+    /// plan already gives it (a commit moves a resource by one version: a host
+    /// judged again for its parts after its own report, two reports of one
+    /// agent in one group): the pending record, its history row and its event
+    /// become the latest state, with the health before the plan and every
+    /// field that changed.
+    fn amend(
+        &mut self,
+        ctx: &Context<'_>,
+        pending: Option<&ResourceRecord>,
+        mut next: ResourceRecord,
+        changed: &[&str],
+        gap: Option<pb::DataGap>,
+        observer: Option<&str>,
+    ) {
+        if let Some(p) = pending {
+            next.version = p.version;
+        }
+        let source = observer.unwrap_or(&next.source).to_string();
+        let observed_at_ms = if observer.is_some() {
+            ctx.now_ms
+        } else {
+            next.observed_at_ms
+        };
+        let mut previous_health = Health::Unknown;
+        let mut all_changed: Vec<String> = Vec::new();
+        if let Some(h) = self
+            .history
+            .iter_mut()
+            .rev()
+            .find(|h| h.resource_id == next.id)
+        {
+            previous_health = h.previous_health;
+            for c in changed {
+                if !h.changed.iter().any(|x| x == c) {
+                    h.changed.push((*c).to_string());
+                }
+            }
+            h.health = next.health;
+            h.reasons = next.reasons.clone();
+            h.observed_at_ms = observed_at_ms;
+            h.source = source.clone();
+            all_changed = h.changed.clone();
+        }
+        if let Some((event, _)) = self
+            .events
+            .iter_mut()
+            .rev()
+            .find(|(e, _)| e.resource_id == next.id)
+        {
+            let names: Vec<&str> = all_changed.iter().map(String::as_str).collect();
+            let kept_gap = event.gap.take();
+            *event = build::event_for(&next, previous_health, &names, &source, ctx.now_ms);
+            event.gap = gap.or(kept_gap);
+            event.observed_at_unix_ms = observed_at_ms;
+        }
+        if changed.contains(&"relations") {
+            self.relations_changed.insert(next.id.clone());
+        }
         self.records.insert(next.id.clone(), next);
     }
 
@@ -926,6 +992,25 @@ mod tests {
         assert_eq!(fs.reasons[0].code, "filesystem_almost_out_of_space");
         let host = &applied.records["host/x"];
         assert_eq!(host.health, Health::Degraded);
+        // Created and judged again for its part: one version, one history
+        // row, one event (a commit moves a resource by one version).
+        assert_eq!(host.version, 1);
+        let rows: Vec<&HistoryEntry> = commit
+            .history
+            .iter()
+            .filter(|h| h.resource_id == "host/x")
+            .collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].health, Health::Degraded);
+        assert_eq!(rows[0].changed, vec!["created", "health", "reasons"]);
+        let events: Vec<_> = commit
+            .events
+            .iter()
+            .filter(|e| e.event.resource_id == "host/x")
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.resource_version, 1);
+        assert_eq!(events[0].event.health, Health::Degraded as i32);
         assert_eq!(host.reasons[0].code, "filesystem_almost_out_of_space");
         assert!(
             host.reasons[0]
@@ -943,6 +1028,82 @@ mod tests {
         assert_eq!(applied.records[fs_id].health, Health::Healthy);
         assert_eq!(applied.records["host/x"].health, Health::Healthy);
         assert!(applied.records["host/x"].reasons.is_empty());
+    }
+
+    /// Two reports of one group change the same resource twice: the commit
+    /// moves it by one version, whose event and history row say where it
+    /// ended and where it started.
+    #[test]
+    fn two_changes_of_a_resource_in_one_plan_make_one_version() {
+        let samples = SampleStore::new(60_000);
+        let (commit, applied) = planned(
+            &model_with(Vec::new()),
+            &samples,
+            &report(
+                "agent-a",
+                1,
+                vec![Change::Observed(host("host/x", NOW - 1_000))],
+            ),
+        );
+        let model = model_with(applied.records.into_values().collect());
+        let judged = |health: Health, code: &str| {
+            let mut o = host("host/x", NOW - 500);
+            o.verdict = Some(crate::sources::Verdict {
+                health,
+                reasons: vec![Reason {
+                    code: code.into(),
+                    message: code.into(),
+                    metric: String::new(),
+                    observed: 0.0,
+                    threshold: 0.0,
+                }],
+            });
+            o
+        };
+        let health = HealthConfig::default();
+        let ctx = Context {
+            model: &model,
+            samples: &samples,
+            health: &health,
+            rules: &RuleSet::default(),
+            now_ms: NOW,
+        };
+        let mut plan = Plan::default();
+        plan.add(
+            &ctx,
+            &report(
+                "agent-a",
+                2,
+                vec![Change::Observed(judged(Health::Degraded, "a"))],
+            ),
+        )
+        .unwrap();
+        plan.add(
+            &ctx,
+            &report(
+                "agent-a",
+                3,
+                vec![Change::Observed(judged(Health::Unhealthy, "b"))],
+            ),
+        )
+        .unwrap();
+        let (second, _) = plan.into_commit(Bounds {
+            now_ms: NOW,
+            max_future_skew_ms: 300_000,
+        });
+        let before = commit.resources[0].version;
+        assert_eq!(second.resources.len(), 1);
+        assert_eq!(second.resources[0].version, before + 1);
+        assert_eq!(second.resources[0].health, Health::Unhealthy);
+        assert_eq!(second.history.len(), 1);
+        assert_eq!(
+            second.history[0].previous_health,
+            commit.resources[0].health
+        );
+        assert_eq!(second.history[0].health, Health::Unhealthy);
+        assert_eq!(second.events.len(), 1);
+        assert_eq!(second.events[0].event.resource_version, before + 1);
+        assert_eq!(second.events[0].event.reasons[0].code, "b");
     }
 
     #[test]
