@@ -556,7 +556,10 @@ impl Plan {
             let names: Vec<&str> = all_changed.iter().map(String::as_str).collect();
             let kept_gap = event.gap.take();
             *event = build::event_for(&next, previous_health, &names, &source, ctx.now_ms);
-            event.gap = gap.or(kept_gap);
+            event.gap = match (kept_gap, gap) {
+                (Some(a), Some(b)) => Some(merged_gap(a, b)),
+                (a, b) => a.or(b),
+            };
             event.observed_at_unix_ms = observed_at_ms;
         }
         if changed.contains(&"relations") {
@@ -621,6 +624,27 @@ impl Plan {
 }
 
 /// True when both lists name the same reason codes in the same order.
+/// Two gaps of one report as one event's gap: the range covering both, the
+/// losses summed, exact only if both were and they touch.
+fn merged_gap(a: pb::DataGap, b: pb::DataGap) -> pb::DataGap {
+    let touch =
+        a.last_seq.saturating_add(1) >= b.first_seq && b.last_seq.saturating_add(1) >= a.first_seq;
+    pb::DataGap {
+        first_seq: a.first_seq.min(b.first_seq),
+        last_seq: a.last_seq.max(b.last_seq),
+        from_unix_ms: a.from_unix_ms.min(b.from_unix_ms),
+        to_unix_ms: a.to_unix_ms.max(b.to_unix_ms),
+        samples_lost: a.samples_lost.saturating_add(b.samples_lost),
+        batches_lost: a.batches_lost.saturating_add(b.batches_lost),
+        exact: a.exact && b.exact && touch,
+        cause: if a.cause == b.cause {
+            a.cause
+        } else {
+            format!("{},{}", a.cause, b.cause)
+        },
+    }
+}
+
 fn same_codes(a: &[Reason], b: &[Reason]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.code == y.code)
 }

@@ -12,6 +12,7 @@
 //! fenced), that agent's reports are answered as such and the rest is planned
 //! again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ use crate::config::HealthConfig;
 use crate::events::log::EventLog;
 use crate::events::tail::absorb;
 use crate::events::validate::Bounds;
+use crate::sources::{Change, Report};
 use crate::state::State;
 use crate::store::{INLINE_ROUND, Store, StoreError};
 use crate::telemetry;
@@ -34,6 +36,51 @@ use crate::telemetry;
 /// Times a group is planned again after conflicts before its reports are
 /// answered with an error (and sent again by their sources).
 const MAX_REPLANS: usize = 5;
+
+/// Splits `group` into layers, in order, so that no two reports of a layer
+/// touch the same resource (a part touches its host too, whose health rolls
+/// it up): a report goes one layer after the last that touched any of its
+/// resources, so the reports about one resource stay in their order. Reports
+/// of different agents share a layer; one agent's next report waits for the
+/// commit of its previous one.
+fn layers(group: Vec<Submission>) -> Vec<Vec<Submission>> {
+    let mut out: Vec<Vec<Submission>> = Vec::new();
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for s in group {
+        let touched = touched(&s.report);
+        let layer = touched
+            .iter()
+            .filter_map(|id| last.get(id.as_str()))
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(0);
+        for id in touched {
+            last.insert(id, layer);
+        }
+        if out.len() <= layer {
+            out.resize_with(layer + 1, Vec::new);
+        }
+        out[layer].push(s);
+    }
+    out
+}
+
+/// The resources a report may change.
+fn touched(report: &Report) -> Vec<String> {
+    let mut ids = Vec::with_capacity(report.changes.len());
+    for change in &report.changes {
+        let id = match change {
+            Change::Observed(obs) => obs.id.as_str(),
+            Change::Stale { id, .. } | Change::Removed { id, .. } => id.as_str(),
+            Change::DataGap { row, .. } => row.host_id.as_str(),
+        };
+        if let Some(host) = infrawatch_common::resource::host_of_part(id) {
+            ids.push(host.to_string());
+        }
+        ids.push(id.to_string());
+    }
+    ids
+}
 
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
@@ -98,10 +145,14 @@ impl Writer {
         }
     }
 
-    /// Plans, commits, applies and answers one group of reports.
+    /// Plans, commits, applies and answers one group of reports: in layers
+    /// ([`layers`]) where two reports change the same resource, so that each
+    /// commit moves a resource by one version.
     async fn commit_group(&mut self, group: Vec<Submission>, stop: &CancellationToken) {
-        let span = tracing::info_span!("state_commit", reports = group.len());
-        self.commit_group_inner(group, stop).instrument(span).await;
+        for layer in layers(group) {
+            let span = tracing::info_span!("state_commit", reports = layer.len());
+            self.commit_group_inner(layer, stop).instrument(span).await;
+        }
     }
 
     async fn commit_group_inner(&mut self, mut group: Vec<Submission>, stop: &CancellationToken) {
@@ -214,5 +265,73 @@ impl Writer {
 fn answer_all(planned: Vec<(Submission, Outcome)>, error: &StateError) {
     for (s, _) in planned {
         let _ = s.reply.send(Err(error.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Observation;
+
+    fn submission(ids: &[&str]) -> Submission {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Submission {
+            report: Report {
+                source: "agent-a".into(),
+                changes: ids
+                    .iter()
+                    .map(|id| {
+                        Change::Observed(Observation {
+                            id: (*id).to_string(),
+                            kind: String::new(),
+                            labels: Default::default(),
+                            attributes: Default::default(),
+                            relations: Vec::new(),
+                            interval_ms: 0,
+                            observed_at_ms: 0,
+                            verdict: None,
+                        })
+                    })
+                    .collect(),
+                position: None,
+            },
+            reply,
+        }
+    }
+
+    fn ids(layers: &[Vec<Submission>]) -> Vec<Vec<Vec<String>>> {
+        layers
+            .iter()
+            .map(|l| l.iter().map(|s| touched(&s.report)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn reports_that_touch_one_resource_go_to_later_layers_in_order() {
+        let group = vec![
+            submission(&["host/a"]),
+            submission(&["host/b"]),
+            // A part of host/a: it touches host/a too.
+            submission(&["host/a/filesystem/root"]),
+            submission(&["host/c"]),
+            submission(&["host/a"]),
+        ];
+        let layered = layers(group);
+        assert_eq!(
+            ids(&layered),
+            vec![
+                vec![
+                    vec!["host/a".to_string()],
+                    vec!["host/b".to_string()],
+                    vec!["host/c".to_string()]
+                ],
+                vec![vec![
+                    "host/a".to_string(),
+                    "host/a/filesystem/root".to_string()
+                ]],
+                vec![vec!["host/a".to_string()]],
+            ]
+        );
+        assert!(layers(Vec::new()).is_empty());
     }
 }
