@@ -98,6 +98,25 @@ fn test_port_range() -> (u16, u16) {
     (low - 12_000, low)
 }
 
+/// This machine's id (`/etc/machine-id`): agents under test report `host/<it>`.
+pub fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The reason codes of a resource as REST shows it.
+pub fn reason_codes(resource: &serde_json::Value) -> Vec<String> {
+    resource["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["code"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

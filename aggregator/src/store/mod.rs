@@ -657,19 +657,7 @@ impl Store {
                 .bind(resource_id).bind(i64::from(limit))
                 .fetch_all(pool).await
             {
-                Ok(rows) => rows.iter().map(|row| {
-                    rows::HistoryRow {
-                        resource_id: row.try_get("resource_id")?,
-                        resource_version: row.try_get("resource_version")?,
-                        previous_health: row.try_get("previous_health")?,
-                        health: row.try_get("health")?,
-                        reasons: row.try_get("reasons")?,
-                        changed: row.try_get("changed")?,
-                        observed_at_ms: row.try_get("observed_at_ms")?,
-                        recorded_at_ms: row.try_get("recorded_at_ms")?,
-                        source: row.try_get("source")?,
-                    }.into_entry()
-                }).collect(),
+                Ok(rows) => rows.iter().map(|row| rows::HistoryRow::read(row)?.into_entry()).collect(),
                 Err(e) => Err(e.into()),
             }
         });
@@ -696,19 +684,11 @@ impl Store {
             let within = sqlx::query(rows::SELECT_HISTORY_WITHIN)
                 .bind(resource_id).bind(from_ms).bind(to_ms).bind(i64::from(max))
                 .fetch_all(pool).await?;
-            before.iter().chain(within.iter()).map(|row| {
-                rows::HistoryRow {
-                    resource_id: row.try_get("resource_id")?,
-                    resource_version: row.try_get("resource_version")?,
-                    previous_health: row.try_get("previous_health")?,
-                    health: row.try_get("health")?,
-                    reasons: row.try_get("reasons")?,
-                    changed: row.try_get("changed")?,
-                    observed_at_ms: row.try_get("observed_at_ms")?,
-                    recorded_at_ms: row.try_get("recorded_at_ms")?,
-                    source: row.try_get("source")?,
-                }.into_entry()
-            }).collect()
+            before
+                .iter()
+                .chain(within.iter())
+                .map(|row| rows::HistoryRow::read(row)?.into_entry())
+                .collect()
         });
         observe("history_window", started, result.is_ok());
         result

@@ -211,6 +211,30 @@ pub struct HistoryEntry {
     pub source: String,
 }
 
+impl HistoryRow {
+    /// Reads the columns of [`SELECT_HISTORY`] from a result row of either
+    /// backend.
+    pub(super) fn read<'r, R>(row: &'r R) -> Result<Self, StoreError>
+    where
+        R: sqlx::Row,
+        &'static str: sqlx::ColumnIndex<R>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Self {
+            resource_id: row.try_get("resource_id")?,
+            resource_version: row.try_get("resource_version")?,
+            previous_health: row.try_get("previous_health")?,
+            health: row.try_get("health")?,
+            reasons: row.try_get("reasons")?,
+            changed: row.try_get("changed")?,
+            observed_at_ms: row.try_get("observed_at_ms")?,
+            recorded_at_ms: row.try_get("recorded_at_ms")?,
+            source: row.try_get("source")?,
+        })
+    }
+}
+
 pub(super) struct HistoryRow {
     pub resource_id: String,
     pub resource_version: i64,

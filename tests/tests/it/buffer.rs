@@ -8,16 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use infrawatch_e2e::proxy::TcpProxy;
-use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, http_get};
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, http_get, machine_id};
 
 const INTERVAL_MS: u64 = 200;
-
-pub(crate) fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 /// Raw timestamps of this host's `system.uptime` samples in `[from, to]`, with
 /// how often each was stored (a repeated batch would store a timestamp twice).

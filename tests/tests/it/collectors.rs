@@ -4,15 +4,8 @@
 
 use std::time::Duration;
 
-use infrawatch_e2e::{Agent, Aggregator, Pki, eventually};
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, machine_id};
 use serde_json::Value;
-
-fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 fn latest_where(resource: &Value, metric: &str, attr: &str) -> Vec<f64> {
     resource["latest"]

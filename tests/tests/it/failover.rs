@@ -12,12 +12,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use infrawatch_e2e::{Agent, Aggregator, Pki, eventually};
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, machine_id};
 use sqlx::Connection;
 
-use super::buffer::{
-    longest_silence, machine_id, now, start_fleet, uptime_samples_of, wait_drained,
-};
+use super::buffer::{longest_silence, now, start_fleet, uptime_samples_of, wait_drained};
 
 /// True when `agg` has an open stream from an agent.
 fn streaming_to(agg: &Aggregator) -> bool {

@@ -9,26 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use infrawatch_e2e::netns::{Netns, Tmpfs};
-use infrawatch_e2e::{Agent, Aggregator, Pki, eventually};
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, machine_id, reason_codes};
 use serde_json::Value;
-
-fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn codes(r: &Value) -> Vec<String> {
-    r["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x["code"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_filesystem_is_unhealthy_and_degrades_its_host_and_read_only_is_named() {
@@ -60,7 +42,7 @@ async fn a_full_filesystem_is_unhealthy_and_degrades_its_host_and_read_only_is_n
     });
     assert_eq!(full["kind"], "filesystem");
     assert!(
-        codes(&full).contains(&"filesystem_almost_out_of_space".to_string()),
+        reason_codes(&full).contains(&"filesystem_almost_out_of_space".to_string()),
         "{full}"
     );
     assert_eq!(full["relations"][0]["type"], "part_of");
@@ -97,7 +79,7 @@ async fn a_full_filesystem_is_unhealthy_and_degrades_its_host_and_read_only_is_n
     let started = std::time::Instant::now();
     let ro = loop {
         let (_, r) = agg.get(&format!("/api/v1/resources/{part}"));
-        if codes(&r).contains(&"filesystem_read_only".to_string()) {
+        if reason_codes(&r).contains(&"filesystem_read_only".to_string()) {
             break r;
         }
         last = r;
@@ -168,7 +150,7 @@ async fn an_interface_whose_link_goes_down_is_unhealthy_and_named_by_its_host() 
         let r = get(&part);
         (r["health"] == "unhealthy").then_some(r)
     });
-    assert_eq!(codes(&down), vec!["interface_down"], "{down}");
+    assert_eq!(reason_codes(&down), vec!["interface_down"], "{down}");
     assert_eq!(down["attributes"]["interface.admin_state"], "up");
     let named = eventually(Duration::from_secs(10), "the host naming it", || {
         let r = get(&host);
@@ -233,7 +215,7 @@ async fn a_filesystem_filling_at_a_steady_rate_gets_its_time_to_full() {
     };
     let filling = eventually(Duration::from_secs(20), "filesystem_filling_up", || {
         let (_, r) = agg.get(&format!("/api/v1/resources/{part}"));
-        codes(&r)
+        reason_codes(&r)
             .contains(&"filesystem_filling_up".to_string())
             .then_some(r)
     });

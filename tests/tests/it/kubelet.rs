@@ -8,15 +8,8 @@
 use std::time::Duration;
 
 use infrawatch_e2e::fake_kubelet::FakeKubelet;
-use infrawatch_e2e::{Agent, Aggregator, Pki, eventually};
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, machine_id};
 use serde_json::{Value, json};
-
-fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 /// The latest value of `metric` whose attributes contain `attr`.
 fn latest(resource: &Value, metric: &str, attr: &str) -> Option<(f64, i64)> {

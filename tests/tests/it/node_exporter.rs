@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use infrawatch_e2e::{Agent, Aggregator, Pki, Process, eventually, free_port, http_get};
+use infrawatch_e2e::{
+    Agent, Aggregator, Pki, Process, eventually, free_port, http_get, machine_id,
+};
 use serde_json::Value;
 
 const NODE_EXPORTER: &str = "prometheus-node-exporter";
@@ -35,13 +37,6 @@ fn latest(resource: &Value, metric: &str) -> Option<f64> {
             .then(|| l["value"].as_f64())
             .flatten()
     })
-}
-
-fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

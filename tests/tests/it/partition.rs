@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use infrawatch_e2e::netns::{Netns, Side, Tmpfs, is_root};
 use infrawatch_e2e::proxy::TcpProxy;
-use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, http_get};
+use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, http_get, machine_id};
 use serde_json::Value;
 
-use super::buffer::{longest_silence, machine_id, now, uptime_samples_of};
+use super::buffer::{longest_silence, now, uptime_samples_of};
 
 const INTERVAL_MS: u64 = 200;
 

@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
-use infrawatch_e2e::{Agent, Aggregator, Pki, Process, eventually, free_port};
+use infrawatch_e2e::{Agent, Aggregator, Pki, Process, eventually, free_port, machine_id};
 use serde_json::Value;
 
 /// Answers every query with SERVFAIL until the socket is dropped.
@@ -179,11 +179,4 @@ async fn dns_and_tcp_outcomes_become_distinct_health_reasons() {
     assert_eq!(refused["health"], "unhealthy");
     assert_eq!(reason(&refused), "tcp_refused");
     drop(silent);
-}
-
-fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .unwrap()
-        .trim()
-        .to_string()
 }

@@ -6,26 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use infrawatch_e2e::{Agent, Aggregator, Pki, binary, eventually};
-use serde_json::Value;
-
-fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn codes(r: &Value) -> Vec<String> {
-    r["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x["code"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use infrawatch_e2e::{Agent, Aggregator, Pki, binary, eventually, machine_id, reason_codes};
 
 /// A host rule `code` on `metric`: `op threshold` over 2 s, at once.
 fn rule(code: &str, metric: &str, op: &str, threshold: f64) -> String {
@@ -61,7 +42,7 @@ async fn a_rule_file_is_loaded_fires_and_is_reloaded_and_a_broken_edit_keeps_the
 
     let fired = eventually(Duration::from_secs(15), "the rule's reason", || {
         let (_, r) = agg.get(&host);
-        codes(&r)
+        reason_codes(&r)
             .contains(&"test_memory_in_use".to_string())
             .then_some(r)
     });
@@ -90,7 +71,7 @@ async fn a_rule_file_is_loaded_fires_and_is_reloaded_and_a_broken_edit_keeps_the
     .unwrap();
     eventually(Duration::from_secs(15), "the reloaded rule", || {
         let (_, r) = agg.get(&host);
-        let c = codes(&r);
+        let c = reason_codes(&r);
         (c.contains(&"test_uptime_positive".to_string())
             && !c.contains(&"test_memory_in_use".to_string()))
         .then_some(())
@@ -110,7 +91,7 @@ async fn a_rule_file_is_loaded_fires_and_is_reloaded_and_a_broken_edit_keeps_the
     std::thread::sleep(Duration::from_secs(2));
     let (_, r) = agg.get(&host);
     assert!(
-        codes(&r).contains(&"test_uptime_positive".to_string()),
+        reason_codes(&r).contains(&"test_uptime_positive".to_string()),
         "{r}"
     );
 }
