@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures the whole agent against Debian's prometheus-node-exporter, side by side
-# on this machine: CPU time per minute and memory, with the agent collecting
-# everything every second and node_exporter scraped once a second.
+# on this machine: CPU time per minute, memory and series (the host's and its
+# parts'), with the agent running every collector every second and node_exporter
+# scraped once a second.
 #
 #   tests/bench/agent-cost.sh [SECONDS]     (default 60; needs root for apt-get)
 #
@@ -61,6 +62,9 @@ deadline_ms = 500
 [collectors.pressure]
 interval_ms = 1000
 deadline_ms = 500
+[collectors.kernel]
+interval_ms = 1000
+deadline_ms = 500
 [collectors.agent]
 interval_ms = 1000
 deadline_ms = 500
@@ -86,12 +90,22 @@ a1=$(cpu_ticks "$agent"); n1=$(cpu_ticks "$nexp")
 
 agent_ms_per_min=$(( (a1 - a0) * 10 * 60 / secs ))
 nexp_ms_per_min=$(( (n1 - n0) * 10 * 60 / secs ))
-agent_series=$(curl -fs "http://127.0.0.1:$rest/api/v1/resources/host/$(cat /etc/machine-id)" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["latest"]))')
+# The host's series and those of its parts (filesystems, disks, interfaces).
+agent_series=$(python3 - "http://127.0.0.1:$rest/api/v1/resources/host/$(cat /etc/machine-id)" <<'PY'
+import json, sys, urllib.request
+def get(url):
+    with urllib.request.urlopen(url) as r:
+        return json.load(r)
+host = get(sys.argv[1])
+base = sys.argv[1].split("/api/v1/resources/")[0] + "/api/v1/resources/"
+print(len(host["latest"]) + sum(len(get(base + p["id"])["latest"]) for p in host.get("parts", [])))
+PY
+)
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; window ${secs}s"
 printf '%-34s %14s %12s %12s %10s\n' "process" "CPU ms/minute" "RSS MiB" "peak MiB" "series"
 printf '%-34s %14s %12s %12s %10s\n' "infrawatch-agent (1 s, all)" "$agent_ms_per_min" \
-  "$(( $(rss_kb "$agent") / 1024 ))" "$(( $(hwm_kb "$agent") / 1024 ))" "$agent_series (host)"
+  "$(( $(rss_kb "$agent") / 1024 ))" "$(( $(hwm_kb "$agent") / 1024 ))" "$agent_series"
 printf '%-34s %14s %12s %12s %10s\n' "node_exporter (scraped every 1 s)" "$nexp_ms_per_min" \
   "$(( $(rss_kb "$nexp") / 1024 ))" "$(( $(hwm_kb "$nexp") / 1024 ))" "$series"
 if [ "$nexp_ms_per_min" -gt 0 ]; then
