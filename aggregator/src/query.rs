@@ -184,14 +184,10 @@ pub fn resource_view(model: &Model, samples: &SampleStore, id: &str) -> Option<p
 
 /// The parts of host `host_id`, by id.
 fn parts_of(model: &Model, host_id: &str) -> Vec<pb::Part> {
-    let prefix = format!("{host_id}/");
     model
-        .resources
-        .range(prefix.clone()..)
-        .take_while(|(id, _)| id.starts_with(&prefix))
-        .filter(|(id, _)| infrawatch_common::resource::host_of_part(id) == Some(host_id))
+        .parts_of(host_id)
         .map(|(id, t)| pb::Part {
-            id: id.clone(),
+            id: id.to_string(),
             kind: t.record.kind.clone(),
             health: t.record.health as i32,
             reasons: t

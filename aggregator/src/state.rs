@@ -68,6 +68,20 @@ pub struct Model {
 }
 
 impl Model {
+    /// The parts of host `host_id` (its filesystems, disks and interfaces), by
+    /// id: a range of the ordered map, not a scan.
+    pub fn parts_of<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Tracked)> {
+        let prefix = format!("{host_id}/");
+        self.resources
+            .range(prefix.clone()..)
+            .take_while(move |(id, _)| id.starts_with(&prefix))
+            .filter(move |(id, _)| infrawatch_common::resource::host_of_part(id) == Some(host_id))
+            .map(|(id, t)| (id.as_str(), t))
+    }
+
     /// Ids of the tombstones of resources deleted before `cutoff_ms`.
     pub fn expired_tombstones(&self, cutoff_ms: i64) -> Vec<String> {
         self.tombstones

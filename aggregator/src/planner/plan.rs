@@ -299,14 +299,7 @@ impl Plan {
 
     /// The parts of host `host_id` as this plan sees them.
     fn parts_of<'a>(&'a self, model: &'a Model, host_id: &str) -> Vec<&'a ResourceRecord> {
-        let prefix = format!("{host_id}/");
-        let mut ids: BTreeSet<&str> = model
-            .resources
-            .range(prefix.clone()..)
-            .map(|(id, _)| id.as_str())
-            .take_while(|id| id.starts_with(&prefix))
-            .filter(|id| resource::host_of_part(id) == Some(host_id))
-            .collect();
+        let mut ids: BTreeSet<&str> = model.parts_of(host_id).map(|(id, _)| id).collect();
         if let Some(planned) = self.parts.get(host_id) {
             ids.extend(planned.iter().map(String::as_str));
         }
