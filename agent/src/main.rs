@@ -57,8 +57,11 @@ fn main() -> ExitCode {
             None
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: collectors, batcher and stream are short bursts
+    // once a second, and a single thread saves the cross-thread wake-ups (futex,
+    // context switches) that cost more than the work. Collectors that may block
+    // (NVML) and disk syncs still go to the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

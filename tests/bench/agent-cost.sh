@@ -6,6 +6,9 @@
 #
 #   tests/bench/agent-cost.sh [SECONDS]     (default 60; needs root for apt-get)
 #
+# AGENT_BIN=<path> runs another agent build (to compare two builds one after
+# the other on the same machine).
+#
 # Everything runs on loopback. Prints a table; BENCHMARKS.md keeps the figures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +17,7 @@ secs=${1:-60}
 if ! command -v prometheus-node-exporter >/dev/null 2>&1; then
   apt-get install -y -qq prometheus-node-exporter >/dev/null
 fi
-cargo build --release --workspace --bins -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release --workspace --bins -q
 
 work=$(mktemp -d)
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -72,7 +75,7 @@ TOML
 
 target/release/infrawatch-aggregator --config "$work/aggregator.toml" >"$work/aggregator.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$rest/readyz" >/dev/null && break; sleep 0.1; done
-target/release/infrawatch-agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 & agent=$!; pids+=($agent)
+"${AGENT_BIN:-target/release/infrawatch-agent}" --config "$work/agent.toml" >"$work/agent.log" 2>&1 & agent=$!; pids+=($agent)
 prometheus-node-exporter --web.listen-address="127.0.0.1:$nodeexp" >"$work/node-exporter.log" 2>&1 & nexp=$!; pids+=($nexp)
 sleep 5
 
