@@ -101,7 +101,8 @@ impl Default for AggregatorConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
-    /// A batch is closed at least this often.
+    /// A batch is closed at most this long after its first collection (sooner
+    /// when a collection arrives and it is at least half this old).
     pub flush_interval_ms: u64,
     /// A batch is closed when it holds this many samples.
     pub max_samples: usize,

@@ -220,9 +220,13 @@ pub async fn run(
     batcher
 }
 
-/// Closes a batch every flush interval (or when it is full) and queues it. Runs
-/// until every collector has stopped (their senders are gone), so nothing they
-/// collected before shutdown is lost, then queues the last batch.
+/// Closes batches and queues them. A batch closes `flush_interval_ms` after
+/// its first collection, when it is full, or, sooner, when a collection
+/// arrives and the batch has been open at least half a flush interval: with
+/// collectors on the flush interval, each arrival then closes the batch of the
+/// interval before, and no timer wakes the agent for it. Runs until every
+/// collector has stopped (their senders are gone), so nothing they collected
+/// before shutdown is lost, then queues the last batch.
 async fn run_batcher(
     mut builder: BatchBuilder,
     mut collected: mpsc::Receiver<Collection>,
@@ -230,24 +234,42 @@ async fn run_batcher(
     pending: &Arc<DiskBuffer>,
     config: &AgentConfig,
 ) -> Result<(), AgentError> {
-    let mut flush = tokio::time::interval(Duration::from_millis(config.batch.flush_interval_ms));
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let flush_every = Duration::from_millis(config.batch.flush_interval_ms);
+    let deadline = tokio::time::sleep(flush_every);
+    tokio::pin!(deadline);
+    // When the open batch got its first collection.
+    let mut opened: Option<tokio::time::Instant> = None;
     loop {
-        let (close, done) = tokio::select! {
-            _ = flush.tick() => (true, false),
-            c = collected.recv() => match c {
-                Some(c) => {
-                    builder.add(c);
-                    (builder.sample_count() >= config.batch.max_samples, false)
+        tokio::select! {
+            _ = &mut deadline, if opened.is_some() => {
+                opened = None;
+                if !builder.is_empty() {
+                    queue(&mut builder, seq, pending)?;
                 }
-                None => (true, true),
-            },
-        };
-        if close && !builder.is_empty() {
-            queue(&mut builder, seq, pending)?;
-        }
-        if done {
-            return Ok(());
+            }
+            c = collected.recv() => {
+                let Some(c) = c else {
+                    if !builder.is_empty() {
+                        queue(&mut builder, seq, pending)?;
+                    }
+                    return Ok(());
+                };
+                if opened.is_some_and(|at| at.elapsed() >= flush_every / 2) {
+                    opened = None;
+                    if !builder.is_empty() {
+                        queue(&mut builder, seq, pending)?;
+                    }
+                }
+                builder.add(c);
+                if builder.sample_count() >= config.batch.max_samples {
+                    opened = None;
+                    queue(&mut builder, seq, pending)?;
+                } else if opened.is_none() && !builder.is_empty() {
+                    let now = tokio::time::Instant::now();
+                    opened = Some(now);
+                    deadline.as_mut().reset(now + flush_every);
+                }
+            }
         }
     }
 }
@@ -264,18 +286,37 @@ fn queue(
     Ok(())
 }
 
-/// Makes the disk buffer durable every `every` until `shutdown`.
+/// Syncs the disk buffer after appends, at most once every `every`, until
+/// `shutdown` (see [`DiskBuffer::sync_periodic`]); the final sync comes after.
+/// It sleeps while nothing is appended, so an idle agent has no timer here.
 async fn flush_buffer(buffer: Arc<DiskBuffer>, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut appended = buffer.subscribe();
+    let mut last_sync = tokio::time::Instant::now();
     let mut failing = false;
     loop {
+        // A failed sync is retried after `every` without waiting for an append.
+        if !failing {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = appended.changed() => if changed.is_err() { return },
+            }
+        }
+        // Appends within `every` of the last sync share the next one.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(last_sync + every) => {}
+        }
+        last_sync = tokio::time::Instant::now();
+        if !failing && !buffer.sync_due() {
+            continue;
         }
         let b = buffer.clone();
-        match tokio::task::spawn_blocking(move || b.sync()).await {
+        let synced = if failing {
+            tokio::task::spawn_blocking(move || b.sync()).await
+        } else {
+            tokio::task::spawn_blocking(move || b.sync_periodic()).await
+        };
+        match synced {
             Ok(Ok(())) => failing = false,
             Ok(Err(e)) => {
                 if !failing {

@@ -142,6 +142,31 @@ pub mod metric {
     pub const PAGING_UTILIZATION: &str = "system.paging.utilization";
     /// Seconds since boot.
     pub const UPTIME: &str = "system.uptime";
+    /// CPU time since boot in seconds by `cpu` (each core) and `state` (user,
+    /// nice, system, idle, iowait, irq, softirq, steal); cumulative.
+    pub const CPU_TIME: &str = "system.cpu.time";
+    /// Time spent running guests' virtual CPUs since boot, in seconds, by `cpu`
+    /// and `state` (user, nice); cumulative, and already counted in
+    /// [`CPU_TIME`]'s user and nice.
+    pub const CPU_GUEST_TIME: &str = "system.linux.cpu.guest_time";
+    /// Context switches since boot; cumulative.
+    pub const CONTEXT_SWITCHES: &str = "system.linux.context_switches";
+    /// Interrupts serviced since boot; cumulative.
+    pub const INTERRUPTS: &str = "system.linux.interrupts";
+    /// Softirqs handled since boot by `type` (hi, timer, net_tx, net_rx, block,
+    /// irq_poll, tasklet, sched, hrtimer, rcu); cumulative.
+    pub const SOFTIRQS: &str = "system.linux.softirqs";
+    /// Processes and threads created since boot (forks); cumulative.
+    pub const PROCESSES_CREATED: &str = "system.processes.created";
+    /// Tasks by `status`: `running` (runnable) and `blocked` (waiting for I/O).
+    pub const PROCESSES_COUNT: &str = "system.processes.count";
+    /// When the host booted, Unix seconds.
+    pub const BOOT_TIME: &str = "system.boot_time";
+    /// Every field of `/proc/meminfo` by `field` (its name there, e.g.
+    /// `Active(anon)`), in bytes; the `HugePages_*` fields are page counts.
+    pub const MEMINFO: &str = "system.linux.meminfo";
+    /// The host's clock when sampled, Unix seconds.
+    pub const TIME: &str = "system.time";
 
     // Kubelet Summary API figures, named as the OpenTelemetry kubeletstats
     // receiver names them.

@@ -20,7 +20,11 @@ fi
 [ -n "${NO_BUILD:-}" ] || cargo build --release --workspace --bins -q
 
 work=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"
+  for cg in "${cgroups[@]}"; do rmdir "$cg" 2>/dev/null || true; done
+}
+cgroups=()
 pids=()
 trap cleanup EXIT
 
@@ -79,20 +83,43 @@ for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$rest/readyz" >/dev/null &&
 prometheus-node-exporter --web.listen-address="127.0.0.1:$nodeexp" >"$work/node-exporter.log" 2>&1 & nexp=$!; pids+=($nexp)
 sleep 5
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time in ms: from a cpuacct cgroup of the process's own where this machine
+# lets us make one (nanosecond accounting of every thread), else utime + stime
+# from /proc/<pid>/stat (10 ms ticks).
+cg_root=/sys/fs/cgroup/cpuacct
+track() {
+  local cg="$cg_root/iw-agent-cost-$$-$2"
+  if mkdir "$cg" 2>/dev/null && echo "$1" > "$cg/cgroup.procs" 2>/dev/null; then
+    cgroups+=("$cg")
+  fi
+}
+cpu_ms() {
+  local cg="$cg_root/iw-agent-cost-$$-$2"
+  if [ -r "$cg/cpuacct.usage" ]; then
+    echo $(( $(cat "$cg/cpuacct.usage") / 1000000 ))
+  else
+    awk '{print ($14 + $15) * 10}' "/proc/$1/stat"
+  fi
+}
+track "$agent" agent
+track "$nexp" node_exporter
+accounting=$([ ${#cgroups[@]} -eq 2 ] && echo "cpuacct cgroups" || echo "/proc/<pid>/stat ticks")
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
-a0=$(cpu_ticks "$agent"); n0=$(cpu_ticks "$nexp")
-series=0
+a0=$(cpu_ms "$agent" agent); n0=$(cpu_ms "$nexp" node_exporter)
+series=0; nexp_own=0
 for _ in $(seq 1 "$secs"); do
-  series=$(curl -fs "http://127.0.0.1:$nodeexp/metrics" | grep -vc '^#' || true)
+  scrape=$(curl -fs "http://127.0.0.1:$nodeexp/metrics" | grep -v '^#' || true)
+  series=$(grep -c . <<<"$scrape" || true)
+  # node_exporter's own series: Go runtime, process, HTTP handler, per-collector scrape figures.
+  nexp_own=$(grep -cE '^(go_|process_|promhttp_|node_scrape_|node_exporter_|node_textfile_)' <<<"$scrape" || true)
   sleep 1
 done
-a1=$(cpu_ticks "$agent"); n1=$(cpu_ticks "$nexp")
+a1=$(cpu_ms "$agent" agent); n1=$(cpu_ms "$nexp" node_exporter)
 
-agent_ms_per_min=$(( (a1 - a0) * 10 * 60 / secs ))
-nexp_ms_per_min=$(( (n1 - n0) * 10 * 60 / secs ))
+agent_ms_per_min=$(( (a1 - a0) * 60 / secs ))
+nexp_ms_per_min=$(( (n1 - n0) * 60 / secs ))
 # The host's series and those of its parts (filesystems, disks, interfaces).
 agent_series=$(python3 - "http://127.0.0.1:$rest/api/v1/resources/host/$(cat /etc/machine-id)" <<'PY'
 import json, sys, urllib.request
@@ -101,16 +128,21 @@ def get(url):
         return json.load(r)
 host = get(sys.argv[1])
 base = sys.argv[1].split("/api/v1/resources/")[0] + "/api/v1/resources/"
-print(len(host["latest"]) + sum(len(get(base + p["id"])["latest"]) for p in host.get("parts", [])))
+own = get(base + "agent/" + host["id"].split("/", 1)[1])
+print(len(host["latest"]) + sum(len(get(base + p["id"])["latest"]) for p in host.get("parts", [])),
+      len(own["latest"]))
 PY
 )
+agent_own=${agent_series#* }; agent_series=${agent_series% *}
 
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; window ${secs}s"
-printf '%-34s %14s %12s %12s %10s\n' "process" "CPU ms/minute" "RSS MiB" "peak MiB" "series"
-printf '%-34s %14s %12s %12s %10s\n' "infrawatch-agent (1 s, all)" "$agent_ms_per_min" \
-  "$(( $(rss_kb "$agent") / 1024 ))" "$(( $(hwm_kb "$agent") / 1024 ))" "$agent_series"
-printf '%-34s %14s %12s %12s %10s\n' "node_exporter (scraped every 1 s)" "$nexp_ms_per_min" \
-  "$(( $(rss_kb "$nexp") / 1024 ))" "$(( $(hwm_kb "$nexp") / 1024 ))" "$series"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; window ${secs}s; CPU time from $accounting"
+printf '%-34s %14s %12s %12s %10s %10s\n' "process" "CPU ms/minute" "RSS MiB" "peak MiB" "host" "own"
+printf '%-34s %14s %12s %12s %10s %10s\n' "infrawatch-agent (1 s, all)" "$agent_ms_per_min" \
+  "$(( $(rss_kb "$agent") / 1024 ))" "$(( $(hwm_kb "$agent") / 1024 ))" "$agent_series" "$agent_own"
+printf '%-34s %14s %12s %12s %10s %10s\n' "node_exporter (scraped every 1 s)" "$nexp_ms_per_min" \
+  "$(( $(rss_kb "$nexp") / 1024 ))" "$(( $(hwm_kb "$nexp") / 1024 ))" "$(( series - nexp_own ))" "$nexp_own"
+echo "series: host = the host's and its parts' (filesystems, disks, interfaces); own = the"
+echo "process's figures about itself (agent resource; node_exporter's go_, process_, promhttp_, node_scrape_)"
 if [ "$nexp_ms_per_min" -gt 0 ]; then
   python3 -c "print(f'agent / node_exporter CPU: {$agent_ms_per_min / $nexp_ms_per_min:.3f}')"
 fi

@@ -157,6 +157,19 @@ struct Entry {
     batch: Option<Arc<Batch>>,
 }
 
+/// Longest time between two writes of the acknowledged position while batches
+/// flow (see [`DiskBuffer::sync_periodic`]).
+pub const ACKED_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a sync must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncMode {
+    /// Everything written so far made durable (a stopping agent).
+    Everything,
+    /// What the periodic flusher owes (see [`DiskBuffer::sync_periodic`]).
+    Periodic,
+}
+
 #[derive(Debug)]
 struct Segment {
     id: u64,
@@ -175,8 +188,12 @@ struct Inner {
     bytes: u64,
     memory: u64,
     dirty: bool,
+    /// Highest seq appended since the last `fdatasync`.
+    dirty_through: u64,
     acked: u64,
     acked_written: u64,
+    /// When the acknowledged position was last written (None: not in this run).
+    acked_written_at: Option<Instant>,
     /// Newest sample time (Unix ms) of the batches acknowledged durable in this
     /// run (0 before the first).
     durable_through_ms: i64,
@@ -307,6 +324,23 @@ impl Inner {
     /// Deletes the active segment when it holds no unacknowledged batch, so the
     /// next append starts a new one; false when it holds one or is empty.
     ///
+    /// True when a batch appended since the last `fdatasync` is not yet
+    /// durably acknowledged.
+    fn needs_fdatasync(&self) -> bool {
+        self.dirty && self.dirty_through > self.acked
+    }
+
+    /// True when the acknowledged position should be written now.
+    fn acked_write_due(&self, mode: SyncMode) -> bool {
+        self.acked != self.acked_written
+            && match mode {
+                SyncMode::Everything => true,
+                SyncMode::Periodic => self
+                    .acked_written_at
+                    .is_none_or(|at| at.elapsed() >= ACKED_WRITE_INTERVAL),
+            }
+    }
+
     /// The active segment is otherwise only left when it reaches `segment_bytes`:
     /// on a disk with less room than that, its acknowledged records would keep the
     /// disk full, and every later batch lost, for good.
@@ -365,8 +399,10 @@ impl DiskBuffer {
             bytes: 0,
             memory: 0,
             dirty: false,
+            dirty_through: 0,
             acked,
             acked_written: acked,
+            acked_written_at: None,
             durable_through_ms: 0,
             gaps: Vec::new(),
             dropped: Dropped::default(),
@@ -506,29 +542,65 @@ impl DiskBuffer {
         }
         inner.bytes += bytes.len() as u64;
         inner.dirty = true;
+        inner.dirty_through = inner.dirty_through.max(header.seq);
         Ok(())
     }
 
-    /// Makes appended data durable (`fdatasync`) and records the acknowledged
-    /// position; called every `fsync_interval_ms`. Blocking: run it off the async
-    /// workers.
+    /// Makes appended data durable (`fdatasync`) and writes the acknowledged
+    /// position, whatever is due: what a stopping agent calls last. Blocking:
+    /// run it off the async workers.
     pub fn sync(&self) -> Result<(), BufferError> {
+        self.sync_as(SyncMode::Everything)
+    }
+
+    /// The periodic sync (every `fsync_interval_ms`): an `fdatasync` only when
+    /// some batch appended since the last one is not yet durably acknowledged
+    /// (what the aggregator has committed needs no local durability: losing it
+    /// in a crash loses nothing), and the acknowledged position written at most
+    /// every [`ACKED_WRITE_INTERVAL`] (a restart with an older position only
+    /// sends some acknowledged batches again, and the aggregator drops replays
+    /// by their seq). Blocking: run it off the async workers, after
+    /// [`sync_due`](Self::sync_due) says there is something to do.
+    pub fn sync_periodic(&self) -> Result<(), BufferError> {
+        self.sync_as(SyncMode::Periodic)
+    }
+
+    /// True when [`sync_periodic`](Self::sync_periodic) has work: lets the
+    /// caller skip the hop to a blocking thread when it has none.
+    pub fn sync_due(&self) -> bool {
+        let inner = self.lock();
+        inner.needs_fdatasync() || inner.acked_write_due(SyncMode::Periodic)
+    }
+
+    fn sync_as(&self, mode: SyncMode) -> Result<(), BufferError> {
         let (file, acked, dir) = {
             let mut inner = self.lock();
-            let file = inner.dirty.then(|| inner.active.clone()).flatten();
+            let needed = match mode {
+                SyncMode::Everything => inner.dirty,
+                SyncMode::Periodic => inner.needs_fdatasync(),
+            };
+            let file = needed.then(|| inner.active.clone()).flatten();
+            // Acknowledged appends need no sync; the next unacknowledged one
+            // (or the final sync) flushes the file, them included.
             inner.dirty = false;
-            let acked = (inner.acked != inner.acked_written).then_some(inner.acked);
+            let acked = inner.acked_write_due(mode).then_some(inner.acked);
             (file, acked, inner.dir.clone())
         };
         if let Some(f) = file {
             let started = Instant::now();
-            f.sync_data().map_err(io(&dir))?;
+            if let Err(e) = f.sync_data() {
+                // Still owed: the retry must find it.
+                self.lock().dirty = true;
+                return Err(io(&dir)(e));
+            }
             metrics::histogram!("infrawatch_agent_buffer_fsync_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
         if let Some(acked) = acked {
             write_acked(&dir, acked)?;
-            self.lock().acked_written = acked;
+            let mut inner = self.lock();
+            inner.acked_written = acked;
+            inner.acked_written_at = Some(Instant::now());
         }
         Ok(())
     }

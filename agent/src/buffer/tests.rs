@@ -370,3 +370,49 @@ fn a_batch_carries_at_most_max_gaps_per_batch() {
     );
     assert!(buf.pending_gaps().is_empty());
 }
+
+/// The periodic sync skips the `fdatasync` of batches already durably
+/// acknowledged and writes the acknowledged position at most every
+/// `ACKED_WRITE_INTERVAL`; the final sync writes whatever is left.
+#[test]
+fn periodic_sync_does_only_what_durability_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert!(!buf.sync_due(), "nothing appended, nothing to do");
+
+    buf.push(batch(1, 5));
+    assert!(
+        buf.sync_due(),
+        "an unacknowledged batch must reach the disk"
+    );
+    buf.sync_periodic().unwrap();
+    assert!(!buf.sync_due());
+
+    buf.push(batch(2, 5));
+    buf.ack(2);
+    assert!(!buf.lock().needs_fdatasync(), "acknowledged: no fdatasync");
+    assert!(buf.sync_due(), "the first acknowledged position is written");
+    buf.sync_periodic().unwrap();
+    assert_eq!(read_acked(dir.path()), 2);
+
+    buf.push(batch(3, 5));
+    buf.ack(3);
+    assert!(
+        !buf.sync_due(),
+        "acknowledged batch and a position written less than {ACKED_WRITE_INTERVAL:?} ago"
+    );
+    buf.push(batch(4, 5));
+    assert!(buf.sync_due(), "batch 4 is not acknowledged");
+    buf.sync_periodic().unwrap();
+    assert_eq!(
+        read_acked(dir.path()),
+        2,
+        "the position waits for its interval"
+    );
+
+    buf.sync().unwrap();
+    assert_eq!(read_acked(dir.path()), 3, "the final sync writes it");
+    drop(buf);
+    let buf = DiskBuffer::open(dir.path(), small()).unwrap();
+    assert_eq!(seqs(&buf), vec![4]);
+}

@@ -54,6 +54,9 @@ impl Collector for AgentCollector {
     fn name(&self) -> &'static str {
         "agent"
     }
+    fn is_local(&self) -> bool {
+        true
+    }
 
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
         let ts = now_unix_ms();

@@ -5,7 +5,8 @@
 //! in its attributes. Each mount also gets its time to full at the trend of
 //! its free space over the last six hours (`system.filesystem.predicted_full_in`,
 //! seconds, while it fills; [`super::fill_trend`]). Mounts come from the host's mount table (`<proc>/1/mountinfo`,
-//! else `<proc>/self/mountinfo`) and are measured with statvfs under the host root.
+//! else `<proc>/self/mountinfo`, kept open between runs) and are measured with
+//! statvfs under the host root.
 //! Pseudo filesystems and runtime-internal mount points are left out by default.
 //! For network and FUSE filesystems each statvfs runs on the blocking pool with a
 //! timeout and at most one call per mount outstanding, so a hung mount costs one
@@ -21,6 +22,7 @@ use infrawatch_common::time::now_unix_ms;
 
 use super::fill_trend::{FillTrends, TrendConfig};
 use super::filter::NameFilter;
+use super::proc_file::ProcFile;
 use super::{CollectError, Collection, Collector};
 
 /// Filesystem types that hold no user data.
@@ -196,7 +198,6 @@ fn statvfs(path: &Path) -> Result<Usage, StatError> {
 /// The filesystem collector.
 pub struct FilesystemCollector {
     host_id: String,
-    proc_root: PathBuf,
     host_root: PathBuf,
     filter: NameFilter,
     interval_ms: u32,
@@ -206,6 +207,19 @@ pub struct FilesystemCollector {
     seen_writable: HashSet<String>,
     /// Free space over the last hours, for the time to full.
     trends: FillTrends,
+    /// The mount table, kept open.
+    mount_table: ProcFile,
+}
+
+/// The mount table to read: under the host's own root the agent's (it sees
+/// what it can stat); in a container (another root) pid 1's, else its own.
+fn mount_table(proc_root: &Path, host_root: &Path) -> ProcFile {
+    let own = proc_root.join("self/mountinfo");
+    if host_root == Path::new("/") {
+        ProcFile::new(own)
+    } else {
+        ProcFile::first_of(vec![proc_root.join("1/mountinfo"), own])
+    }
 }
 
 impl FilesystemCollector {
@@ -238,8 +252,8 @@ impl FilesystemCollector {
         trend: TrendConfig,
     ) -> Self {
         Self {
+            mount_table: mount_table(&proc_root, &host_root),
             host_id,
-            proc_root,
             host_root,
             filter,
             interval_ms,
@@ -290,32 +304,11 @@ impl FilesystemCollector {
         }
     }
 
-    fn mounts(&self) -> Result<Vec<Mount>, CollectError> {
-        // Under the host's own root the agent sees what it can stat; in a container
-        // (another root) the host's mount table is pid 1's.
-        let host_table = if self.host_root == std::path::Path::new("/") {
-            self.proc_root.join("self/mountinfo")
-        } else {
-            self.proc_root.join("1/mountinfo")
-        };
-        let own_table = self.proc_root.join("self/mountinfo");
-        let (path, text) = match std::fs::read_to_string(&host_table) {
-            Ok(t) => (host_table, t),
-            Err(_) => {
-                let t =
-                    std::fs::read_to_string(&own_table).map_err(|source| CollectError::Read {
-                        path: own_table.display().to_string(),
-                        source,
-                    })?;
-                (own_table, t)
-            }
-        };
-        let mounts = parse_mountinfo(&text);
+    /// The mounts to report, from the mount table kept open.
+    fn mounts(&mut self) -> Result<Vec<Mount>, CollectError> {
+        let mounts = parse_mountinfo(self.mount_table.read()?);
         if mounts.is_empty() {
-            return Err(CollectError::Parse {
-                path: path.display().to_string(),
-                reason: "no mounts".into(),
-            });
+            return Err(self.mount_table.parse_error("no mounts"));
         }
         let mut seen = std::collections::HashSet::new();
         Ok(mounts

@@ -5,12 +5,24 @@
 //!   `system.network.conntrack.{count,limit}`;
 //! - file handles (`<proc>/sys/fs/file-nr`):
 //!   `system.linux.file_descriptors.{allocated,limit}`;
-//! - sockets (`<proc>/net/sockstat{,6}`): `system.linux.sockets.used` and
-//!   `system.linux.sockets.count{protocol,state}`;
-//! - listen queue overflows and drops per second between runs (`TcpExt` of
-//!   `<proc>/net/netstat`): `system.network.tcp.listen_{overflows,drops}.rate`;
-//! - OOM kills since boot (`oom_kill` of `<proc>/vmstat`): `system.linux.oom_kills`;
-//! - boot time (`btime` of `<proc>/stat`, Unix seconds): `system.boot_time`;
+//!   and its statistics summed over CPUs (`<proc>/net/stat/nf_conntrack`):
+//!   `system.network.conntrack.stat{field}`;
+//! - sockets (`<proc>/net/sockstat{,6}`, the one collector that reads them):
+//!   `system.linux.sockets.used`, `system.linux.sockets.count{protocol,state}`,
+//!   the TIME-WAIT connections `system.network.connections{protocol,state}`,
+//!   and the rest of the files (socket memory in pages, fragment queues) as
+//!   `system.linux.sockstat{protocol,field}`;
+//! - entropy (`<proc>/sys/kernel/random/{entropy_avail,poolsize}`, bits):
+//!   `system.linux.entropy.{available,pool_size}`;
+//! - neighbour table entries per interface (`<proc>/net/arp`):
+//!   `system.network.arp.entries{device}`;
+//! - only where the collector that reports them from its own reading does not
+//!   run: listen queue overflows and drops per second (`TcpExt` of
+//!   `<proc>/net/netstat`, network collector):
+//!   `system.network.tcp.listen_{overflows,drops}.rate`; OOM kills since boot
+//!   (`oom_kill` of `<proc>/vmstat`, pressure collector): `system.linux.oom_kills`;
+//!   boot time (`btime` of `<proc>/stat`, Unix seconds, host collector):
+//!   `system.boot_time`;
 //! - temperatures (`<sys>/class/hwmon/hwmon*/temp*_{input,label,max,crit}`), in
 //!   degrees Celsius: `system.hardware.temperature{chip,sensor}` and
 //!   `system.hardware.temperature.limit{chip,sensor,kind}`;
@@ -29,16 +41,20 @@
 //!
 //! The kernel clock's discipline comes from `adjtimex(2)` (no file has it), and
 //! only when the procfs root is the agent's own `/proc`:
-//! `system.clock.{synchronized,offset,max_error}`. Neither nix nor rustix wraps
-//! the call, so [`read_clock`] holds this crate's one `unsafe` block.
+//! `system.clock.{synchronized,offset,max_error}`, and every figure
+//! node_exporter's timex collector gives, in its units, as
+//! `system.linux.timex{field}` ([`Timex::fields`]). Neither nix nor rustix
+//! wraps the call, so [`read_timex`] holds this crate's one `unsafe` block.
+//!
+//! Files read on every run stay open between runs ([`super::proc_file`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use infrawatch_common::time::now_unix_ms;
 
+use super::proc_file::{ProcFile, ProcFiles};
 use super::{CollectError, Collection, Collector};
 
 /// Kinds of temperature limits hwmon reports, as `(file suffix, kind)`.
@@ -47,25 +63,6 @@ const TEMPERATURE_LIMITS: [(&str, &str); 2] = [("max", "max"), ("crit", "crit")]
 /// Socket states of sockstat that count sockets (`mem` and `memory` count pages
 /// and bytes).
 const SOCKET_STATES: [&str; 4] = ["inuse", "orphan", "tw", "alloc"];
-
-/// The text of `path`; `None` when it is not there.
-fn read_optional(path: &Path) -> Result<Option<String>, CollectError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => Ok(None),
-        Err(source) => Err(CollectError::Read {
-            path: path.display().to_string(),
-            source,
-        }),
-    }
-}
-
-fn parse_error(path: &Path, reason: impl Into<String>) -> CollectError {
-    CollectError::Parse {
-        path: path.display().to_string(),
-        reason: reason.into(),
-    }
-}
 
 /// One number alone in a file (`nf_conntrack_count`, `ce_count`, ...).
 pub fn parse_number(text: &str) -> Result<u64, String> {
@@ -130,6 +127,75 @@ pub fn parse_sockstat(text: &str) -> Sockstat {
         let protocol = proto.to_ascii_lowercase();
         for (state, v) in pairs.filter(|(k, _)| SOCKET_STATES.contains(k)) {
             out.counts.push((protocol.clone(), state.to_string(), v));
+        }
+    }
+    out
+}
+
+/// The sockstat figures [`Sockstat`] leaves out, as (protocol in lower case,
+/// field, value): memory (`mem`, in pages, of TCP and UDP) and the fragment
+/// queues (`frag` and `frag6`: `inuse` and `memory`, bytes).
+pub fn sockstat_extras(text: &str) -> Vec<(String, &str, u64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((proto, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let fragments = proto.starts_with("FRAG");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for kv in fields.chunks_exact(2) {
+            let (field, Ok(v)) = (kv[0], kv[1].parse::<u64>()) else {
+                continue;
+            };
+            if fragments || field == "mem" {
+                out.push((proto.to_ascii_lowercase(), field, v));
+            }
+        }
+    }
+    out
+}
+
+/// The columns of `/proc/net/stat/nf_conntrack` reported, as node_exporter
+/// reports them.
+pub const CONNTRACK_STATS: [&str; 8] = [
+    "found",
+    "invalid",
+    "ignore",
+    "insert",
+    "insert_failed",
+    "drop",
+    "early_drop",
+    "search_restart",
+];
+
+/// Sums the per-CPU lines of `/proc/net/stat/nf_conntrack` (hexadecimal, under
+/// a header naming the columns) for the columns of [`CONNTRACK_STATS`] the
+/// kernel has.
+pub fn parse_conntrack_stats(text: &str) -> Result<Vec<(&'static str, u64)>, String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty")?.split_whitespace().collect();
+    let columns: Vec<(&'static str, usize)> = CONNTRACK_STATS
+        .iter()
+        .filter_map(|name| Some((*name, header.iter().position(|h| h == name)?)))
+        .collect();
+    let mut sums = vec![0u64; columns.len()];
+    for line in lines {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        for ((_, i), sum) in columns.iter().zip(&mut sums) {
+            let v = f.get(*i).ok_or_else(|| format!("{} columns", f.len()))?;
+            let v = u64::from_str_radix(v, 16).map_err(|_| format!("{v:?} is not hexadecimal"))?;
+            *sum = sum.saturating_add(v);
+        }
+    }
+    Ok(columns.into_iter().map(|(n, _)| n).zip(sums).collect())
+}
+
+/// Neighbour table entries per interface, from `/proc/net/arp`.
+pub fn parse_arp(text: &str) -> BTreeMap<&str, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        if let Some(device) = line.split_whitespace().nth(5) {
+            *out.entry(device).or_default() += 1;
         }
     }
     out
@@ -284,13 +350,20 @@ pub struct Temperature {
 
 /// A millidegree file as degrees; `None` when it is absent, unreadable (a
 /// sensor that is switched off answers EIO or ENODATA) or not a number.
-fn millidegrees(path: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(path).ok()?;
+fn millidegrees(files: &mut ProcFiles, path: &Path) -> Option<f64> {
+    let text = files.get(path).read_ok()?;
     Some(text.trim().parse::<i64>().ok()? as f64 / 1000.0)
 }
 
-/// Reads the temperature sensors under `<sys>/class/hwmon`.
-pub fn read_hwmon(sys_root: &Path) -> Vec<Temperature> {
+/// A file's text, trimmed, when it can be read and is not empty.
+fn read_trimmed(files: &mut ProcFiles, path: &Path) -> Option<String> {
+    let text = files.get(path).read_ok()?.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// Reads the temperature sensors under `<sys>/class/hwmon`; `files` keeps the
+/// sensor files open between calls.
+pub fn read_hwmon(sys_root: &Path, files: &mut ProcFiles) -> Vec<Temperature> {
     let Ok(entries) = std::fs::read_dir(sys_root.join("class/hwmon")) else {
         return Vec::new();
     };
@@ -303,9 +376,7 @@ pub fn read_hwmon(sys_root: &Path) -> Vec<Temperature> {
                 // Older drivers keep `name` and the sensors in `device`.
                 let name = ["name", "device/name"]
                     .iter()
-                    .find_map(|f| std::fs::read_to_string(path.join(f)).ok())
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty())
+                    .find_map(|f| read_trimmed(files, &path.join(f)))
                     .unwrap_or_else(|| dir.clone());
                 (name, path)
             })
@@ -329,10 +400,10 @@ pub fn read_hwmon(sys_root: &Path) -> Vec<Temperature> {
         } else {
             path.join("device")
         };
-        let Ok(files) = std::fs::read_dir(&sensor_dir) else {
+        let Ok(entries) = std::fs::read_dir(&sensor_dir) else {
             continue;
         };
-        let mut inputs: Vec<(u32, String)> = files
+        let mut inputs: Vec<(u32, String)> = entries
             .filter_map(|f| {
                 let file = f.ok()?.file_name().to_string_lossy().into_owned();
                 let n = file.strip_prefix("temp")?.strip_suffix("_input")?;
@@ -342,13 +413,11 @@ pub fn read_hwmon(sys_root: &Path) -> Vec<Temperature> {
         inputs.sort();
         let mut sensors_seen = HashSet::new();
         for (_, base) in inputs {
-            let Some(celsius) = millidegrees(&sensor_dir.join(format!("{base}_input"))) else {
+            let Some(celsius) = millidegrees(files, &sensor_dir.join(format!("{base}_input")))
+            else {
                 continue;
             };
-            let label = std::fs::read_to_string(sensor_dir.join(format!("{base}_label")))
-                .map(|l| l.trim().to_string())
-                .ok()
-                .filter(|l| !l.is_empty());
+            let label = read_trimmed(files, &sensor_dir.join(format!("{base}_label")));
             // Two sensors with one label would be one series: the second keeps
             // its file name.
             let sensor = match label {
@@ -358,7 +427,7 @@ pub fn read_hwmon(sys_root: &Path) -> Vec<Temperature> {
             let limits = TEMPERATURE_LIMITS
                 .iter()
                 .filter_map(|(suffix, kind)| {
-                    let v = millidegrees(&sensor_dir.join(format!("{base}_{suffix}")))?;
+                    let v = millidegrees(files, &sensor_dir.join(format!("{base}_{suffix}")))?;
                     Some((*kind, v))
                 })
                 .collect();
@@ -384,13 +453,14 @@ pub struct EdacCounts {
     pub uncorrected: Option<u64>,
 }
 
-/// Reads the memory controllers under `<sys>/devices/system/edac/mc`.
-pub fn read_edac(sys_root: &Path) -> Vec<EdacCounts> {
+/// Reads the memory controllers under `<sys>/devices/system/edac/mc`; `files`
+/// keeps the count files open between calls.
+pub fn read_edac(sys_root: &Path, files: &mut ProcFiles) -> Vec<EdacCounts> {
     let Ok(entries) = std::fs::read_dir(sys_root.join("devices/system/edac/mc")) else {
         return Vec::new();
     };
-    let count =
-        |path: PathBuf| -> Option<u64> { parse_number(&std::fs::read_to_string(path).ok()?).ok() };
+    let mut count =
+        |path: PathBuf| -> Option<u64> { parse_number(files.get(&path).read_ok()?).ok() };
     let mut out: Vec<EdacCounts> = entries
         .filter_map(|e| {
             let e = e.ok()?;
@@ -457,10 +527,102 @@ impl ClockReading {
     }
 }
 
+/// `ppm` with a 16-bit binary fraction, as `timex.freq`, `ppsfreq` and
+/// `stabil` count: this many units make a ratio of 1.
+const PPM16: f64 = 1e6 * 65536.0;
+
+/// What `adjtimex(2)` returned and the fields of its `timex`, widened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timex {
+    /// The call's return: the clock state (`TIME_OK`, ..., `TIME_ERROR`).
+    pub returned: i32,
+    /// `status`: `STA_*` bits.
+    pub status: i32,
+    /// `offset`: µs, or ns with `STA_NANO`.
+    pub offset: i64,
+    /// `freq`: frequency offset, ppm with a 16-bit fraction.
+    pub freq: i64,
+    /// `maxerror`: µs.
+    pub maxerror: i64,
+    /// `esterror`: µs.
+    pub esterror: i64,
+    /// `constant`: PLL time constant.
+    pub constant: i64,
+    /// `tick`: µs between clock ticks.
+    pub tick: i64,
+    /// `ppsfreq`: PPS frequency, ppm with a 16-bit fraction.
+    pub ppsfreq: i64,
+    /// `jitter`: PPS jitter, µs or ns with `STA_NANO`.
+    pub jitter: i64,
+    /// `shift`: PPS interval duration, log2 seconds.
+    pub shift: i32,
+    /// `stabil`: PPS stability, ppm with a 16-bit fraction.
+    pub stabil: i64,
+    /// `jitcnt`: PPS jitter limit exceeded.
+    pub jitcnt: i64,
+    /// `calcnt`: PPS calibration intervals.
+    pub calcnt: i64,
+    /// `errcnt`: PPS calibration errors.
+    pub errcnt: i64,
+    /// `stbcnt`: PPS stability limit exceeded.
+    pub stbcnt: i64,
+    /// `tai`: TAI offset, seconds.
+    pub tai: i32,
+}
+
+impl Timex {
+    /// The clock discipline the existing `system.clock.*` series report.
+    pub fn clock(&self) -> ClockReading {
+        ClockReading::from_timex(self.returned, self.status, self.offset, self.maxerror)
+    }
+
+    /// Every figure node_exporter's timex collector reports, by its name
+    /// without the `node_timex_` prefix, in its units (seconds, hertz, ratios).
+    pub fn fields(&self) -> [(&'static str, f64); 17] {
+        let sub_second = if self.status & STA_NANO != 0 {
+            1e9
+        } else {
+            1e6
+        };
+        let synchronized = if self.returned == TIME_ERROR {
+            0.0
+        } else {
+            1.0
+        };
+        [
+            ("offset_seconds", self.offset as f64 / sub_second),
+            ("frequency_adjustment_ratio", 1.0 + self.freq as f64 / PPM16),
+            ("maxerror_seconds", self.maxerror as f64 / 1e6),
+            ("estimated_error_seconds", self.esterror as f64 / 1e6),
+            ("status", f64::from(self.status)),
+            ("loop_time_constant", self.constant as f64),
+            ("tick_seconds", self.tick as f64 / 1e6),
+            ("pps_frequency_hertz", self.ppsfreq as f64 / PPM16),
+            ("pps_jitter_seconds", self.jitter as f64 / sub_second),
+            ("pps_shift_seconds", f64::from(self.shift)),
+            ("pps_stability_hertz", self.stabil as f64 / PPM16),
+            ("pps_jitter_total", self.jitcnt as f64),
+            ("pps_calibration_total", self.calcnt as f64),
+            ("pps_error_total", self.errcnt as f64),
+            ("pps_stability_exceeded_total", self.stbcnt as f64),
+            ("tai_offset_seconds", f64::from(self.tai)),
+            ("sync_status", synchronized),
+        ]
+    }
+
+    /// Adds the clock series and every timex figure on `id`.
+    pub fn record(&self, out: &mut Collection, id: &str, ts: i64) {
+        self.clock().record(out, id, ts);
+        for (field, v) in self.fields() {
+            out.sample(id, "system.linux.timex", &[("field", field)], ts, v);
+        }
+    }
+}
+
 /// Asks the kernel for its clock discipline: `adjtimex(2)` with no mode bits
 /// set, a read that changes nothing.
 #[allow(unsafe_code)]
-pub fn read_clock() -> std::io::Result<ClockReading> {
+pub fn read_timex() -> std::io::Result<Timex> {
     // SAFETY: `timex` holds only integers (and a `timeval` of integers), for
     // which all zeroes is a valid value; with `modes` 0 the call only reads.
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
@@ -471,12 +633,81 @@ pub fn read_clock() -> std::io::Result<ClockReading> {
         return Err(std::io::Error::last_os_error());
     }
     // `c_long`: 64 bits here, 32 on 32-bit targets; widening never loses.
-    Ok(ClockReading::from_timex(
+    Ok(Timex {
         returned,
-        t.status,
-        t.offset as i64,
-        t.maxerror as i64,
-    ))
+        status: t.status,
+        offset: t.offset as i64,
+        freq: t.freq as i64,
+        maxerror: t.maxerror as i64,
+        esterror: t.esterror as i64,
+        constant: t.constant as i64,
+        tick: t.tick as i64,
+        ppsfreq: t.ppsfreq as i64,
+        jitter: t.jitter as i64,
+        shift: t.shift,
+        stabil: t.stabil as i64,
+        jitcnt: t.jitcnt as i64,
+        calcnt: t.calcnt as i64,
+        errcnt: t.errcnt as i64,
+        stbcnt: t.stbcnt as i64,
+        tai: t.tai,
+    })
+}
+
+/// The files the kernel collector reads on every run.
+struct KernelFiles {
+    /// `<proc>/sys/net/netfilter/nf_conntrack_count`.
+    conntrack_count: ProcFile,
+    /// `<proc>/sys/net/netfilter/nf_conntrack_max`.
+    conntrack_max: ProcFile,
+    /// `<proc>/net/stat/nf_conntrack`.
+    conntrack_stats: ProcFile,
+    /// `<proc>/sys/fs/file-nr`.
+    file_nr: ProcFile,
+    /// `<proc>/net/sockstat` (host's namespace when it can be).
+    sockstat: ProcFile,
+    /// `<proc>/net/sockstat6`.
+    sockstat6: ProcFile,
+    /// `<proc>/net/arp`.
+    arp: ProcFile,
+    /// `<proc>/sys/kernel/random/entropy_avail`.
+    entropy_avail: ProcFile,
+    /// `<proc>/sys/kernel/random/poolsize`.
+    entropy_pool: ProcFile,
+    /// `<proc>/mdstat`.
+    mdstat: ProcFile,
+    /// `<proc>/net/netstat`, read only when the network collector does not run.
+    netstat: Option<ProcFile>,
+    /// `<proc>/vmstat`, read only when the pressure collector does not run.
+    vmstat: Option<ProcFile>,
+    /// `<proc>/stat`, read only when the host collector does not run.
+    stat: Option<ProcFile>,
+    /// Sensor, memory controller and bond files, by path.
+    others: ProcFiles,
+}
+
+impl KernelFiles {
+    /// The files under procfs root `proc`, opened on their first read.
+    fn new(proc: &Path) -> Self {
+        let file = |rel: &str| ProcFile::new(proc.join(rel));
+        let net = |name: &str| ProcFile::net(proc, name);
+        Self {
+            conntrack_count: file("sys/net/netfilter/nf_conntrack_count"),
+            conntrack_max: file("sys/net/netfilter/nf_conntrack_max"),
+            conntrack_stats: net("stat/nf_conntrack"),
+            file_nr: file("sys/fs/file-nr"),
+            sockstat: net("sockstat"),
+            sockstat6: net("sockstat6"),
+            arp: net("arp"),
+            entropy_avail: file("sys/kernel/random/entropy_avail"),
+            entropy_pool: file("sys/kernel/random/poolsize"),
+            mdstat: file("mdstat"),
+            netstat: Some(net("netstat")),
+            vmstat: Some(file("vmstat")),
+            stat: Some(file("stat")),
+            others: ProcFiles::default(),
+        }
+    }
 }
 
 /// The kernel collector.
@@ -484,6 +715,7 @@ pub struct KernelCollector {
     host_id: String,
     proc_root: PathBuf,
     sys_root: PathBuf,
+    files: KernelFiles,
     /// Whether to read the clock: `adjtimex(2)` is no file under the roots, so
     /// only an agent reading its own `/proc` reports it (not one pointed at
     /// fixtures or another tree).
@@ -498,6 +730,7 @@ impl KernelCollector {
     pub fn new(host_id: String, proc_root: PathBuf, sys_root: PathBuf) -> Self {
         Self {
             read_clock: proc_root == Path::new("/proc"),
+            files: KernelFiles::new(&proc_root),
             host_id,
             proc_root,
             sys_root,
@@ -505,38 +738,68 @@ impl KernelCollector {
         }
     }
 
-    /// A network file of the host's namespace when it can be read, else of ours;
-    /// `None` when neither is there.
-    fn net_file(&self, name: &str) -> Result<Option<(PathBuf, String)>, CollectError> {
-        let host = self.proc_root.join("1/net").join(name);
-        if let Ok(text) = std::fs::read_to_string(&host) {
-            return Ok(Some((host, text)));
+    /// Whether to read `/proc/stat` for the boot time: not when the host
+    /// collector runs, which reports it from its own reading.
+    pub fn with_stat(mut self, read: bool) -> Self {
+        if !read {
+            self.files.stat = None;
         }
-        let own = self.proc_root.join("net").join(name);
-        Ok(read_optional(&own)?.map(|text| (own, text)))
+        self
     }
 
-    fn conntrack(&self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
-        let dir = self.proc_root.join("sys/net/netfilter");
+    /// Whether to read `/proc/vmstat` for the OOM kills: not when the pressure
+    /// collector runs, which reports them from its own reading.
+    pub fn with_vmstat(mut self, read: bool) -> Self {
+        if !read {
+            self.files.vmstat = None;
+        }
+        self
+    }
+
+    /// Whether to read `/proc/net/netstat` for the listen queue rates: not when
+    /// the network collector runs, which reports them from its own reading.
+    pub fn with_netstat(mut self, read: bool) -> Self {
+        if !read {
+            self.files.netstat = None;
+        }
+        self
+    }
+
+    /// Connection tracking entries, their limit and statistics.
+    fn conntrack(&mut self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
+        let f = &mut self.files;
         for (file, metric) in [
-            ("nf_conntrack_count", "system.network.conntrack.count"),
-            ("nf_conntrack_max", "system.network.conntrack.limit"),
+            (&mut f.conntrack_count, "system.network.conntrack.count"),
+            (&mut f.conntrack_max, "system.network.conntrack.limit"),
         ] {
-            let path = dir.join(file);
-            if let Some(text) = read_optional(&path)? {
-                let v = parse_number(&text).map_err(|r| parse_error(&path, r))?;
+            if let Some(text) = file.read_optional()? {
+                let v = parse_number(text).map_err(|r| file.parse_error(r))?;
                 out.sample(id, metric, &[], ts, v as f64);
+            }
+        }
+        let file = &mut f.conntrack_stats;
+        if let Some(text) = file.read_optional()? {
+            let stats = parse_conntrack_stats(text).map_err(|r| file.parse_error(r))?;
+            for (field, v) in stats {
+                let attrs = [("field", field)];
+                out.sample(id, "system.network.conntrack.stat", &attrs, ts, v as f64);
             }
         }
         Ok(())
     }
 
-    fn file_handles(&self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
-        let path = self.proc_root.join("sys/fs/file-nr");
-        let Some(text) = read_optional(&path)? else {
+    /// File handles allocated and their limit.
+    fn file_handles(
+        &mut self,
+        id: &str,
+        ts: i64,
+        out: &mut Collection,
+    ) -> Result<(), CollectError> {
+        let file = &mut self.files.file_nr;
+        let Some(text) = file.read_optional()? else {
             return Ok(());
         };
-        let f = parse_file_nr(&text).map_err(|r| parse_error(&path, r))?;
+        let f = parse_file_nr(text).map_err(|r| file.parse_error(r))?;
         out.sample(
             id,
             "system.linux.file_descriptors.allocated",
@@ -554,28 +817,35 @@ impl KernelCollector {
         Ok(())
     }
 
-    fn sockets(&self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
-        for name in ["sockstat", "sockstat6"] {
-            let Some((_, text)) = self.net_file(name)? else {
+    /// Sockets per protocol and state, their memory and fragment queues, and
+    /// the TIME-WAIT connections (the one collector that reads sockstat).
+    fn sockets(&mut self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
+        let f = &mut self.files;
+        for file in [&mut f.sockstat, &mut f.sockstat6] {
+            let Some(text) = file.read_optional()? else {
                 continue;
             };
-            let s = parse_sockstat(&text);
+            let s = parse_sockstat(text);
             if let Some(used) = s.used {
                 out.sample(id, "system.linux.sockets.used", &[], ts, used as f64);
             }
             for (protocol, state, v) in &s.counts {
-                out.sample(
-                    id,
-                    "system.linux.sockets.count",
-                    &[("protocol", protocol.as_str()), ("state", state.as_str())],
-                    ts,
-                    *v as f64,
-                );
+                let attrs = [("protocol", protocol.as_str()), ("state", state.as_str())];
+                out.sample(id, "system.linux.sockets.count", &attrs, ts, *v as f64);
+                if protocol == "tcp" && state == "tw" {
+                    let attrs = [("protocol", "tcp"), ("state", "time_wait")];
+                    out.sample(id, "system.network.connections", &attrs, ts, *v as f64);
+                }
+            }
+            for (protocol, field, v) in sockstat_extras(text) {
+                let attrs = [("protocol", protocol.as_str()), ("field", field)];
+                out.sample(id, "system.linux.sockstat", &attrs, ts, v as f64);
             }
         }
         Ok(())
     }
 
+    /// Listen queue overflow and drop rates, when this collector reads netstat.
     fn listen_queues(
         &mut self,
         now: Instant,
@@ -583,10 +853,13 @@ impl KernelCollector {
         ts: i64,
         out: &mut Collection,
     ) -> Result<(), CollectError> {
-        let Some((path, text)) = self.net_file("netstat")? else {
+        let Some(file) = &mut self.files.netstat else {
             return Ok(());
         };
-        let counters = parse_listen_counters(&text).map_err(|r| parse_error(&path, r))?;
+        let Some(text) = file.read_optional()? else {
+            return Ok(());
+        };
+        let counters = parse_listen_counters(text).map_err(|r| file.parse_error(r))?;
         if let Some((at, prev)) = self.previous_listen {
             let secs = now.duration_since(at).as_secs_f64();
             let rate = |a: u64, b: u64| a.checked_sub(b).map(|d| d as f64 / secs);
@@ -611,28 +884,61 @@ impl KernelCollector {
         Ok(())
     }
 
+    /// OOM kills and the boot time, when this collector reads vmstat and stat.
     fn oom_kills_and_boot_time(
-        &self,
+        &mut self,
         id: &str,
         ts: i64,
         out: &mut Collection,
     ) -> Result<(), CollectError> {
         // Kernels before 4.13 have no oom_kill counter: no series.
-        if let Some(text) = read_optional(&self.proc_root.join("vmstat"))?
-            && let Some(kills) = super::pressure::parse_vmstat(&text).get("oom_kill")
+        if let Some(file) = &mut self.files.vmstat
+            && let Some(text) = file.read_optional()?
+            && let Some((_, kills)) =
+                super::pressure::vmstat_fields(text).find(|(k, _)| *k == "oom_kill")
         {
-            out.sample(id, "system.linux.oom_kills", &[], ts, *kills as f64);
+            out.sample(id, "system.linux.oom_kills", &[], ts, kills as f64);
         }
-        let path = self.proc_root.join("stat");
-        if let Some(text) = read_optional(&path)? {
-            let btime = parse_btime(&text).ok_or_else(|| parse_error(&path, "no btime line"))?;
+        if let Some(file) = &mut self.files.stat
+            && let Some(text) = file.read_optional()?
+        {
+            let btime = parse_btime(text).ok_or_else(|| file.parse_error("no btime line"))?;
             out.sample(id, "system.boot_time", &[], ts, btime as f64);
         }
         Ok(())
     }
 
-    fn hardware(&self, id: &str, ts: i64, out: &mut Collection) {
-        for t in read_hwmon(&self.sys_root) {
+    /// Entropy available and the pool's size, in bits.
+    fn entropy(&mut self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
+        let f = &mut self.files;
+        for (file, metric) in [
+            (&mut f.entropy_avail, "system.linux.entropy.available"),
+            (&mut f.entropy_pool, "system.linux.entropy.pool_size"),
+        ] {
+            if let Some(text) = file.read_optional()? {
+                let v = parse_number(text).map_err(|r| file.parse_error(r))?;
+                out.sample(id, metric, &[], ts, v as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Neighbour table entries per interface.
+    fn arp(&mut self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
+        let Some(text) = self.files.arp.read_optional()? else {
+            return Ok(());
+        };
+        for (device, n) in parse_arp(text) {
+            let attrs = [("device", device)];
+            out.sample(id, "system.network.arp.entries", &attrs, ts, n as f64);
+        }
+        Ok(())
+    }
+
+    /// Temperatures and memory errors.
+    fn hardware(&mut self, id: &str, ts: i64, out: &mut Collection) {
+        let files = &mut self.files.others;
+        for t in read_hwmon(&self.sys_root, files) {
             let attrs = [("chip", t.chip.as_str()), ("sensor", t.sensor.as_str())];
             out.sample(id, "system.hardware.temperature", &attrs, ts, t.celsius);
             for (kind, v) in &t.limits {
@@ -645,7 +951,7 @@ impl KernelCollector {
                 );
             }
         }
-        for mc in read_edac(&self.sys_root) {
+        for mc in read_edac(&self.sys_root, files) {
             for (kind, v) in [("corrected", mc.corrected), ("uncorrected", mc.uncorrected)] {
                 if let Some(v) = v {
                     out.sample(
@@ -660,11 +966,12 @@ impl KernelCollector {
         }
     }
 
-    fn md_arrays(&self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
-        let Some(text) = read_optional(&self.proc_root.join("mdstat"))? else {
+    /// Software RAID arrays.
+    fn md_arrays(&mut self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
+        let Some(text) = self.files.mdstat.read_optional()? else {
             return Ok(());
         };
-        for md in parse_mdstat(&text) {
+        for md in parse_mdstat(text) {
             let device = md.device.as_str();
             for (state, v) in [
                 ("active", md.active),
@@ -691,7 +998,8 @@ impl KernelCollector {
         Ok(())
     }
 
-    fn bonds(&self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
+    /// Bonds' slaves up and down.
+    fn bonds(&mut self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
         let host = self.proc_root.join("1/net/bonding");
         let dir = if host.is_dir() {
             host
@@ -707,10 +1015,10 @@ impl KernelCollector {
         }
         for (bond, path) in bonds {
             // A bond removed since the directory was listed is no error.
-            let Some(text) = read_optional(&path)? else {
+            let Some(text) = self.files.others.get(&path).read_optional()? else {
                 continue;
             };
-            let (up, down) = parse_bond(&text);
+            let (up, down) = parse_bond(text);
             for (state, v) in [("up", up), ("down", down)] {
                 out.sample(
                     id,
@@ -723,6 +1031,20 @@ impl KernelCollector {
         }
         Ok(())
     }
+
+    /// The clock's discipline and every timex figure, when this agent reads
+    /// its own kernel.
+    fn clock(&self, id: &str, ts: i64, out: &mut Collection) -> Result<(), CollectError> {
+        if !self.read_clock {
+            return Ok(());
+        }
+        let timex = read_timex().map_err(|source| CollectError::Read {
+            path: "adjtimex(2)".into(),
+            source,
+        })?;
+        timex.record(out, id, ts);
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -730,33 +1052,29 @@ impl Collector for KernelCollector {
     fn name(&self) -> &'static str {
         "kernel"
     }
+    fn is_local(&self) -> bool {
+        true
+    }
 
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
         let now = Instant::now();
         let ts = now_unix_ms();
         let id = self.host_id.clone();
         self.hardware(&id, ts, out);
-        let clock = if self.read_clock {
-            read_clock()
-                .map(|reading| reading.record(out, &id, ts))
-                .map_err(|source| CollectError::Read {
-                    path: "adjtimex(2)".into(),
-                    source,
-                })
-        } else {
-            Ok(())
-        };
         // Each section has its turn; the first failure is the run's error.
         let results = [
-            clock,
+            self.clock(&id, ts, out),
             self.conntrack(&id, ts, out),
             self.file_handles(&id, ts, out),
             self.sockets(&id, ts, out),
             self.listen_queues(now, &id, ts, out),
             self.oom_kills_and_boot_time(&id, ts, out),
+            self.entropy(&id, ts, out),
+            self.arp(&id, ts, out),
             self.md_arrays(&id, ts, out),
             self.bonds(&id, ts, out),
         ];
+        self.files.others.sweep();
         results.into_iter().collect()
     }
 }
@@ -798,6 +1116,24 @@ UDP6: inuse 3
 UDPLITE6: inuse 0
 RAW6: inuse 0
 FRAG6: inuse 0 memory 0
+";
+
+    /// `/proc/net/sockstat` of a VM (memory figures made non-zero).
+    const REAL_SOCKSTAT: &str = "\
+sockets: used 36
+TCP: inuse 17 orphan 0 tw 49 alloc 20 mem 3
+UDP: inuse 0 mem 1
+UDPLITE: inuse 0
+RAW: inuse 0
+FRAG: inuse 0 memory 0
+";
+
+    /// `/proc/net/arp` of a VM, with two entries added.
+    const REAL_ARP: &str = "\
+IP address       HW type     Flags       HW address            Mask     Device
+192.0.2.1        0x1         0x2         02:fc:00:00:00:05     *        eth0
+192.0.2.7        0x1         0x2         02:fc:00:00:00:07     *        eth0
+198.51.100.1     0x1         0x2         02:fc:00:00:01:01     *        eth1
 ";
 
     const NETSTAT: &str = "\
@@ -948,6 +1284,110 @@ Link Failure Count: 1
         );
     }
 
+    /// `/proc/net/stat/nf_conntrack` of a VM (two CPUs), some counts made
+    /// non-zero.
+    const REAL_CONNTRACK_STATS: &str = "\
+entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart
+00000000  00000000 00000010 00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000002 00000000 00000000  00000000 00000000 00000000 00000000
+00000000  00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000 0000000a 00000000 00000000  00000000 00000000 00000000 00000003
+";
+
+    #[test]
+    fn conntrack_stats_summed_over_cpus() {
+        let stats = parse_conntrack_stats(REAL_CONNTRACK_STATS).unwrap();
+        assert_eq!(
+            stats,
+            vec![
+                ("found", 17),
+                ("invalid", 1),
+                ("ignore", 0),
+                ("insert", 0),
+                ("insert_failed", 0),
+                ("drop", 12),
+                ("early_drop", 0),
+                ("search_restart", 3),
+            ]
+        );
+        let old =
+            parse_conntrack_stats("entries found drop\n00000001 00000002 00000003\n").unwrap();
+        assert_eq!(old, vec![("found", 2), ("drop", 3)]);
+        assert!(parse_conntrack_stats("").is_err());
+        assert!(parse_conntrack_stats("found\nxyz\n").is_err());
+    }
+
+    #[test]
+    fn timex_fields_in_node_exporters_units() {
+        // What adjtimex(2) gives on an unsynchronised VM.
+        let unsynced = Timex {
+            returned: TIME_ERROR,
+            status: STA_UNSYNC,
+            maxerror: 16_000_000,
+            esterror: 16_000_000,
+            constant: 2,
+            tick: 10_000,
+            ..Timex::default()
+        };
+        let f: BTreeMap<&str, f64> = unsynced.fields().into_iter().collect();
+        assert_eq!(f.len(), 17);
+        assert_eq!(f["sync_status"], 0.0);
+        assert_eq!(f["status"], 64.0);
+        assert_eq!(f["maxerror_seconds"], 16.0);
+        assert_eq!(f["estimated_error_seconds"], 16.0);
+        assert_eq!(f["tick_seconds"], 0.01);
+        assert_eq!(f["loop_time_constant"], 2.0);
+        assert_eq!(f["frequency_adjustment_ratio"], 1.0);
+        let synced = Timex {
+            returned: 0,
+            status: 0x2001,
+            offset: -250_000,
+            freq: -655_360,
+            ppsfreq: 65_536,
+            jitter: 1_000,
+            tai: 37,
+            ..Timex::default()
+        };
+        let f: BTreeMap<&str, f64> = synced.fields().into_iter().collect();
+        assert_eq!(f["sync_status"], 1.0);
+        assert_eq!(f["offset_seconds"], -0.00025);
+        assert!((f["frequency_adjustment_ratio"] - 0.99999).abs() < 1e-12);
+        assert_eq!(f["pps_frequency_hertz"], 1e-6);
+        assert_eq!(f["pps_jitter_seconds"], 1e-6);
+        assert_eq!(f["tai_offset_seconds"], 37.0);
+        assert_eq!(
+            synced.clock(),
+            ClockReading::from_timex(0, 0x2001, -250_000, 0)
+        );
+        let mut out = Collection::default();
+        synced.record(&mut out, "host/a", 1);
+        assert_eq!(out.samples.len(), 3 + 17);
+    }
+
+    #[test]
+    fn sockstat_extras_and_arp_of_real_files() {
+        let extras = sockstat_extras(REAL_SOCKSTAT);
+        let seen: Vec<(&str, &str, u64)> = extras
+            .iter()
+            .map(|(p, f, v)| (p.as_str(), *f, *v))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("tcp", "mem", 3),
+                ("udp", "mem", 1),
+                ("frag", "inuse", 0),
+                ("frag", "memory", 0),
+            ]
+        );
+        let six = sockstat_extras(SOCKSTAT6);
+        assert_eq!(six.len(), 2, "{six:?}");
+        let arp = parse_arp(REAL_ARP);
+        assert_eq!(
+            arp.into_iter().collect::<Vec<_>>(),
+            vec![("eth0", 2), ("eth1", 1)]
+        );
+        assert!(parse_arp("IP address HW type Flags HW address Mask Device\n").is_empty());
+    }
+
     fn write(root: &Path, rel: &str, text: &str) {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -977,7 +1417,8 @@ Link Failure Count: 1
     fn hwmon_tree_in_a_tempdir() {
         let dir = tempfile::tempdir().unwrap();
         hwmon_tree(dir.path());
-        let t = read_hwmon(dir.path());
+        let mut files = ProcFiles::default();
+        let t = read_hwmon(dir.path(), &mut files);
         let seen: Vec<(&str, &str, f64)> = t
             .iter()
             .map(|t| (t.chip.as_str(), t.sensor.as_str(), t.celsius))
@@ -995,7 +1436,12 @@ Link Failure Count: 1
         assert_eq!(t[0].limits, vec![("max", 80.0), ("crit", 100.0)]);
         assert!(t[1].limits.is_empty());
         assert_eq!(t[3].limits, vec![("crit", 84.85)]);
-        assert!(read_hwmon(&dir.path().join("missing")).is_empty());
+        // Read again through the kept handles: a new reading shows.
+        write(dir.path(), "class/hwmon/hwmon0/temp1_input", "46000\n");
+        let again = read_hwmon(dir.path(), &mut files);
+        assert_eq!(again[0].celsius, 46.0);
+        assert_eq!(again.len(), t.len());
+        assert!(read_hwmon(&dir.path().join("missing"), &mut files).is_empty());
     }
 
     fn edac_tree(sys: &Path) {
@@ -1010,7 +1456,7 @@ Link Failure Count: 1
     fn edac_tree_in_a_tempdir() {
         let dir = tempfile::tempdir().unwrap();
         edac_tree(dir.path());
-        let mc = read_edac(dir.path());
+        let mc = read_edac(dir.path(), &mut ProcFiles::default());
         assert_eq!(
             mc,
             vec![
@@ -1026,7 +1472,7 @@ Link Failure Count: 1
                 },
             ]
         );
-        assert!(read_edac(&dir.path().join("missing")).is_empty());
+        assert!(read_edac(&dir.path().join("missing"), &mut ProcFiles::default()).is_empty());
     }
 
     fn value(out: &Collection, metric: &str, attrs: &[(&str, &str)]) -> Option<f64> {
@@ -1048,6 +1494,7 @@ Link Failure Count: 1
         let (proc, sys) = (dir.path().join("proc"), dir.path().join("sys"));
         write(&proc, "sys/net/netfilter/nf_conntrack_count", "1200\n");
         write(&proc, "sys/net/netfilter/nf_conntrack_max", "262144\n");
+        write(&proc, "net/stat/nf_conntrack", REAL_CONNTRACK_STATS);
         write(&proc, "sys/fs/file-nr", "4128\t0\t1048576\n");
         write(&proc, "net/sockstat", SOCKSTAT);
         write(&proc, "net/sockstat6", SOCKSTAT6);
@@ -1056,9 +1503,12 @@ Link Failure Count: 1
         write(&proc, "stat", "cpu  1 2 3 4 5 6 7 8\nbtime 1764920000\n");
         write(&proc, "mdstat", MDSTAT);
         write(&proc, "net/bonding/bond0", BOND);
+        write(&proc, "net/arp", REAL_ARP);
+        write(&proc, "sys/kernel/random/entropy_avail", "256\n");
+        write(&proc, "sys/kernel/random/poolsize", "256\n");
         hwmon_tree(&sys);
         edac_tree(&sys);
-        let mut c = KernelCollector::new("host/a".into(), proc.clone(), sys);
+        let mut c = KernelCollector::new("host/a".into(), proc.clone(), sys.clone());
         let mut out = Collection::default();
         c.collect(&mut out).await.unwrap();
         assert!(out.samples.iter().all(|s| s.resource_id == "host/a"));
@@ -1066,6 +1516,8 @@ Link Failure Count: 1
         let v = |m: &str, a: &[(&str, &str)]| value(&out, m, a);
         assert_eq!(v("system.network.conntrack.count", &[]), Some(1200.0));
         assert_eq!(v("system.network.conntrack.limit", &[]), Some(262_144.0));
+        let drop = [("field", "drop")];
+        assert_eq!(v("system.network.conntrack.stat", &drop), Some(12.0));
         assert_eq!(
             v("system.linux.file_descriptors.allocated", &[]),
             Some(4128.0)
@@ -1098,6 +1550,16 @@ Link Failure Count: 1
         let up = [("bond", "bond0"), ("state", "up")];
         assert_eq!(v("system.network.bond.slaves", &up), Some(1.0));
         assert_eq!(v("system.network.tcp.listen_overflows.rate", &[]), None);
+        let tcp_mem = [("protocol", "tcp"), ("field", "mem")];
+        assert_eq!(v("system.linux.sockstat", &tcp_mem), Some(243.0));
+        let frag6 = [("protocol", "frag6"), ("field", "memory")];
+        assert_eq!(v("system.linux.sockstat", &frag6), Some(0.0));
+        let tw = [("protocol", "tcp"), ("state", "time_wait")];
+        assert_eq!(v("system.network.connections", &tw), Some(2.0));
+        assert_eq!(v("system.linux.entropy.available", &[]), Some(256.0));
+        assert_eq!(v("system.linux.entropy.pool_size", &[]), Some(256.0));
+        let eth0 = [("device", "eth0")];
+        assert_eq!(v("system.network.arp.entries", &eth0), Some(2.0));
 
         // The second run has rates.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -1111,6 +1573,24 @@ Link Failure Count: 1
         let overflows = value(&out, "system.network.tcp.listen_overflows.rate", &[]).unwrap();
         let drops = value(&out, "system.network.tcp.listen_drops.rate", &[]).unwrap();
         assert!(overflows > 0.0 && drops > overflows, "{overflows} {drops}");
+
+        // Where the host, pressure and network collectors run, this one leaves
+        // their files to them.
+        let mut c = KernelCollector::new("host/a".into(), proc.clone(), sys)
+            .with_stat(false)
+            .with_vmstat(false)
+            .with_netstat(false);
+        for _ in 0..2 {
+            let mut out = Collection::default();
+            c.collect(&mut out).await.unwrap();
+            for metric in [
+                "system.boot_time",
+                "system.linux.oom_kills",
+                "system.network.tcp.listen_drops.rate",
+            ] {
+                assert!(out.samples.iter().all(|s| s.metric != metric), "{metric}");
+            }
+        }
     }
 
     #[tokio::test]
@@ -1176,6 +1656,13 @@ Link Failure Count: 1
             parse_btime(&stat).map(|b| b as f64)
         );
         assert!(value(&out, "system.linux.sockets.used", &[]).is_some());
+        let timex = out
+            .samples
+            .iter()
+            .filter(|s| s.metric == "system.linux.timex");
+        assert_eq!(timex.count(), 17);
+        let tick = value(&out, "system.linux.timex", &[("field", "tick_seconds")]).unwrap();
+        assert!(tick > 0.0 && tick < 1.0, "{tick}");
         let synchronized = value(&out, "system.clock.synchronized", &[]).unwrap();
         assert!(synchronized == 0.0 || synchronized == 1.0, "{synchronized}");
         assert!(value(&out, "system.clock.max_error", &[]).unwrap() >= 0.0);

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod kubelet;
 pub mod network;
 pub mod pressure;
+pub mod proc_file;
 pub mod tcp;
 
 use std::borrow::Cow;
@@ -157,6 +158,12 @@ pub trait Collector: Send {
     fn may_block(&self) -> bool {
         false
     }
+    /// True when a run only reads the local kernel (procfs, sysfs, system
+    /// calls) and never waits on anything else: local collectors sharing an
+    /// interval run together, on one wake-up (see the scheduler).
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// A collector with its schedule.
@@ -220,6 +227,12 @@ pub fn build_collectors(
             c.filesystem_trend,
         )),
     );
+    // Files more than one collector has figures from are read by one of them
+    // when it runs (the kernel generates some at a cost: /proc/stat walks every
+    // interrupt): /proc/stat by host, /proc/vmstat by pressure, /proc/net/netstat
+    // by network, /proc/net/sockstat by kernel. The others read them only when
+    // that one is off.
+    let network_on = c.network.schedule().enabled;
     add(
         c.network.schedule(),
         Box::new(
@@ -230,23 +243,25 @@ pub fn build_collectors(
                 c.network.filter(),
                 interval(&c.network.schedule()),
             )
-            .with_listening_interval(std::time::Duration::from_millis(c.listening_interval_ms)),
+            .with_listening_interval(std::time::Duration::from_millis(c.listening_interval_ms))
+            .with_sockstat(!c.kernel.enabled),
         ),
     );
     add(
         c.pressure,
-        Box::new(pressure::PressureCollector::new(
-            id.clone(),
-            paths.proc.clone(),
-        )),
+        Box::new(
+            pressure::PressureCollector::new(id.clone(), paths.proc.clone())
+                .with_stat(!c.host.enabled),
+        ),
     );
     add(
         c.kernel,
-        Box::new(kernel::KernelCollector::new(
-            id.clone(),
-            paths.proc.clone(),
-            paths.sys.clone(),
-        )),
+        Box::new(
+            kernel::KernelCollector::new(id.clone(), paths.proc.clone(), paths.sys.clone())
+                .with_stat(!c.host.enabled)
+                .with_vmstat(!c.pressure.enabled)
+                .with_netstat(!network_on),
+        ),
     );
     if c.dns.schedule().enabled {
         // A DNS set-up problem (e.g. an unreadable resolv.conf) costs the DNS
@@ -288,4 +303,92 @@ pub fn build_collectors(
         Box::new(gpu::GpuCollector::new(id, interval(&c.gpu), None)),
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The collectors that read this machine's procfs and sysfs, as the agent
+    /// builds them with its defaults.
+    fn local_collectors() -> Vec<ScheduledCollector> {
+        let local = [
+            "host",
+            "disk",
+            "filesystem",
+            "network",
+            "pressure",
+            "kernel",
+        ];
+        let mut all = build_collectors(&AgentConfig::default(), "host/test").unwrap();
+        all.retain(|c| local.contains(&c.collector.name()));
+        assert_eq!(all.len(), local.len());
+        all
+    }
+
+    /// A series: resource, metric and attributes.
+    fn series(s: &Sample) -> String {
+        let attrs: Vec<String> = s
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!("{} {} {}", s.resource_id, s.metric, attrs.join(","))
+    }
+
+    /// Runs every local collector twice (rates need two readings) against this
+    /// machine and counts the series of the second run, per collector and for
+    /// the host and its parts (`cargo test ... series_on_this_machine --
+    /// --nocapture` prints them). Each series comes from one collector only:
+    /// files more than one could read are read by one.
+    #[tokio::test]
+    async fn series_on_this_machine() {
+        let ids = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+        if !ids.iter().any(|p| std::path::Path::new(p).exists()) {
+            eprintln!("skipped: the host collector needs a machine id");
+            return;
+        }
+        let mut collectors = local_collectors();
+        for c in &mut collectors {
+            let _ = c.collector.collect(&mut Collection::default()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut owner: BTreeMap<String, &'static str> = BTreeMap::new();
+        let mut per_collector = BTreeMap::new();
+        for c in &mut collectors {
+            let mut out = Collection::default();
+            let name = c.collector.name();
+            // A file this machine lacks fails its part only; the rest counts.
+            if let Err(e) = c.collector.collect(&mut out).await {
+                eprintln!("{name}: {e}");
+            }
+            per_collector.insert(name, out.samples.len());
+            for s in &out.samples {
+                if let Some(other) = owner.insert(series(s), name) {
+                    panic!("{} from {other} and {name}", series(s));
+                }
+            }
+        }
+        let parts = owner
+            .keys()
+            .filter(|k| {
+                k.split(' ')
+                    .next()
+                    .and_then(resource::host_of_part)
+                    .is_some()
+            })
+            .count();
+        let host = owner.len() - parts;
+        let metrics: BTreeSet<&str> = owner.keys().filter_map(|k| k.split(' ').nth(1)).collect();
+        eprintln!("samples per collector: {per_collector:?}");
+        eprintln!(
+            "series: {} ({host} on the host, {parts} on its parts), {} metric names",
+            owner.len(),
+            metrics.len()
+        );
+        assert!(host > 100, "{host}");
+    }
 }
