@@ -286,12 +286,11 @@ fn queue(
     Ok(())
 }
 
-/// Syncs the disk buffer after appends, at most once every `every`, until
-/// `shutdown` (see [`DiskBuffer::sync_periodic`]); the final sync comes after.
+/// Syncs the disk buffer `every` after appends, until `shutdown` (see
+/// [`DiskBuffer::sync_periodic`]); the final sync comes after.
 /// It sleeps while nothing is appended, so an idle agent has no timer here.
 async fn flush_buffer(buffer: Arc<DiskBuffer>, every: Duration, shutdown: CancellationToken) {
     let mut appended = buffer.subscribe();
-    let mut last_sync = tokio::time::Instant::now();
     let mut failing = false;
     loop {
         // A failed sync is retried after `every` without waiting for an append.
@@ -301,12 +300,13 @@ async fn flush_buffer(buffer: Arc<DiskBuffer>, every: Duration, shutdown: Cancel
                 changed = appended.changed() => if changed.is_err() { return },
             }
         }
-        // Appends within `every` of the last sync share the next one.
+        // The sync comes `every` after the append: by then an aggregator has
+        // usually received the batch, and it needs no `fdatasync`; appends in
+        // between share the sync.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(last_sync + every) => {}
+            _ = tokio::time::sleep(every) => {}
         }
-        last_sync = tokio::time::Instant::now();
         if !failing && !buffer.sync_due() {
             continue;
         }

@@ -9,6 +9,14 @@ use infrawatch_agent::config::{AgentConfig, ENV_PREFIX};
 use infrawatch_common::config::{ConfigSources, EX_USAGE, load};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of the system allocator: collectors and the batcher
+/// allocate many small strings each second, and glibc's malloc and free took
+/// about 14 % of the agent's CPU (BENCHMARKS.md, whole agent against
+/// node_exporter).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The infrawatch node agent.
 ///
 /// Configuration precedence, lowest first: built-in defaults, the TOML file

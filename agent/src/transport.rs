@@ -168,6 +168,8 @@ impl Transport {
                 _ = shutdown.cancelled() => return,
                 r = self.stream_once(endpoint, &mut progress, &shutdown, &finishing) => r,
             };
+            // What this stream's aggregator received is no longer held there.
+            self.pending.stream_ended();
             if shutdown.is_cancelled() {
                 return;
             }
@@ -363,6 +365,9 @@ impl Transport {
         }
         metrics::counter!("infrawatch_agent_export_acked_batches_total")
             .increment(outcome.durable.len() as u64);
+        if let Some(seq) = outcome.received.iter().map(|c| c.seq).max() {
+            self.pending.received(seq);
+        }
         if let Some(seq) = outcome.durable_up_to {
             self.pending.ack(seq);
         }

@@ -4,10 +4,12 @@
 //!
 //! The log is a directory of segment files (`<first seq>.wal`, 8 MiB by default)
 //! of [records](record) with a checksum each. Appends go to the newest segment and
-//! are made durable with `fdatasync` at least every `fsync_interval_ms` (250 ms by
-//! default, by [`DiskBuffer::sync`]); a segment whose batches are all acknowledged
-//! is deleted. The newest (active) segment stays until it reaches `segment_bytes`,
-//! except when the disk refuses a write while all of it is acknowledged: then a
+//! are made durable with `fdatasync` within `fsync_interval_ms` (250 ms by
+//! default, by [`DiskBuffer::sync_periodic`]) unless an aggregator already holds
+//! them (it acknowledged them as received on the current stream, or as durable);
+//! a segment whose batches are all acknowledged is deleted. The newest (active)
+//! segment stays until it reaches `segment_bytes`, except when the disk
+//! refuses a write while all of it is acknowledged: then a
 //! new segment takes its place, so a disk with less room than one segment does
 //! not stay full of acknowledged data. After a crash [`DiskBuffer::open`] reads the
 //! segments back, cuts a torn or corrupt tail, and the transport sends what was not
@@ -187,9 +189,13 @@ struct Inner {
     entries: VecDeque<Entry>,
     bytes: u64,
     memory: u64,
-    dirty: bool,
-    /// Highest seq appended since the last `fdatasync`.
-    dirty_through: u64,
+    /// Highest seq appended to the log.
+    appended_through: u64,
+    /// Highest seq known to be on disk (`fdatasync` done).
+    synced_through: u64,
+    /// Highest seq an aggregator said it received on the current stream (it
+    /// holds those batches until it makes them durable).
+    received: u64,
     acked: u64,
     acked_written: u64,
     /// When the acknowledged position was last written (None: not in this run).
@@ -324,10 +330,11 @@ impl Inner {
     /// Deletes the active segment when it holds no unacknowledged batch, so the
     /// next append starts a new one; false when it holds one or is empty.
     ///
-    /// True when a batch appended since the last `fdatasync` is not yet
+    /// True when a batch appended since the last `fdatasync` is held nowhere
+    /// else: neither received by an aggregator on the current stream nor
     /// durably acknowledged.
     fn needs_fdatasync(&self) -> bool {
-        self.dirty && self.dirty_through > self.acked
+        self.appended_through > self.synced_through.max(self.received).max(self.acked)
     }
 
     /// True when the acknowledged position should be written now.
@@ -355,7 +362,7 @@ impl Inner {
             return false;
         };
         self.active = None;
-        self.dirty = false;
+        self.synced_through = self.appended_through;
         self.bytes = self.bytes.saturating_sub(seg.bytes);
         if let Err(e) = std::fs::remove_file(&seg.path) {
             tracing::warn!(path = %seg.path.display(), error = %e, "Cannot delete a buffer segment.");
@@ -366,7 +373,7 @@ impl Inner {
     fn start_segment(&mut self, first_seq: u64) -> Result<(), BufferError> {
         if let Some(active) = self.active.take() {
             active.sync_data().map_err(io(&self.dir))?;
-            self.dirty = false;
+            self.synced_through = self.appended_through;
         }
         let path = segment_path(&self.dir, first_seq);
         let file = OpenOptions::new()
@@ -398,8 +405,9 @@ impl DiskBuffer {
             entries: VecDeque::new(),
             bytes: 0,
             memory: 0,
-            dirty: false,
-            dirty_through: 0,
+            appended_through: 0,
+            synced_through: 0,
+            received: 0,
             acked,
             acked_written: acked,
             acked_written_at: None,
@@ -541,8 +549,7 @@ impl DiskBuffer {
             seg.last_seq = header.seq;
         }
         inner.bytes += bytes.len() as u64;
-        inner.dirty = true;
-        inner.dirty_through = inner.dirty_through.max(header.seq);
+        inner.appended_through = inner.appended_through.max(header.seq);
         Ok(())
     }
 
@@ -554,9 +561,10 @@ impl DiskBuffer {
     }
 
     /// The periodic sync (every `fsync_interval_ms`): an `fdatasync` only when
-    /// some batch appended since the last one is not yet durably acknowledged
-    /// (what the aggregator has committed needs no local durability: losing it
-    /// in a crash loses nothing), and the acknowledged position written at most
+    /// some batch appended since the last one is held nowhere else, i.e. an
+    /// aggregator has neither received it on the current stream (see
+    /// [`received`](Self::received)) nor made it durable; and the acknowledged
+    /// position written at most
     /// every [`ACKED_WRITE_INTERVAL`] (a restart with an older position only
     /// sends some acknowledged batches again, and the aggregator drops replays
     /// by their seq). Blocking: run it off the async workers, after
@@ -573,25 +581,22 @@ impl DiskBuffer {
     }
 
     fn sync_as(&self, mode: SyncMode) -> Result<(), BufferError> {
-        let (file, acked, dir) = {
-            let mut inner = self.lock();
+        let (file, through, acked, dir) = {
+            let inner = self.lock();
             let needed = match mode {
-                SyncMode::Everything => inner.dirty,
+                SyncMode::Everything => inner.appended_through > inner.synced_through,
                 SyncMode::Periodic => inner.needs_fdatasync(),
             };
             let file = needed.then(|| inner.active.clone()).flatten();
-            // Acknowledged appends need no sync; the next unacknowledged one
-            // (or the final sync) flushes the file, them included.
-            inner.dirty = false;
             let acked = inner.acked_write_due(mode).then_some(inner.acked);
-            (file, acked, inner.dir.clone())
+            (file, inner.appended_through, acked, inner.dir.clone())
         };
         if let Some(f) = file {
             let started = Instant::now();
-            if let Err(e) = f.sync_data() {
-                // Still owed: the retry must find it.
-                self.lock().dirty = true;
-                return Err(io(&dir)(e));
+            f.sync_data().map_err(io(&dir))?;
+            {
+                let mut inner = self.lock();
+                inner.synced_through = inner.synced_through.max(through);
             }
             metrics::histogram!("infrawatch_agent_buffer_fsync_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -603,6 +608,26 @@ impl DiskBuffer {
             inner.acked_written_at = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Records that the aggregator of the current stream received every batch
+    /// up to `seq` (it holds them until it makes them durable): their
+    /// `fdatasync` is skipped. A crash of this host then loses nothing unless
+    /// that aggregator also fails before making them durable; the batches stay
+    /// here, in the page cache, until their durable acknowledgement.
+    pub fn received(&self, seq: u64) {
+        let mut inner = self.lock();
+        inner.received = inner.received.max(seq);
+    }
+
+    /// The stream ended: what its aggregator received may be lost with it, so
+    /// batches not durably acknowledged are synced again at the next sync.
+    pub fn stream_ended(&self) {
+        let mut inner = self.lock();
+        inner.received = 0;
+        if inner.appended_through > inner.acked {
+            inner.synced_through = inner.synced_through.min(inner.acked);
+        }
     }
 
     /// Removes every batch up to and including `seq`, deleting segments that hold

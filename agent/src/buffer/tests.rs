@@ -371,8 +371,8 @@ fn a_batch_carries_at_most_max_gaps_per_batch() {
     assert!(buf.pending_gaps().is_empty());
 }
 
-/// The periodic sync skips the `fdatasync` of batches already durably
-/// acknowledged and writes the acknowledged position at most every
+/// The periodic sync skips the `fdatasync` of batches an aggregator holds
+/// (durably acknowledged, or received on the current stream) and writes the acknowledged position at most every
 /// `ACKED_WRITE_INTERVAL`; the final sync writes whatever is left.
 #[test]
 fn periodic_sync_does_only_what_durability_needs() {
@@ -410,9 +410,23 @@ fn periodic_sync_does_only_what_durability_needs() {
         "the position waits for its interval"
     );
 
+    buf.push(batch(5, 5));
+    buf.received(5);
+    assert!(
+        !buf.sync_due(),
+        "an aggregator holds batch 5 until it makes it durable"
+    );
+    buf.stream_ended();
+    assert!(
+        buf.sync_due(),
+        "its stream ended: batch 5 is synced after all"
+    );
+    buf.sync_periodic().unwrap();
+    assert!(!buf.sync_due());
+
     buf.sync().unwrap();
     assert_eq!(read_acked(dir.path()), 3, "the final sync writes it");
     drop(buf);
     let buf = DiskBuffer::open(dir.path(), small()).unwrap();
-    assert_eq!(seqs(&buf), vec![4]);
+    assert_eq!(seqs(&buf), vec![4, 5]);
 }
