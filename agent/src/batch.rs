@@ -11,9 +11,14 @@
 
 use std::collections::HashMap;
 
+/// The builder's maps, looked up several times per sample: foldhash instead
+/// of the default SipHash (the keys are the agent's own strings, not an
+/// attacker's).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use infrawatch_common::resource::{
-    MAX_LABELS_PER_RESOURCE, sanitize_label_value, validate_label, validate_metric_name,
-    validate_resource_id,
+    MAX_LABELS_PER_RESOURCE, clean_label_value, sanitize_label_value, validate_label,
+    validate_metric_name, validate_resource_id,
 };
 use infrawatch_proto::v1::{Batch, Relation, ResourceObservation, SampleColumns, SeriesDef};
 
@@ -26,11 +31,14 @@ pub struct BatchBuilder {
     /// collector always refer to a resource the aggregator can create.
     base: Vec<ObservedResource>,
     resources: Vec<ResourceObservation>,
-    resource_index: HashMap<String, u32>,
+    resource_index: FastMap<String, u32>,
     strings: Vec<String>,
-    string_index: HashMap<String, u32>,
+    string_index: FastMap<String, u32>,
     series: Vec<SeriesDef>,
-    series_index: HashMap<(u32, u32, Vec<u32>), u32>,
+    /// Series by key: resource, metric, then attribute key and value strings.
+    series_index: FastMap<Vec<u32>, u32>,
+    /// Reused buffer for a sample's series key.
+    key: Vec<u32>,
     columns: SampleColumns,
     timestamps: Vec<i64>,
     /// Drop reasons already logged (each is logged once, counted always).
@@ -112,11 +120,7 @@ impl BatchBuilder {
             self.add_resource(r);
         }
         for s in collection.samples {
-            if refused.contains(&s.resource_id) {
-                continue;
-            }
-            if let Err(e) = validate_resource_id(&s.resource_id) {
-                self.dropped("resource_id", &e);
+            if !refused.is_empty() && refused.contains(&s.resource_id) {
                 continue;
             }
             if let Err(e) = validate_metric_name(&s.metric) {
@@ -127,45 +131,56 @@ impl BatchBuilder {
                 self.dropped("non_finite", &s.metric);
                 continue;
             }
-            let attributes: Vec<(&str, String)> = s
+            if let Some(e) = s
                 .attributes
                 .iter()
-                .map(|(k, v)| (k.as_ref(), sanitize_label_value(v)))
-                .collect();
-            if let Some(e) = attributes
-                .iter()
-                .find_map(|(k, v)| validate_label(k, v).err())
+                .find_map(|(k, v)| validate_label(k, &clean_label_value(v)).err())
             {
                 self.dropped("attribute", &e);
                 continue;
             }
-            let resource = match self.resource_index.get(&s.resource_id) {
+            // Every id in the index was checked when it went in.
+            let resource = match self.resource_index.get(s.resource_id.as_str()) {
                 Some(i) => *i,
-                None => self.add_resource(ObservedResource {
-                    id: s.resource_id.clone(),
-                    kind: "",
-                    labels: Default::default(),
-                    attributes: Default::default(),
-                    relations: Vec::new(),
-                    interval_ms: 0,
-                }),
+                None => {
+                    if let Err(e) = validate_resource_id(&s.resource_id) {
+                        self.dropped("resource_id", &e);
+                        continue;
+                    }
+                    self.add_resource(ObservedResource {
+                        id: s.resource_id,
+                        kind: "",
+                        labels: Default::default(),
+                        attributes: Default::default(),
+                        relations: Vec::new(),
+                        interval_ms: 0,
+                    })
+                }
             };
-            let metric = self.intern(&s.metric);
-            let mut attrs = Vec::with_capacity(attributes.len() * 2);
-            for (k, v) in &attributes {
-                attrs.push(self.intern(k));
-                attrs.push(self.intern(v));
+            // The series key (resource, metric, attribute strings) is built in
+            // a reused buffer; only a new series allocates one of its own.
+            let mut key = std::mem::take(&mut self.key);
+            key.clear();
+            key.push(resource);
+            key.push(self.intern(&s.metric));
+            for (k, v) in &s.attributes {
+                key.push(self.intern(k));
+                key.push(self.intern(&clean_label_value(v)));
             }
-            let next = self.series.len() as u32;
-            let key = (resource, metric, attrs);
-            let series = *self.series_index.entry(key.clone()).or_insert_with(|| next);
-            if series == next {
-                self.series.push(SeriesDef {
-                    resource,
-                    metric,
-                    attributes: key.2,
-                });
-            }
+            let series = match self.series_index.get(key.as_slice()) {
+                Some(i) => *i,
+                None => {
+                    let i = self.series.len() as u32;
+                    self.series.push(SeriesDef {
+                        resource,
+                        metric: key[1],
+                        attributes: key[2..].to_vec(),
+                    });
+                    self.series_index.insert(key.clone(), i);
+                    i
+                }
+            };
+            self.key = key;
             self.columns.series.push(series);
             self.timestamps.push(s.timestamp_ms);
             self.columns.values.push(s.value);

@@ -292,6 +292,15 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
 /// A label value made acceptable: control characters removed and cut to
 /// [`MAX_LABEL_VALUE_LEN`] bytes at a character boundary.
 pub fn sanitize_label_value(value: &str) -> String {
+    clean_label_value(value).into_owned()
+}
+
+/// [`sanitize_label_value`] without a copy when the value is already clean
+/// (the usual case, on hot paths).
+pub fn clean_label_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_LABEL_VALUE_LEN && !value.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(value);
+    }
     let mut out: String = value.chars().filter(|c| !c.is_control()).collect();
     if out.len() > MAX_LABEL_VALUE_LEN {
         let mut cut = MAX_LABEL_VALUE_LEN;
@@ -300,7 +309,7 @@ pub fn sanitize_label_value(value: &str) -> String {
         }
         out.truncate(cut);
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// Checks a metric name: 1 to 255 letters, digits, '.', '_' or '-'.
@@ -446,6 +455,10 @@ mod tests {
         let v = sanitize_label_value(&long);
         assert!(v.len() <= MAX_LABEL_VALUE_LEN && validate_label("k", &v).is_ok());
         assert_eq!(sanitize_label_value("a\tb\nc"), "abc");
+        assert!(
+            matches!(clean_label_value("eth0"), std::borrow::Cow::Borrowed("eth0")),
+            "a clean value is not copied"
+        );
         assert!(validate_metric_name("system.cpu.utilization").is_ok());
         assert!(validate_metric_name("bad name").is_err());
     }

@@ -201,7 +201,8 @@ pub struct FilesystemCollector {
     host_root: PathBuf,
     filter: NameFilter,
     interval_ms: u32,
-    /// statvfs calls still running after their timeout, by mount point.
+    /// statvfs calls in the blocking pool not yet collected, by mount point:
+    /// one waited for now, or one still running after its timeout.
     hung: HashMap<String, tokio::task::JoinHandle<Result<Usage, StatError>>>,
     /// Mount points seen mounted writable since the agent started.
     seen_writable: HashSet<String>,
@@ -282,25 +283,27 @@ impl FilesystemCollector {
     }
 
     async fn stat_in_pool(&mut self, mountpoint: &str, path: PathBuf) -> Result<Usage, StatError> {
-        let mut handle = match self.hung.remove(mountpoint) {
-            Some(h) if !h.is_finished() => {
-                self.hung.insert(mountpoint.to_string(), h);
+        use std::collections::hash_map::Entry;
+        // The call stays in `hung` while it is awaited, so a run dropped here
+        // (the scheduler drops a run past its deadline) leaves it recorded
+        // instead of starting another one on the same mount next time.
+        let handle = match self.hung.entry(mountpoint.to_string()) {
+            Entry::Occupied(e) if !e.get().is_finished() => {
                 return Err(StatError::Failed(
                     "an earlier statvfs is still hanging".into(),
                 ));
             }
-            Some(h) => h,
-            None => tokio::task::spawn_blocking(move || statvfs(&path)),
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(tokio::task::spawn_blocking(move || statvfs(&path))),
         };
-        match tokio::time::timeout(STAT_TIMEOUT, &mut handle).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StatError::Failed("statvfs task failed".into())),
-            Err(_) => {
-                self.hung.insert(mountpoint.to_string(), handle);
-                Err(StatError::Failed(format!(
-                    "statvfs did not answer within {STAT_TIMEOUT:?}"
-                )))
+        match tokio::time::timeout(STAT_TIMEOUT, handle).await {
+            Ok(joined) => {
+                self.hung.remove(mountpoint);
+                joined.unwrap_or_else(|_| Err(StatError::Failed("statvfs task failed".into())))
             }
+            Err(_) => Err(StatError::Failed(format!(
+                "statvfs did not answer within {STAT_TIMEOUT:?}"
+            ))),
         }
     }
 
@@ -327,6 +330,12 @@ impl FilesystemCollector {
 impl Collector for FilesystemCollector {
     fn name(&self) -> &'static str {
         "filesystem"
+    }
+    /// Local mounts are read inline; a network or FUSE mount's statvfs waits
+    /// at most `STAT_TIMEOUT`, once per hung mount, and a run dropped while it
+    /// waits leaves the call recorded: safe to run in a group.
+    fn is_local(&self) -> bool {
+        true
     }
 
     async fn collect(&mut self, out: &mut Collection) -> Result<(), CollectError> {
