@@ -456,7 +456,10 @@ mod tests {
         assert!(v.len() <= MAX_LABEL_VALUE_LEN && validate_label("k", &v).is_ok());
         assert_eq!(sanitize_label_value("a\tb\nc"), "abc");
         assert!(
-            matches!(clean_label_value("eth0"), std::borrow::Cow::Borrowed("eth0")),
+            matches!(
+                clean_label_value("eth0"),
+                std::borrow::Cow::Borrowed("eth0")
+            ),
             "a clean value is not copied"
         );
         assert!(validate_metric_name("system.cpu.utilization").is_ok());
