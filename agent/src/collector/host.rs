@@ -632,6 +632,7 @@ impl Collector for HostCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::test_support::value;
 
     const STAT: &str = "cpu  100 0 100 700 100 0 0 0 0 0\n\
                         cpu0 50 0 50 350 50 0 0 0 0 0\n\
@@ -782,20 +783,6 @@ DirectMap1G:    25165824 kB
             sys: dir.join("sys"),
             root: dir.to_path_buf(),
         }
-    }
-
-    fn value(c: &Collection, metric: &str, attrs: &[(&str, &str)]) -> Option<f64> {
-        c.samples
-            .iter()
-            .find(|s| {
-                s.metric == metric
-                    && s.attributes.len() == attrs.len()
-                    && s.attributes
-                        .iter()
-                        .zip(attrs)
-                        .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
-            })
-            .map(|s| s.value)
     }
 
     #[tokio::test]

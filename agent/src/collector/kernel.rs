@@ -1082,6 +1082,7 @@ impl Collector for KernelCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::test_support::{value, write};
 
     const MDSTAT: &str = "\
 Personalities : [raid1] [raid6] [raid5] [raid4] [raid0]
@@ -1388,12 +1389,6 @@ entries  clashres found new invalid ignore delete chainlength insert insert_fail
         assert!(parse_arp("IP address HW type Flags HW address Mask Device\n").is_empty());
     }
 
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
     /// A hwmon tree: two chips named alike, labels, limits, a sensor that reads
     /// EIO-like garbage, and a chip without a name file.
     fn hwmon_tree(sys: &Path) {
@@ -1473,19 +1468,6 @@ entries  clashres found new invalid ignore delete chainlength insert insert_fail
             ]
         );
         assert!(read_edac(&dir.path().join("missing"), &mut ProcFiles::default()).is_empty());
-    }
-
-    fn value(out: &Collection, metric: &str, attrs: &[(&str, &str)]) -> Option<f64> {
-        out.samples
-            .iter()
-            .find(|s| {
-                s.metric == metric
-                    && s.attributes.len() == attrs.len()
-                    && attrs
-                        .iter()
-                        .all(|(k, v)| s.attributes.iter().any(|(sk, sv)| sk == k && sv == v))
-            })
-            .map(|s| s.value)
     }
 
     #[tokio::test]

@@ -305,6 +305,37 @@ pub fn build_collectors(
     Ok(out)
 }
 
+/// Helpers for the collectors' tests: fake proc and sys trees, and reading a
+/// sample back.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::Path;
+
+    use super::Collection;
+
+    /// Writes `text` at `rel` under `root`, creating its directories.
+    pub(crate) fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// The value of the sample of `metric` whose attributes are exactly
+    /// `attrs`, in any order.
+    pub(crate) fn value(out: &Collection, metric: &str, attrs: &[(&str, &str)]) -> Option<f64> {
+        out.samples
+            .iter()
+            .find(|s| {
+                s.metric == metric
+                    && s.attributes.len() == attrs.len()
+                    && attrs
+                        .iter()
+                        .all(|(k, v)| s.attributes.iter().any(|(sk, sv)| sk == k && sv == v))
+            })
+            .map(|s| s.value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};

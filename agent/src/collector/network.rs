@@ -945,6 +945,7 @@ impl Collector for NetworkCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::test_support::{value, write};
 
     #[test]
     fn snmp_and_sockstat() {
@@ -1145,25 +1146,6 @@ UdpLite6InErrors                \t0
         assert_eq!((old[1].cpu, old[1].processed, old[0].dropped), (1, 11, 1));
         assert!(parse_softnet("zz 0 0\n").is_err());
         assert!(parse_softnet("00000001\n").is_err());
-    }
-
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    fn value(out: &Collection, metric: &str, attrs: &[(&str, &str)]) -> Option<f64> {
-        out.samples
-            .iter()
-            .find(|s| {
-                s.metric == metric
-                    && s.attributes.len() == attrs.len()
-                    && attrs
-                        .iter()
-                        .all(|(k, v)| s.attributes.iter().any(|(sk, sv)| sk == k && sv == v))
-            })
-            .map(|s| s.value)
     }
 
     #[tokio::test]

@@ -388,6 +388,7 @@ impl Collector for PressureCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::test_support::{value, write};
 
     /// Part of `/proc/vmstat` of a VM, around the fields node_exporter keeps.
     const REAL_VMSTAT: &str = "\
@@ -434,25 +435,6 @@ full avg10=0.00 avg60=0.21 avg300=0.20 total=6403418
         let p = parse_psi(REAL_PSI_IO).unwrap();
         assert_eq!(p["full"].total_us, 6_403_418);
         assert_eq!(p["some"].avg, [0.0, 0.003, 0.0027]);
-    }
-
-    fn write(root: &std::path::Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    fn value(out: &Collection, metric: &str, attrs: &[(&str, &str)]) -> Option<f64> {
-        out.samples
-            .iter()
-            .find(|s| {
-                s.metric == metric
-                    && s.attributes.len() == attrs.len()
-                    && attrs
-                        .iter()
-                        .all(|(k, v)| s.attributes.iter().any(|(sk, sv)| sk == k && sv == v))
-            })
-            .map(|s| s.value)
     }
 
     #[tokio::test]
