@@ -126,7 +126,7 @@ impl ProcFile {
     /// The file's text now; `None` when it is absent or cannot be read.
     pub fn read_ok(&mut self) -> Option<&str> {
         self.fill().ok()?;
-        std::str::from_utf8(self.buf.get(..self.len)?).ok()
+        self.text().ok()
     }
 
     /// The last text read, checked to be UTF-8.
@@ -246,23 +246,13 @@ mod tests {
     #[test]
     fn proc_uptime_read_again_through_one_handle_changes() {
         let mut f = ProcFile::new("/proc/uptime");
-        let first: f64 = f
-            .read()
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let uptime = |f: &mut ProcFile| -> f64 {
+            let text = f.read().unwrap();
+            text.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let first = uptime(&mut f);
         std::thread::sleep(std::time::Duration::from_millis(30));
-        let second: f64 = f
-            .read()
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let second = uptime(&mut f);
         assert!(second > first, "{first} then {second}");
         assert!(f.file.is_some(), "the handle is kept");
     }
