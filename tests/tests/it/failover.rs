@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use infrawatch_e2e::{Agent, Aggregator, Pki, eventually, machine_id};
 use sqlx::Connection;
 
-use super::buffer::{longest_silence, now, start_fleet, uptime_samples_of, wait_drained};
+use super::buffer::{
+    longest_silence, now, start_fleet, uptime_samples_of, wait_drained, wait_fleet_drained,
+};
 
 /// True when `agg` has an open stream from an agent.
 fn streaming_to(agg: &Aggregator) -> bool {
@@ -219,13 +221,10 @@ async fn ten_agents_through_a_two_minute_aggregator_stop() {
     agg.process.stop().unwrap();
     let at_stop = stored_cursors(dir.path()).await;
     assert_eq!(at_stop.len(), 10);
-    std::thread::sleep(Duration::from_secs(120));
+    let outage = Duration::from_secs(120);
+    std::thread::sleep(outage);
     let agg = agg.restart(dir.path()).unwrap();
-    let restarted = Instant::now();
-    for a in &agents {
-        wait_drained(a);
-    }
-    let recovery = restarted.elapsed();
+    let recovery = wait_fleet_drained(&agents, outage);
     // Give the last acknowledgements' batches time to be counted, then stop the
     // agents so the sequences stop moving.
     for mut a in agents {
