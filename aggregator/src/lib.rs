@@ -35,6 +35,7 @@
 
 pub mod auth;
 pub mod availability;
+pub mod c_heap;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -45,6 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    infrawatch_aggregator::c_heap::limit_arenas();
     let cli = Cli::parse();
     let config = match load_config(&cli) {
         Ok(c) => c,

@@ -37,8 +37,10 @@ pub struct Flusher {
 /// Rollup rows per flush transaction, about: a flush of many agents is cut into
 /// transactions of whole agents up to this size, so the database's work (and
 /// the CPU it takes from the streams on a small machine) comes in steps rather
-/// than in one burst, and no transaction grows without bound.
-const ROWS_PER_TRANSACTION: usize = 20_000;
+/// than in one burst, and no transaction grows without bound. The rows of one
+/// part are in memory twice while it is written (as rows, and as the
+/// statement's parameters), so this also bounds the flush's extra memory.
+const ROWS_PER_TRANSACTION: usize = 5_000;
 
 /// The first retry after a failed flush (later ones double, up to the interval).
 const FIRST_RETRY: Duration = Duration::from_millis(500);

@@ -208,8 +208,8 @@ impl Ledger {
             return (Begun::Replay, Vec::new());
         }
         let added = inner.series.apply_each(
-            series.iter().map(|s| &s.key),
-            SeriesKey::interned,
+            series.len(),
+            |i| &series[i].key,
             |i, state| {
                 for &(ts, v) in &series[i].points {
                     state.add(ts, v, horizon);
@@ -259,7 +259,7 @@ impl Ledger {
         for (key, state) in inner.series.iter_mut() {
             let open = state.take_open();
             if !open.is_empty() {
-                rollups.push((key.clone(), open));
+                rollups.push((key, open));
             }
         }
         let newest = units.last().map_or(inner.durable_seq, |u| u.seq);
@@ -303,7 +303,7 @@ impl Ledger {
     /// Trims raw samples older than `horizon` and forgets empty series.
     pub fn evict(&self, horizon: i64) -> usize {
         let mut inner = self.lock();
-        inner.series.retain(|_, s| {
+        inner.series.retain(|s| {
             s.trim(horizon);
             !s.is_empty()
         });
@@ -354,7 +354,7 @@ impl Ledger {
         inner
             .series
             .of_resource(resource_id)
-            .filter_map(|(k, s)| s.latest().map(|(t, v)| (k.clone(), t, v)))
+            .filter_map(|(k, s)| s.latest().map(|(t, v)| (k, t, v)))
             .collect()
     }
 

@@ -47,16 +47,6 @@ impl SeriesKey {
             attributes: names::intern(attributes),
         }
     }
-
-    /// The same key with its metric and attributes interned, for a key that is
-    /// kept (a decoded key holds copies of its batch's strings).
-    pub fn interned(&self) -> Self {
-        Self {
-            resource_id: self.resource_id.clone(),
-            metric: names::intern(&self.metric),
-            attributes: names::intern(&self.attributes),
-        }
-    }
 }
 
 /// Count, sum, min and max of a set of samples.

@@ -1,12 +1,48 @@
 //! Interned names: metric names and canonical attribute strings repeat across
 //! series and agents (every host has `system.cpu.utilization`, `cpu="0"`), so
-//! each is kept once and shared (`Arc<str>`). A name no series holds any more is
-//! forgotten by [`forget_unused`], which the flusher calls after every flush.
+//! each is kept once and shared (`Arc<str>`), and so is each pair of them that
+//! names a series within its resource ([`SeriesName`]): a held series points to
+//! its name with one pointer. A name no series holds any more is forgotten by
+//! [`forget_unused`], which the flusher calls after every flush.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, RwLock};
 
 static NAMES: LazyLock<RwLock<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
+
+static SERIES_NAMES: LazyLock<RwLock<HashSet<Arc<SeriesName>>>> = LazyLock::new(Default::default);
+
+/// A series' name within its resource: metric and canonical attributes, both
+/// interned. Ordered as in [`super::SeriesKey`] (metric, then attributes).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesName {
+    /// Metric name.
+    pub metric: Arc<str>,
+    /// Canonical attributes (`k="v",...`), "" for none.
+    pub attributes: Arc<str>,
+}
+
+/// The shared series name of `metric` and `attributes`.
+pub fn series_name(metric: &str, attributes: &str) -> Arc<SeriesName> {
+    let wanted = SeriesName {
+        metric: intern(metric),
+        attributes: intern(attributes),
+    };
+    if let Some(n) = SERIES_NAMES
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&wanted)
+    {
+        return n.clone();
+    }
+    let mut names = SERIES_NAMES.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.get(&wanted) {
+        return n.clone();
+    }
+    let n = Arc::new(wanted);
+    names.insert(n.clone());
+    n
+}
 
 /// The shared copy of `name`.
 pub fn intern(name: &str) -> Arc<str> {
@@ -31,8 +67,13 @@ pub fn get(name: &str) -> Option<Arc<str>> {
         .cloned()
 }
 
-/// Forgets names nothing else holds; returns how many are kept.
+/// Forgets names nothing else holds (series names first, which hold names);
+/// returns how many names are kept.
 pub fn forget_unused() -> usize {
+    SERIES_NAMES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|n| Arc::strong_count(n) > 1);
     let mut names = NAMES.write().unwrap_or_else(|p| p.into_inner());
     names.retain(|n| Arc::strong_count(n) > 1);
     names.len()
@@ -51,5 +92,20 @@ mod tests {
         forget_unused();
         let c = intern("test.names.metric");
         assert_eq!(Arc::strong_count(&c), 2, "held by the table and by c only");
+    }
+
+    #[test]
+    fn series_names_are_shared_and_hold_their_names() {
+        let a = series_name("test.names.series", "k=\"v\"");
+        let b = series_name("test.names.series", "k=\"v\"");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a.metric, &intern("test.names.series")));
+        drop(b);
+        forget_unused();
+        // Still held by `a`: the series name and its metric stay.
+        assert!(get("test.names.series").is_some());
+        drop(a);
+        forget_unused();
+        assert!(get("test.names.series").is_none());
     }
 }

@@ -1,109 +1,200 @@
-//! A source's series, sorted by key in one vector.
+//! A source's series, grouped by resource, each group sorted by series name.
 //!
-//! An agent has about a hundred series and adds new ones rarely (at its first
-//! batch, then now and then), while every batch looks each of its series up. A
-//! sorted vector answers a lookup with a binary search like a B-tree, and holds
-//! each entry once in one allocation: a `BTreeMap` of the same entries keeps
-//! half-full nodes, about 60 % more memory per agent. New series of a batch are
-//! added together (appended, then one sort of the nearly sorted vector), so a
-//! batch that brings thousands of them costs `O(n log n)`, not a move of the
-//! whole vector per series.
+//! An agent has about a hundred series on a few resources and adds new ones
+//! rarely (at its first batch, then now and then), while every batch looks
+//! each of its series up. Sorted vectors answer a lookup with a binary search
+//! like a B-tree and hold each entry once in one allocation (a `BTreeMap` keeps
+//! half-full nodes, about 60 % more memory per agent). The resource id is held
+//! once per resource, and a series holds only a pointer to its interned
+//! [`SeriesName`]: 8 bytes per series instead of a 48-byte [`SeriesKey`]. New
+//! series of a batch are added together (appended, then one sort of the nearly
+//! sorted vector), so a batch that brings thousands of them costs
+//! `O(n log n)`, not a move of the whole vector per series.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::SeriesKey;
+use super::names::{self, SeriesName};
 use super::series::SeriesState;
+
+/// The series of one resource, sorted by name, names unique.
+#[derive(Debug)]
+struct ResourceSeries {
+    id: Arc<str>,
+    series: Vec<(Arc<SeriesName>, SeriesState)>,
+}
+
+impl ResourceSeries {
+    fn position(&self, key: &SeriesKey) -> Result<usize, usize> {
+        self.series
+            .binary_search_by(|(name, _)| compare_name(name, key))
+    }
+
+    fn key_of(&self, name: &SeriesName) -> SeriesKey {
+        SeriesKey {
+            resource_id: self.id.clone(),
+            metric: name.metric.clone(),
+            attributes: name.attributes.clone(),
+        }
+    }
+}
+
+/// `name` against the name part of `key`, in [`SeriesKey`]'s order.
+fn compare_name(name: &SeriesName, key: &SeriesKey) -> Ordering {
+    (&*name.metric, &*name.attributes).cmp(&(&*key.metric, &*key.attributes))
+}
 
 /// Series of one source, by key.
 #[derive(Debug, Default)]
 pub struct SeriesMap {
-    /// Sorted by key, keys unique.
-    entries: Vec<(SeriesKey, SeriesState)>,
+    /// Sorted by resource id, ids unique, none without series.
+    resources: Vec<ResourceSeries>,
+    len: usize,
 }
 
 impl SeriesMap {
     /// Number of series.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// True when no series is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    fn position(&self, key: &SeriesKey) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(k, _)| k.cmp(key))
+    fn resource_position(&self, resource_id: &str) -> Result<usize, usize> {
+        self.resources
+            .binary_search_by(|r| (*r.id).cmp(resource_id))
     }
 
     /// The series of `key`.
     pub fn get(&self, key: &SeriesKey) -> Option<&SeriesState> {
-        self.position(key).ok().map(|i| &self.entries[i].1)
+        let r = &self.resources[self.resource_position(&key.resource_id).ok()?];
+        r.position(key).ok().map(|i| &r.series[i].1)
+    }
+
+    fn get_mut(&mut self, key: &SeriesKey) -> Option<&mut SeriesState> {
+        let at = self.resource_position(&key.resource_id).ok()?;
+        let r = &mut self.resources[at];
+        let i = r.position(key).ok()?;
+        Some(&mut r.series[i].1)
     }
 
     /// Every series with its key, in key order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&SeriesKey, &mut SeriesState)> {
-        self.entries.iter_mut().map(|(k, s)| (&*k, s))
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (SeriesKey, &mut SeriesState)> {
+        self.resources.iter_mut().flat_map(|r| {
+            let id = &r.id;
+            r.series.iter_mut().map(move |(name, state)| {
+                let key = SeriesKey {
+                    resource_id: id.clone(),
+                    metric: name.metric.clone(),
+                    attributes: name.attributes.clone(),
+                };
+                (key, state)
+            })
+        })
     }
 
     /// Every series.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut SeriesState> {
-        self.entries.iter_mut().map(|(_, s)| s)
+        self.resources
+            .iter_mut()
+            .flat_map(|r| r.series.iter_mut().map(|(_, s)| s))
     }
 
     /// Keeps the series for which `keep` is true.
-    pub fn retain(&mut self, mut keep: impl FnMut(&SeriesKey, &mut SeriesState) -> bool) {
-        self.entries.retain_mut(|(k, s)| keep(k, s));
-        if self.entries.capacity() > 2 * self.entries.len() + 16 {
-            self.entries.shrink_to_fit();
+    pub fn retain(&mut self, mut keep: impl FnMut(&mut SeriesState) -> bool) {
+        for r in &mut self.resources {
+            r.series.retain_mut(|(_, s)| keep(s));
+            if r.series.capacity() > 2 * r.series.len() + 16 {
+                r.series.shrink_to_fit();
+            }
         }
+        self.resources.retain(|r| !r.series.is_empty());
+        self.len = self.resources.iter().map(|r| r.series.len()).sum();
     }
 
     /// The series of `resource_id`, in key order.
     pub fn of_resource<'a>(
         &'a self,
-        resource_id: &'a str,
-    ) -> impl Iterator<Item = (&'a SeriesKey, &'a SeriesState)> {
-        let start = self
-            .entries
-            .partition_point(|(k, _)| &*k.resource_id < resource_id);
-        self.entries[start..]
-            .iter()
-            .take_while(move |(k, _)| &*k.resource_id == resource_id)
-            .map(|(k, s)| (k, s))
+        resource_id: &str,
+    ) -> impl Iterator<Item = (SeriesKey, &'a SeriesState)> {
+        let r = self
+            .resource_position(resource_id)
+            .ok()
+            .map(|at| &self.resources[at]);
+        r.into_iter()
+            .flat_map(|r| r.series.iter().map(move |(name, s)| (r.key_of(name), s)))
     }
 
-    /// Applies `apply` to the series of each key in `keys`, in that order,
-    /// adding the keys not held yet (as `new_key` makes them); returns the
-    /// indexes in `keys` of the series that were added.
+    /// Applies `apply` to the series of each of the `count` keys `key_at(0..)`,
+    /// in that order for any one key, adding the keys not held yet; returns the
+    /// indexes of the series that were added (the first of each key).
     pub fn apply_each<'k>(
         &mut self,
-        keys: impl Iterator<Item = &'k SeriesKey>,
-        new_key: impl Fn(&SeriesKey) -> SeriesKey,
+        count: usize,
+        key_at: impl Fn(usize) -> &'k SeriesKey,
         mut apply: impl FnMut(usize, &mut SeriesState),
     ) -> Vec<usize> {
-        let held = self.entries.len();
-        let mut added: HashMap<SeriesKey, usize> = HashMap::new();
-        let mut added_at = Vec::new();
-        for (i, key) in keys.enumerate() {
-            let at = match self.entries[..held].binary_search_by(|(k, _)| k.cmp(key)) {
-                Ok(at) => at,
-                Err(_) => match added.get(key) {
-                    Some(&at) => at,
-                    None => {
-                        let at = self.entries.len();
-                        self.entries.push((new_key(key), SeriesState::default()));
-                        added.insert(key.clone(), at);
-                        added_at.push(i);
-                        at
-                    }
-                },
-            };
-            apply(i, &mut self.entries[at].1);
+        let mut missing = Vec::new();
+        for i in 0..count {
+            match self.get_mut(key_at(i)) {
+                Some(state) => apply(i, state),
+                None => missing.push(i),
+            }
         }
-        if !added.is_empty() {
-            // Stable and run-aware: the held part is one sorted run.
-            self.entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        if missing.is_empty() {
+            return Vec::new();
+        }
+        let mut added_at = Vec::new();
+        let mut added: HashSet<&SeriesKey> = HashSet::new();
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        for &i in &missing {
+            let key = key_at(i);
+            if !added.insert(key) {
+                continue;
+            }
+            added_at.push(i);
+            let at = match self.resource_position(&key.resource_id) {
+                Ok(at) => at,
+                Err(at) => {
+                    self.resources.insert(
+                        at,
+                        ResourceSeries {
+                            id: key.resource_id.clone(),
+                            series: Vec::new(),
+                        },
+                    );
+                    at
+                }
+            };
+            let r = &mut self.resources[at];
+            r.series.push((
+                names::series_name(&key.metric, &key.attributes),
+                SeriesState::default(),
+            ));
+            if touched.last() != Some(&r.id) {
+                touched.push(r.id.clone());
+            }
+        }
+        self.len += added_at.len();
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            if let Ok(at) = self.resource_position(&id) {
+                let series = &mut self.resources[at].series;
+                // Stable and run-aware: the held part is one sorted run.
+                series.sort_by(|(a, _), (b, _)| a.cmp(b));
+                series.shrink_to_fit();
+            }
+        }
+        for i in missing {
+            if let Some(state) = self.get_mut(key_at(i)) {
+                apply(i, state);
+            }
         }
         added_at
     }
@@ -121,23 +212,24 @@ mod tests {
         map.get(k).map_or(0, |s| s.stats_since(i64::MIN).count)
     }
 
+    fn apply_all(map: &mut SeriesMap, keys: &[SeriesKey], ts: i64) -> Vec<usize> {
+        map.apply_each(keys.len(), |i| &keys[i], |_, s| s.add(ts, 1.0, 0))
+    }
+
     #[test]
     fn new_series_are_added_once_and_kept_sorted() {
         let mut map = SeriesMap::default();
         let batch = [key("b", "m"), key("a", "m"), key("b", "m"), key("a", "n")];
-        let added = map.apply_each(batch.iter(), SeriesKey::clone, |_, s| s.add(1, 1.0, 0));
+        let added = apply_all(&mut map, &batch, 1);
         assert_eq!(added, vec![0, 1, 3], "the repeated key is added once");
         assert_eq!(map.len(), 3);
         assert_eq!(count(&map, &key("b", "m")), 2);
-        let order: Vec<_> = map.iter_mut().map(|(k, _)| k.clone()).collect();
+        let order: Vec<_> = map.iter_mut().map(|(k, _)| k).collect();
         assert_eq!(order, vec![key("a", "m"), key("a", "n"), key("b", "m")]);
 
-        let added = map.apply_each(
-            [key("a", "n"), key("a", "a")].iter(),
-            SeriesKey::clone,
-            |_, s| s.add(2, 1.0, 0),
-        );
+        let added = apply_all(&mut map, &[key("a", "n"), key("a", "a")], 2);
         assert_eq!(added, vec![1]);
+        assert_eq!(map.len(), 4);
         assert_eq!(count(&map, &key("a", "n")), 2);
         let of_a: Vec<_> = map
             .of_resource("a")
@@ -148,13 +240,71 @@ mod tests {
     }
 
     #[test]
+    fn a_new_series_seen_twice_in_a_batch_gets_both_samples_in_order() {
+        let mut map = SeriesMap::default();
+        let k = key("r", "m");
+        let keys = [k.clone(), key("r", "a"), k.clone()];
+        let mut order = Vec::new();
+        map.apply_each(
+            keys.len(),
+            |i| &keys[i],
+            |i, s| {
+                order.push(i);
+                s.add(i as i64 + 1, 1.0, 0);
+            },
+        );
+        assert_eq!(count(&map, &k), 2);
+        let (first, second) = (
+            order.iter().position(|&i| i == 0),
+            order.iter().position(|&i| i == 2),
+        );
+        assert!(first < second, "{order:?}");
+    }
+
+    #[test]
+    fn series_of_every_resource_share_one_name() {
+        let mut map = SeriesMap::default();
+        apply_all(
+            &mut map,
+            &[
+                key("host/1", "shared.metric"),
+                key("host/2", "shared.metric"),
+            ],
+            1,
+        );
+        let names: Vec<_> = map
+            .resources
+            .iter()
+            .map(|r| r.series[0].0.clone())
+            .collect();
+        assert!(Arc::ptr_eq(&names[0], &names[1]));
+    }
+
+    #[test]
     fn retain_forgets_series_and_lookups_still_work() {
         let mut map = SeriesMap::default();
-        let keys: Vec<_> = (0..100).map(|i| key("r", &format!("m{i:03}"))).collect();
-        map.apply_each(keys.iter().rev(), SeriesKey::clone, |_, s| s.add(1, 1.0, 0));
-        map.retain(|k, _| k.metric.ends_with('0'));
+        let keys: Vec<_> = (0..100)
+            .map(|i| key(if i % 2 == 0 { "r" } else { "s" }, &format!("m{i:03}")))
+            .rev()
+            .collect();
+        apply_all(&mut map, &keys, 1);
+        assert_eq!(map.len(), 100);
+        let mut n = 0;
+        map.retain(|_| {
+            n += 1;
+            n % 10 == 0
+        });
         assert_eq!(map.len(), 10);
-        assert_eq!(count(&map, &key("r", "m050")), 1);
-        assert!(map.get(&key("r", "m051")).is_none());
+        let kept: Vec<_> = map.iter_mut().map(|(k, _)| k).collect();
+        for k in &kept {
+            assert_eq!(count(&map, k), 1);
+        }
+        assert!(map.get(&key("r", "m001")).is_none());
+        map.retain(|_| false);
+        assert!(map.is_empty());
+        assert!(
+            map.resources.is_empty(),
+            "resources without series are dropped"
+        );
     }
 }

@@ -6,6 +6,7 @@
 pub mod connections;
 pub mod events;
 pub mod http;
+pub mod message_frames;
 pub mod query;
 pub mod rest;
 pub mod rest_events;
@@ -100,11 +101,13 @@ pub async fn serve_grpc(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InterceptedService::new(
-            AgentServiceServer::new(ingest)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            RoleGate::new(&config.trust_domain, Role::may_report, "report resources"),
+        .add_service(message_frames::SplitMessagePrefixes::new(
+            InterceptedService::new(
+                AgentServiceServer::new(ingest)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+                RoleGate::new(&config.trust_domain, Role::may_report, "report resources"),
+            ),
         ))
         .add_service(InterceptedService::new(
             QueryServiceServer::new(query)

@@ -322,8 +322,9 @@ pub use machines::Binding;
 pub use warnings::{WarningFilter, WarningRow};
 
 /// Rows per multi-row rollup INSERT on SQLite (it allows 32766 parameters; 10
-/// per row).
-const ROLLUP_ROWS_SQLITE: usize = 1000;
+/// per row). A prepared statement's size in SQLite's heap grows with its rows,
+/// and each pooled connection keeps its own.
+const ROLLUP_ROWS_SQLITE: usize = 250;
 
 fn observe(operation: &'static str, started: Instant, ok: bool) {
     metrics::histogram!(telemetry::DB_DURATION, "operation" => operation)
@@ -922,7 +923,13 @@ async fn flush_sqlite(
                 .push_bind(d.last.0);
         });
         qb.push(rows::ROLLUP_CONFLICT);
-        qb.build().execute(&mut *tx).await?;
+        // Only the full-size statement is worth keeping prepared: the last,
+        // shorter chunk has a different text every flush, and each would stay
+        // in the connection's statement cache.
+        qb.build()
+            .persistent(chunk.len() == ROLLUP_ROWS_SQLITE)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(plan.fenced)

@@ -239,7 +239,8 @@ impl AgentSource {
                 return "bad hello";
             }
         };
-        if let Err(status) = self.bind_machine(identity, machine_of_key(&key)).await {
+        // Boxed, like the session below: once per stream.
+        if let Err(status) = Box::pin(self.bind_machine(identity, machine_of_key(&key))).await {
             let _ = tx.send(Err(status)).await;
             return "machine refused";
         }
@@ -477,7 +478,10 @@ impl AgentSource {
             let seq = decoded.seq;
             let applied = {
                 let _unapplied = self.state.batch_received(now);
-                self.apply(session, decoded, now).await
+                // Boxed: the apply future (the database commit of state
+                // changes among it) lives only while a batch is applied, and
+                // inline it would size every idle stream's task for it.
+                Box::pin(self.apply(session, decoded, now)).await
             };
             let duplicate = match applied {
                 Ok(duplicate) => duplicate,
