@@ -67,7 +67,7 @@ grep -E '^connected ' "$out/loadgen.log" || true
 kill -TERM "$pid" 2>/dev/null || true
 wait "$agg" 2>/dev/null || true
 agg=""
-data=$(ls "$out"/heaptrack*.zst "$out"/heaptrack*.gz 2>/dev/null | head -n1)
+data=$(ls "$out"/heaptrack*.zst "$out"/heaptrack*.gz 2>/dev/null | head -n1 || true)
 heaptrack_print --print-peaks 1 --print-allocators 0 --print-temporary 0 --print-leaks 0 \
   --peak-limit 25 --sub-peak-limit 4 "$data" > "$out/peak.txt" 2>/dev/null || true
 python3 - "$out/loadgen.json" <<'PY'
