@@ -39,22 +39,12 @@ cleanup() {
 }
 trap cleanup EXIT
 . tests/bench/free-port.sh
+. tests/bench/aggregator-config.sh
 
 "$loadgen" --certs-only --agents "$agents" --pki-dir "$pki"
 ulimit -n "$(ulimit -Hn)"
 grpc=$(free_port); rest=$(free_port "$grpc")
-cat > "$work/aggregator.toml" <<TOML
-[grpc]
-listen = "127.0.0.1:$grpc"
-[grpc.tls]
-ca = "$PWD/$pki/ca.pem"
-cert = "$PWD/$pki/server.pem"
-key = "$PWD/$pki/server-key.pem"
-[rest]
-listen = "127.0.0.1:$rest"
-[storage]
-url = "sqlite://$work/iw.db"
-TOML
+aggregator_config "$grpc" "$rest" "sqlite://$work/iw.db" "$PWD/$pki" > "$work/aggregator.toml"
 RUST_LOG=warn heaptrack -o "$out/heaptrack" "$out/infrawatch-aggregator-glibc" --config "$work/aggregator.toml" \
   > "$out/aggregator.log" 2>&1 &
 agg=$!

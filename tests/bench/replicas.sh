@@ -38,6 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 . tests/bench/free-port.sh
+. tests/bench/aggregator-config.sh
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 
 "$loadgen" --certs-only --agents "$agents" --pki-dir "$pki"
@@ -53,20 +54,10 @@ for n in $counts; do
   endpoints=(); rests=(); aggs=()
   for i in $(seq 1 "$n"); do
     grpc=$(free_port); rest=$(free_port "$grpc")
-    cat > "$work/agg-$n-$i.toml" <<TOML
-[grpc]
-listen = "127.0.0.1:$grpc"
-[grpc.tls]
-ca = "$PWD/$pki/ca.pem"
-cert = "$PWD/$pki/server.pem"
-key = "$PWD/$pki/server-key.pem"
-[rest]
-listen = "127.0.0.1:$rest"
-[storage]
-url = "$url"
-[cluster]
-replica_id = "bench-$n-$i"
-TOML
+    {
+      aggregator_config "$grpc" "$rest" "$url" "$PWD/$pki"
+      printf '[cluster]\nreplica_id = "bench-%s-%s"\n' "$n" "$i"
+    } > "$work/agg-$n-$i.toml"
     RUST_LOG=warn target/release/infrawatch-aggregator --config "$work/agg-$n-$i.toml" > "$out/aggregator-$n-$i.log" 2>&1 &
     aggs+=($!); pids+=($!)
     endpoints+=(--endpoint "https://127.0.0.1:$grpc")

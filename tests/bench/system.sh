@@ -60,6 +60,7 @@ cleanup() {
 trap cleanup EXIT
 
 . tests/bench/free-port.sh
+. tests/bench/aggregator-config.sh
 
 # Certificates for every agent, cached across runs.
 "$loadgen" --certs-only --agents "$large" --pki-dir "$pki"
@@ -87,22 +88,15 @@ run_case() { # backend run agents loadgen-arguments...
   else
     url="sqlite://$work/$name.db"
   fi
-  cat > "$work/$name.toml" <<TOML
-[grpc]
-listen = "127.0.0.1:$grpc"
-[grpc.tls]
-ca = "$PWD/$pki/ca.pem"
-cert = "$PWD/$pki/server.pem"
-key = "$PWD/$pki/server-key.pem"
-[rest]
-listen = "127.0.0.1:$rest"
-[storage]
-url = "$url"
+  {
+    aggregator_config "$grpc" "$rest" "$url" "$PWD/$pki"
+    cat <<TOML
 [events.nats]
 url = "nats://127.0.0.1:$nats_port"
 stream = "$stream"
 subject_prefix = "iwbench.$backend.$run"
 TOML
+  } > "$work/$name.toml"
   RUST_LOG=warn target/release/infrawatch-aggregator --config "$work/$name.toml" > "$out/aggregator-$name.log" 2>&1 &
   agg=$!; pids+=($agg)
   for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$rest/readyz" >/dev/null && break; sleep 0.1; done

@@ -5,7 +5,9 @@
 //! its name with one pointer. A name no series holds any more is forgotten by
 //! [`forget_unused`], which the flusher calls after every flush.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::{Arc, LazyLock, RwLock};
 
 static NAMES: LazyLock<RwLock<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
@@ -28,33 +30,40 @@ pub fn series_name(metric: &str, attributes: &str) -> Arc<SeriesName> {
         metric: intern(metric),
         attributes: intern(attributes),
     };
-    if let Some(n) = SERIES_NAMES
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&wanted)
-    {
-        return n.clone();
-    }
-    let mut names = SERIES_NAMES.write().unwrap_or_else(|p| p.into_inner());
-    if let Some(n) = names.get(&wanted) {
-        return n.clone();
-    }
-    let n = Arc::new(wanted);
-    names.insert(n.clone());
-    n
+    shared(&SERIES_NAMES, &wanted, |w| {
+        Arc::new(SeriesName {
+            metric: w.metric.clone(),
+            attributes: w.attributes.clone(),
+        })
+    })
 }
 
 /// The shared copy of `name`.
 pub fn intern(name: &str) -> Arc<str> {
-    if let Some(n) = NAMES.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+    shared(&NAMES, name, |n: &str| Arc::from(n))
+}
+
+/// The copy of `wanted` in `table`, added (as `make` makes it) when missing.
+/// Most calls find it under the read lock.
+fn shared<T, Q>(
+    table: &RwLock<HashSet<Arc<T>>>,
+    wanted: &Q,
+    make: impl FnOnce(&Q) -> Arc<T>,
+) -> Arc<T>
+where
+    T: ?Sized + Hash + Eq,
+    Q: ?Sized + Hash + Eq,
+    Arc<T>: Borrow<Q>,
+{
+    if let Some(n) = table.read().unwrap_or_else(|p| p.into_inner()).get(wanted) {
         return n.clone();
     }
-    let mut names = NAMES.write().unwrap_or_else(|p| p.into_inner());
-    if let Some(n) = names.get(name) {
+    let mut table = table.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = table.get(wanted) {
         return n.clone();
     }
-    let n: Arc<str> = Arc::from(name);
-    names.insert(n.clone());
+    let n = make(wanted);
+    table.insert(n.clone());
     n
 }
 

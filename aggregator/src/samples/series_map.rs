@@ -31,13 +31,14 @@ impl ResourceSeries {
         self.series
             .binary_search_by(|(name, _)| compare_name(name, key))
     }
+}
 
-    fn key_of(&self, name: &SeriesName) -> SeriesKey {
-        SeriesKey {
-            resource_id: self.id.clone(),
-            metric: name.metric.clone(),
-            attributes: name.attributes.clone(),
-        }
+/// The key of the series `name` of resource `id`.
+fn key_of(id: &Arc<str>, name: &SeriesName) -> SeriesKey {
+    SeriesKey {
+        resource_id: id.clone(),
+        metric: name.metric.clone(),
+        attributes: name.attributes.clone(),
     }
 }
 
@@ -51,18 +52,17 @@ fn compare_name(name: &SeriesName, key: &SeriesKey) -> Ordering {
 pub struct SeriesMap {
     /// Sorted by resource id, ids unique, none without series.
     resources: Vec<ResourceSeries>,
-    len: usize,
 }
 
 impl SeriesMap {
     /// Number of series.
     pub fn len(&self) -> usize {
-        self.len
+        self.resources.iter().map(|r| r.series.len()).sum()
     }
 
     /// True when no series is held.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.resources.is_empty()
     }
 
     fn resource_position(&self, resource_id: &str) -> Result<usize, usize> {
@@ -87,14 +87,9 @@ impl SeriesMap {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (SeriesKey, &mut SeriesState)> {
         self.resources.iter_mut().flat_map(|r| {
             let id = &r.id;
-            r.series.iter_mut().map(move |(name, state)| {
-                let key = SeriesKey {
-                    resource_id: id.clone(),
-                    metric: name.metric.clone(),
-                    attributes: name.attributes.clone(),
-                };
-                (key, state)
-            })
+            r.series
+                .iter_mut()
+                .map(move |(name, state)| (key_of(id, name), state))
         })
     }
 
@@ -114,7 +109,6 @@ impl SeriesMap {
             }
         }
         self.resources.retain(|r| !r.series.is_empty());
-        self.len = self.resources.iter().map(|r| r.series.len()).sum();
     }
 
     /// The series of `resource_id`, in key order.
@@ -126,8 +120,11 @@ impl SeriesMap {
             .resource_position(resource_id)
             .ok()
             .map(|at| &self.resources[at]);
-        r.into_iter()
-            .flat_map(|r| r.series.iter().map(move |(name, s)| (r.key_of(name), s)))
+        r.into_iter().flat_map(|r| {
+            r.series
+                .iter()
+                .map(move |(name, s)| (key_of(&r.id, name), s))
+        })
     }
 
     /// Applies `apply` to the series of each of the `count` keys `key_at(0..)`,
@@ -180,7 +177,6 @@ impl SeriesMap {
                 touched.push(r.id.clone());
             }
         }
-        self.len += added_at.len();
         touched.sort();
         touched.dedup();
         for id in touched {

@@ -27,7 +27,7 @@ const REPORT: &str = "/infrawatch.v1.AgentService/Report";
 pub(crate) const HONEST_P99_BOUND_S: f64 = 2.5;
 
 /// How often the honest agents collect and send. Every 500 ms, ten agents keep a
-/// debug build of the aggregator about a tenth of a core busy on two cores, which
+/// debug build of the aggregator about a fifth of a core busy on two cores, which
 /// leaves room for the attack on a slower machine too.
 const HONEST_INTERVAL_MS: u64 = 500;
 
